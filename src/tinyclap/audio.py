@@ -1,0 +1,303 @@
+"""Audio loading, clip fitting and windowing (numpy + soundfile + soxr only; never imports torch).
+
+Everything returns float32 mono waveforms at `SAMPLE_RATE` (44.1 kHz, MS CLAP 2022's rate). Decoding is
+libsndfile's (WAV, FLAC, Ogg/Vorbis/Opus, MP3, ...), resampling is soxr at quality "HQ" (soxr's own default),
+both in one shot (`load_audio`) and incrementally (`stream_windows`, bounded memory for hour-long files).
+
+Bad input never surfaces as a libsndfile/OS traceback: every problem with a file is an `AudioError`
+(a ValueError) whose message starts with the file's path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal, Union
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE = 44100
+CLIP_SECONDS = 5.0
+CLIP_SAMPLES = 220500  # = int(CLIP_SECONDS * SAMPLE_RATE), what MS CLAP 2022 sees per clip
+RESAMPLE_QUALITY = "HQ"  # soxr's default quality, named explicitly so both loaders provably agree
+
+POLICIES = ("eval", "train")
+PADS = ("zero", "repeat")
+
+PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+
+
+def _show(path: PathLike) -> str:
+    """A printable form of any path: undecodable (non-UTF-8) bytes become backslash escapes."""
+    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class AudioError(ValueError):
+    """A file that cannot be used as audio; the message names the file and the problem."""
+
+    def __init__(self, path: PathLike, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{_show(path)}: {problem}")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Cheap header metadata. `frames` is libsndfile's count (an estimate for some MP3s)."""
+
+    frames: int
+    sample_rate: int
+    channels: int
+    duration: float
+    format: str
+
+
+def _check_path(path: PathLike) -> bytes:
+    """Return the path as bytes (libsndfile takes them verbatim, so non-UTF-8 names work) or raise."""
+    try:
+        bpath = os.fsencode(path)
+    except TypeError as e:
+        raise TypeError(f"expected a str, bytes or os.PathLike path, got {type(path).__name__}") from e
+    if not os.path.exists(bpath):
+        raise AudioError(path, "file not found")
+    if os.path.isdir(bpath):
+        raise AudioError(path, "is a directory, not an audio file")
+    if not os.access(bpath, os.R_OK):
+        raise AudioError(path, "permission denied (file is not readable)")
+    return bpath
+
+
+def _open(path: PathLike) -> sf.SoundFile:
+    """Open for reading with libsndfile, turning every failure into an AudioError."""
+    bpath = _check_path(path)
+    try:
+        return sf.SoundFile(bpath)
+    except PermissionError as e:
+        raise AudioError(path, "permission denied (file is not readable)") from e
+    except (sf.SoundFileError, RuntimeError, OSError) as e:
+        # libsndfile says e.g. "Format not recognised." for text, zero-byte or truncated files
+        detail = str(e).split(": ", 1)[-1].strip() if str(e) else type(e).__name__
+        raise AudioError(path, f"unreadable or unsupported audio format ({detail})") from e
+
+
+def _to_mono(block: np.ndarray) -> np.ndarray:
+    """(frames, channels) -> (frames,) float32, averaging channels (what downmixing to mono means here)."""
+    if block.shape[1] == 1:
+        return np.ascontiguousarray(block[:, 0], dtype=np.float32)
+    return np.ascontiguousarray(block.mean(axis=1, dtype=np.float32))
+
+
+def _check_rate(sample_rate: int) -> int:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    return int(sample_rate)
+
+
+def audio_info(path: PathLike) -> AudioInfo:
+    """Header metadata without decoding the samples (same errors as `load_audio`)."""
+    with _open(path) as f:
+        frames, rate, channels = int(f.frames), int(f.samplerate), int(f.channels)
+        fmt = f"{f.format}/{f.subtype}"
+    if rate <= 0 or channels <= 0:
+        raise AudioError(path, f"invalid header (sample rate {rate}, {channels} channels)")
+    return AudioInfo(frames=frames, sample_rate=rate, channels=channels, duration=frames / rate, format=fmt)
+
+
+def load_audio(path: PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode a whole file to a float32 mono waveform at `sample_rate` (channels averaged, soxr HQ).
+
+    Raises AudioError for a missing file, a directory, an unreadable/unsupported/undecodable file, a file
+    with no samples, or any NaN/inf sample.
+    """
+    sample_rate = _check_rate(sample_rate)
+    with _open(path) as f:
+        rate = int(f.samplerate)
+        try:
+            data = f.read(dtype="float32", always_2d=True)  # (frames, channels)
+        except (sf.SoundFileError, RuntimeError, OSError, MemoryError) as e:
+            raise AudioError(path, f"cannot decode audio ({type(e).__name__}: {e})") from e
+    if data.shape[0] == 0:
+        raise AudioError(path, "empty audio (0 samples)")
+    wave = _to_mono(data)
+    finite = np.isfinite(wave)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        what = "all samples are NaN/inf" if not finite.any() else "non-finite (NaN/inf) samples"
+        raise AudioError(path, f"{what}, first at {first / rate:.3f} s")
+    if rate != sample_rate:
+        wave = soxr.resample(wave, rate, sample_rate, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
+    return wave
+
+
+def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"invalid {name} {value!r}; valid: {', '.join(repr(v) for v in valid)}")
+
+
+def _check_wave(wave: np.ndarray, length: int) -> np.ndarray:
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"expected a 1-D mono waveform, got shape {wave.shape}")
+    if wave.shape[0] == 0:
+        raise ValueError("cannot fit an empty waveform (0 samples)")
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length <= 0:
+        raise ValueError(f"length must be a positive integer, got {length!r}")
+    return wave
+
+
+def _pad(wave: np.ndarray, length: int, pad: str) -> np.ndarray:
+    """Extend a clip shorter than `length`: zeros at the end, or the clip tiled and cut (msclap's way)."""
+    if pad == "repeat":
+        reps = -(-length // wave.shape[0])  # ceil
+        return np.tile(wave, reps)[:length].copy()
+    out = np.zeros(length, dtype=np.float32)
+    out[: wave.shape[0]] = wave
+    return out
+
+
+def fit_clip(
+    wave: np.ndarray,
+    length: int = CLIP_SAMPLES,
+    policy: Literal["eval", "train"] = "eval",
+    rng: np.random.Generator | None = None,
+    pad: Literal["zero", "repeat"] = "zero",
+) -> np.ndarray:
+    """Crop or pad a mono waveform to exactly `length` samples -> (length,) float32 (a new array).
+
+    Longer clips: "train" takes a uniformly random crop drawn from `rng` (a fresh unseeded generator when
+    None), "eval" the deterministic centre crop. Shorter clips, under both policies: pad="zero" appends
+    zeros; pad="repeat" tiles the clip and cuts it to `length`, as msclap's
+    CLAPWrapper.load_audio_into_tensor does for clips no longer than the target duration.
+    """
+    _check_choice("policy", policy, POLICIES)
+    _check_choice("pad", pad, PADS)
+    wave = _check_wave(wave, length)
+    n = wave.shape[0]
+    if n < length:
+        return _pad(wave, length, pad)
+    if n == length:
+        return wave.copy()
+    if policy == "train":
+        rng = np.random.default_rng() if rng is None else rng
+        start = int(rng.integers(0, n - length + 1))
+    else:
+        start = (n - length) // 2
+    return wave[start : start + length].copy()
+
+
+def eval_windows(
+    wave: np.ndarray, length: int = CLIP_SAMPLES, pad: Literal["zero", "repeat"] = "zero"
+) -> np.ndarray:
+    """Deterministic windows covering a clip for mean-of-windows evaluation -> (K, length) float32.
+
+    - n <= length: K = 1, the clip fitted with `fit_clip(policy="eval", pad=pad)`.
+    - otherwise K = n // length full non-overlapping windows, and the remainder r = n % length is handled so
+      that no window is ever mostly zeros: if r >= length / 2 one more window aligned to the clip's end is
+      added (it overlaps the previous one; all its samples are real audio); if r < length / 2 the full
+      windows are centred, dropping r // 2 samples at the start and the rest at the end (so a clip just
+      over `length` gives the same single window as the centre crop of `fit_clip`).
+    """
+    _check_choice("pad", pad, PADS)
+    wave = _check_wave(wave, length)
+    n = wave.shape[0]
+    if n <= length:
+        return fit_clip(wave, length, policy="eval", pad=pad)[None, :]
+    k_full, rem = divmod(n, length)
+    if 2 * rem >= length:
+        starts = [i * length for i in range(k_full)] + [n - length]
+    else:
+        offset = rem // 2
+        starts = [offset + i * length for i in range(k_full)]
+    return np.stack([wave[s : s + length] for s in starts]).astype(np.float32, copy=False)
+
+
+def stream_windows(
+    path: PathLike,
+    window: float = CLIP_SECONDS,
+    hop: float = 1.0,
+    sample_rate: int = SAMPLE_RATE,
+    block_seconds: float = 30.0,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Stream a file of any length as (start_seconds, (round(window*sample_rate),) float32) windows.
+
+    Memory stays bounded by about `block_seconds + window` of audio: the file is read in blocks, mixed to
+    mono and resampled incrementally (soxr.ResampleStream, same quality as `load_audio`). A window starts
+    every `hop` seconds; all full windows are yielded, then, if the audio after the last full window is not
+    covered yet, one final window starting one hop later, zero-padded at the end. A file shorter than one
+    window yields exactly one zero-padded window at 0 s. Same AudioError rules as `load_audio`: a bad path
+    or format raises at the call; NaN/inf samples (naming the time of the first) or an empty file raise
+    while iterating.
+    """
+    sample_rate = _check_rate(sample_rate)
+    if not (window > 0 and hop > 0 and block_seconds > 0):
+        raise ValueError(f"window, hop and block_seconds must be > 0, got {window}, {hop}, {block_seconds}")
+    win_n = int(round(window * sample_rate))
+    hop_n = int(round(hop * sample_rate))
+    if win_n < 1 or hop_n < 1:
+        raise ValueError(f"window and hop must be at least one sample at {sample_rate} Hz")
+
+    # fail here, at the call, for a bad path or format, rather than at the first next()
+    audio_info(path)
+    return _stream(path, win_n, hop_n, sample_rate, block_seconds)
+
+
+def _stream(
+    path: PathLike, win_n: int, hop_n: int, sample_rate: int, block_seconds: float
+) -> Iterator[tuple[float, np.ndarray]]:
+    """The generator behind `stream_windows` (arguments already validated)."""
+    with _open(path) as f:
+        rate = int(f.samplerate)
+        block_n = max(1, int(round(block_seconds * rate)))
+        resampler = (
+            soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+            if rate != sample_rate
+            else None
+        )
+        buf = np.zeros(0, dtype=np.float32)  # resampled audio from absolute sample index buf_start on
+        buf_start = 0
+        next_start = 0  # absolute index (at sample_rate) of the next window to yield
+        last_full_end = 0  # end of the last full window yielded (0 = none yet)
+        read_frames = 0
+        blocks = f.blocks(blocksize=block_n, dtype="float32", always_2d=True)
+        done = False
+        while not done:
+            try:
+                block = next(blocks, None)  # (frames, channels)
+            except (sf.SoundFileError, RuntimeError, OSError) as e:
+                raise AudioError(path, f"cannot decode audio at {read_frames / rate:.3f} s ({e})") from e
+            done = block is None or block.shape[0] == 0
+            if done:
+                chunk = resampler.resample_chunk(np.zeros(0, np.float32), last=True) if resampler else None
+            else:
+                mono = _to_mono(block)
+                if not np.isfinite(mono).all():
+                    bad = read_frames + int(np.argmin(np.isfinite(mono)))
+                    raise AudioError(path, f"non-finite (NaN/inf) samples, first at {bad / rate:.3f} s")
+                read_frames += mono.shape[0]
+                chunk = resampler.resample_chunk(mono, last=False) if resampler else mono
+            if chunk is not None and chunk.shape[0]:
+                buf = np.concatenate([buf, chunk.astype(np.float32, copy=False)])
+            while next_start + win_n <= buf_start + buf.shape[0]:
+                lo = next_start - buf_start
+                yield next_start / sample_rate, buf[lo : lo + win_n].copy()
+                last_full_end = next_start + win_n
+                next_start += hop_n
+            # drop what no future window needs (keeps memory bounded)
+            drop = min(max(0, next_start - buf_start), buf.shape[0])
+            if drop:
+                buf = buf[drop:]
+                buf_start += drop
+
+        if read_frames == 0:
+            raise AudioError(path, "empty audio (0 samples)")
+        total = buf_start + buf.shape[0]
+        # one zero-padded window for audio past the last full one (if hop > window the next start may lie
+        # past the end: that audio was in a gap between windows anyway)
+        if last_full_end == 0 or (last_full_end < total and next_start < total):
+            out = np.zeros(win_n, dtype=np.float32)
+            tail = buf[next_start - buf_start :]  # buf_start <= next_start by construction
+            out[: tail.shape[0]] = tail
+            yield next_start / sample_rate, out

@@ -1,0 +1,156 @@
+"""Self-describing checkpoints (safetensors + JSON) and safe loading of foreign ones.
+
+Our own files are never pickles: `<stem>.safetensors` holds the tensors and, in its header metadata, the
+same JSON config that is written beside it as `<stem>.json`, so either file alone describes the model.
+Foreign `.pth`/`.pt`/`.ckpt` files are read with `torch.load(weights_only=True)`, which refuses to run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tinyclap.checkpoint_io import atomic_write_bytes, atomic_write_text
+
+__all__ = [
+    "CheckpointError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "safe_torch_load",
+    "load_state_dict_checked",
+    "save_model",
+    "resolve_checkpoint",
+    "read_model",
+]
+
+FORMAT = "tinyclap/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, unsafe, or not matching the model."""
+
+
+def safe_torch_load(path: str | os.PathLike) -> Any:
+    """Load a foreign torch checkpoint without unpickling code (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for hostile pickles, RuntimeError for corrupt zips
+        raise CheckpointError(
+            f"{path}: refused or unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]}). "
+            "tinyclap only loads plain tensors (torch.load weights_only=True) and never runs pickled code."
+        ) from e
+
+
+def load_state_dict_checked(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str = "checkpoint",
+    ignore_prefixes: Iterable[str] = (),
+    ignore_suffixes: Iterable[str] = (),
+) -> None:
+    """Load `state` into `module` strictly, with one clear error naming every problem.
+
+    Keys starting with one of `ignore_prefixes` or ending with one of `ignore_suffixes` are known extras
+    (e.g. saved STFT buffers) and are dropped; anything else missing, unexpected or of the wrong shape
+    raises `CheckpointError` listing the offending tensors.
+    """
+    ignore_prefixes, ignore_suffixes = tuple(ignore_prefixes), tuple(ignore_suffixes)
+    state = {
+        k: v
+        for k, v in state.items()
+        if not (ignore_prefixes and k.startswith(ignore_prefixes))
+        and not (ignore_suffixes and k.endswith(ignore_suffixes))
+    }
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    )
+    if missing or unexpected or wrong:
+
+        def fmt(title: str, items: list[str]) -> str:
+            shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
+            return f"\n  {title} ({len(items)}):\n    " + "\n    ".join(shown) if items else ""
+
+        raise CheckpointError(
+            f"{source} does not match {type(module).__name__}:"
+            + fmt("missing keys", missing)
+            + fmt("unexpected keys", unexpected)
+            + fmt("wrong shapes", wrong)
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def save_model(module: nn.Module, path: str | os.PathLike, config: Mapping[str, Any]) -> Path:
+    """Save `module`'s weights to `<stem>.safetensors` and its `config` to `<stem>.json`, atomically.
+
+    Returns the path of the safetensors file.
+    """
+    from safetensors.torch import save
+
+    path = Path(path)
+    if path.suffix in (".safetensors", ".json"):
+        path = path.with_suffix("")
+    config = {"format": FORMAT, **config}
+    text = json.dumps(config, indent=2, sort_keys=True)
+    # contiguous copies: safetensors refuses shared or strided storage
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    st_path = path.with_suffix(".safetensors")
+    atomic_write_bytes(st_path, save(tensors, metadata={"tinyclap": text}))
+    atomic_write_text(path.with_suffix(".json"), text + "\n")
+    return st_path
+
+
+def resolve_checkpoint(path: str | os.PathLike, default_stem: str = "student") -> Path:
+    """Map a run folder, a `.json` or a `.safetensors` path to the safetensors file."""
+    path = Path(path)
+    if path.is_dir():
+        cands = [path / f"{default_stem}.safetensors", path / "final" / f"{default_stem}.safetensors"]
+        cands += sorted(path.glob("*.safetensors"))
+        for c in cands:
+            if c.is_file():
+                return c
+        raise CheckpointError(f"{path}: no {default_stem}.safetensors in this folder")
+    if path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    return path
+
+
+def read_model(
+    path: str | os.PathLike, default_stem: str = "student"
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read one of our checkpoints: (config, tensors). Refuses anything that is not safetensors."""
+    from safetensors import SafetensorError, safe_open
+
+    st_path = resolve_checkpoint(path, default_stem)
+    try:
+        with safe_open(str(st_path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{st_path}: not a readable safetensors file ({e})") from e
+    text = meta.get("tinyclap")
+    if text is None and st_path.with_suffix(".json").is_file():
+        text = st_path.with_suffix(".json").read_text()
+    if text is None:
+        raise CheckpointError(f"{st_path}: no tinyclap config (neither header metadata nor a .json beside it)")
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{st_path}: config is not valid JSON ({e})") from e
+    return config, tensors

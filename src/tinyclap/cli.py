@@ -1,0 +1,44 @@
+"""`tinyclap <stage>`: a thin command line over the library (one module per stage in tinyclap.commands)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import tinyclap
+import tinyclap.commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinyclap", description="Distil, evaluate, prune and deploy tiny zero-shot audio classifiers."
+    )
+    parser.add_argument("--version", action="version", version=f"tinyclap {tinyclap.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<stage>")
+    for mod in sorted(pkgutil.iter_modules(tinyclap.commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"tinyclap.commands.{mod.name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:  # our errors name the file/problem: show them without a traceback
+        if getattr(args, "debug", False):
+            raise
+        print(f"tinyclap {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""`tinyclap info`: the student zoo with parameters and MACs for a 5 s clip."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="list the registered students with params and MACs")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tinyclap.frontend import LogMel
+    from tinyclap.students import count_macs, count_params, create_student, list_students
+
+    n_frames = LogMel().n_frames(220500)
+    rows = []
+    for name in list_students():
+        model = create_student(name)
+        rows.append({"name": name, "params": count_params(model), "macs": count_macs(model, n_frames)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'student':40s} {'params':>12s} {'MMACs (5 s)':>12s}")
+    for r in rows:
+        print(f"{r['name']:40s} {r['params']:>12,d} {r['macs'] / 1e6:>12.1f}")
+    return 0
