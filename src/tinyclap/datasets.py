@@ -322,15 +322,11 @@ def _walk_audio(roots: Iterable[Path]) -> list[Path]:
                 continue
             seen.add(real)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            found.extend(
-                Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".") and _is_audio_name(f)
-            )
+            found.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".") and _is_audio_name(f))
     return found
 
 
-def _read_csv(
-    path: Path, required: Sequence[str], *, delimiter: str = ","
-) -> list[tuple[int, dict[str, str]]]:
+def _read_csv(path: Path, required: Sequence[str], *, delimiter: str = ",") -> list[tuple[int, dict[str, str]]]:
     """Rows of a headed CSV as (line number, {column: stripped value}); checks the required columns."""
     if not path.is_file():
         raise DatasetError(f"{path}: metadata file not found")
@@ -350,9 +346,7 @@ def _read_csv(
             for row in reader:
                 if not any((v or "").strip() for k, v in row.items() if k is not None):
                     continue  # blank line
-                rows.append(
-                    (reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None})
-                )
+                rows.append((reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None}))
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not a UTF-8 text file ({e})") from e
     except csv.Error as e:
@@ -398,9 +392,7 @@ def _classes_by_id(
     for line, cid, name in rows:
         old = names.setdefault(cid, name)
         if old != name:
-            raise DatasetError(
-                f"{path}:{line}: {id_col} {cid} is {name!r} here but {old!r} earlier ({name_col})"
-            )
+            raise DatasetError(f"{path}:{line}: {id_col} {cid} is {name!r} here but {old!r} earlier ({name_col})")
     ids = sorted(names)
     return [names[i] for i in ids], {cid: k for k, cid in enumerate(ids)}
 
@@ -463,9 +455,7 @@ def load_us8k(root: str | os.PathLike[str], *, folds: Iterable[int] | None = Non
     parsed = []
     for line, row in _read_csv(meta, ["slice_file_name", "fold", "classID", "class"]):
         fold = _int(row["fold"], meta, line, "fold")
-        parsed.append(
-            (line, row["slice_file_name"], fold, _int(row["classID"], meta, line, "classID"), row["class"])
-        )
+        parsed.append((line, row["slice_file_name"], fold, _int(row["classID"], meta, line, "classID"), row["class"]))
     if not parsed:
         raise DatasetError(f"{meta}: no rows")
     classes, index = _classes_by_id(((ln, c, n) for ln, _, _, c, n in parsed), meta, "classID", "class")
@@ -580,14 +570,10 @@ def load_tut17(
     def add(lists: dict[str, tuple[str | None, int]], fold: int, src: Path) -> None:
         for listed, (label, line) in lists.items():
             if listed in rows:
-                raise DatasetError(
-                    f"{src}:{line}: {listed} is also in fold {rows[listed][1]} ({rows[listed][2]})"
-                )
+                raise DatasetError(f"{src}:{line}: {listed} is also in fold {rows[listed][1]} ({rows[listed][2]})")
             meta_label = meta.get(listed, (None, 0))[0] if meta is not None else None
             if label is not None and meta_label is not None and label != meta_label:
-                raise DatasetError(
-                    f"{src}:{line}: {listed} is {label!r} here but {meta_label!r} in {meta_path}"
-                )
+                raise DatasetError(f"{src}:{line}: {listed} is {label!r} here but {meta_label!r} in {meta_path}")
             label = label or meta_label
             if label is None:
                 why = f"not in {meta_path}" if meta is not None else f"and there is no {meta_path}"
