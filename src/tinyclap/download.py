@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tinyclap.checkpoint_io import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 ENV_HOME = "TINYCLAP_HOME"
@@ -373,21 +375,6 @@ def _fmt_size(n: int | None) -> str:
             return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return f"{n} B"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    # local copy of checkpoint.atomic_write_text: importing checkpoint would pull in torch for a JSON file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextlib.contextmanager
@@ -968,15 +955,17 @@ def _read_marker(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("format") == MARKER_FORMAT else None
 
 
-def _is_complete(res: Resource, folder: Path, *, archives: bool = False) -> bool:
-    """True when `folder` holds a finished download of `res` that matches today's registry entry."""
+def _is_complete(res: Resource, folder: Path, *, archives: bool = False,
+                 overrides: Mapping[str, str] | None = None) -> bool:
+    """True when `folder` holds a finished download of `res` matching the registry (and any --sha256)."""
     marker = _read_marker(folder)
     if marker is None or marker.get("resource") != res.key:
         return False
     recorded = {r.get("name"): r for r in marker.get("files", []) if isinstance(r, dict)}
     for rf in res.files:
         r = recorded.get(rf.name)
-        if r is None or (rf.sha256 and r.get("sha256") != rf.sha256) or (rf.size and r.get("size") != rf.size):
+        want = (overrides or {}).get(rf.name, rf.sha256)
+        if r is None or (want and r.get("sha256") != want) or (rf.size and r.get("size") != rf.size):
             return False
         if (archives or not res.is_archive) and not ((folder / rf.name).is_file()
                                                      and (folder / rf.name).stat().st_size == r.get("size")):
@@ -1053,19 +1042,19 @@ def download(
                 for rf in res.files]
 
     if not res.is_archive:
-        if not force and not overrides and _is_complete(res, out_dir):
+        if not force and _is_complete(res, out_dir, overrides=overrides):
             log.info("%s: already downloaded", result)
             return result
         records = fetch_all(out_dir)
-        _atomic_write_text(out_dir / MARKER, _marker_text(res, records))
+        atomic_write_text(out_dir / MARKER, _marker_text(res, records))
         return result
 
     adir = archive_dir(res, r)
-    if not force and not overrides:
-        if extract and _is_complete(res, out_dir):
+    if not force:
+        if extract and _is_complete(res, out_dir, overrides=overrides):
             log.info("%s: already downloaded and extracted", result)
             return result
-        if not extract and _is_complete(res, adir, archives=True):
+        if not extract and _is_complete(res, adir, archives=True, overrides=overrides):
             log.info("%s: archives already downloaded", result)
             return result
     if extract and out_dir.exists() and not force and _read_marker(out_dir) is None:
@@ -1075,7 +1064,7 @@ def download(
     records = fetch_all(adir)
     marker = _marker_text(res, records)
     if not extract:
-        _atomic_write_text(adir / MARKER, marker)
+        atomic_write_text(adir / MARKER, marker)
         return result
     safe_extract([adir / rf.name for rf in res.files], out_dir, replace=True, expect=res.expect,
                  extra_files={MARKER: marker})

@@ -41,7 +41,11 @@ class ZeroShotClassifier:
     templates: list[str] = field(default_factory=lambda: [DEFAULT_TEMPLATE])
 
     def __post_init__(self) -> None:
-        self.weights = _normalise(np.asarray(self.weights, dtype=np.float32))
+        w = np.asarray(self.weights, dtype=np.float32)
+        # renormalise only when needed, so a saved matrix loads back bit-identical
+        if not np.allclose(np.linalg.norm(w, axis=-1), 1.0, atol=1e-6):
+            w = _normalise(w)
+        self.weights = w
         if self.weights.ndim != 2 or self.weights.shape[0] != len(self.labels):
             raise ValueError(f"class matrix {self.weights.shape} does not match {len(self.labels)} labels")
         if len(set(self.labels)) != len(self.labels):

@@ -1,0 +1,105 @@
+"""Self-describing student checkpoints, the model loader, and the `info` / `classify` commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tinyclap.checkpoint import CheckpointError
+from tinyclap.cli import main
+from tinyclap.models import StudentEmbedder, load_model, load_student, save_student
+from tinyclap.students import create_student
+from tinyclap.zeroshot import ZeroShotClassifier
+
+SMALL = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"
+
+
+@pytest.fixture(scope="module")
+def student_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    student = create_student(SMALL, embed_dim=32).eval()
+    path = save_student(student, tmp_path_factory.mktemp("run") / "student", note="test")
+    return student, path
+
+
+def test_save_load_student_round_trip(student_ckpt) -> None:
+    student, path = student_ckpt
+    assert path.suffix == ".safetensors" and path.with_suffix(".json").is_file()
+    cfg = json.loads(path.with_suffix(".json").read_text())
+    assert cfg["kind"] == "student" and cfg["student"]["name"] == SMALL and cfg["note"] == "test"
+    assert cfg["frontend"]["n_mels"] == 64 and cfg["sample_rate"] == 44100
+    x = torch.randn(2, 120, 64)
+    for p in (path, path.with_suffix(".json"), path.parent):
+        back = load_student(p)
+        assert torch.equal(back(x), student(x))
+    emb = load_model(path.parent)
+    assert isinstance(emb, StudentEmbedder) and emb.embed_dim == 32
+    out = emb.embed_waveform(torch.randn(2, 44100))
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2))
+
+
+def test_load_model_names_and_errors(tmp_path) -> None:
+    emb = load_model(SMALL)
+    assert emb.embed_dim == 1024 and emb.sample_rate == 44100
+    with pytest.raises(ValueError, match="phinet_alpha_"):
+        load_model("phinet_alpha_1_beta_0.75_t0_6_N_7")
+    with pytest.raises(CheckpointError, match="not found|no student"):
+        load_model(tmp_path)  # an empty folder
+
+
+def test_mismatched_student_checkpoint_refused(tmp_path, student_ckpt) -> None:
+    _, path = student_ckpt
+    cfg = json.loads(path.with_suffix(".json").read_text())
+    cfg["student"]["embed_dim"] = 64  # weights are 32-d: shapes must be named in the error
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(path), bad, metadata={"tinyclap": json.dumps(cfg)})
+    with pytest.raises(CheckpointError, match="projection.linear1.weight"):
+        load_student(bad)
+
+
+def test_info_json(capsys) -> None:
+    assert main(["info", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["phinet_alpha_1.50_beta_0.75_t0_6_N_7"]["params"] == 4_434_547
+    assert by_name["cnn14"]["params"] == 83_901_391
+    assert all(r["macs"] > 0 for r in rows)
+
+
+def test_classify_with_class_file(tmp_path, student_ckpt, animals_dir, capsys) -> None:
+    student, path = student_ckpt
+    labels = ["cat", "dog", "cow"]
+    clf = ZeroShotClassifier(labels, np.random.default_rng(0).normal(size=(3, 32)), 1.0)
+    classes = clf.save(tmp_path / "classes.npz")
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    files = [str(animals_dir / "cat.mp3"), str(animals_dir / "dog.mp3"), str(bad)]
+    rc = main(["classify", *files, "--student", str(path), "--classes", str(classes), "--json", "--top", "3"])
+    captured = capsys.readouterr()
+    assert rc == 0
+    out = json.loads(captured.out)
+    assert [r["file"] for r in out["results"]] == files[:2]
+    assert out["failed"][0]["file"] == str(bad)
+    assert "bad.wav" in captured.err
+    # the scores are the classifier's on the mean window embedding (independent recomputation)
+    from tinyclap.audio import load_audio
+    from tinyclap.inference import embed_clip
+
+    emb = embed_clip(StudentEmbedder(student), load_audio(files[0]))
+    p = clf.predict_proba(emb[None].numpy())[0]
+    got = {d["label"]: d["score"] for d in out["results"][0]["labels"]}
+    for j, lb in enumerate(labels):
+        assert got[lb] == pytest.approx(float(p[j]), abs=1e-5)
+    assert main(["classify", *files, "--student", str(path), "--classes", str(classes), "--strict"]) == 1
+
+
+def test_classify_needs_classes(student_ckpt, animals_dir, capsys) -> None:
+    _, path = student_ckpt
+    rc = main(["classify", str(animals_dir / "cat.mp3"), "--student", str(path), "--labels", "cat,dog"])
+    assert rc == 1
+    assert "text encoder" in capsys.readouterr().err
