@@ -11,6 +11,7 @@ Bad input never surfaces as a libsndfile/OS traceback: every problem with a file
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, Union
@@ -23,6 +24,10 @@ SAMPLE_RATE = 44100
 CLIP_SECONDS = 5.0
 CLIP_SAMPLES = 220500  # = int(CLIP_SECONDS * SAMPLE_RATE), what MS CLAP 2022 sees per clip
 RESAMPLE_QUALITY = "HQ"  # soxr's default quality, named explicitly so both loaders provably agree
+# Largest accepted |sample|. Decoded integer PCM lies in [-1, 1); float files may exceed that (unnormalised
+# or int-scaled floats reach ~2e9), but beyond ~3e16 the front end's float32 STFT power overflows and the
+# embedding turns NaN, so such values (far past any real recording) are refused instead.
+MAX_ABS_SAMPLE = 1e12
 
 POLICIES = ("eval", "train")
 PADS = ("zero", "repeat")
@@ -55,16 +60,34 @@ class AudioInfo:
     format: str
 
 
+_FILE_KINDS = {
+    stat.S_IFIFO: "a FIFO/named pipe",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
 def _check_path(path: PathLike) -> bytes:
     """Return the path as bytes (libsndfile takes them verbatim, so non-UTF-8 names work) or raise."""
     try:
         bpath = os.fsencode(path)
     except TypeError as e:
         raise TypeError(f"expected a str, bytes or os.PathLike path, got {type(path).__name__}") from e
-    if not os.path.exists(bpath):
-        raise AudioError(path, "file not found")
-    if os.path.isdir(bpath):
+    try:
+        mode = os.stat(bpath).st_mode
+    except FileNotFoundError:
+        if os.path.islink(bpath):  # `ls` shows the name, so say why it still cannot be opened
+            target = _show(os.readlink(bpath))
+            raise AudioError(path, f"file not found (broken symbolic link to {target})") from None
+        raise AudioError(path, "file not found") from None
+    except OSError as e:  # e.g. a path component that is a file, or a name too long
+        raise AudioError(path, f"cannot access file ({e.strerror or e})") from e
+    if stat.S_ISDIR(mode):
         raise AudioError(path, "is a directory, not an audio file")
+    if not stat.S_ISREG(mode):
+        # opening a FIFO blocks until a writer appears (a hang, not an error); devices, sockets: not files
+        raise AudioError(path, f"not a regular file ({_FILE_KINDS.get(stat.S_IFMT(mode), 'special file')})")
     if not os.access(bpath, os.R_OK):
         raise AudioError(path, "permission denied (file is not readable)")
     return bpath
@@ -80,6 +103,10 @@ def _open(path: PathLike) -> sf.SoundFile:
     except (sf.SoundFileError, RuntimeError, OSError) as e:
         # libsndfile says e.g. "Format not recognised." for text, zero-byte or truncated files
         detail = str(e).split(": ", 1)[-1].strip() if str(e) else type(e).__name__
+        if "not a regular file" in detail:
+            # libsndfile's MP3 decoder says "File does not exist or is not a regular file (possibly a
+            # pipe?)" for any undecodable .mp3; _check_path already proved it is a regular file
+            detail = "no decodable audio stream"
         raise AudioError(path, f"unreadable or unsupported audio format ({detail})") from e
 
 
@@ -87,7 +114,41 @@ def _to_mono(block: np.ndarray) -> np.ndarray:
     """(frames, channels) -> (frames,) float32, averaging channels (what downmixing to mono means here)."""
     if block.shape[1] == 1:
         return np.ascontiguousarray(block[:, 0], dtype=np.float32)
-    return np.ascontiguousarray(block.mean(axis=1, dtype=np.float32))
+    # accumulate in float64: a float32 sum of finite near-float32-max samples would overflow to inf
+    return block.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
+def _read_blocks(f: sf.SoundFile, block_n: int) -> Iterator[np.ndarray]:
+    """(frames, channels) float32 blocks until the end. Unlike `SoundFile.blocks`/`read()` this also works
+    for formats libsndfile cannot seek in (e.g. GSM 6.10 in WAV), where the frame count is unknown."""
+    while True:
+        block = f.read(block_n, dtype="float32", always_2d=True)
+        if block.shape[0] == 0:
+            return
+        yield block
+        if block.shape[0] < block_n:
+            return
+
+
+def _too_short(frames: int, rate: int, sample_rate: int) -> str:
+    return f"too short: {frames} sample(s) at {rate} Hz is less than one sample at {sample_rate} Hz"
+
+
+def _check_values(path: PathLike, mono: np.ndarray, rate: int, offset: int = 0, whole: bool = False) -> None:
+    """Refuse NaN/inf and implausibly large samples in `mono` (frames from `offset` on), naming the time."""
+    finite = np.isfinite(mono)
+    if not finite.all():
+        first = offset + int(np.argmin(finite))
+        what = "all samples are NaN/inf" if whole and not finite.any() else "non-finite (NaN/inf) samples"
+        raise AudioError(path, f"{what}, first at {first / rate:.3f} s")
+    peak = max(float(mono.max()), -float(mono.min())) if mono.size else 0.0
+    if peak > MAX_ABS_SAMPLE:
+        first = offset + int(np.argmax((mono > MAX_ABS_SAMPLE) | (mono < -MAX_ABS_SAMPLE)))
+        raise AudioError(
+            path,
+            f"implausible sample value {peak:.3g} (limit {MAX_ABS_SAMPLE:.0e}; the log-mel front end would "
+            f"overflow), first at {first / rate:.3f} s",
+        )
 
 
 def _check_rate(sample_rate: int) -> int:
@@ -109,26 +170,30 @@ def audio_info(path: PathLike) -> AudioInfo:
 def load_audio(path: PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode a whole file to a float32 mono waveform at `sample_rate` (channels averaged, soxr HQ).
 
-    Raises AudioError for a missing file, a directory, an unreadable/unsupported/undecodable file, a file
-    with no samples, or any NaN/inf sample.
+    Raises AudioError for a missing file (or broken symlink), a directory or other non-regular file (a FIFO
+    would otherwise block forever), an unreadable/unsupported/undecodable file, a file with no samples or
+    too few to survive resampling, any NaN/inf sample, or a sample beyond +-MAX_ABS_SAMPLE.
+    docs/robustness.md lists the outcome for each kind of odd input.
     """
     sample_rate = _check_rate(sample_rate)
     with _open(path) as f:
         rate = int(f.samplerate)
         try:
-            data = f.read(dtype="float32", always_2d=True)  # (frames, channels)
+            if f.seekable():
+                data = f.read(dtype="float32", always_2d=True)  # (frames, channels)
+            else:
+                blocks = list(_read_blocks(f, 1 << 16))
+                data = np.concatenate(blocks) if blocks else np.zeros((0, f.channels), np.float32)
         except (sf.SoundFileError, RuntimeError, OSError, MemoryError) as e:
             raise AudioError(path, f"cannot decode audio ({type(e).__name__}: {e})") from e
     if data.shape[0] == 0:
         raise AudioError(path, "empty audio (0 samples)")
     wave = _to_mono(data)
-    finite = np.isfinite(wave)
-    if not finite.all():
-        first = int(np.argmin(finite))
-        what = "all samples are NaN/inf" if not finite.any() else "non-finite (NaN/inf) samples"
-        raise AudioError(path, f"{what}, first at {first / rate:.3f} s")
+    _check_values(path, wave, rate, whole=True)
     if rate != sample_rate:
         wave = soxr.resample(wave, rate, sample_rate, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
+        if wave.shape[0] == 0:
+            raise AudioError(path, _too_short(data.shape[0], rate, sample_rate))
     return wave
 
 
@@ -261,7 +326,7 @@ def _stream(
         next_start = 0  # absolute index (at sample_rate) of the next window to yield
         last_full_end = 0  # end of the last full window yielded (0 = none yet)
         read_frames = 0
-        blocks = f.blocks(blocksize=block_n, dtype="float32", always_2d=True)
+        blocks = _read_blocks(f, block_n)
         done = False
         while not done:
             try:
@@ -273,9 +338,7 @@ def _stream(
                 chunk = resampler.resample_chunk(np.zeros(0, np.float32), last=True) if resampler else None
             else:
                 mono = _to_mono(block)
-                if not np.isfinite(mono).all():
-                    bad = read_frames + int(np.argmin(np.isfinite(mono)))
-                    raise AudioError(path, f"non-finite (NaN/inf) samples, first at {bad / rate:.3f} s")
+                _check_values(path, mono, rate, offset=read_frames)
                 read_frames += mono.shape[0]
                 chunk = resampler.resample_chunk(mono, last=False) if resampler else mono
             if chunk is not None and chunk.shape[0]:
@@ -294,6 +357,8 @@ def _stream(
         if read_frames == 0:
             raise AudioError(path, "empty audio (0 samples)")
         total = buf_start + buf.shape[0]
+        if total == 0:  # every sample was lost to resampling (e.g. 1 sample at 96 kHz)
+            raise AudioError(path, _too_short(read_frames, rate, sample_rate))
         # one zero-padded window for audio past the last full one (if hop > window the next start may lie
         # past the end: that audio was in a gap between windows anyway)
         if last_full_end == 0 or (last_full_end < total and next_start < total):

@@ -98,14 +98,13 @@ def file_sha256(path: str | os.PathLike) -> str:
     return _SHA_CACHE[key]
 
 
-def _source(dist: str, rel: str, path: Path | None = None) -> dict[str, str]:
+def _source(dist: str, rel: str) -> dict[str, str]:
     """Provenance of a tower's weights: package, version, file inside it, SHA-256."""
-    path = package_file(dist, rel) if path is None else Path(path)
     return {
         "package": dist,
         "version": importlib.metadata.version(dist),
         "file": rel,
-        "sha256": file_sha256(path),
+        "sha256": file_sha256(package_file(dist, rel)),
     }
 
 
@@ -184,7 +183,7 @@ class AisfxAudioTower(nn.Module):
         """(B, N) -> normalised log-mel (B, T, 96), T = N // 1024 + 1."""
         if wave.dim() != 2:
             raise ValueError(f"expected a waveform batch of shape (B, N), got {tuple(wave.shape)}")
-        wave = wave.to(self.window.dtype)
+        wave = wave.to(self.window.device, self.window.dtype)
         peak = wave.abs().amax(dim=1, keepdim=True)  # (B, 1)
         wave = wave / torch.where(peak > 0, peak, torch.ones_like(peak))  # silence stays silence
         spec = torch.stft(
@@ -228,7 +227,10 @@ def _load_aisfx_state(path: Path) -> dict[str, torch.Tensor]:
 
     torch's weights-only unpickler refuses numpy scalars unless allow-listed; allowing exactly the
     numpy scalar reconstructor and the int64 dtype (plain data, no code) keeps weights_only=True.
+    The (function, name) allow-list form needs torch >= 2.6.
     """
+    if not hasattr(torch.serialization, "safe_globals"):
+        raise CheckpointError(f"{path}: loading aisfx's checkpoint with weights_only=True needs torch >= 2.6")
     core = getattr(np, "_core", None) or np.core  # numpy 2 moved numpy.core to numpy._core
     allowed: list[Any] = [(core.multiarray.scalar, "numpy.core.multiarray.scalar"), np.dtype]
     allowed += [type(np.dtype(np.int64))]  # numpy >= 1.25: np.dtypes.Int64DType
@@ -446,6 +448,7 @@ def load_proxy_teacher(
     )
     load_state_dict_checked(teacher.head, tensors, source=str(path))
     teacher.config = config
+    teacher.head.requires_grad_(False)
     return teacher.eval()
 
 
@@ -472,12 +475,22 @@ def us8k_clips(root: str | os.PathLike, folds: Sequence[int]) -> list[tuple[Path
 
 
 def embed_files(
-    tower: AisfxAudioTower, paths: Sequence[Path], batch_size: int = 16, progress: bool = False
+    tower: AisfxAudioTower,
+    paths: Sequence[Path],
+    batch_size: int = 16,
+    fit: str | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
-    """Frozen aiSFX embeddings of whole audio files -> (len(paths), 512); same-length clips are batched."""
-    from tinyclap.audio import load_audio
+    """Frozen aiSFX embeddings of audio files -> (len(paths), 512); same-length clips are batched.
+
+    fit=None embeds each whole file; "zero"/"repeat" first fit it to tinyclap's 5 s clip
+    (`tinyclap.audio.fit_clip`, eval policy, that padding), as the distillation pipeline feeds a teacher.
+    """
+    from tinyclap.audio import fit_clip, load_audio
 
     waves = [load_audio(p, tower.sample_rate) for p in paths]
+    if fit is not None:
+        waves = [fit_clip(w, policy="eval", pad=fit) for w in waves]  # type: ignore[arg-type]
     out = torch.empty(len(waves), tower.embed_dim)
     dev = tower.window.device
     by_len: dict[int, list[int]] = {}
@@ -491,7 +504,7 @@ def embed_files(
                 batch = torch.from_numpy(np.stack([waves[i] for i in part])).to(dev)  # (b, N)
                 out[part] = tower.embed(batch).cpu()
                 done += len(part)
-                if progress:
+                if progress and (done * 10 // len(waves)) > ((done - len(part)) * 10 // len(waves)):
                     print(f"  aisfx embeddings {done}/{len(waves)} ({time.time() - t0:.0f} s)", flush=True)
     return out
 
@@ -551,7 +564,7 @@ def train_head(
     caption_emb: torch.Tensor,
     *,
     seed: int = 0,
-    epochs: int = 40,
+    epochs: int = 20,
     batch_size: int = 128,
     lr: float = 1e-3,
     weight_decay: float = 1e-2,
@@ -577,6 +590,7 @@ def train_head(
     n, n_tpl = len(labels), caption_emb.shape[1]
     steps = epochs * max(1, math.ceil(n / batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    head.requires_grad_(True)
     teacher.train()
     losses = []
     for epoch in range(epochs):
@@ -597,12 +611,13 @@ def train_head(
             sched.step()
             with torch.no_grad():
                 head.logit_scale.clamp_(0.0, math.log(100.0))  # CLIP's cap on the scale
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         losses.append(total / n)
         if progress:
             print(f"  epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}, "
                   f"scale {float(head.logit_scale.exp()):.1f}", flush=True)
     teacher.eval()
+    head.requires_grad_(False)  # a teacher is frozen once trained
     return losses
 
 
@@ -611,7 +626,7 @@ def build_proxy(
     folds: Sequence[int] = (1, 2),
     *,
     seed: int = 0,
-    epochs: int = 40,
+    epochs: int = 20,
     out: str | os.PathLike | None = None,
     embed_dim: int = 1024,
     batch_size: int = 128,
@@ -673,11 +688,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="output folder (gets proxy_teacher.safetensors/.json)")
     ap.add_argument("--train-folds", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--eval-folds", type=int, nargs="+", default=[3])
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--embed-dim", type=int, default=1024)
     args = ap.parse_args(argv)
 
+    t0 = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     teacher = build_proxy(args.us8k, args.train_folds, seed=args.seed, epochs=args.epochs, out=out,
@@ -689,12 +705,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     labels = torch.tensor([classes.index(c) for _, c in held])
     capt_all = caption_embeddings(teacher.text_tower, classes, train["templates"])
     capt_one = caption_embeddings(teacher.text_tower, classes, train["templates"][:1])
+    fitted = {pad: embed_files(teacher.audio_tower, [p for p, _ in held], fit=pad) for pad in ("zero", "repeat")}
     report = {
         "train_folds": args.train_folds, "train_acc_ensemble": train["train_zero_shot_acc"],
         "eval_folds": args.eval_folds, "eval_clips": len(held),
         "eval_acc_ensemble": zero_shot_accuracy(teacher, audio, labels, capt_all),
         "eval_acc_default_template": zero_shot_accuracy(teacher, audio, labels, capt_one),
+        **{f"eval_acc_ensemble_5s_{pad}_pad": zero_shot_accuracy(teacher, a, labels, capt_all)
+           for pad, a in fitted.items()},
         "logit_scale_exp": float(teacher.logit_scale.exp()),
+        "seconds": round(time.time() - t0, 1),
     }
     print(json.dumps(report, indent=2))
 

@@ -1,0 +1,116 @@
+"""`tinyclap eval`: zero-shot accuracy of a teacher or a student on ESC-50, UrbanSound8K, TUT17 or a CSV."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _folds(text: str) -> list[int]:
+    try:
+        folds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"folds must be integers separated by commas, got {text!r}"
+        ) from None
+    if not folds:
+        raise argparse.ArgumentTypeError("empty fold list")
+    return folds
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="zero-shot accuracy on a labelled dataset (per fold, per class, confusion matrix)",
+        description=(
+            "Score a model with the tinyCLAP protocol: every clip, prompt 'this is the sound of {class}' "
+            "(underscores -> spaces), deterministic embedding of long clips. Writes report.json, "
+            "confusion.png and predictions.csv to --out."
+        ),
+    )
+    p.add_argument("--model", required=True, help="student name (random init), checkpoint or run folder")
+    p.add_argument(
+        "--dataset", required=True, choices=("esc50", "esc10", "us8k", "tut17", "csv"), help="dataset reader"
+    )
+    p.add_argument(
+        "--root", required=True, help="dataset folder (for csv: the CSV file with path,label[,fold])"
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    t = p.add_argument_group("class prompts (text embeddings)")
+    t.add_argument("--teacher", help="teacher checkpoint whose text tower encodes the class prompts")
+    t.add_argument(
+        "--tokenizer", help="folder with BERT's uncased vocab.txt (for a CLAP teacher's text tower)"
+    )
+    t.add_argument("--classes", help="class matrix (.npz) saved by tinyclap, instead of a text encoder")
+    t.add_argument(
+        "--templates",
+        action="append",
+        metavar="TEMPLATE|FILE",
+        help="prompt template with {} (repeatable, or a file with one per line): prompt ensembling; "
+        'default "this is the sound of {}"',
+    )
+    d = p.add_argument_group("clips")
+    d.add_argument("--folds", type=_folds, help="only these folds, e.g. 1 or 1,2,3")
+    d.add_argument("--esc10", action="store_true", help="ESC-10 subset of ESC-50")
+    d.add_argument("--subset", choices=("auto", "development", "evaluation"), help="TUT17 set (default auto)")
+    d.add_argument("--limit", type=int, help="evaluate an evenly spread subset of N clips (quick checks)")
+    d.add_argument(
+        "--long-clip",
+        choices=("windows", "centre"),
+        default="windows",
+        help="clips longer than 5 s: mean of all window embeddings (default) or the centre crop",
+    )
+    r = p.add_argument_group("running")
+    r.add_argument(
+        "--embed-cache", help="folder for cached audio embeddings (default: the user cache folder)"
+    )
+    r.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
+    r.add_argument(
+        "--seed", type=int, default=0, help="initialisation seed when --model is a bare student name"
+    )
+    r.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
+    r.add_argument("--batch-size", type=int, default=16, help="5 s windows per forward pass")
+    r.add_argument(
+        "--strict", action="store_true", help="exit 1 if any listed clip was missing or unreadable"
+    )
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from tinyclap.evaluate import run_eval
+
+    if args.classes and (args.teacher or args.templates):
+        raise ValueError("--classes already holds the class embeddings: drop --teacher/--templates")
+    report = run_eval(
+        args.model,
+        args.dataset,
+        args.root,
+        args.out,
+        teacher=args.teacher,
+        tokenizer=args.tokenizer,
+        classes_file=args.classes,
+        templates=args.templates,
+        folds=args.folds,
+        esc10=args.esc10,
+        subset=args.subset,
+        limit=args.limit,
+        long_clip=args.long_clip,
+        embed_cache=args.embed_cache,
+        no_cache=args.no_cache,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    ds = report["dataset"]
+    for s in ds["skipped"]:
+        print(f"skipped {s['file']}: {s['error']}", file=sys.stderr)
+    if ds["n_missing"]:
+        print(f"{ds['n_missing']} listed clip(s) are not on disk (see report.json)", file=sys.stderr)
+    if args.strict and (ds["n_skipped"] or ds["n_missing"]):
+        print("--strict: some clips were not evaluated", file=sys.stderr)
+        return 1
+    return 0

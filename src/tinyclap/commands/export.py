@@ -1,0 +1,149 @@
+"""`tinyclap export`: a student + its class matrix -> ONNX (fp32, optionally int8) with a manifest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a student to ONNX (+ int8) for the torch-free runtime",
+        description="Writes model.onnx (waveform -> embedding), student.onnx (log-mel -> embedding), "
+        "classes.npz and manifest.json; checks ONNX Runtime against PyTorch on real recordings.",
+    )
+    p.add_argument("--model", required=True, help="student checkpoint, run folder or student name")
+    c = p.add_argument_group("classes (one of)")
+    c.add_argument("--labels", help='comma-separated class names, e.g. "dog,rain,siren" (needs --teacher)')
+    c.add_argument("--classes", help="class-matrix file (.npz) saved by tinyclap")
+    p.add_argument("--teacher", help="teacher checkpoint whose text tower encodes --labels")
+    p.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt (with --labels)")
+    p.add_argument("--template", action="append", help='prompt template(s), default "this is the sound of {}"')
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    p.add_argument(
+        "--frontend",
+        choices=("factorised", "conv"),
+        default="factorised",
+        help="front end in ONNX: factorised DFT (fast, default) or LogMel's conv1d STFT",
+    )
+    p.add_argument("--quantize", choices=("int8",), help="also write int8 models (static QDQ quantisation)")
+    p.add_argument("--calibration", help="folder of real recordings for int8 calibration")
+    p.add_argument("--calibration-size", type=int, default=32, help="calibration files drawn (default 32)")
+    p.add_argument(
+        "--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax", help="(minmax)"
+    )
+    p.add_argument(
+        "--parity-audio",
+        help="folder of real recordings for the parity check and the held-out int8 evaluation "
+        "(default: calibration-folder files not drawn for calibration)",
+    )
+    p.add_argument("--parity-size", type=int, default=8, help="files for the fp32 parity check (default 8)")
+    p.add_argument("--eval-size", type=int, default=48, help="held-out files for int8 evaluation (default 48)")
+    p.add_argument(
+        "--int8-fp32-convs",
+        default="auto",
+        help="leading student convolutions kept fp32: a number, or 'auto' (fewest reaching "
+        "--int8-search-target mean cosine on the calibration clips; default)",
+    )
+    p.add_argument("--int8-search-target", type=float, default=0.995, help="(0.995)")
+    p.add_argument("--no-frontend-int8-check", action="store_true", help="skip measuring a quantised front end")
+    p.add_argument("--json", action="store_true", help="print the manifest")
+    p.set_defaults(func=run)
+
+
+def _audio_sets(args: argparse.Namespace) -> tuple[list, list, list]:
+    """(parity files, calibration files, held-out files) as described in --help."""
+    from tinyclap.export import find_audio, pick
+
+    cal_pool = find_audio(args.calibration) if args.calibration else []
+    calibration = pick(cal_pool, args.calibration_size, seed=0) if args.quantize else []
+    chosen = set(calibration)
+    if args.parity_audio:
+        pool = find_audio(args.parity_audio)
+    else:
+        pool = [p for p in cal_pool if p not in chosen]
+    if not pool and not args.calibration:
+        raise ValueError("the parity check needs real recordings: pass --parity-audio DIR or --calibration DIR")
+    heldout = [p for p in pick(pool, args.eval_size + len(chosen), seed=1) if p not in chosen][: args.eval_size]
+    if not pool:  # calibration folder fully used: check parity on calibration files (fp32 parity only)
+        pool = cal_pool
+    parity = pick(pool, args.parity_size, seed=2)
+    return parity, calibration, heldout
+
+
+def _fp32_convs(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        k = int(value)
+    except ValueError:
+        k = -1
+    if k < 0:
+        raise ValueError(f"--int8-fp32-convs must be 'auto' or an integer >= 0, got {value!r}")
+    return k
+
+
+def run(args: argparse.Namespace) -> int:
+    from tinyclap.commands.classify import build_classifier
+    from tinyclap.export import Int8Options, export
+    from tinyclap.models import load_model
+
+    if bool(args.labels) == bool(args.classes):
+        raise ValueError('give the classes: --labels "a,b,c" (with --teacher and --tokenizer) or --classes FILE')
+    if args.quantize and not args.calibration:
+        raise ValueError("--quantize int8 needs --calibration DIR (real recordings)")
+    parity, calibration, heldout = _audio_sets(args)
+    model = load_model(args.model)
+    clf = build_classifier(args, model)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    manifest = export(
+        model,
+        args.out,
+        clf,
+        parity_audio=parity,
+        opset=args.opset,
+        frontend=args.frontend,
+        quantize=args.quantize,
+        calibration_audio=calibration,
+        heldout_audio=heldout,
+        int8=Int8Options(
+            method=args.calibration_method,
+            fp32_convs=_fp32_convs(args.int8_fp32_convs),
+            search_target=args.int8_search_target,
+            measure_frontend=not args.no_frontend_int8_check,
+        ),
+        source=str(args.model),
+        log=log,
+    )
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    par = manifest["parity"]
+    print(f"exported {manifest['student']['name']} -> {args.out}")
+    for name in ("model.onnx", "student.onnx"):
+        print(f"  parity {name:18s} min cosine {par[name]['min_cosine']:.7f} over {par[name]['clips']} clips")
+    q = manifest["quantization"]
+    if q:
+        print(f"  int8: {q['fp32_convs']} leading student convolutions kept fp32")
+        for name in ("model.int8.onnx", "student.int8.onnx"):
+            r = q[name]
+            print(
+                f"  int8   {name:18s} mean cosine {r['mean_cosine']:.4f} (min {r['min_cosine']:.4f}, "
+                f"centred {r['centred_cosine']:.4f}), "
+                f"top-1 agreement {100 * r.get('top1_agreement', float('nan')):.1f} % on {r['clips']} held-out clips"
+            )
+        if "frontend_int8" in q:
+            r = q["frontend_int8"]
+            print(
+                f"  (front end quantised too: mean cosine {r['mean_cosine']:.4f}, "
+                f"top-1 agreement {100 * r.get('top1_agreement', float('nan')):.1f} %; kept fp32)"
+            )
+    for name, f in manifest["files"].items():
+        print(f"  {name:18s} {f['bytes'] / 1e6:8.2f} MB  sha256 {f['sha256'][:16]}...")
+    return 0

@@ -1,0 +1,326 @@
+"""Cost of a student (and of the teacher's audio tower) for one 5 s clip: size, MACs, memory, CPU latency.
+
+What is measured, and how:
+
+- parameters: `tinyclap.students.count_params`; MACs: `count_macs` (conv/linear hooks) for the student,
+  `tinyclap.export.frontend_macs` (counted by hand) for the front end: LogMel's conv1d STFT + mel matmul,
+  and the factorised DFT that the ONNX export runs instead.
+- peak activation memory: a liveness analysis over the exported ONNX graph. Every intermediate tensor's
+  size is taken from one real run (all intermediates exposed as outputs, optimisations off); executing
+  the nodes in graph order, a tensor is live from the node that produces it to its last consumer (graph
+  inputs from the start, graph outputs to the end); the peak is the largest total of live tensors over
+  all steps. Weights (initialisers, Constant nodes) are not activations and are not counted. This is
+  what an executor that frees each tensor after its last use needs, without ONNX Runtime's arena slack
+  or in-place reuse. int8: the student's tensors at 1 byte per element (= fp32 / 4); the front end,
+  which stays fp32 in model.int8.onnx, at 4.
+- file sizes: fp32 and int8 ONNX files written by `tinyclap.export` into a temporary folder.
+- latency: wall time of one forward pass on a (1, 220500) clip, `threads` intra-op threads (PyTorch:
+  `torch.set_num_threads` inside the call, restored after; ONNX Runtime: `intra_op_num_threads`, graph
+  optimisation ORT_ENABLE_ALL), after `warmup` untimed runs; median, quartiles and min/max of `runs`.
+  Front end, student and the whole model are timed separately, for torch fp32, ORT fp32 and ORT int8
+  (whose front end is the fp32 one). Weights are random: latency and size do not depend on them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tinyclap.audio import CLIP_SAMPLES
+from tinyclap.export import (
+    FRONTEND_SCOPE,
+    MODEL_FILE,
+    MODEL_INT8_FILE,
+    STUDENT_FILE,
+    STUDENT_INT8_FILE,
+    FactorisedLogMel,
+    WaveformEmbedder,
+    export_onnx_models,
+    frontend_macs,
+    onnx_export,
+    ort_session,
+    quantize_int8,
+)
+from tinyclap.frontend import LogMel
+from tinyclap.students import count_macs, count_params
+
+TEACHER_NAME = "cnn14"  # create_student("cnn14") = MS CLAP 2022's audio tower (Cnn14 + projection)
+
+
+def timing(fn: Callable[[], Any], runs: int = 20, warmup: int = 3) -> dict[str, float]:
+    """Median / quartiles / min / max in milliseconds of `runs` calls after `warmup` untimed ones."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    a = np.asarray(ts)
+    q1, med, q3 = np.percentile(a, [25, 50, 75])
+    return {
+        "median_ms": float(med),
+        "q1_ms": float(q1),
+        "q3_ms": float(q3),
+        "iqr_ms": float(q3 - q1),
+        "min_ms": float(a.min()),
+        "max_ms": float(a.max()),
+        "runs": int(runs),
+    }
+
+
+class torch_threads:
+    """Context manager: torch.set_num_threads(n) inside, the previous value restored after."""
+
+    def __init__(self, n: int | None) -> None:
+        self.n = n
+
+    def __enter__(self) -> None:
+        self.old = torch.get_num_threads()
+        if self.n:
+            torch.set_num_threads(int(self.n))
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.old)
+
+
+def peak_activation_bytes(
+    path: str | os.PathLike,
+    inputs: dict[str, np.ndarray],
+    bytes_per_element: Callable[[str, np.ndarray], float] | None = None,
+) -> dict[str, Any]:
+    """Liveness analysis over an ONNX graph (see the module docstring) -> {"bytes", "at_node", "tensors"}.
+
+    `bytes_per_element(node_name, array)` overrides a tensor's element size (default: its dtype's).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    nodes = [n for n in graph.node if n.op_type != "Constant"]
+    weights = {i.name for i in graph.initializer}
+    weights |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    outputs = {o.name for o in graph.output}
+    for n in nodes:
+        for o in n.output:
+            if o and o not in outputs:
+                graph.output.append(onnx.ValueInfoProto(name=o))  # untyped: ORT infers the type
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the graph as exported
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    values = dict(zip(names, sess.run(None, inputs)))
+    values.update(inputs)
+
+    producer = {name: -1 for name in inputs}
+    owner: dict[str, str] = {name: "" for name in inputs}
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            if o:
+                producer[o], owner[o] = i, n.name
+    last_use = dict(producer)
+    for i, n in enumerate(nodes):
+        for x in n.input:
+            if x in producer and x not in weights:
+                last_use[x] = max(last_use[x], i)
+    for o in outputs:
+        if o in last_use:
+            last_use[o] = len(nodes)
+    size = {}
+    for name in producer:
+        arr = np.asarray(values[name])
+        per = bytes_per_element(owner[name], arr) if bytes_per_element else arr.itemsize
+        size[name] = int(arr.size * per)
+    # sweep over steps -1 (inputs only) .. n-1 at index step + 1: +size when produced, -size after last use
+    delta = np.zeros(len(nodes) + 3)
+    for name, p in producer.items():
+        delta[p + 1] += size[name]
+        delta[last_use[name] + 2] -= size[name]
+    live = np.cumsum(delta)[: len(nodes) + 1]  # (n + 1,) live bytes at each step
+    step = int(np.argmax(live))
+    return {
+        "bytes": int(live[step]),
+        "at_node": nodes[step - 1].name if step >= 1 else "(inputs)",
+        "tensors": len(producer),
+    }
+
+
+def _sizes(folder: Path) -> dict[str, int]:
+    return {
+        name: (folder / name).stat().st_size
+        for name in (MODEL_FILE, STUDENT_FILE, MODEL_INT8_FILE, STUDENT_INT8_FILE, "frontend.onnx")
+        if (folder / name).is_file()
+    }
+
+
+def synthetic_clips(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 220500) deterministic test signals (noise bursts and tones), for timing and fallback calibration."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(CLIP_SAMPLES) / 44100.0
+    out = []
+    for i in range(n):
+        tone = np.sin(2 * np.pi * (200 + 300 * i) * t) * 0.3
+        env = (np.sin(2 * np.pi * (0.5 + i) * t) > 0).astype(np.float64)
+        out.append(tone * env + rng.standard_normal(CLIP_SAMPLES) * 0.05 * (1 + i % 3))
+    return np.asarray(out, dtype=np.float32)
+
+
+def profile_model(
+    spec: str,
+    *,
+    runs: int = 20,
+    warmup: int = 3,
+    threads: int | None = 1,
+    int8: bool = True,
+    int8_fp32_convs: int = 0,
+    calibration: np.ndarray | None = None,
+    workdir: str | os.PathLike | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Profile a student (name, checkpoint or run folder) for one 5 s clip; returns a JSON-able dict.
+
+    `calibration` (K, 220500) real clips for the int8 model (default: synthetic signals; latency does not
+    depend on the calibration). `int8_fp32_convs`: leading student convolutions kept fp32 (as `export`).
+    """
+    from tinyclap.export import _student_of
+    from tinyclap.models import load_model
+
+    say = log or (lambda msg: None)
+    student = _student_of(load_model(spec)).eval()
+    lm = LogMel().eval()
+    n_frames = lm.n_frames(CLIP_SAMPLES)
+    fe_macs = frontend_macs(lm)
+    res: dict[str, Any] = {
+        "model": student.name,
+        "source": str(spec),
+        "params": count_params(student),
+        "macs": {
+            "student": count_macs(student, n_frames),
+            "frontend_conv_stft": fe_macs["conv_stft"],
+            "frontend_mel": fe_macs["mel"],
+            "frontend_torch": fe_macs["total"],
+            "frontend_onnx_factorised": fe_macs["factorised"],
+        },
+        "clip": {"samples": CLIP_SAMPLES, "seconds": 5.0, "frames": n_frames},
+        "threads": threads,
+    }
+    res["macs"]["total_torch"] = res["macs"]["student"] + fe_macs["total"]
+    res["macs"]["total_onnx"] = res["macs"]["student"] + fe_macs["factorised"]
+
+    wave = synthetic_clips(1)  # (1, N)
+    x = torch.from_numpy(wave)
+    with torch.no_grad():
+        mel = lm(x)  # (1, T, 64)
+    model = WaveformEmbedder(lm, student).eval()
+    lat: dict[str, Any] = {}
+    say(f"{student.name}: torch fp32")
+    with torch.no_grad(), torch_threads(threads):
+        lat["torch_fp32"] = {
+            "frontend": timing(lambda: lm(x), runs, warmup),
+            "student": timing(lambda: student(mel), runs, warmup),
+            "model": timing(lambda: model(x), runs, warmup),
+        }
+
+    with tempfile.TemporaryDirectory(prefix="tinyclap-profile-", dir=workdir) as tmp:
+        d = Path(tmp)
+        say(f"{student.name}: ONNX export")
+        export_onnx_models(student, d)
+        onnx_export(FactorisedLogMel(lm).eval(), x, d / "frontend.onnx", "waveform", {0: "batch"})
+        backends = {"ort_fp32": (MODEL_FILE, STUDENT_FILE)}
+        if int8:
+            say(f"{student.name}: int8 quantisation")
+            cal = synthetic_clips(4) if calibration is None else calibration
+            with torch.no_grad():
+                cal_mel = lm(torch.from_numpy(cal)).numpy()
+            quantize_int8(d / MODEL_FILE, d / MODEL_INT8_FILE, cal, "waveform", fp32_convs=int8_fp32_convs)
+            quantize_int8(d / STUDENT_FILE, d / STUDENT_INT8_FILE, cal_mel, "logmel", fp32_convs=int8_fp32_convs)
+            backends["ort_int8"] = (MODEL_INT8_FILE, STUDENT_INT8_FILE)
+            res["int8"] = {
+                "fp32_convs": int8_fp32_convs,
+                "calibration": "synthetic" if calibration is None else f"{len(calibration)} real clips",
+            }
+        fe_sess = ort_session(d / "frontend.onnx", threads)
+        fe_time = timing(lambda: fe_sess.run(None, {"waveform": wave}), runs, warmup)
+        for backend, (mfile, sfile) in backends.items():
+            say(f"{student.name}: {backend}")
+            ms, ss = ort_session(d / mfile, threads), ort_session(d / sfile, threads)
+            lat[backend] = {
+                "frontend": fe_time,
+                "student": timing(lambda ss=ss: ss.run(None, {"logmel": mel.numpy()}), runs, warmup),
+                "model": timing(lambda ms=ms: ms.run(None, {"waveform": wave}), runs, warmup),
+            }
+        res["file_bytes"] = _sizes(d)
+
+        say(f"{student.name}: peak activation memory")
+        student_peak = peak_activation_bytes(d / STUDENT_FILE, {"logmel": mel.numpy()})
+        model_peak = peak_activation_bytes(d / MODEL_FILE, {"waveform": wave})
+        model_peak_int8 = peak_activation_bytes(
+            d / MODEL_FILE,
+            {"waveform": wave},
+            lambda node, arr: arr.itemsize if node.startswith(FRONTEND_SCOPE) or node == "" else arr.itemsize / 4,
+        )
+        frontend_peak = peak_activation_bytes(d / "frontend.onnx", {"waveform": wave})
+    res["peak_activation_bytes"] = {
+        "method": "liveness over the exported ONNX graph (tensor sizes from one run; weights excluded)",
+        "student_fp32": student_peak["bytes"],
+        "student_int8": student_peak["bytes"] // 4,
+        "frontend_fp32": frontend_peak["bytes"],
+        "model_fp32": model_peak["bytes"],
+        "model_int8": int(model_peak_int8["bytes"]),
+        "model_fp32_peak_at": model_peak["at_node"],
+        "student_fp32_peak_at": student_peak["at_node"],
+    }
+    res["latency"] = lat
+    res["time_split"] = {backend: _split(v) for backend, v in lat.items()}
+    return res
+
+
+def _split(lat: dict[str, Any]) -> dict[str, float]:
+    """Where the time goes: front end vs student, from their separate medians."""
+    fe, st = lat["frontend"]["median_ms"], lat["student"]["median_ms"]
+    return {"frontend_ms": fe, "student_ms": st, "frontend_share": fe / max(fe + st, 1e-9)}
+
+
+def compare(student: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
+    """Speed-ups of the student's int8 (or fp32) ONNX model over the teacher tower, per teacher backend."""
+    s_backend = "ort_int8" if "ort_int8" in student["latency"] else "ort_fp32"
+    s = student["latency"][s_backend]["model"]["median_ms"]
+    out: dict[str, Any] = {"student_backend": s_backend, "student_model_ms": s}
+    for backend, v in teacher["latency"].items():
+        out[f"speedup_vs_teacher_{backend}"] = v["model"]["median_ms"] / s
+    return out
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """README table: name, params, MACs, peak memory, model latency (median +- IQR/2) per backend."""
+    backends = [b for b in ("torch_fp32", "ort_fp32", "ort_int8") if any(b in r["latency"] for r in rows)]
+    head = ["model", "params (M)", "MMACs student", "MMACs front end (torch / ONNX)", "peak act. fp32 / int8 (MB)"]
+    head += [f"{b.replace('_', ' ')} (ms)" for b in backends] + ["front end share (ORT fp32)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        m, p = r["macs"], r["peak_activation_bytes"]
+        cells = [
+            f"`{r['model']}`",
+            f"{r['params'] / 1e6:.2f}",
+            f"{m['student'] / 1e6:.0f}",
+            f"{m['frontend_torch'] / 1e6:.0f} / {m['frontend_onnx_factorised'] / 1e6:.0f}",
+            f"{p['model_fp32'] / 1e6:.1f} / {p['model_int8'] / 1e6:.1f}",
+        ]
+        for b in backends:
+            t = r["latency"].get(b)
+            cells.append(f"{t['model']['median_ms']:.1f} ± {t['model']['iqr_ms'] / 2:.1f}" if t else "–")
+        share = r.get("time_split", {}).get("ort_fp32", {}).get("frontend_share")
+        cells.append(f"{100 * share:.0f} %" if share is not None else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
