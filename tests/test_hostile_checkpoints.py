@@ -475,3 +475,64 @@ def test_our_loaders_never_unpickle(
     assert load_student(tmp_path / "student.safetensors").name == STUDENT
     assert load_model(tmp_path).embed_dim == 1024  # the run folder resolves to the student
     assert load_teacher(teacher_st).embed_dim == 64
+
+
+# --- the other files tinyclap reads: training state, target cache, exported class matrix -----------------
+
+
+@pytest.mark.parametrize("kind", ["pickle", "wrong_kind"])
+def test_distill_resume_state_refused(kind: str, student_ckpt: Path, tmp_path: Path) -> None:
+    """`stageN/last.safetensors` (what `resume=True` reads): safetensors only, and a training state."""
+    from tinyclap.distill import read_stage_result
+
+    marker = tmp_path / "pwned"
+    stage = tmp_path / "stage1"
+    stage.mkdir()
+    if kind == "pickle":
+        _torch_zip(stage / "last.safetensors", marker)
+        match = "not a readable safetensors file"
+    else:
+        shutil.copy(student_ckpt, stage / "last.safetensors")  # a student, not a training state
+        match = "not a training-state checkpoint"
+    with pytest.raises(CheckpointError, match=match):
+        read_stage_result(stage)
+    assert not marker.exists()
+
+
+def test_cache_shard_with_pickled_arrays_refused(tmp_path: Path) -> None:
+    from tinyclap.cache import FORMAT, CacheError, CacheStore
+
+    marker = tmp_path / "pwned"
+    config = {
+        "format": FORMAT,
+        "n_frames": 4,
+        "n_mels": 2,
+        "embed_dim": 3,
+        "teacher": "x",
+        "sample_rate": 44100,
+    }
+    (tmp_path / "cache.json").write_text(json.dumps(config))
+    shard = tmp_path / "shards" / "r00-00000"
+    shard.mkdir(parents=True)
+    (shard / "items.json").write_text(json.dumps([{"path": "a.wav", "split": "train"}]))
+    np.save(shard / "logmel.npy", np.array([ShellPayload(marker)], dtype=object), allow_pickle=True)
+    np.save(shard / "target.npy", np.zeros((1, 3), np.float32))
+    with pytest.raises(CacheError, match="logmel.npy: unreadable"):
+        CacheStore(tmp_path)
+    assert not marker.exists()
+
+
+def test_exported_class_matrix_refuses_pickles(tmp_path: Path) -> None:
+    """The torch-free runtime reads the class matrix from bytes with allow_pickle=False (after its SHA-256
+    check, which an attacker who rewrites the manifest too would pass)."""
+    from tinyclap.runtime import _classifier_from_bytes
+
+    marker = tmp_path / "pwned"
+    buf = tmp_path / "evil.npz"
+    np.savez(buf, weights=np.array([ShellPayload(marker)], dtype=object), meta=np.array("{}"))
+    _raw_pickle(tmp_path / "raw.npz", marker)
+    for path in (buf, tmp_path / "raw.npz"):
+        with pytest.raises(ValueError) as e:
+            _classifier_from_bytes(path.read_bytes(), path)
+        assert str(path) in str(e.value)
+    assert not marker.exists()

@@ -244,7 +244,9 @@ _label = (
     .filter(bool)
 )
 _stem = st.text(alphabet="abcXYZ019 _-,'\"é()", min_size=1, max_size=10).map(str.strip).filter(bool)
-_junk = st.text(alphabet="ab,\"' \n\r\t;", max_size=10)  # extra-column values: quotes, commas, newlines
+# extra-column values with quotes, commas and line breaks (no lone CR: csv.writer with lineterminator="\n"
+# does not quote it, and the file it writes is then malformed: a writer quirk, not a reader bug)
+_junk = st.lists(st.sampled_from(["a", ",", '"', "'", " ", "\n", "\r\n", "\t", ";"]), max_size=6).map("".join)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -586,7 +586,7 @@ def _keep(item: Any) -> Any:  # DataLoader collate for batch_size=None: pass ite
     return item
 
 
-def _state_sha256(model: Any) -> str | None:
+def state_sha256(model: Any) -> str | None:
     """sha256 over a module's state dict (names, dtypes, shapes, bytes), None if it has none."""
     if not isinstance(model, nn.Module):
         return None
@@ -603,7 +603,7 @@ def _teacher_info(teacher: Any, spec: PathLike | None) -> dict[str, Any]:
     return {
         "kind": type(teacher).__name__,
         "path": os.path.abspath(os.fspath(spec)) if spec is not None and os.path.exists(spec) else None,
-        "sha256": _state_sha256(teacher),
+        "sha256": state_sha256(teacher),
         "sha256_of": "state_dict",
         "embed_dim": int(teacher.embed_dim),
         "sample_rate": int(teacher.sample_rate),

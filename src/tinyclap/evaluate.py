@@ -281,14 +281,14 @@ def save_confusion_png(
 def _checkpoint_file(spec: str | os.PathLike) -> Path | None:
     """The weights file `tinyclap.models.load_model(spec)` reads, or None for a student name."""
     from tinyclap.checkpoint import resolve_checkpoint
-    from tinyclap.models import _stem_in
+    from tinyclap.models import checkpoint_stem
 
     path = Path(spec)
     if not path.exists():
         return None
     if path.suffix in (".pth", ".pt", ".ckpt", ".bin"):
         return path
-    return resolve_checkpoint(path, _stem_in(path))
+    return resolve_checkpoint(path, checkpoint_stem(path))
 
 
 def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:

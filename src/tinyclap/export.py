@@ -18,21 +18,34 @@ that the mel filterbank uses (up to 14 kHz): ~110 M MACs and ~4 ms. Its output e
 float32 rounding (max |difference| ~2e-5 dB); `check_parity` compares the ONNX model against the plain
 PyTorch `LogMel` + student on real recordings, so a wrong factorisation cannot pass.
 
-What does not quantise well, and why (numbers: `tinyclap export ... --quantize int8` records them in
-manifest.json under quantization.frontend_int8 on held-out audio):
+What does not quantise well, and why (measured on UrbanSound8K, calibration on fold 1, held-out fold 2,
+phinet_alpha_1.50_beta_0.75_t0_6_N_7 with random weights whose BatchNorm statistics were re-estimated on
+real audio; every export records its own numbers in manifest.json under "quantization"):
 
-- The front end. Its intermediate tensors span a huge dynamic range: the power spectrum covers ~100 dB
-  (amin 1e-10) and the log turns *relative* error in small values into large absolute errors in dB. One
-  per-tensor int8 scale (256 levels, i.e. ~48 dB) set by the loudest bin of the calibration audio rounds
-  every quiet bin to 0, which the log maps to -100 dB, so quiet frames and high bands are destroyed
-  (and the waveform itself, quantised to 8 bits, has only ~48 dB SNR). The front end therefore stays
-  fp32 in `model.int8.onnx` (its nodes are excluded from quantisation); it costs ~4 ms fp32 anyway.
-- Everything after it (convolutions, depthwise convolutions, the projection head's matrices) quantises
-  well with per-channel int8 weights and uint8 activations calibrated on real audio (MinMax).
+- The front end. Its tensors span a huge dynamic range: the power spectrum covers ~100 dB (amin 1e-10)
+  and the log turns *relative* error in small values into large absolute errors in dB. One per-tensor
+  8-bit scale (256 levels, ~48 dB) set by the loudest bin rounds every quiet bin to 0, which the log maps
+  to -100 dB; the 8-bit waveform itself has only ~48 dB SNR. Quantising it too drops the held-out mean
+  cosine to int8 from 0.998 to ~0.3 and zero-shot top-1 agreement to ~10 % ("frontend_int8" in the
+  manifest). It stays fp32 in model.int8.onnx (its nodes are excluded); it costs ~4 ms anyway.
+- The student's first blocks. The stem sees the log-mel itself (its 3x3 depthwise conv has ONE channel),
+  so 8 bits there (~0.5 dB steps over a ~120 dB range) perturb everything downstream: all-int8 student
+  0.83 mean cosine; stem fp32 0.963; + block 1 0.968; + block 2 0.992; + block 3 0.995; + block 4 0.998.
+  `quant_plan` therefore keeps the first `fp32_blocks` blocks fp32, cutting on block outputs (the narrow
+  residual stream, so the fp32->int8 boundary is cheap), and `search_fp32_blocks` picks the fewest that
+  reach a target cosine on the calibration clips. Those full-resolution blocks have few, odd channel
+  counts (18-72) where ONNX Runtime's int8 kernels are no faster than its fp32 NCHWc ones anyway.
+- The graph optimisation of `quant_pre_process` fuses the projection head's residual add into a Gemm with
+  a non-constant bias, which the quantiser cannot convert: its int8 weight would be dequantised on every
+  run (~4 ms). The pre-processing therefore does shape inference only.
+- Everything else (pointwise and depthwise convolutions of the later blocks, the projection head)
+  quantises well: per-channel int8 weights, uint8 activations (percentile calibration is slightly better
+  than min/max: 0.9979 vs 0.9976 mean cosine here).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -150,7 +163,9 @@ class FactorisedLogMel(nn.Module):
         """Multiply-accumulates for one clip: window, stage 1, stage 2, |X|^2 + mel product."""
         t, n1, g, k2n = self.n_frames, self.n1, self.g, self.k2n
         n_mels = self.mel.shape[1]
-        return int(t * n1 * g + t * g * 2 * n1 * n1 + n1 * 2 * t * g * 2 * k2n + t * n1 * 2 * k2n * (1 + n_mels))
+        return int(
+            t * n1 * g + t * g * 2 * n1 * n1 + n1 * 2 * t * g * 2 * k2n + t * n1 * 2 * k2n * (1 + n_mels)
+        )
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:  # (B, N) -> (B, T, n_mels)
         if not torch.jit.is_tracing() and (wave.dim() != 2 or wave.shape[1] != self.n_samples):
@@ -186,7 +201,12 @@ def frontend_macs(logmel: LogMel | None = None, n_samples: int = CLIP_SAMPLES) -
     t = lm.n_frames(n_samples)
     stft = t * 2 * lm.n_bins * lm.n_fft
     mel = t * lm.n_bins * lm.n_mels
-    return {"conv_stft": stft, "mel": mel, "total": stft + mel, "factorised": FactorisedLogMel(lm, n_samples).macs()}
+    return {
+        "conv_stft": stft,
+        "mel": mel,
+        "total": stft + mel,
+        "factorised": FactorisedLogMel(lm, n_samples).macs(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -283,7 +303,12 @@ def export_onnx_models(
         WaveformEmbedder(fe, student).eval(), wave, out_dir / MODEL_FILE, "waveform", {0: "batch"}, opset
     )
     student_path = onnx_export(
-        LogmelEmbedder(student).eval(), mel, out_dir / STUDENT_FILE, "logmel", {0: "batch", 1: "frames"}, opset
+        LogmelEmbedder(student).eval(),
+        mel,
+        out_dir / STUDENT_FILE,
+        "logmel",
+        {0: "batch", 1: "frames"},
+        opset,
     )
     return {"model": model_path, "student": student_path}
 
@@ -447,7 +472,10 @@ def _calibration_reader(inputs: np.ndarray, name: str, batch_size: int = 4) -> A
 
         def rewind(self) -> None:
             self._it = iter(
-                [{name: np.ascontiguousarray(inputs[i : i + batch_size])} for i in range(0, len(inputs), batch_size)]
+                [
+                    {name: np.ascontiguousarray(inputs[i : i + batch_size])}
+                    for i in range(0, len(inputs), batch_size)
+                ]
             )
 
     return _Reader()
@@ -482,25 +510,40 @@ class _quiet_root_logger:
         self._logger.setLevel(self._level)
 
 
-def quant_plan(path: str | os.PathLike, fp32_convs: int = 0) -> tuple[list[str], list[str]]:
+def _base_units(nodes: Sequence[Any]) -> list[tuple[str, int]]:
+    """The student encoder's top-level modules that hold convolutions, in graph order, with the index (in
+    `nodes`) of their last node: PhiNet's stem and blocks (`_layers.1`, `_layers.2`, ..., `pn_block`) or
+    Cnn14's `conv_block1..6`, read from the ONNX node scopes /student/base/<unit>/..."""
+    last: dict[str, int] = {}
+    with_conv: list[str] = []
+    for i, n in enumerate(nodes):
+        parts = n.name.split("/")
+        if len(parts) > 4 and parts[1] == "student" and parts[2] == "base":
+            last[parts[3]] = i
+            if n.op_type == "Conv" and parts[3] not in with_conv:
+                with_conv.append(parts[3])
+    return [(u, last[u]) for u in with_conv]
+
+
+def quant_plan(path: str | os.PathLike, fp32_blocks: int = 0) -> tuple[list[str], list[str]]:
     """(nodes to quantise, nodes kept fp32) for an exported graph.
 
-    Quantised: the student's nodes (ONNX scope /student/) after its first `fp32_convs` convolutions.
-    Kept fp32: the front end (see the module docstring), the student's first `fp32_convs` convolutions
-    and everything before them (the stem sees the log-mel itself: quantising its input or its one-channel
-    output to 8 bits is what hurts most), and the final L2 normalisation (the embedding stays float).
+    Quantised: the student's nodes (ONNX scope /student/) after its first `fp32_blocks` convolutional
+    blocks (PhiNet: the stem, then block 1, 2, ...; Cnn14: conv_block1, ...). Kept fp32: the front end
+    (see the module docstring), those leading blocks and what precedes them (bn0), and the final L2
+    normalisation (the embedding stays float). Cutting at block outputs puts the fp32/int8 boundary on
+    the narrow residual stream rather than on a block's expanded (widest) tensor, which is cheaper.
     """
     import onnx
 
-    nodes = onnx.load(str(path), load_external_data=False).graph.node
-    student = [n for n in nodes if n.name.startswith("/student/")]
-    convs = [i for i, n in enumerate(student) if n.op_type == "Conv"]
-    if fp32_convs < 0 or fp32_convs > len(convs):
-        raise ValueError(f"fp32_convs must be in [0, {len(convs)}], got {fp32_convs}")
-    cut = convs[fp32_convs - 1] + 1 if fp32_convs else 0
-    quantised = [n.name for n in student[cut:]]
-    kept = [n.name for n in nodes if n.name not in set(quantised)]
-    return quantised, kept
+    nodes = list(onnx.load(str(path), load_external_data=False).graph.node)
+    units = _base_units(nodes)
+    if not 0 <= fp32_blocks <= len(units):
+        raise ValueError(f"fp32_blocks must be in [0, {len(units)}] for this model, got {fp32_blocks}")
+    cut = units[fp32_blocks - 1][1] + 1 if fp32_blocks else 0
+    quantised = [n.name for n in nodes[cut:] if n.name.startswith("/student/")]
+    chosen = set(quantised)
+    return quantised, [n.name for n in nodes if n.name not in chosen]
 
 
 def quantize_int8(
@@ -509,9 +552,9 @@ def quantize_int8(
     calibration: np.ndarray,
     input_name: str,
     *,
-    fp32_convs: int = 0,
+    fp32_blocks: int = 0,
     keep_frontend_fp32: bool = True,
-    method: str = "minmax",
+    method: str = "percentile",
 ) -> dict[str, Any]:
     """Static QDQ int8 quantisation (per-channel int8 weights, uint8 activations) calibrated on `calibration`.
 
@@ -532,42 +575,58 @@ def quantize_int8(
     src, dst = Path(src), Path(dst)
     with tempfile.TemporaryDirectory(prefix="tinyclap-q-") as tmp:
         pre = _preprocess(src, Path(tmp) / "pre.onnx")
-        quantised, kept = quant_plan(pre, fp32_convs)
+        quantised, kept = quant_plan(pre, fp32_blocks)
         if not keep_frontend_fp32:
             quantised += [n for n in kept if n.startswith(FRONTEND_SCOPE)]
-        with warnings.catch_warnings(), _quiet_root_logger():
-            warnings.simplefilter("ignore")
-            quantize_static(
-                str(pre),
-                str(dst),
-                _calibration_reader(calibration, input_name),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=methods[method],
-                nodes_to_quantize=quantised,
-            )
-    return {"fp32_convs": fp32_convs, "quantised_nodes": len(quantised), "method": method}
+        used = method
+
+        def run(calibrate: str) -> None:
+            # (the histogram calibrators print progress to stdout, which would corrupt --json output)
+            with warnings.catch_warnings(), _quiet_root_logger(), contextlib.redirect_stdout(sys.stderr):
+                warnings.simplefilter("ignore")
+                quantize_static(
+                    str(pre),
+                    str(dst),
+                    _calibration_reader(calibration, input_name),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=methods[calibrate],
+                    nodes_to_quantize=quantised,
+                )
+
+        try:
+            run(method)
+        except ValueError as e:
+            # onnxruntime's histogram calibrators fail on a tensor whose calibration values are (nearly)
+            # constant ("Too many bins for data range"); min/max ranges are always defined
+            if method == "minmax":
+                raise
+            used = f"minmax (fallback: {method} calibration failed: {e})"
+            run("minmax")
+    return {"fp32_blocks": fp32_blocks, "quantised_nodes": len(quantised), "method": used}
 
 
-def search_fp32_convs(
+def search_fp32_blocks(
     student_path: str | os.PathLike,
     calibration_logmel: np.ndarray,
     *,
     target: float = 0.995,
-    max_convs: int = 8,
+    max_blocks: int = 5,
     method: str = "minmax",
 ) -> tuple[int, list[dict[str, float]]]:
-    """Smallest number of leading student convolutions to keep fp32 so that int8 reaches `target`.
+    """Smallest number of leading student blocks (`quant_plan`) to keep fp32 so that int8 reaches `target`.
 
     Mean cosine int8 vs fp32 is measured on the calibration clips themselves (never on held-out audio,
-    which stays for the final report), by bisection over k in [0, max_convs] (error falls as k grows).
-    Returns (k, [{"fp32_convs": k, "calibration_cosine": c}, ...]).
+    which stays for the final report), by bisection over k in [0, max_blocks] (error falls as k grows).
+    Returns (k, [{"fp32_blocks": k, "calibration_cosine": c}, ...]).
     """
     fp32 = ort_embed(ort_session(student_path), calibration_logmel)
-    n_convs = len([n for n in quant_plan(student_path, 0)[0] if "/Conv" in n])
-    hi = min(max_convs, n_convs)
+    import onnx
+
+    n_units = len(_base_units(list(onnx.load(str(student_path), load_external_data=False).graph.node)))
+    hi = min(max_blocks, n_units)
     history: list[dict[str, float]] = []
     scores: dict[int, float] = {}
 
@@ -575,9 +634,9 @@ def search_fp32_convs(
         if k not in scores:
             with tempfile.TemporaryDirectory(prefix="tinyclap-qs-") as tmp:
                 q = Path(tmp) / "q.onnx"
-                quantize_int8(student_path, q, calibration_logmel, "logmel", fp32_convs=k, method=method)
+                quantize_int8(student_path, q, calibration_logmel, "logmel", fp32_blocks=k, method=method)
                 scores[k] = float(_cosines(fp32, ort_embed(ort_session(q), calibration_logmel)).mean())
-            history.append({"fp32_convs": k, "calibration_cosine": scores[k]})
+            history.append({"fp32_blocks": k, "calibration_cosine": scores[k]})
         return scores[k]
 
     if score(0) >= target:
@@ -658,13 +717,15 @@ def _student_of(model: Any) -> nn.Module:
 
 @dataclass
 class Int8Options:
-    """How to quantise: calibration method, and how many leading student convolutions stay fp32
-    ("auto": the fewest that reach `search_target` mean cosine on the calibration clips)."""
+    """How to quantise: calibration method (percentile: ranges at the 0.001/99.999 % percentiles of each
+    tensor's histogram, a little better than min/max, ~3x slower), and how many leading student blocks
+    stay fp32 ("auto": the fewest that reach `search_target` mean cosine on the calibration clips, found
+    with the faster, slightly pessimistic MinMax calibration)."""
 
-    method: str = "minmax"
-    fp32_convs: int | str = "auto"
+    method: str = "percentile"
+    fp32_blocks: int | str = "auto"
     search_target: float = 0.995
-    max_fp32_convs: int = 8
+    max_fp32_blocks: int = 5
     measure_frontend: bool = True
 
 
@@ -683,7 +744,7 @@ def export(
     source: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Export `model` (a StudentEmbedder or a student) with its class matrix to `out_dir`; returns the manifest.
+    """Export `model` (StudentEmbedder or student) with its class matrix to `out_dir`; returns the manifest.
 
     fp32 parity (cosine >= 0.9999 on `parity_audio`, real recordings) is checked and a failure raises
     ParityError; the manifest is written last, so a failed export is never loadable. With quantize="int8",
@@ -695,7 +756,8 @@ def export(
     lm = lm if isinstance(lm, LogMel) else LogMel()
     if classifier.embed_dim != student.embed_dim:
         raise ValueError(
-            f"class matrix has {classifier.embed_dim} dims but student {student.name} gives {student.embed_dim}"
+            f"class matrix has {classifier.embed_dim} dims "
+            f"but student {student.name} gives {student.embed_dim}"
         )
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
@@ -720,7 +782,9 @@ def export(
 
     quant: dict[str, Any] | None = None
     if quantize == "int8":
-        quant = _quantize_all(out, lm, classifier, calibration_audio, heldout_audio, int8 or Int8Options(), say)
+        quant = _quantize_all(
+            out, lm, classifier, calibration_audio, heldout_audio, int8 or Int8Options(), say
+        )
 
     files = {}
     for name in (MODEL_FILE, STUDENT_FILE, MODEL_INT8_FILE, STUDENT_INT8_FILE, CLASSES_FILE):
@@ -777,7 +841,9 @@ def _quantize_all(
     cal_set = {os.path.realpath(p) for p in calibration_audio}
     overlap = [p for p in heldout_audio if os.path.realpath(p) in cal_set]
     if overlap:
-        raise ValueError(f"held-out audio must not contain calibration files ({len(overlap)} do, e.g. {overlap[0]})")
+        raise ValueError(
+            f"held-out audio must not contain calibration files ({len(overlap)} do, e.g. {overlap[0]})"
+        )
     cal, held = load_clips(calibration_audio), load_clips(heldout_audio)
     if len(cal.waves) == 0:
         raise ValueError("int8 calibration needs real recordings (--calibration DIR); none could be decoded")
@@ -792,25 +858,29 @@ def _quantize_all(
         "calibration_method": opts.method,
         "calibration_files": [os.path.basename(p) for p in cal.paths],
         "heldout_clips": len(held.paths),
-        "kept_fp32": "front end, the student's first fp32_convs convolutions (and what precedes them), "
+        "kept_fp32": "front end, the student's first fp32_blocks blocks (stem, block 1, ...; and bn0), "
         "final L2 normalisation",
         "targets": {"mean_cosine": INT8_TARGET_COSINE, "top1_agreement": INT8_TARGET_TOP1},
     }
-    if opts.fp32_convs == "auto":
-        say(f"int8: searching how many leading convolutions to keep fp32 ({len(cal.waves)} calibration clips)")
-        k, history = search_fp32_convs(
-            out / STUDENT_FILE, cal_mel, target=opts.search_target, max_convs=opts.max_fp32_convs, method=opts.method
+    if opts.fp32_blocks == "auto":
+        say(f"int8: searching how many leading blocks to keep fp32 ({len(cal.waves)} calibration clips)")
+        k, history = search_fp32_blocks(
+            out / STUDENT_FILE,
+            cal_mel,
+            target=opts.search_target,
+            max_blocks=opts.max_fp32_blocks,
+            method="minmax",
         )
-        res["fp32_convs_search"] = {"target_calibration_cosine": opts.search_target, "tried": history}
+        res["fp32_blocks_search"] = {"target_calibration_cosine": opts.search_target, "tried": history}
     else:
-        k = int(opts.fp32_convs)
-    res["fp32_convs"] = k
-    say(f"int8: quantising ({k} leading convolutions fp32), evaluating on {len(held.waves)} held-out clips")
+        k = int(opts.fp32_blocks)
+    res["fp32_blocks"] = k
+    say(f"int8: quantising ({k} leading blocks fp32), evaluating on {len(held.waves)} held-out clips")
     for src, dst, name, x_cal, x_held in (
         (MODEL_FILE, MODEL_INT8_FILE, "waveform", cal.waves, held.waves),
         (STUDENT_FILE, STUDENT_INT8_FILE, "logmel", cal_mel, held_mel),
     ):
-        info = quantize_int8(out / src, out / dst, x_cal, name, fp32_convs=k, method=opts.method)
+        info = quantize_int8(out / src, out / dst, x_cal, name, fp32_blocks=k, method=opts.method)
         fp32 = ort_embed(ort_session(out / src), x_held)
         res[dst] = {**info, **agreement(fp32, ort_embed(ort_session(out / dst), x_held), classifier)}
     if opts.measure_frontend:
@@ -818,7 +888,12 @@ def _quantize_all(
         with tempfile.TemporaryDirectory(prefix="tinyclap-qfe-") as tmp:
             full = Path(tmp) / "model.all-int8.onnx"
             quantize_int8(
-                out / MODEL_FILE, full, cal.waves, "waveform", fp32_convs=k, keep_frontend_fp32=False,
+                out / MODEL_FILE,
+                full,
+                cal.waves,
+                "waveform",
+                fp32_blocks=k,
+                keep_frontend_fp32=False,
                 method=opts.method,
             )
             fp32 = ort_embed(ort_session(out / MODEL_FILE), held.waves)
@@ -832,7 +907,8 @@ def _quantize_all(
     )
     if not res["targets_met"]:
         print(
-            f"warning: int8 misses its targets: mean cosine {m['mean_cosine']:.4f} (>= {INT8_TARGET_COSINE}), "
+            f"warning: int8 misses its targets: mean cosine {m['mean_cosine']:.4f} "
+            f"(>= {INT8_TARGET_COSINE}), "
             f"top-1 agreement {m.get('top1_agreement', float('nan')):.3f} (>= {INT8_TARGET_TOP1})",
             file=sys.stderr,
         )

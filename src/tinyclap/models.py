@@ -109,23 +109,26 @@ def load_model(spec: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | No
         from tinyclap.teacher import load_teacher
 
         return load_teacher(path, tokenizer_dir)
-    config, _ = read_model(path, default_stem=_stem_in(path))
+    config, _ = read_model(path, default_stem=checkpoint_stem(path))
     kind = config.get("kind")
     if kind == "student":
         return StudentEmbedder(load_student(path)).eval()
     if kind == "teacher":
         from tinyclap.teacher import load_teacher
 
-        return load_teacher(resolve_checkpoint(path, "teacher"), tokenizer_dir)
+        return load_teacher(resolve_checkpoint(path, checkpoint_stem(path)), tokenizer_dir)
     if kind == "proxy-teacher":
         from tinyclap.proxy import load_proxy_teacher
 
-        return load_proxy_teacher(resolve_checkpoint(path, "teacher"))
+        return load_proxy_teacher(resolve_checkpoint(path, checkpoint_stem(path)))
     raise CheckpointError(f"{path}: unknown checkpoint kind {kind!r}")
 
 
-def _stem_in(path: Path) -> str:
-    """In a run folder prefer the student; a folder holding only a teacher resolves to it."""
-    if path.is_dir() and not (path / "student.safetensors").exists() and (path / "teacher.safetensors").exists():
-        return "teacher"
+def checkpoint_stem(path: str | os.PathLike) -> str:
+    """Which checkpoint a folder holds: the student if there is one, else a teacher or proxy teacher."""
+    path = Path(path)
+    if path.is_dir() and not (path / "student.safetensors").exists():
+        for stem in ("teacher", "proxy_teacher"):
+            if (path / f"{stem}.safetensors").exists():
+                return stem
     return "student"

@@ -165,7 +165,7 @@ def _sizes(folder: Path) -> dict[str, int]:
 
 
 def synthetic_clips(n: int, seed: int = 0) -> np.ndarray:
-    """(n, 220500) deterministic test signals (noise bursts and tones), for timing and fallback calibration."""
+    """(n, 220500) deterministic signals (tone bursts over noise) for timing and fallback calibration."""
     rng = np.random.default_rng(seed)
     t = np.arange(CLIP_SAMPLES) / 44100.0
     out = []
@@ -183,7 +183,7 @@ def profile_model(
     warmup: int = 3,
     threads: int | None = 1,
     int8: bool = True,
-    int8_fp32_convs: int = 0,
+    int8_fp32_blocks: int = 4,
     calibration: np.ndarray | None = None,
     workdir: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
@@ -191,7 +191,8 @@ def profile_model(
     """Profile a student (name, checkpoint or run folder) for one 5 s clip; returns a JSON-able dict.
 
     `calibration` (K, 220500) real clips for the int8 model (default: synthetic signals; latency does not
-    depend on the calibration). `int8_fp32_convs`: leading student convolutions kept fp32 (as `export`).
+    depend on the calibration). `int8_fp32_blocks`: leading student blocks kept fp32 (see
+    `tinyclap.export.quant_plan`).
     """
     from tinyclap.export import _student_of
     from tinyclap.models import load_model
@@ -243,11 +244,13 @@ def profile_model(
             cal = synthetic_clips(4) if calibration is None else calibration
             with torch.no_grad():
                 cal_mel = lm(torch.from_numpy(cal)).numpy()
-            quantize_int8(d / MODEL_FILE, d / MODEL_INT8_FILE, cal, "waveform", fp32_convs=int8_fp32_convs)
-            quantize_int8(d / STUDENT_FILE, d / STUDENT_INT8_FILE, cal_mel, "logmel", fp32_convs=int8_fp32_convs)
+            quantize_int8(d / MODEL_FILE, d / MODEL_INT8_FILE, cal, "waveform", fp32_blocks=int8_fp32_blocks)
+            quantize_int8(
+                d / STUDENT_FILE, d / STUDENT_INT8_FILE, cal_mel, "logmel", fp32_blocks=int8_fp32_blocks
+            )
             backends["ort_int8"] = (MODEL_INT8_FILE, STUDENT_INT8_FILE)
             res["int8"] = {
-                "fp32_convs": int8_fp32_convs,
+                "fp32_blocks": int8_fp32_blocks,
                 "calibration": "synthetic" if calibration is None else f"{len(calibration)} real clips",
             }
         fe_sess = ort_session(d / "frontend.onnx", threads)
@@ -268,7 +271,9 @@ def profile_model(
         model_peak_int8 = peak_activation_bytes(
             d / MODEL_FILE,
             {"waveform": wave},
-            lambda node, arr: arr.itemsize if node.startswith(FRONTEND_SCOPE) or node == "" else arr.itemsize / 4,
+            lambda node, arr: (
+                arr.itemsize if node.startswith(FRONTEND_SCOPE) or node == "" else arr.itemsize / 4
+            ),
         )
         frontend_peak = peak_activation_bytes(d / "frontend.onnx", {"waveform": wave})
     res["peak_activation_bytes"] = {
@@ -305,7 +310,13 @@ def compare(student: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """README table: name, params, MACs, peak memory, model latency (median +- IQR/2) per backend."""
     backends = [b for b in ("torch_fp32", "ort_fp32", "ort_int8") if any(b in r["latency"] for r in rows)]
-    head = ["model", "params (M)", "MMACs student", "MMACs front end (torch / ONNX)", "peak act. fp32 / int8 (MB)"]
+    head = [
+        "model",
+        "params (M)",
+        "MMACs student",
+        "MMACs front end (torch / ONNX)",
+        "peak act. fp32 / int8 (MB)",
+    ]
     head += [f"{b.replace('_', ' ')} (ms)" for b in backends] + ["front end share (ORT fp32)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:

@@ -645,7 +645,6 @@ def build_proxy(
     `out` is a path stem or folder: a folder gets `proxy_teacher.safetensors` + `.json` inside.
     """
     clips = us8k_clips(us8k_root, folds)
-    classes = sorted({c for _, c in clips})
     if max_clips_per_class is not None:
         seen: dict[str, int] = {}
         kept = []
@@ -654,6 +653,34 @@ def build_proxy(
             if seen[c] <= max_clips_per_class:
                 kept.append((p, c))
         clips = kept
+    return train_proxy(
+        clips, seed=seed, epochs=epochs, out=out, embed_dim=embed_dim, batch_size=batch_size, lr=lr,
+        templates=templates, audio_tower=audio_tower, text_tower=text_tower, progress=progress,
+        source={"dataset": "UrbanSound8K", "folds": list(folds)},
+    )
+
+
+def train_proxy(
+    clips: Sequence[tuple[Path, str]],
+    *,
+    seed: int = 0,
+    epochs: int = 20,
+    out: str | os.PathLike | None = None,
+    embed_dim: int = 1024,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    templates: Sequence[str] = TEMPLATES,
+    audio_tower: AisfxAudioTower | None = None,
+    text_tower: MiniLMTextTower | None = None,
+    progress: bool = False,
+    source: dict[str, Any] | None = None,
+) -> ProxyTeacher:
+    """Train a proxy teacher's projections contrastively on labelled clips `(path, class name)`.
+
+    The frozen tower embeddings are computed once, then the heads train in seconds. `out` is a path stem
+    or folder: a folder gets `proxy_teacher.safetensors` + `.json` inside. `source` describes the data.
+    """
+    classes = sorted({c for _, c in clips})
     audio_tower = load_aisfx() if audio_tower is None else audio_tower
     text_tower = MiniLMTextTower() if text_tower is None else text_tower
     teacher = ProxyTeacher(audio_tower, text_tower, embed_dim=embed_dim)
@@ -667,7 +694,7 @@ def build_proxy(
     acc = zero_shot_accuracy(teacher, audio_emb, labels, caption_emb)
     teacher.config = {
         "training": {
-            "dataset": "UrbanSound8K", "folds": list(folds), "clips": len(clips), "classes": classes,
+            **(source or {}), "clips": len(clips), "classes": classes,
             "templates": list(templates), "seed": seed, "epochs": epochs, "batch_size": batch_size,
             "lr": lr, "final_loss": losses[-1] if losses else None, "train_zero_shot_acc": acc,
             "embed_seconds": round(t_embed, 1),

@@ -216,7 +216,7 @@ def finetune_small_student(
     """
     import sys
 
-    from tinyclap.cache import CachedDataset, CacheStore, _state_sha256
+    from tinyclap.cache import CachedDataset, CacheStore, state_sha256
     from tinyclap.distill import train_stage
 
     store = CacheStore(cache_dir)
@@ -227,7 +227,7 @@ def finetune_small_student(
         )
     if teacher is not None:
         cached = (store.config.get("teacher") or {}).get("sha256")
-        ours = _state_sha256(teacher)
+        ours = state_sha256(teacher)
         if cached and ours and cached != ours:
             print(
                 f"warning: the targets in {cache_dir} come from another teacher than the one that ranked the "

@@ -105,12 +105,14 @@ def iter_timeline(
     sample_rate: int = 44100,
     clip_samples: int = 220500,
     batch_size: int = 8,
+    block_seconds: float = 10.0,
 ) -> Iterator[TimelineRow]:
     """Stream `path` as windows (`tinyclap.audio.stream_windows`) and yield one TimelineRow per window.
 
     `embed` maps (B, clip_samples) waveforms to (B, D) embeddings (torch or ONNX, the caller decides).
     A window of another length than the model's clip is fitted like any clip (`eval_windows`: padded, or
-    the mean of its 5 s windows). Memory: one streaming block plus `batch_size` windows, never the file.
+    the mean of its 5 s windows). Memory: one streaming block (`block_seconds` of audio) plus `batch_size`
+    windows, never the whole file.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -133,7 +135,9 @@ def iter_timeline(
             yield TimelineRow(start, min(start + window, duration), classifier.labels[int(np.argmax(p))], p)
         pending.clear()
 
-    for start, wave in stream_windows(path, window=window, hop=hop, sample_rate=sample_rate):
+    for start, wave in stream_windows(
+        path, window=window, hop=hop, sample_rate=sample_rate, block_seconds=block_seconds
+    ):
         pending.append((start, wave))
         if len(pending) == batch_size:
             yield from flush()
@@ -149,7 +153,11 @@ class Runtime:
     """
 
     def __init__(
-        self, export_dir: str | os.PathLike, int8: bool = False, threads: int | None = None, batch_size: int = 8
+        self,
+        export_dir: str | os.PathLike,
+        int8: bool = False,
+        threads: int | None = None,
+        batch_size: int = 8,
     ) -> None:
         import onnxruntime as ort
 
@@ -170,7 +178,8 @@ class Runtime:
             raise ExportError(str(e)) from e
         if self.classifier.embed_dim != self.embed_dim:
             raise ExportError(
-                f"{self.export_dir}: classes.npz has {self.classifier.embed_dim} dims, the model {self.embed_dim}"
+                f"{self.export_dir}: classes.npz has {self.classifier.embed_dim} dims, "
+                f"the model {self.embed_dim}"
             )
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -182,7 +191,10 @@ class Runtime:
         try:
             self.session = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
-            raise ExportError(f"{self.export_dir / self.model_file}: ONNX Runtime cannot load it ({e})") from e
+            raise ExportError(
+                f"{self.export_dir / self.model_file}: ONNX Runtime cannot load it ({e})"
+            ) from e
+        del model_bytes  # the session holds its own copy
         self.input_name = self.session.get_inputs()[0].name
 
     @property
@@ -196,7 +208,8 @@ class Runtime:
             waves = waves[None, :]
         if waves.ndim != 2 or waves.shape[1] != self.clip_samples:
             raise ValueError(
-                f"expected waveforms of shape (B, {self.clip_samples}) at {self.sample_rate} Hz, got {waves.shape}"
+                f"expected waveforms of shape (B, {self.clip_samples}) at {self.sample_rate} Hz, "
+                f"got {waves.shape}"
             )
         out = [
             self.session.run(None, {self.input_name: np.ascontiguousarray(waves[i : i + self.batch_size])})[0]
@@ -215,7 +228,9 @@ class Runtime:
             raise ValueError(f"mode must be 'windows' or 'centre', got {mode!r}")
         return _normalise(self.embed(windows).mean(0))
 
-    def classify(self, path: str | os.PathLike, top: int | None = 5, mode: str = "windows") -> list[tuple[str, float]]:
+    def classify(
+        self, path: str | os.PathLike, top: int | None = 5, mode: str = "windows"
+    ) -> list[tuple[str, float]]:
         """Ranked (label, probability) for one file; raises AudioError for a bad file."""
         return self.classifier.rank(self.embed_file(path, mode)[None], top)[0]
 
@@ -245,7 +260,9 @@ def _classifier_from_bytes(data: bytes, path: Path) -> ZeroShotClassifier:
             weights = np.asarray(z["weights"], dtype=np.float32)
     except (OSError, KeyError, ValueError) as e:
         raise ValueError(f"{path}: not a tinyclap class-matrix file ({e})") from e
-    return ZeroShotClassifier(list(meta["labels"]), weights, float(meta["logit_scale"]), list(meta["templates"]))
+    return ZeroShotClassifier(
+        list(meta["labels"]), weights, float(meta["logit_scale"]), list(meta["templates"])
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -294,7 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as e:
             failed.append((f, str(e)))
     if args.json:
-        print(json.dumps({"results": results, "failed": [{"file": f, "error": e} for f, e in failed]}, indent=2))
+        print(
+            json.dumps({"results": results, "failed": [{"file": f, "error": e} for f, e in failed]}, indent=2)
+        )
     else:
         for r in results:
             print(r["file"])

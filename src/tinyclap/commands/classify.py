@@ -23,19 +23,27 @@ import numpy as np
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("classify", help="rank class labels for audio files (zero-shot), or per-window timelines")
+    p = sub.add_parser(
+        "classify", help="rank class labels for audio files (zero-shot), or per-window timelines"
+    )
     p.add_argument("files", nargs="+", help="audio files (anything libsndfile decodes)")
     g = p.add_argument_group("model (one of)")
     g.add_argument("--student", help="student checkpoint (.safetensors/.json or a run folder)")
-    g.add_argument("--teacher", help="teacher checkpoint (official MS CLAP .pth or ours); gives text embeddings")
+    g.add_argument(
+        "--teacher", help="teacher checkpoint (official MS CLAP .pth or ours); gives text embeddings"
+    )
     g.add_argument("--model", help="any model spec: checkpoint, run folder or student name")
-    g.add_argument("--export-dir", help="folder written by `tinyclap export` (ONNX Runtime, classes included)")
+    g.add_argument(
+        "--export-dir", help="folder written by `tinyclap export` (ONNX Runtime, classes included)"
+    )
     g.add_argument("--int8", action="store_true", help="with --export-dir: use model.int8.onnx")
     p.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt (needed with --labels)")
     c = p.add_argument_group("classes (one of)")
     c.add_argument("--labels", help='comma-separated class names, e.g. "dog,rain,siren" (needs the teacher)')
     c.add_argument("--classes", help="class-matrix file (.npz) saved by tinyclap, no text encoder needed")
-    p.add_argument("--template", action="append", help='prompt template(s), default "this is the sound of {}"')
+    p.add_argument(
+        "--template", action="append", help='prompt template(s), default "this is the sound of {}"'
+    )
     p.add_argument(
         "--long-clip",
         choices=("windows", "centre"),
@@ -49,7 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--window", type=float, help="per-window timeline with windows of SEC seconds (e.g. 5)")
     t.add_argument("--hop", type=float, default=1.0, help="hop between windows in seconds (default 1)")
     t.add_argument("--timeline-csv", help="write the timeline as CSV to PATH ('-' for stdout)")
-    t.add_argument("--plot", help="PNG of class probability over time (one file per input: PATH, or PATH_<n>_<stem>)")
+    t.add_argument(
+        "--plot", help="PNG of class probability over time (one file per input: PATH, or PATH_<n>_<stem>)"
+    )
     t.add_argument("--batch-size", type=int, default=8, help="windows embedded together (default 8)")
     p.set_defaults(func=run)
 
@@ -69,7 +79,9 @@ def build_classifier(args: argparse.Namespace, audio_model):  # noqa: ANN001, AN
 
         text_model = load_model(args.teacher, tokenizer_dir=args.tokenizer)
     if text_model is None:
-        raise ValueError("--labels needs a text encoder: pass --teacher CKPT --tokenizer DIR, or use --classes FILE")
+        raise ValueError(
+            "--labels needs a text encoder: pass --teacher CKPT --tokenizer DIR, or use --classes FILE"
+        )
     return ZeroShotClassifier.from_teacher(text_model, labels, args.template or [DEFAULT_TEMPLATE])
 
 
@@ -121,14 +133,18 @@ def _run_export(args: argparse.Namespace) -> int:
     from tinyclap.runtime import Runtime
 
     if args.student or args.model or args.teacher or args.labels:
-        raise ValueError("--export-dir brings its own model and classes: drop --student/--model/--teacher/--labels")
+        raise ValueError(
+            "--export-dir brings its own model and classes: drop --student/--model/--teacher/--labels"
+        )
     rt = Runtime(args.export_dir, int8=args.int8, batch_size=args.batch_size)
     if args.classes:
         from tinyclap.zeroshot import ZeroShotClassifier
 
         rt.classifier = ZeroShotClassifier.load(args.classes)
         if rt.classifier.embed_dim != rt.embed_dim:
-            raise ValueError(f"class matrix has {rt.classifier.embed_dim} dims but the export gives {rt.embed_dim}")
+            raise ValueError(
+                f"class matrix has {rt.classifier.embed_dim} dims but the export gives {rt.embed_dim}"
+            )
     if args.window is not None:
         return _run_timelines(args, rt.embed, rt.classifier, rt.sample_rate, rt.clip_samples)
     ok: list[tuple[str, list[tuple[str, float]]]] = []
@@ -203,18 +219,36 @@ def _run_timelines(
             rows = []
             try:
                 if table:
-                    print(f"{f}\n  {'start':>8s} {'end':>8s}  {'top label':20s} " + " ".join(f"{lb[:10]:>10s}" for lb in labels))
+                    print(
+                        f"{f}\n  {'start':>8s} {'end':>8s}  {'top label':20s} "
+                        + " ".join(f"{lb[:10]:>10s}" for lb in labels)
+                    )
                 for row in iter_timeline(
-                    embed, f, clf, window=args.window, hop=args.hop, sample_rate=sample_rate,
-                    clip_samples=clip_samples, batch_size=args.batch_size,
+                    embed,
+                    f,
+                    clf,
+                    window=args.window,
+                    hop=args.hop,
+                    sample_rate=sample_rate,
+                    clip_samples=clip_samples,
+                    batch_size=args.batch_size,
                 ):
                     rows.append(row)
                     if writer is not None:
-                        writer.writerow([f, f"{row.start:.3f}", f"{row.end:.3f}", row.top_label,
-                                         *(f"{p:.6f}" for p in row.probabilities)])
+                        writer.writerow(
+                            [
+                                f,
+                                f"{row.start:.3f}",
+                                f"{row.end:.3f}",
+                                row.top_label,
+                                *(f"{p:.6f}" for p in row.probabilities),
+                            ]
+                        )
                     if table:
-                        print(f"  {row.start:8.2f} {row.end:8.2f}  {row.top_label[:20]:20s} "
-                              + " ".join(f"{p:10.4f}" for p in row.probabilities))
+                        print(
+                            f"  {row.start:8.2f} {row.end:8.2f}  {row.top_label[:20]:20s} "
+                            + " ".join(f"{p:10.4f}" for p in row.probabilities)
+                        )
             except AudioError as e:
                 failed.append((f, e.problem))
                 continue
@@ -241,8 +275,13 @@ def _run_timelines(
     return 1 if (failed and args.strict) or not results else 0
 
 
-def plot_timeline(rows: Sequence[Any], labels: Sequence[str], path: str | os.PathLike, title: str = "",
-                  max_classes: int = 10) -> Path:
+def plot_timeline(
+    rows: Sequence[Any],
+    labels: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "",
+    max_classes: int = 10,
+) -> Path:
     """PNG of class probability vs time (window start), the `max_classes` classes that peak highest.
 
     Uses matplotlib's Agg canvas directly, so no global backend is changed.

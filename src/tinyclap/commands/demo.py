@@ -1,0 +1,38 @@
+"""`tinyclap demo`: the whole pipeline offline on a built-in default (or on a real teacher and dataset)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the whole pipeline end to end, offline (default: generated sounds)")
+    p.add_argument("--out", default="runs/demo", help="output folder (finished stages are reused on a rerun)")
+    p.add_argument("--student", default=None, help="student name (default: phinet_alpha_0.75_beta_0.75_t0_4_N_4)")
+    p.add_argument("--per-class", type=int, help="generated clips per class (default 12)")
+    p.add_argument("--epochs1", type=int, help="stage-1 epochs (default 8; the paper: 100)")
+    p.add_argument("--epochs2", type=int, help="stage-2 epochs (default 2; the paper: 10)")
+    p.add_argument("--no-export", action="store_true", help="skip the ONNX export stage")
+    real = p.add_argument_group("the real pipeline instead of the built-in default")
+    real.add_argument("--teacher", help="teacher checkpoint (official MS CLAP .pth, ours, or a proxy teacher)")
+    real.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt")
+    real.add_argument("--dataset", help="evaluation dataset: esc50|us8k|tut17|csv")
+    real.add_argument("--root", help="dataset root (or CSV file)")
+    real.add_argument("--esc50", help="shorthand for --dataset esc50 --root PATH")
+    real.add_argument("--data", action="append", default=[], help="distillation audio spec(s); default: the dataset")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tinyclap.demo import DemoOptions, run_demo
+
+    if args.esc50:
+        args.dataset, args.root = "esc50", args.esc50
+    names = ("per_class", "epochs1", "epochs2", "student")
+    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}  # else DemoOptions' defaults
+    opt = DemoOptions(
+        out=args.out, export=not args.no_export, teacher=args.teacher, tokenizer=args.tokenizer,
+        dataset=args.dataset, root=args.root, data=tuple(args.data), **given,
+    )
+    run_demo(opt)
+    return 0
