@@ -276,7 +276,7 @@ class _FolderResolver:
                                 old = by_stem.get(stem)
                                 if old is None or _ext_rank(entry.name) < _ext_rank(old):
                                     by_stem[stem] = entry.name
-            except (FileNotFoundError, NotADirectoryError):
+            except OSError:  # absent, not a folder, unreadable or a name too long: its rows count as missing
                 pass
             self._dirs[folder] = (names, by_stem)
         return self._dirs[folder]

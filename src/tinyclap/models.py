@@ -80,14 +80,28 @@ def build_student(config: dict[str, Any]) -> nn.Module:
 
 
 def load_student(path: str | os.PathLike) -> nn.Module:
-    """Load a student saved by `save_student` (a run folder, .safetensors or .json), strictly."""
+    """Load a student saved by `save_student` (a run folder, .safetensors or .json), strictly.
+
+    The config is checked against the tensors *before* the model is built, so a hostile or broken config
+    (unknown name, absurd `embed_dim`) is refused with the file named instead of allocating anything.
+    """
     from tinyclap.checkpoint import load_state_dict_checked
 
     config, tensors = read_model(path)
-    if config.get("kind") != "student":
-        raise CheckpointError(f"{path}: this checkpoint holds a {config.get('kind')!r}, not a student")
-    model = build_student(config)
-    load_state_dict_checked(model, tensors, source=str(resolve_checkpoint(path)))
+    source = resolve_checkpoint(path)
+    if not isinstance(config, dict) or config.get("kind") != "student":
+        kind = config.get("kind") if isinstance(config, dict) else type(config).__name__
+        raise CheckpointError(f"{source}: this checkpoint holds a {kind!r}, not a student")
+    try:
+        cfg = config["student"]
+        name, embed_dim = str(cfg["name"]), int(cfg.get("embed_dim", 1024))
+        stored = tensors.get("projection.layer_norm.weight")
+        if stored is not None and tuple(stored.shape) != (embed_dim,):
+            raise ValueError(f"embed_dim {embed_dim} but projection.layer_norm.weight has shape {tuple(stored.shape)}")
+        model = build_student({"student": {"name": name, "embed_dim": embed_dim}})
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise CheckpointError(f"{source}: invalid student config ({type(e).__name__}: {e})") from e
+    load_state_dict_checked(model, tensors, source=str(source))
     return model.eval()
 
 
