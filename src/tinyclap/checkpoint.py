@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tinyclap.checkpoint_io import atomic_write_bytes, atomic_write_text
+from tinyclap.checkpoint_io import atomic_write_bytes, atomic_write_files, atomic_write_text
 
 __all__ = [
     "CheckpointError",
@@ -109,8 +109,10 @@ def save_model(module: nn.Module, path: str | os.PathLike, config: Mapping[str, 
     # contiguous copies: safetensors refuses shared or strided storage
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     st_path = path.with_suffix(".safetensors")
-    atomic_write_bytes(st_path, save(tensors, metadata={"tinyclap": text}))
-    atomic_write_text(path.with_suffix(".json"), text + "\n")
+    # both files staged before either is replaced: a full disk leaves the previous pair intact
+    atomic_write_files(
+        {st_path: save(tensors, metadata={"tinyclap": text}), path.with_suffix(".json"): (text + "\n").encode()}
+    )
     return st_path
 
 

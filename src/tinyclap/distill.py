@@ -57,10 +57,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tinyclap.checkpoint import (
     CheckpointError,
-    atomic_write_bytes,
     atomic_write_text,
     load_state_dict_checked,
 )
+from tinyclap.checkpoint_io import atomic_write_files, remove_stale_temps
 
 __all__ = [
     "DistillConfig",
@@ -342,7 +342,8 @@ class MetricsLogger:
             return
         with open(self.path, newline="") as f:
             rows = list(csv.DictReader(f))
-        keep = [r for r in rows if (int(r["stage"]), int(r["step"])) <= (stage, step)]
+        # a row cut short (the disk filled up mid-append) has missing or unparsable fields: drop it too
+        keep = [r for r in rows if (key := _row_key(r)) is not None and key <= (stage, step)]
         if len(keep) != len(rows):
             lines = [",".join(METRIC_FIELDS)] + [",".join(r[k] for k in METRIC_FIELDS) for r in keep]
             atomic_write_text(self.path, "\n".join(lines) + "\n")
@@ -361,10 +362,13 @@ class MetricsLogger:
             return
         new = not self.path.is_file()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", newline="") as f:
-            if new:
-                f.write(",".join(METRIC_FIELDS) + "\n")
-            f.write(",".join(_fmt(row.get(k)) for k in METRIC_FIELDS) + "\n")
+        try:
+            with open(self.path, "a", newline="") as f:
+                if new:
+                    f.write(",".join(METRIC_FIELDS) + "\n")
+                f.write(",".join(_fmt(row.get(k)) for k in METRIC_FIELDS) + "\n")
+        except OSError as e:  # ENOSPC/EACCES from write or close: say which file
+            raise OSError(e.errno, f"{e.strerror or e}; could not append to metrics.csv", str(self.path)) from e
         if self.tensorboard:
             stage, step = int(row["stage"]), int(row["step"])
             writer = self._writer(stage)
@@ -377,6 +381,16 @@ class MetricsLogger:
         for w in self.writers.values():
             w.close()
         self.writers = {}
+
+
+def _row_key(row: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(stage, step) of a metrics.csv row, None for a malformed one (missing fields, not integers)."""
+    if any(row.get(k) is None for k in METRIC_FIELDS):
+        return None
+    try:
+        return int(row["stage"]), int(row["step"])
+    except ValueError:
+        return None
 
 
 def _fmt(v: Any) -> str:
@@ -549,10 +563,15 @@ def _save_state(
     }
     text = json.dumps(meta, sort_keys=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    atomic_write_bytes(path.with_suffix(".safetensors"), save(tensors, metadata={"tinyclap": text}))
-    # human-readable copy without the long python RNG state; the header above is what resume reads
+    # human-readable copy without the long python RNG state; the safetensors header is what resume reads.
+    # Both are staged before either is replaced, so a full disk leaves the previous state pair intact.
     readable = {**meta, "rng": {k: v for k, v in meta["rng"].items() if k != "python"}}
-    atomic_write_text(path.with_suffix(".json"), json.dumps(readable, indent=2, sort_keys=True) + "\n")
+    atomic_write_files(
+        {
+            path.with_suffix(".safetensors"): save(tensors, metadata={"tinyclap": text}),
+            path.with_suffix(".json"): (json.dumps(readable, indent=2, sort_keys=True) + "\n").encode(),
+        }
+    )
 
 
 def _read_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -1083,6 +1102,13 @@ _RESUME_KEYS = (
 )
 
 
+# files of a run folder (and its stage folders) written atomically, whose orphan temp files a resume removes
+_RUN_FILES = (
+    "config.json", "metrics.csv", "student.safetensors", "student.json",
+    "last.safetensors", "last.json", "best.safetensors", "best.json",
+)  # fmt: skip
+
+
 @contextlib.contextmanager
 def _log_to(run_dir: Path | None, verbose: bool) -> Iterator[None]:
     handlers: list[logging.Handler] = []
@@ -1155,6 +1181,9 @@ def _distill(
     d.barrier()  # every rank has checked the folder before rank 0 writes to it
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
+        # orphan temp files of a killed run's atomic writes (never read; only rank 0 writes here)
+        for folder in (run, run / "stage1", run / "stage2"):
+            remove_stale_temps(folder, _RUN_FILES)
     d.barrier()
 
     # ---- targets: a cache, or a teacher on the fly

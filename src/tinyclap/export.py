@@ -482,17 +482,39 @@ def _calibration_reader(inputs: np.ndarray, name: str, batch_size: int = 4) -> A
 
 
 def _preprocess(src: Path, dst: Path) -> Path:
-    """Symbolic shape inference before quantising (ORT's recommended pre-processing step).
+    """Prepare a graph for the quantiser: symbolic shape inference, and constant Identity nodes inlined.
 
-    Its graph optimisation is skipped: it fuses the projection head's residual add into a Gemm with a
-    non-constant bias, which the quantiser cannot convert, leaving an int8 weight to be dequantised on
-    every run (~4 ms). ONNX Runtime optimises the quantised graph at load time anyway.
+    ORT's own graph optimisation step of `quant_pre_process` is skipped: it fuses the projection head's
+    residual add into a Gemm with a non-constant bias, which the quantiser cannot convert, leaving an int8
+    weight to be dequantised on every run (~4 ms). ONNX Runtime optimises the quantised graph at load
+    anyway. The exporter deduplicates identical initialisers (e.g. the all-zero biases that BatchNorm
+    folding gives freshly initialised layers) behind Identity nodes; a convolution whose bias is not an
+    initialiser is not turned into an int8 QLinearConv (it runs in float on dequantised weights), so
+    such Identity nodes are replaced by copies of their initialiser.
     """
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")
         quant_pre_process(str(src), str(dst), skip_optimization=True)
+    model = onnx.load(str(dst))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            graph.initializer.append(copy)
+        else:
+            keep.append(node)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+        onnx.save(model, str(dst))
     return dst
 
 

