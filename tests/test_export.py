@@ -245,3 +245,30 @@ def test_export_refuses_bad_requests(
         ex._quantize_all(tmp_path, LogMel(), clf, files, files[:1], ex.Int8Options(), print)
     with pytest.raises(ValueError, match="opset must be >= 17"):
         export_onnx_models(create_student("phinet_alpha_0.75_beta_0.75_t0_4_N_4"), tmp_path, opset=13)
+
+
+def test_int8_convolutions_get_constant_biases(tmp_path: Path) -> None:
+    """Freshly initialised layers share all-zero folded biases, which the exporter hides behind Identity
+    nodes; every quantised convolution must still get an initialiser bias (or it would not run as int8)."""
+    import onnx
+
+    from tinyclap.export import quantize_int8
+    from tinyclap.profile import synthetic_clips
+
+    torch.manual_seed(0)
+    paths = export_onnx_models(create_student("phinet_alpha_0.75_beta_0.75_t0_4_N_4").eval(), tmp_path)
+    graph = onnx.load(str(paths["student"])).graph
+    assert any(n.op_type == "Identity" for n in graph.node)  # the deduplicated biases
+    with torch.no_grad():
+        mel = LogMel()(torch.from_numpy(synthetic_clips(2))).numpy()
+    quantize_int8(paths["student"], tmp_path / "q.onnx", mel, "logmel", fp32_blocks=1, method="minmax")
+    q = onnx.load(str(tmp_path / "q.onnx")).graph
+    inits = {t.name for t in q.initializer}
+    producer = {o: n.op_type for n in q.node for o in n.output}
+    convs = [n for n in q.node if n.op_type == "Conv"]
+    quantised = [n for n in convs if producer.get(n.input[0]) == "DequantizeLinear"]
+    assert len(quantised) == len(convs) - 2  # all but the stem's two convolutions
+    assert all(
+        len(n.input) < 3 or n.input[2] in inits or producer.get(n.input[2]) == "DequantizeLinear"
+        for n in quantised
+    )
