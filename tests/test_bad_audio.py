@@ -667,11 +667,6 @@ def test_classify_skips_and_reports_bad_files(
     assert f"{len(bad)} of {len(bad)} files could not be read" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="classify prints file names with print(); a non-UTF-8 name raises UnicodeEncodeError on a strict "
-    "UTF-8 stdout (pytest's capture, or LANG=en_US.UTF-8) and the whole batch ends in an error (reported)",
-)
 def test_classify_non_utf8_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], classes_npz: Path
 ) -> None:

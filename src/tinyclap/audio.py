@@ -35,7 +35,7 @@ PADS = ("zero", "repeat")
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
 
-def _show(path: PathLike) -> str:
+def display_path(path: PathLike) -> str:
     """A printable form of any path: undecodable (non-UTF-8) bytes become backslash escapes."""
     return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
@@ -46,7 +46,7 @@ class AudioError(ValueError):
     def __init__(self, path: PathLike, problem: str) -> None:
         self.path = path
         self.problem = problem
-        super().__init__(f"{_show(path)}: {problem}")
+        super().__init__(f"{display_path(path)}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def _check_path(path: PathLike) -> bytes:
         mode = os.stat(bpath).st_mode
     except FileNotFoundError:
         if os.path.islink(bpath):  # `ls` shows the name, so say why it still cannot be opened
-            target = _show(os.readlink(bpath))
+            target = display_path(os.readlink(bpath))
             raise AudioError(path, f"file not found (broken symbolic link to {target})") from None
         raise AudioError(path, "file not found") from None
     except OSError as e:  # e.g. a path component that is a file, or a name too long

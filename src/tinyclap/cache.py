@@ -29,8 +29,8 @@ Store layout (`DIR` = the `--out` folder)
   A shard is written into `DIR/shards/.tmp-<name>-<pid>/` and renamed into place when complete, so a
   killed run loses at most the shard in flight; a rerun skips every file already in a finished shard
   (resume). A write error (disk full, permission denied) removes the temp folder and raises an OSError
-  naming the shard. A finished shard that fails to open is moved aside to `DIR/shards/.corrupt-<name>-<time>/` and
-  its files are computed again.
+  naming the shard. A finished shard that fails to open is moved aside to
+  `DIR/shards/.corrupt-<name>-<time>/` and its files are computed again.
 - `DIR/reports/r{rank:02d}.json` (each rank's last run) and `DIR/report.json` (their merge): files read,
   crops written, skipped files with the reason, stage timings and clips/s.
 
@@ -58,6 +58,7 @@ the front end runs over a whole corpus.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -326,22 +327,48 @@ class CachedDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, store_or_dir: CacheStore | PathLike, split: Literal["train", "val", "all"] = "train"
+        self,
+        store_or_dir: CacheStore | PathLike,
+        split: Literal["train", "val", "all"] = "train",
+        crop_frames: int | None = None,
     ) -> None:
         self.store = store_or_dir if isinstance(store_or_dir, CacheStore) else CacheStore(store_or_dir)
         self.split = split
         self.rows = self.store.indices(split)  # (n,) global row indices
         self.embed_dim = self.store.embed_dim
         self.n_frames = self.store.n_frames
+        if crop_frames is not None and not 1 <= crop_frames:
+            raise ValueError(f"crop_frames must be >= 1, got {crop_frames}")
+        # shorter training crops (CPU budgets): None or >= n_frames keeps the whole cached crop
+        self.crop_frames = None if crop_frames is None or crop_frames >= self.n_frames else int(crop_frames)
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = int(self.rows[k])
-        logmel = torch.from_numpy(np.array(self.store.logmel(row)))  # (T, 64) float16
+        mel = self.store.logmel(row)  # (T, 64) float16, read-only view
+        if self.crop_frames is not None:
+            mel = mel[random_crop_start(mel, self.crop_frames) :][: self.crop_frames]  # (crop_frames, 64)
+        logmel = torch.from_numpy(np.array(mel))  # (T or crop_frames, 64) float16
         target = torch.from_numpy(np.array(self.store.target(row)))  # (D,) float32
         return logmel, target
+
+
+def random_crop_start(logmel: np.ndarray, crop_frames: int) -> int:
+    """A random start frame for a `crop_frames` window of a cached (T, M) log-mel, inside its audio.
+
+    The target stays the teacher's embedding of the whole cached crop (the student learns to predict it
+    from a part of the clip). Frames of the zero padding after a short clip (every band at the log floor,
+    the clip's minimum) are excluded where the clip is long enough, so a crop is never mostly silence that
+    the teacher never heard as such. The draw uses torch's global RNG, which a training stage seeds.
+    """
+    frame_max = np.asarray(logmel, dtype=np.float32).max(axis=1)  # (T,)
+    audible = np.flatnonzero(frame_max > float(frame_max.min()) + 1e-2)
+    n_valid = int(audible[-1]) + 1 if audible.size else logmel.shape[0]
+    hi = max(0, max(n_valid, crop_frames) - crop_frames)  # last allowed start
+    hi = min(hi, logmel.shape[0] - crop_frames)
+    return int(torch.randint(0, hi + 1, ()).item()) if hi > 0 else 0
 
 
 # ---------------------------------------------------------------------------------------------- front end
@@ -728,8 +755,13 @@ def _write_shard(
         os.rename(tmp, final)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CacheError(
-            f"{final}: cannot move the finished shard into place ({e}); is another run using the same rank?"
+        if e.errno in (errno.EEXIST, errno.ENOTEMPTY):  # the shard exists: someone else wrote it
+            raise CacheError(
+                f"{final}: cannot move the finished shard into place ({e}); "
+                "is another run using the same rank?"
+            ) from e
+        raise OSError(
+            e.errno, f"{e.strerror or e}; could not move cache shard {name} into place", str(final)
         ) from e
     return final
 

@@ -110,9 +110,8 @@ def save_model(module: nn.Module, path: str | os.PathLike, config: Mapping[str, 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     st_path = path.with_suffix(".safetensors")
     # both files staged before either is replaced: a full disk leaves the previous pair intact
-    atomic_write_files(
-        {st_path: save(tensors, metadata={"tinyclap": text}), path.with_suffix(".json"): (text + "\n").encode()}
-    )
+    st_bytes = save(tensors, metadata={"tinyclap": text})
+    atomic_write_files({st_path: st_bytes, path.with_suffix(".json"): (text + "\n").encode()})
     return st_path
 
 

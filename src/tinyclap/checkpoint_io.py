@@ -53,7 +53,8 @@ def _named(e: OSError, path: Path) -> OSError:
     """The same kind of OSError (same errno, so PermissionError stays one), naming the target file."""
     code = e.errno if e.errno is not None else errno_mod.EIO
     reason = e.strerror or str(e)
-    return OSError(code, f"{reason}; {path.name} was not written (any previous version is unchanged)", str(path))
+    text = f"{reason}; {path.name} was not written (any previous version is unchanged)"
+    return OSError(code, text, str(path))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

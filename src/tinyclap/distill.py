@@ -368,7 +368,8 @@ class MetricsLogger:
                     f.write(",".join(METRIC_FIELDS) + "\n")
                 f.write(",".join(_fmt(row.get(k)) for k in METRIC_FIELDS) + "\n")
         except OSError as e:  # ENOSPC/EACCES from write or close: say which file
-            raise OSError(e.errno, f"{e.strerror or e}; could not append to metrics.csv", str(self.path)) from e
+            text = f"{e.strerror or e}; could not append to metrics.csv"
+            raise OSError(e.errno, text, str(self.path)) from e
         if self.tensorboard:
             stage, step = int(row["stage"]), int(row["step"])
             writer = self._writer(stage)
@@ -1023,6 +1024,9 @@ class DistillConfig:
     progress: bool = True
     tensorboard: bool = True
     target_dims: list[int] | None = None
+    # cache targets only: train on random crops of this many seconds of each cached clip (validation keeps
+    # the whole clip); shorter crops buy more steps on a CPU, the target stays the whole clip's embedding
+    train_crop_seconds: float | None = None
 
     def validate(self) -> None:
         if self.cache is None and not (self.teacher and self.data):
@@ -1036,6 +1040,8 @@ class DistillConfig:
             raise ValueError(f"stages must be 1, 2 or 1,2; got {','.join(map(str, stages))}")
         if stages == (2,) and not self.init:
             raise ValueError("--stages 2 alone needs --init CKPT (the stage-1 student to start from)")
+        if self.train_crop_seconds is not None and (self.cache is None or self.train_crop_seconds <= 0):
+            raise ValueError("--train-crop-seconds needs --cache and a positive length")
         if not self.student and not self.init:
             raise ValueError("give --student NAME (or --init CKPT to start from a trained student)")
 
@@ -1099,6 +1105,7 @@ _RESUME_KEYS = (
     "lr1",
     "lr2",
     "world_size",
+    "train_crop_seconds",
 )
 
 
@@ -1195,7 +1202,11 @@ def _distill(
         from tinyclap.cache import CachedDataset, CacheStore
 
         store = CacheStore(config.cache)
-        train_ds: Dataset = CachedDataset(store, split="train")
+        crop_frames = None
+        if config.train_crop_seconds is not None:
+            crop_frames = int(round(config.train_crop_seconds * store.n_frames / float(store.config.get(
+                "clip_seconds", 5.0))))
+        train_ds: Dataset = CachedDataset(store, split="train", crop_frames=crop_frames)
         val_ds: Dataset = CachedDataset(store, split="val")
         embed_dim = int(store.embed_dim)
         cache_cfg = _compact(store.config)

@@ -21,6 +21,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from tinyclap.audio import display_path
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -168,7 +170,7 @@ def _report_ranked(
         print(json.dumps(out, indent=2))
     else:
         for p, r in ranked:
-            print(p)
+            print(display_path(p))
             for lb, s in r:
                 print(f"  {s:7.4f}  {lb}")
     _report_failed(failed, len(args.files))
@@ -177,7 +179,7 @@ def _report_ranked(
 
 def _report_failed(failed: list[tuple[str, str]], total: int) -> None:
     for p, e in failed:
-        print(f"skipped {p}: {e}", file=sys.stderr)
+        print(f"skipped {display_path(p)}: {e}", file=sys.stderr)
     if failed:
         print(f"{len(failed)} of {total} files could not be read", file=sys.stderr)
 
@@ -220,7 +222,7 @@ def _run_timelines(
             try:
                 if table:
                     print(
-                        f"{f}\n  {'start':>8s} {'end':>8s}  {'top label':20s} "
+                        f"{display_path(f)}\n  {'start':>8s} {'end':>8s}  {'top label':20s} "
                         + " ".join(f"{lb[:10]:>10s}" for lb in labels)
                     )
                 for row in iter_timeline(
@@ -237,7 +239,7 @@ def _run_timelines(
                     if writer is not None:
                         writer.writerow(
                             [
-                                f,
+                                display_path(f),
                                 f"{row.start:.3f}",
                                 f"{row.end:.3f}",
                                 row.top_label,

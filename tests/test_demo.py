@@ -1,0 +1,35 @@
+"""`tinyclap demo` runs the whole pipeline end to end, offline, on its built-in default."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tinyclap.cli import main
+from tinyclap.demo import DEMO_CLASSES
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    chance = 1 / len(DEMO_CLASSES)
+    # the teacher separates the generated classes, and the distilled student keeps most of it on held-out clips
+    assert summary["teacher_accuracy"] > 0.8
+    assert summary["student_accuracy"] > 2 * chance
+    assert summary["top1_agreement"] > 2 * chance
+    assert summary["heldout_cosine"] > 0.5
+    assert summary["student_params"] == 3_244_529
+    # every stage left its product
+    for path in ("cache/cache.json", "student/student.safetensors", "eval-student/report.json",
+                 "eval-student/confusion.png", "prune/prune.json", "export/model.onnx", "export/manifest.json"):
+        assert (out / path).is_file(), path
+    assert summary["export"]["top3"][0][0] in DEMO_CLASSES
+    assert "student zero-shot accuracy" in printed and "top-1 agreement" in printed
+    # a rerun reuses every finished stage
+    assert main(["demo", "--out", str(out)]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["student_accuracy"] == summary["student_accuracy"]
