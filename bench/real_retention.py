@@ -65,11 +65,14 @@ class Options:
     teacher_max_per_class: int | None = None  # quick runs: the first N clips per class of the teacher folds
     cache_max_per_class: int | None = None  # quick runs: clips per class of every fold for the cache
     eval_max_per_class: int | None = None  # quick runs: clips per class of the evaluation folds
+    # k-NN reference set: an evenly spread subset of the teacher folds (tinyclap.evaluate.limit_dataset);
+    # it is also the pruning calibration set, so its student embeddings are computed once
+    ref_limit: int | None = 400
     students: list[StudentPlan] = field(
         default_factory=lambda: [
-            StudentPlan(STUDENTS[0], 3, 1),
-            StudentPlan(STUDENTS[1], 5, 1),
-            StudentPlan(STUDENTS[2], 1, 1),
+            StudentPlan(STUDENTS[0], 2, 1),
+            StudentPlan(STUDENTS[1], 4, 1),
+            StudentPlan(STUDENTS[2], 1, 1, 2.0),
         ]
     )
     untrained: str = STUDENTS[1]  # the random-init baseline row
@@ -98,6 +101,7 @@ def quick_options(out: str) -> Options:
         check_clips=6,
         students=[StudentPlan(STUDENTS[1], 6, 1, 2.0)],
         prune_student=None,
+        ref_limit=None,
         val_fraction=0.25,
         knn_k=(1, 3),
     )
@@ -378,7 +382,9 @@ def run(opt: Options, log: Callable[[str], None] = _log) -> dict[str, Any]:
     teacher = load_proxy_teacher(teacher_path)
     cache_dir = timed("cache", lambda: build_targets(opt, out, teacher))
 
-    ref_ds = per_class(load_eval_dataset("us8k", opt.us8k, folds=opt.teacher_folds), opt.eval_max_per_class)
+    ref_ds = per_class(
+        load_eval_dataset("us8k", opt.us8k, folds=opt.teacher_folds, limit=opt.ref_limit), opt.eval_max_per_class
+    )
     ev_ds = per_class(load_eval_dataset("us8k", opt.us8k, folds=opt.eval_folds), opt.eval_max_per_class)
     ref_y = np.array([it.label for it in ref_ds.items])
     ev_y = np.array([it.label for it in ev_ds.items])
@@ -452,8 +458,9 @@ def prune_sweep(opt: Options, out: Path, run_dir: Path, teacher_path: Path) -> l
 
     folds = ",".join(map(str, opt.teacher_folds))
     ev = ",".join(map(str, opt.eval_folds))
+    cal = f"us8k:{opt.us8k}#folds={folds}" + (f"&limit={opt.ref_limit}" if opt.ref_limit else "")
     rep = run_prune(
-        str(run_dir), list(opt.prune_dims), f"us8k:{opt.us8k}#folds={folds}", [f"us8k:{opt.us8k}#folds={ev}"],
+        str(run_dir), list(opt.prune_dims), cal, [f"us8k:{opt.us8k}#folds={ev}"],
         out / "prune", teacher=str(teacher_path), calibration_audio="student", embed_cache=out / "embeddings",
         progress=False, verbose=False,
     )  # fmt: skip
@@ -487,6 +494,18 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def parse_plan(text: str) -> StudentPlan:
+    """NAME:EPOCHS1:EPOCHS2[:CROP_SECONDS] -> StudentPlan (CROP_SECONDS 0 = whole 5 s clips)."""
+    from tinyclap.students import parse_student_name
+
+    parts = text.split(":")
+    if len(parts) not in (3, 4):
+        raise ValueError(f"--student {text!r}: expected NAME:EPOCHS1:EPOCHS2[:CROP_SECONDS]")
+    parse_student_name(parts[0])  # a clear error for a bad name, before any work
+    crop = float(parts[3]) if len(parts) == 4 else 2.5
+    return StudentPlan(parts[0], int(parts[1]), int(parts[2]), crop or None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/real", help="output folder (stages reused from it)")
@@ -494,6 +513,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--us8k", default=None, help="UrbanSound8K root (default ../shared/data/UrbanSound8K)")
     ap.add_argument("--animals", default=None, help="extra unlabelled audio folder (default animals-cc0)")
+    ap.add_argument(
+        "--student", action="append", default=None, metavar="NAME:EPOCHS1:EPOCHS2[:CROP_S]",
+        help="a student to distil (repeatable; replaces the default three), e.g. "
+        f"{STUDENTS[0]}:3:1:2.5",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
@@ -503,6 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.animals:
         opt.animals = args.animals
     opt.threads, opt.progress = args.threads, args.progress
+    if args.student:
+        opt.students = [parse_plan(p) for p in args.student]
+        if opt.prune_student not in {p.name for p in opt.students}:
+            opt.prune_student = opt.students[0].name
     summary = run(opt)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_table(summary))
     return 0

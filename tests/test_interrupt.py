@@ -268,11 +268,9 @@ def test_sigkilled_cache_resumes_to_the_same_store(work: Path, teacher_ckpt: Pat
     kills = KillLog("tinyclap cache", f"{N_CLIPS} clips, {N_CLIPS // SHARD} shards of {SHARD}")
     rng = random.Random(SEED)
     for round_ in range(3):  # a new round (fresh folder, earlier kills) only if a machine outran the plan
-        out = work / f"cache_killed{round_}"
-        kill_and_resume(
-            cache_argv(teacher_ckpt, manifest, out), shard_count(out), N_CLIPS // SHARD, ref,
-            work / f"cache_killed{round_}.log", kills, rng, scale=0.5**round_,
-        )  # fmt: skip
+        out, log = work / f"cache_killed{round_}", work / f"cache_killed{round_}.log"
+        argv = cache_argv(teacher_ckpt, manifest, out)
+        kill_and_resume(argv, shard_count(out), N_CLIPS // SHARD, ref, log, kills, rng, scale=0.5**round_)
         assert_same_store(out, ref_dir)
         if kills.landed >= MIN_KILLS:
             break
@@ -337,11 +335,12 @@ def test_sigkilled_distill_resumes_to_bit_identical_weights(work: Path, cache_re
     rng = random.Random(SEED + 1)
     for round_ in range(3):
         out, log = work / f"distill_killed{round_}", work / f"distill_killed{round_}.log"
-        kill_and_resume(distill_argv(cache, out), steps_done(out), total, ref, log, kills, rng, scale=0.5**round_)
+        argv = distill_argv(cache, out)
+        kill_and_resume(argv, steps_done(out), total, ref, log, kills, rng, scale=0.5**round_)
         assert_bit_identical(tensors(ref_dir / "student.safetensors"), tensors(out / "student.safetensors"))
         for stage in (1, 2):
-            assert_bit_identical(tensors(ref_dir / f"stage{stage}" / "best.safetensors"),
-                                 tensors(out / f"stage{stage}" / "best.safetensors"))  # fmt: skip
+            best_ref = tensors(ref_dir / f"stage{stage}" / "best.safetensors")
+            assert_bit_identical(best_ref, tensors(out / f"stage{stage}" / "best.safetensors"))
             last_ref = tensors(ref_dir / f"stage{stage}" / "last.safetensors")
             last = tensors(out / f"stage{stage}" / "last.safetensors")
             assert_bit_identical(last_ref, last, "model.")
