@@ -52,6 +52,11 @@ class StudentPlan:
     epochs1: int
     epochs2: int
     crop_seconds: float | None = 2.5
+    tag: str | None = None  # a second run of the same architecture: students/<name>-<tag>
+
+    @property
+    def label(self) -> str:
+        return self.name if self.tag is None else f"{self.name}-{self.tag}"
 
 
 @dataclass
@@ -85,7 +90,8 @@ class Options:
     knn_k: tuple[int, ...] = (1, 5)
     check_clips: int = 24  # clips embedded by the evaluation code path to check the cache-target reuse
     seed: int = 0
-    threads: int = 2
+    threads: int = 2  # torch CPU threads (set by main(), not by run())
+    device: str = "auto"  # training, cache and student evaluation ("auto": CUDA when available)
     progress: bool = False
 
 
@@ -108,6 +114,12 @@ def quick_options(out: str) -> Options:
 
 
 # --------------------------------------------------------------------------------------------- helpers
+
+
+def _device(opt: Options) -> str:
+    if opt.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return opt.device
 
 
 def _log(msg: str) -> None:
@@ -208,7 +220,7 @@ def build_targets(opt: Options, out: Path, teacher: Any) -> Path:
     if not (cache_dir / "report.json").is_file():
         rep = build_cache(
             teacher, cache_sources(opt, out), cache_dir, val_fraction=opt.val_fraction, seed=1234,
-            batch_size=16, workers=1, progress=opt.progress, overwrite=True,
+            batch_size=16, workers=1, device=_device(opt), progress=opt.progress, overwrite=True,
         )  # fmt: skip
         _log(rep.summary())
     return cache_dir
@@ -218,13 +230,13 @@ def train_student(opt: Options, out: Path, cache_dir: Path, plan: StudentPlan) -
     """Stage 3: distil one student (both stages); reused when `student.safetensors` exists."""
     from tinyclap.distill import DistillConfig, distill
 
-    run_dir = out / "students" / plan.name
+    run_dir = out / "students" / plan.label
     t0 = time.time()
     if not (run_dir / "student.safetensors").is_file():
         res = distill(DistillConfig(
             out=str(run_dir), student=plan.name, cache=str(cache_dir), epochs1=plan.epochs1,
             epochs2=plan.epochs2, lr1=opt.lr1, lr2=opt.lr2, batch_size=opt.batch_size, seed=1234,
-            workers=0, ckpt_every=0, device="cpu", progress=opt.progress, tensorboard=False,
+            workers=0, ckpt_every=0, device=_device(opt), progress=opt.progress, tensorboard=False,
             train_crop_seconds=plan.crop_seconds, resume=run_dir.is_dir(),
         ))  # fmt: skip
         info = {"val_cosine": res.val_cosine, "train_s": round(time.time() - t0, 1),
@@ -282,11 +294,15 @@ def check_teacher_reuse(teacher: Any, dataset: Any, cached: np.ndarray, n: int =
     return {"clips": len(idx), "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
 
 
-def embed_model(spec: str, datasets: Sequence[Any], cache_dir: Path, seed: int = 0) -> list[np.ndarray]:
+def embed_model(
+    spec: str, datasets: Sequence[Any], cache_dir: Path, seed: int = 0, device: str = "cpu"
+) -> list[np.ndarray]:
     """A model's protocol embeddings (tinyclap.evaluate.embed_dataset, cached by weights) of each dataset."""
     from tinyclap.evaluate import embed_dataset, load_model_for_eval
 
     model, fp = load_model_for_eval(spec, None, seed)
+    if isinstance(model, torch.nn.Module):
+        model.to(device)
     return [
         embed_dataset(model, ds, "windows", cache_dir, progress=False, model_id=fp).embeddings.numpy()
         for ds in datasets
@@ -359,7 +375,6 @@ def run(opt: Options, log: Callable[[str], None] = _log) -> dict[str, Any]:
     from tinyclap.proxy import load_proxy_teacher
     from tinyclap.students import count_macs, count_params, create_student
 
-    torch.set_num_threads(opt.threads)
     t_start = time.time()
     out = Path(opt.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -412,7 +427,7 @@ def run(opt: Options, log: Callable[[str], None] = _log) -> dict[str, Any]:
 
     def student_row(spec: str, name: str, kind: str, extra: dict[str, Any]) -> dict[str, Any]:
         t0 = time.time()
-        ref, ev = embed_model(spec, [ref_ds, ev_ds], emb_dir, seed=opt.seed)
+        ref, ev = embed_model(spec, [ref_ds, ev_ds], emb_dir, seed=opt.seed, device=_device(opt))
         s = create_student(name)
         row = model_row(name, kind, Embeds(ref, ev, time.time() - t0), t_emb, ref_y, ev_y, clf, ks,
                         count_params(s), count_macs(s, 690))
@@ -422,11 +437,11 @@ def run(opt: Options, log: Callable[[str], None] = _log) -> dict[str, Any]:
                       lambda: student_row(opt.untrained, opt.untrained, "untrained (random init)", {})))
     trained: dict[str, Path] = {}
     for plan in opt.students:
-        run_dir, info = timed(f"distill: {plan.name}", lambda p=plan: train_student(opt, out, cache_dir, p))
-        trained[plan.name] = run_dir
+        run_dir, info = timed(f"distill: {plan.label}", lambda p=plan: train_student(opt, out, cache_dir, p))
+        trained[plan.name] = run_dir  # pruning: the last (with --extra-student: the longest) run
         extra = {"val_cosine": info["val_cosine"], "train_s": info["train_s"], "epochs1": plan.epochs1,
-                 "epochs2": plan.epochs2, "crop_seconds": plan.crop_seconds}
-        rows.append(timed(f"eval: {plan.name}",
+                 "epochs2": plan.epochs2, "crop_seconds": plan.crop_seconds, "run": plan.label}
+        rows.append(timed(f"eval: {plan.label}",
                           lambda p=plan, r=run_dir, e=extra: student_row(str(r), p.name, "distilled", e)))
         _write_json(out / "rows.json", rows)
 
@@ -479,7 +494,9 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
         cells = [
-            f"{r['model']} ({r['kind']})" if r["kind"] != "teacher" else r["model"],
+            f"{r.get('run', r['model'])} ({r['kind']}"
+            + (f", {r['epochs1']}+{r['epochs2']} ep, {r['crop_seconds']} s crops)" if "epochs1" in r else ")")
+            if r["kind"] != "teacher" else r["model"],
             f"{r['params'] / 1e6:.2f} M" if r.get("params") else "n/a",
             f"{r['macs'] / 1e6:.0f}" if r.get("macs") else "n/a",
             pct(r["zero_shot_acc"]), pct(r["retention"]), pct(r["top1_agreement"]),
@@ -499,11 +516,12 @@ def parse_plan(text: str) -> StudentPlan:
     from tinyclap.students import parse_student_name
 
     parts = text.split(":")
-    if len(parts) not in (3, 4):
-        raise ValueError(f"--student {text!r}: expected NAME:EPOCHS1:EPOCHS2[:CROP_SECONDS]")
+    if len(parts) not in (3, 4, 5):
+        raise ValueError(f"--student {text!r}: expected NAME:EPOCHS1:EPOCHS2[:CROP_SECONDS[:TAG]]")
     parse_student_name(parts[0])  # a clear error for a bad name, before any work
-    crop = float(parts[3]) if len(parts) == 4 else 2.5
-    return StudentPlan(parts[0], int(parts[1]), int(parts[2]), crop or None)
+    crop = float(parts[3]) if len(parts) >= 4 else 2.5
+    tag = parts[4] if len(parts) == 5 else None
+    return StudentPlan(parts[0], int(parts[1]), int(parts[2]), crop or None, tag)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -518,7 +536,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a student to distil (repeatable; replaces the default three), e.g. "
         f"{STUDENTS[0]}:3:1:2.5",
     )
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--extra-student", action="append", default=[], metavar="NAME:EPOCHS1:EPOCHS2:CROP_S:TAG",
+        help="a further student run added to the default ones (repeatable), e.g. a longer run with a tag",
+    )
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--batch-size", type=int, default=None, help="distillation batch (default 16)")
+    ap.add_argument("--lr1", type=float, default=None, help="stage-1 learning rate (default 3e-3)")
+    ap.add_argument("--lr2", type=float, default=None, help="stage-2 learning rate (default 1e-3)")
+    ap.add_argument(
+        "--ref-limit", type=int, default=None,
+        help="k-NN reference / pruning calibration clips of folds 1-2 (default 400; 0 = all)",
+    )
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     opt = quick_options(args.out) if args.quick else Options(out=args.out)
@@ -526,11 +556,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         opt.us8k = args.us8k
     if args.animals:
         opt.animals = args.animals
-    opt.threads, opt.progress = args.threads, args.progress
+    opt.threads, opt.progress, opt.device = args.threads, args.progress, args.device
+    for key in ("batch_size", "lr1", "lr2"):
+        if getattr(args, key) is not None:
+            setattr(opt, key, getattr(args, key))
+    if args.ref_limit is not None:
+        opt.ref_limit = args.ref_limit or None
+    torch.set_num_threads(opt.threads)
     if args.student:
         opt.students = [parse_plan(p) for p in args.student]
         if opt.prune_student not in {p.name for p in opt.students}:
             opt.prune_student = opt.students[0].name
+    opt.students += [parse_plan(p) for p in args.extra_student]
     summary = run(opt)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_table(summary))
     return 0

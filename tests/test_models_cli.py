@@ -58,7 +58,13 @@ def test_mismatched_student_checkpoint_refused(tmp_path, student_ckpt) -> None:
 
     bad = tmp_path / "bad.safetensors"
     save_file(load_file(path), bad, metadata={"tinyclap": json.dumps(cfg)})
-    with pytest.raises(CheckpointError, match="projection.linear1.weight"):
+    with pytest.raises(CheckpointError, match=r"embed_dim 64 but projection.layer_norm.weight has shape \(32,\)"):
+        load_student(bad)
+    # right config, one tensor of the wrong shape: named with both shapes
+    tensors = load_file(path)
+    tensors["base.bn0.weight"] = torch.ones(65)
+    save_file(tensors, bad, metadata={"tinyclap": path.with_suffix(".json").read_text()})
+    with pytest.raises(CheckpointError, match=r"base.bn0.weight: checkpoint \(65,\) vs model \(64,\)"):
         load_student(bad)
 
 
