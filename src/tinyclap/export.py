@@ -637,12 +637,16 @@ def search_fp32_blocks(
     target: float = 0.995,
     max_blocks: int = 5,
     method: str = "minmax",
+    classifier: ZeroShotClassifier | None = None,
+    top1_target: float = INT8_TARGET_TOP1,
 ) -> tuple[int, list[dict[str, float]]]:
     """Smallest number of leading student blocks (`quant_plan`) to keep fp32 so that int8 reaches `target`.
 
     Mean cosine int8 vs fp32 is measured on the calibration clips themselves (never on held-out audio,
     which stays for the final report), by bisection over k in [0, max_blocks] (error falls as k grows).
-    Returns (k, [{"fp32_blocks": k, "calibration_cosine": c}, ...]).
+    With a `classifier`, zero-shot top-1 agreement on those clips must also reach `top1_target`: a trained
+    student's class margins can be small enough that a 0.999 cosine still flips a few decisions.
+    Returns (k, [{"fp32_blocks": k, "calibration_cosine": c[, "calibration_top1_agreement": a]}, ...]).
     """
     fp32 = ort_embed(ort_session(student_path), calibration_logmel)
     import onnx
@@ -650,25 +654,31 @@ def search_fp32_blocks(
     n_units = len(_base_units(list(onnx.load(str(student_path), load_external_data=False).graph.node)))
     hi = min(max_blocks, n_units)
     history: list[dict[str, float]] = []
-    scores: dict[int, float] = {}
+    passed: dict[int, bool] = {}
 
-    def score(k: int) -> float:
-        if k not in scores:
+    def ok(k: int) -> bool:
+        if k not in passed:
             with tempfile.TemporaryDirectory(prefix="tinyclap-qs-") as tmp:
                 q = Path(tmp) / "q.onnx"
                 quantize_int8(student_path, q, calibration_logmel, "logmel", fp32_blocks=k, method=method)
-                scores[k] = float(_cosines(fp32, ort_embed(ort_session(q), calibration_logmel)).mean())
-            history.append({"fp32_blocks": k, "calibration_cosine": scores[k]})
-        return scores[k]
+                int8 = ort_embed(ort_session(q), calibration_logmel)
+            entry = {"fp32_blocks": k, "calibration_cosine": float(_cosines(fp32, int8).mean())}
+            good = entry["calibration_cosine"] >= target
+            if classifier is not None:
+                entry["calibration_top1_agreement"] = agreement(fp32, int8, classifier)["top1_agreement"]
+                good = good and entry["calibration_top1_agreement"] >= top1_target
+            history.append(entry)
+            passed[k] = good
+        return passed[k]
 
-    if score(0) >= target:
+    if ok(0):
         return 0, history
-    if score(hi) < target:
+    if not ok(hi):
         return hi, history
-    lo = 0  # score(lo) < target <= score(hi)
+    lo = 0  # fails at lo, passes at hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if score(mid) >= target:
+        if ok(mid):
             hi = mid
         else:
             lo = mid
@@ -892,8 +902,13 @@ def _quantize_all(
             target=opts.search_target,
             max_blocks=opts.max_fp32_blocks,
             method="minmax",
+            classifier=classifier,
         )
-        res["fp32_blocks_search"] = {"target_calibration_cosine": opts.search_target, "tried": history}
+        res["fp32_blocks_search"] = {
+            "target_calibration_cosine": opts.search_target,
+            "target_calibration_top1_agreement": INT8_TARGET_TOP1,
+            "tried": history,
+        }
     else:
         k = int(opts.fp32_blocks)
     res["fp32_blocks"] = k
