@@ -68,6 +68,7 @@ from torch import nn
 from tinyclap.audio import CLIP_SAMPLES, CLIP_SECONDS, SAMPLE_RATE, AudioError, fit_clip, load_audio
 from tinyclap.checkpoint_io import atomic_write_text
 from tinyclap.frontend import LogMel
+from tinyclap.runtime import ort_session
 from tinyclap.zeroshot import ZeroShotClassifier
 
 EXPORT_FORMAT = "tinyclap-export/1"
@@ -316,21 +317,6 @@ def export_onnx_models(
 # ---------------------------------------------------------------------------------------------------------
 # ONNX Runtime helpers
 # ---------------------------------------------------------------------------------------------------------
-
-
-def ort_session(path: str | os.PathLike | bytes, threads: int | None = None) -> Any:
-    """A CPU InferenceSession with all graph optimisations; `threads` sets intra-op threads (None = ORT's)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.inter_op_num_threads = 1
-    if threads:
-        so.intra_op_num_threads = int(threads)
-    so.log_severity_level = 3  # warnings about unused initialisers etc. are noise here
-    model = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
 def ort_embed(session: Any, x: np.ndarray, batch_size: int = 16) -> np.ndarray:

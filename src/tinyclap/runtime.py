@@ -77,6 +77,21 @@ def read_verified(export_dir: str | os.PathLike, name: str, manifest: dict[str, 
     return data
 
 
+def ort_session(path: str | os.PathLike | bytes, threads: int | None = None) -> Any:
+    """A CPU InferenceSession with all graph optimisations; `threads` sets intra-op threads (None = ORT's)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.log_severity_level = 3  # warnings about unused initialisers etc. are noise here
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
 @dataclass(frozen=True)
 class TimelineRow:
     """One window of a timeline: [start, end) seconds, the top label and every class's probability."""
@@ -159,7 +174,6 @@ class Runtime:
         threads: int | None = None,
         batch_size: int = 8,
     ) -> None:
-        import onnxruntime as ort
 
         self.export_dir = Path(export_dir)
         self.manifest = read_manifest(export_dir)
@@ -181,15 +195,8 @@ class Runtime:
                 f"{self.export_dir}: classes.npz has {self.classifier.embed_dim} dims, "
                 f"the model {self.embed_dim}"
             )
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.inter_op_num_threads = 1
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        so.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+            self.session = ort_session(model_bytes, threads)
         except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
             raise ExportError(
                 f"{self.export_dir / self.model_file}: ONNX Runtime cannot load it ({e})"
