@@ -33,3 +33,12 @@ def test_demo_end_to_end(tmp_path, capsys) -> None:
     assert main(["demo", "--out", str(out)]) == 0
     again = json.loads((out / "summary.json").read_text())
     assert again["student_accuracy"] == summary["student_accuracy"]
+
+    # the "real pipeline" path: a given teacher checkpoint and dataset instead of the built-in default
+    real = tmp_path / "real"
+    args = ["demo", "--out", str(real), "--teacher", str(out / "teacher" / "proxy_teacher.safetensors"),
+            "--dataset", "csv", "--root", str(out / "data" / "labels.csv"), "--no-export", "--epochs1", "2"]
+    assert main(args) == 0
+    given = json.loads((real / "summary.json").read_text())
+    assert given["teacher"].endswith("proxy_teacher.safetensors") and given["eval_clips"] == 72
+    assert given["teacher_accuracy"] > 0.8 and given["export"] is None

@@ -309,7 +309,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  {'teacher zero-shot accuracy':32s} {pct(s['teacher_accuracy'])}",
         f"  {'student zero-shot accuracy':32s} {pct(s['student_accuracy'])}  (retention {pct(s['retention'])})",
         f"  {'top-1 agreement teacher/student':32s} {pct(s['top1_agreement'])}",
-        f"  {'held-out cosine to teacher':32s} {s['heldout_cosine']:.4f}",
+        f"  {'validation cosine to teacher':32s} {s['heldout_cosine']:.4f}",
         f"  {'student':32s} {s['student']}: {s['student_params']:,} params, {s['student_macs'] / 1e6:.1f} M MACs / 5 s",
     ]
     if s.get("teacher_audio_params"):

@@ -19,7 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     real.add_argument("--dataset", help="evaluation dataset: esc50|us8k|tut17|csv")
     real.add_argument("--root", help="dataset root (or CSV file)")
     real.add_argument("--esc50", help="shorthand for --dataset esc50 --root PATH")
-    real.add_argument("--data", action="append", default=[], help="distillation audio spec(s); default: the dataset")
+    real.add_argument(
+        "--data", action="append", default=[],
+        help="distillation audio spec(s); default: the evaluation dataset's audio (labels unused)",
+    )
     p.set_defaults(func=run)
 
 
