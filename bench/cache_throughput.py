@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from tinyclap.audio import CLIP_SAMPLES, load_audio
-from tinyclap.cache import CachedDataset, FFTLogMel, build_cache
-from tinyclap.frontend import LogMel
+from tinyclap.cache import CachedDataset, build_cache
+from tinyclap.frontend import FFTLogMel, LogMel
 
 SMALLEST_STUDENT = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"
 

@@ -23,13 +23,12 @@ from tinyclap.cache import (
     CachedDataset,
     CacheError,
     CacheStore,
-    FFTLogMel,
     build_cache,
     crop_starts,
     split_of,
 )
 from tinyclap.cli import main
-from tinyclap.frontend import LogMel
+from tinyclap.frontend import FFTLogMel, LogMel
 from tinyclap.teacher import CLAPTeacher, TeacherConfig, load_teacher, save_teacher
 
 N_US8K = 24

@@ -194,7 +194,7 @@ class WaveformDataset(Dataset):
 class TeacherTargets:
     """On-the-fly batches: (wave (B, N), teacher_wave (B, M)) -> (logmel (B, T, 64), target (B, D)) on device.
 
-    The log-mel is MS CLAP's front end on the device (by default `tinyclap.cache.FFTLogMel`, the FFT form of
+    The log-mel is MS CLAP's front end on the device (by default `tinyclap.frontend.FFTLogMel`, the FFT form of
     `tinyclap.frontend.LogMel` the cache uses too), in float32 outside autocast: the log of small powers
     needs the precision. The target is the teacher's normalised embedding under no_grad, in float32. A
     teacher with the same front end and `encode_audio` (CLAPTeacher) reuses the student's log-mel instead of
@@ -202,8 +202,7 @@ class TeacherTargets:
     """
 
     def __init__(self, teacher: Any, frontend: nn.Module | None = None) -> None:
-        from tinyclap.cache import FFTLogMel
-        from tinyclap.frontend import LogMel
+        from tinyclap.frontend import FFTLogMel, LogMel
 
         self.teacher = teacher
         self.frontend = frontend if frontend is not None else FFTLogMel(LogMel())
