@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tinyclap.commands import add_embedding_run_args
+
 
 def _folds(text: str) -> list[int]:
     try:
@@ -59,21 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="windows",
         help="clips longer than 5 s: mean of all window embeddings (default) or the centre crop",
     )
-    r = p.add_argument_group("running")
-    r.add_argument(
-        "--embed-cache", help="folder for cached audio embeddings (default: the user cache folder)"
-    )
-    r.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
-    r.add_argument(
-        "--seed", type=int, default=0, help="initialisation seed when --model is a bare student name"
-    )
-    r.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
+    r = add_embedding_run_args(p)
     r.add_argument("--batch-size", type=int, default=16, help="5 s windows per forward pass")
     r.add_argument(
         "--strict", action="store_true", help="exit 1 if any listed clip was missing or unreadable"
     )
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=run)
 
 

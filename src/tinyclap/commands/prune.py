@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tinyclap.commands import add_embedding_run_args
+
 
 def _dims(text: str) -> list[int]:
     try:
@@ -56,17 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument(
         "--eval-small", action="store_true", help="also evaluate small students that were not fine-tuned"
     )
-    r = p.add_argument_group("running")
-    r.add_argument(
-        "--embed-cache", help="folder for cached audio embeddings (default: the user cache folder)"
-    )
-    r.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
-    r.add_argument(
-        "--seed", type=int, default=0, help="initialisation seed when --model is a bare student name"
-    )
-    r.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_embedding_run_args(p)
     p.set_defaults(func=run)
 
 
