@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from tinyclap.audio import CLIP_SAMPLES, load_audio
-from tinyclap.cache import CachedDataset, build_cache
-from tinyclap.frontend import FFTLogMel, LogMel
+from tinyclap.audio.frontend import FFTLogMel, LogMel
+from tinyclap.train.cache import CachedDataset, build_cache
 
 SMALLEST_STUDENT = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"
 
@@ -133,7 +133,7 @@ def loader_bench(cache: Path, workers: int, seconds: float = 3.0) -> float:
 
 
 def train_step_bench(name: str, steps: int = 3) -> float:
-    from tinyclap.students import create_student
+    from tinyclap.models.students import create_student
 
     model = create_student(name).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -162,7 +162,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args()
 
-    from tinyclap.teacher import CLAPTeacher, TeacherConfig
+    from tinyclap.models.teacher import CLAPTeacher, TeacherConfig
 
     cores = os.cpu_count() or 1
     root = Path(args.tmp) if args.tmp else Path(tempfile.mkdtemp(prefix="tinyclap-bench-"))

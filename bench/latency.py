@@ -2,7 +2,7 @@
 
     python bench/latency.py [--students NAME,NAME] [--runs 20] [--threads 1] [--teacher] [--json-out F]
 
-Runs `tinyclap.profile.profile_model` for each model (one 5 s clip, `--threads` CPU threads) and prints a
+Runs `tinyclap.deploy.profile.profile_model` for each model (one 5 s clip, `--threads` CPU threads) and prints a
 Markdown table: parameters, MACs (student; front end as PyTorch runs it / as the ONNX export runs it),
 peak activation memory (fp32 / int8), and the whole model's median latency ± IQR/2 for PyTorch fp32,
 ONNX Runtime fp32 and ONNX Runtime int8, plus the front end's share of the ORT fp32 time.
@@ -17,9 +17,9 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tinyclap.export import find_audio, load_clips, pick
-    from tinyclap.profile import TEACHER_NAME, markdown_table, profile_model
-    from tinyclap.students import list_students
+    from tinyclap.deploy.export import find_audio, load_clips, pick
+    from tinyclap.deploy.profile import TEACHER_NAME, markdown_table, profile_model
+    from tinyclap.models.students import list_students
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--students", help="comma-separated student names (default: the registered PhiNets)")

@@ -2,16 +2,16 @@
 
 Stages (each reused when its output exists under `--out`, so a killed run resumes):
 
-1. proxy teacher (`tinyclap.proxy.build_proxy`) on UrbanSound8K folds 1-2 (labelled, seeded);
-2. teacher-target cache (`tinyclap.cache.build_cache`) on the AUDIO ONLY of all of UrbanSound8K (folds 1-3)
+1. proxy teacher (`tinyclap.models.proxy.build_proxy`) on UrbanSound8K folds 1-2 (labelled, seeded);
+2. teacher-target cache (`tinyclap.train.cache.build_cache`) on the AUDIO ONLY of all of UrbanSound8K (folds 1-3)
    and animals-cc0: fold 3's audio is used for distillation without its labels (the paper's unlabelled
    setting), although fold 3 was held out from the teacher's projection training;
-3. two-stage distillation of each student on the cache (`tinyclap.distill.distill`), on shorter random
+3. two-stage distillation of each student on the cache (`tinyclap.train.distill.distill`), on shorter random
    training crops (`train_crop_seconds`) to fit a CPU budget;
-4. evaluation on fold 3 (zero-shot, `tinyclap.evaluate`): accuracy, retention, top-1 agreement and mean
+4. evaluation on fold 3 (zero-shot, `tinyclap.evaluation.evaluate`): accuracy, retention, top-1 agreement and mean
    cosine to the teacher, and text-free k-NN accuracy with folds 1-2 as the reference set, plus an untrained
    student as a baseline row;
-5. the latent pruning sweep (`tinyclap.prune.run_prune`, masked models) of one student;
+5. the latent pruning sweep (`tinyclap.evaluation.prune.run_prune`, masked models) of one student;
 6. `summary.json` (+ a Markdown table printed, `--json` prints the JSON).
 
     python bench/real_retention.py --out runs/real            # the full CPU run (~1 h on 2 cores)
@@ -70,7 +70,7 @@ class Options:
     teacher_max_per_class: int | None = None  # quick runs: the first N clips per class of the teacher folds
     cache_max_per_class: int | None = None  # quick runs: clips per class of every fold for the cache
     eval_max_per_class: int | None = None  # quick runs: clips per class of the evaluation folds
-    # k-NN reference set: an evenly spread subset of the teacher folds (tinyclap.evaluate.limit_dataset);
+    # k-NN reference set: an evenly spread subset of the teacher folds (tinyclap.evaluation.evaluate.limit_dataset);
     # it is also the pruning calibration set, so its student embeddings are computed once
     ref_limit: int | None = 400
     students: list[StudentPlan] = field(
@@ -171,7 +171,7 @@ def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from tinyclap.checkpoint_io import atomic_write_text
+    from tinyclap._util import atomic_write_text
 
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
@@ -181,7 +181,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def build_teacher(opt: Options, out: Path) -> Path:
     """Stage 1: the proxy teacher on the teacher folds; returns its checkpoint path (reused if present)."""
-    from tinyclap.proxy import build_proxy
+    from tinyclap.models.proxy import build_proxy
 
     path = out / "teacher" / "proxy_teacher.safetensors"
     if not path.is_file():
@@ -195,7 +195,7 @@ def build_teacher(opt: Options, out: Path) -> Path:
 
 def cache_sources(opt: Options, out: Path) -> list[str]:
     """Data specs of the distillation audio: all of US8K (+ animals-cc0); a manifest in quick runs."""
-    from tinyclap.evaluate import load_eval_dataset
+    from tinyclap.evaluation.evaluate import load_eval_dataset
 
     if opt.cache_max_per_class is None:
         specs = [f"us8k:{opt.us8k}"]
@@ -214,7 +214,7 @@ def cache_sources(opt: Options, out: Path) -> list[str]:
 
 def build_targets(opt: Options, out: Path, teacher: Any) -> Path:
     """Stage 2: the teacher-target cache (audio only, 5 s crops; reused when complete)."""
-    from tinyclap.cache import build_cache
+    from tinyclap.train.cache import build_cache
 
     cache_dir = out / "cache"
     if not (cache_dir / "report.json").is_file():
@@ -228,7 +228,7 @@ def build_targets(opt: Options, out: Path, teacher: Any) -> Path:
 
 def train_student(opt: Options, out: Path, cache_dir: Path, plan: StudentPlan) -> tuple[Path, dict]:
     """Stage 3: distil one student (both stages); reused when `student.safetensors` exists."""
-    from tinyclap.distill import DistillConfig, distill
+    from tinyclap.train.distill import DistillConfig, distill
 
     run_dir = out / "students" / plan.label
     t0 = time.time()
@@ -262,7 +262,7 @@ def teacher_from_cache(cache_dir: Path, datasets: Sequence[Any]) -> list[np.ndar
     Valid because every US8K clip is <= 4 s: the cache holds one crop per clip, zero-padded to 5 s, which
     is exactly the evaluation protocol's single window (checked by `check_teacher_reuse`).
     """
-    from tinyclap.cache import CacheStore
+    from tinyclap.train.cache import CacheStore
 
     store = CacheStore(cache_dir)
     row_of: dict[str, int] = {}
@@ -282,7 +282,7 @@ def check_teacher_reuse(teacher: Any, dataset: Any, cached: np.ndarray, n: int =
     """Embed `n` clips with the evaluation code path and compare them to the cache targets."""
     from dataclasses import replace
 
-    from tinyclap.evaluate import embed_dataset
+    from tinyclap.evaluation.evaluate import embed_dataset
 
     step = max(1, len(dataset.items) // n)
     idx = list(range(0, len(dataset.items), step))[:n]
@@ -297,8 +297,8 @@ def check_teacher_reuse(teacher: Any, dataset: Any, cached: np.ndarray, n: int =
 def embed_model(
     spec: str, datasets: Sequence[Any], cache_dir: Path, seed: int = 0, device: str = "cpu"
 ) -> list[np.ndarray]:
-    """A model's protocol embeddings (tinyclap.evaluate.embed_dataset, cached by weights) of each dataset."""
-    from tinyclap.evaluate import embed_dataset, load_model_for_eval
+    """A model's protocol embeddings (tinyclap.evaluation.evaluate.embed_dataset, cached by weights) of each dataset."""
+    from tinyclap.evaluation.evaluate import embed_dataset, load_model_for_eval
 
     model, fp = load_model_for_eval(spec, None, seed)
     if isinstance(model, torch.nn.Module):
@@ -314,7 +314,7 @@ def model_row(
     ks: Sequence[int], params: int | None, macs: int | None,
 ) -> dict[str, Any]:
     """Zero-shot accuracy, agreement and cosine to the teacher, and k-NN accuracies of one model."""
-    from tinyclap.evaluate import evaluate
+    from tinyclap.evaluation.evaluate import evaluate
 
     rep = evaluate(emb.ev, ev_y, clf)
     t_rep = evaluate(teacher.ev, ev_y, clf)
@@ -371,9 +371,9 @@ def _teacher_macs(teacher: Any, seconds: float = 5.0) -> int | None:
 
 def run(opt: Options, log: Callable[[str], None] = _log) -> dict[str, Any]:
     """Every stage; returns (and writes to `<out>/summary.json`) the measured numbers."""
-    from tinyclap.evaluate import build_classifier, load_eval_dataset, read_templates
-    from tinyclap.proxy import load_proxy_teacher
-    from tinyclap.students import count_macs, count_params, create_student
+    from tinyclap.evaluation.evaluate import build_classifier, load_eval_dataset, read_templates
+    from tinyclap.models.proxy import load_proxy_teacher
+    from tinyclap.models.students import count_macs, count_params, create_student
 
     t_start = time.time()
     out = Path(opt.out)
@@ -469,7 +469,7 @@ def run(opt: Options, log: Callable[[str], None] = _log) -> dict[str, Any]:
 
 def prune_sweep(opt: Options, out: Path, run_dir: Path, teacher_path: Path) -> list[dict[str, Any]]:
     """Stage 5: masked-model latent pruning of one student (criterion from its own folds 1-2 audio)."""
-    from tinyclap.prune import run_prune
+    from tinyclap.evaluation.prune import run_prune
 
     folds = ",".join(map(str, opt.teacher_folds))
     ev = ",".join(map(str, opt.eval_folds))
@@ -513,7 +513,7 @@ def format_table(summary: dict[str, Any]) -> str:
 
 def parse_plan(text: str) -> StudentPlan:
     """NAME:EPOCHS1:EPOCHS2[:CROP_SECONDS] -> StudentPlan (CROP_SECONDS 0 = whole 5 s clips)."""
-    from tinyclap.students import parse_student_name
+    from tinyclap.models.students import parse_student_name
 
     parts = text.split(":")
     if len(parts) not in (3, 4, 5):

@@ -505,14 +505,14 @@ def student() -> Any:
     import torch
 
     from tinyclap.models import StudentEmbedder
-    from tinyclap.students import create_student
+    from tinyclap.models.students import create_student
 
     torch.manual_seed(0)
     return StudentEmbedder(create_student(STUDENT)).eval()
 
 
 def assert_embeds(model: Any, wave: np.ndarray) -> None:
-    from tinyclap.inference import embed_clip
+    from tinyclap.evaluation.embedding import embed_clip
 
     emb = embed_clip(model, wave)  # deterministic windows, (D,)
     assert emb.shape == (1024,)

@@ -19,7 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinyclap.audio import CLIP_SAMPLES, SAMPLE_RATE, fit_clip, load_audio
-from tinyclap.cache import (
+from tinyclap.audio.frontend import FFTLogMel, LogMel
+from tinyclap.cli import main
+from tinyclap.models.teacher import CLAPTeacher, TeacherConfig, load_teacher, save_teacher
+from tinyclap.train.cache import (
     CachedDataset,
     CacheError,
     CacheStore,
@@ -27,9 +30,6 @@ from tinyclap.cache import (
     crop_starts,
     split_of,
 )
-from tinyclap.cli import main
-from tinyclap.frontend import FFTLogMel, LogMel
-from tinyclap.teacher import CLAPTeacher, TeacherConfig, load_teacher, save_teacher
 
 N_US8K = 24
 LONG_SECONDS = 12.0  # > 2 windows: yields 2 crops with crops_per_clip=2
@@ -246,7 +246,7 @@ def _free_port() -> int:
 # a rank process: a pure-torch teacher keeps it light (no transformers import); RANK/WORLD_SIZE come from env
 RANK_SCRIPT = """
 import sys, torch, torch.nn.functional as F
-from tinyclap.cache import build_cache
+from tinyclap.train.cache import build_cache
 
 class Stats(torch.nn.Module):
     sample_rate, embed_dim = 44100, 4

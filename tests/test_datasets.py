@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import tinyclap.datasets as D
-from tinyclap.datasets import DatasetError, DatasetWarning, Item
+import tinyclap.data.datasets as D
+from tinyclap.data.datasets import DatasetError, DatasetWarning, Item
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -736,5 +736,5 @@ def test_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, tinyclap.datasets; assert 'torch' not in sys.modules"
+    code = "import sys, tinyclap.data.datasets; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

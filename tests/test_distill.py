@@ -19,11 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-import tinyclap.distill as distill_mod
-from tinyclap.cache import CachedDataset, CacheStore, build_cache
-from tinyclap.checkpoint import read_model
+import tinyclap.train.distill as distill_mod
 from tinyclap.cli import main as cli_main
-from tinyclap.distill import (
+from tinyclap.models import load_model, load_student
+from tinyclap.models.checkpoint import read_model
+from tinyclap.models.students import create_student
+from tinyclap.models.teacher import CLAPTeacher, TeacherConfig, load_teacher, save_teacher
+from tinyclap.train.cache import CachedDataset, CacheStore, build_cache
+from tinyclap.train.distill import (
     DistillConfig,
     TeacherTargets,
     WaveformDataset,
@@ -32,9 +35,6 @@ from tinyclap.distill import (
     select_targets,
     train_stage,
 )
-from tinyclap.models import load_model, load_student
-from tinyclap.students import create_student
-from tinyclap.teacher import CLAPTeacher, TeacherConfig, load_teacher, save_teacher
 
 STUDENT = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"  # the smallest registered student
 N_FILES = 16
@@ -117,7 +117,7 @@ def test_loss_is_minus_cosine_and_target_dims_renormalise() -> None:
 
 
 def test_command_defaults_match_config() -> None:
-    from tinyclap.commands import distill as cmd
+    from tinyclap.cli import distill as cmd
 
     cfg = DistillConfig(out="x")
     for k, v in vars(cmd._D).items():

@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from tinyclap.cli import main
-from tinyclap.evaluate import (
+from tinyclap.evaluation.evaluate import (
     embed_dataset,
     evaluate,
     limit_dataset,
@@ -28,7 +28,7 @@ TUT_SCENES = ["beach", "bus", "city_center", "home"]
 SR = 44100
 
 # the ESC-50 layout lists one clip that is not on disk (reported in the JSON; checked there)
-pytestmark = pytest.mark.filterwarnings("ignore::tinyclap.datasets.DatasetWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::tinyclap.data.datasets.DatasetWarning")
 
 
 def signal(i: int, seconds: float, sr: int = SR) -> np.ndarray:
@@ -106,10 +106,10 @@ def write_tut17(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    from tinyclap.frontend import LogMel
+    from tinyclap.audio.frontend import LogMel
     from tinyclap.models import save_student
-    from tinyclap.students import create_student
-    from tinyclap.teacher import CLAPTeacher, TeacherConfig, bundled_tokenizer_dir, save_teacher
+    from tinyclap.models.students import create_student
+    from tinyclap.models.teacher import CLAPTeacher, TeacherConfig, bundled_tokenizer_dir, save_teacher
 
     tmp = tmp_path_factory.mktemp("evaluate")
     esc = tmp / "ESC-50-master"
@@ -279,9 +279,9 @@ def test_eval_esc50_student_report_matches_numpy(env: SimpleNamespace, capsys: p
     pred = check_against_numpy(report, emb, labels, folds, text_matrix(env, ESC_CLASSES))
     assert len(set(pred.tolist())) > 1, "degenerate test: every clip got the same class"
 
-    # the batched embedding equals embedding each clip on its own (tinyclap.inference)
+    # the batched embedding equals embedding each clip on its own (tinyclap.evaluation.embedding)
     from tinyclap.audio import load_audio
-    from tinyclap.inference import embed_clip
+    from tinyclap.evaluation.embedding import embed_clip
     from tinyclap.models import StudentEmbedder, load_student
 
     model = StudentEmbedder(load_student(env.run)).eval()
@@ -351,7 +351,7 @@ def test_embed_dataset_cache_key(env: SimpleNamespace, tmp_path: Path) -> None:
 def test_eval_classes_file_and_missing_text_model(
     env: SimpleNamespace, capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
-    from tinyclap.teacher import load_teacher
+    from tinyclap.models.teacher import load_teacher
     from tinyclap.zeroshot import ZeroShotClassifier
 
     # a saved class matrix in another order and with spaces gives the same predictions as the teacher
@@ -401,7 +401,7 @@ def test_eval_us8k_real_subset_with_teacher(env: SimpleNamespace, us8k_root: Pat
 
 def test_eval_tut17_centre_crop_and_template_ensemble(env: SimpleNamespace) -> None:
     from tinyclap.audio import load_audio
-    from tinyclap.inference import embed_clip
+    from tinyclap.evaluation.embedding import embed_clip
     from tinyclap.models import StudentEmbedder, load_student
 
     tpls = ["this is the sound of {}", "a recording of {}"]

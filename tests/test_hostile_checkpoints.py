@@ -26,10 +26,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from tinyclap.checkpoint import CheckpointError, read_model, safe_torch_load
 from tinyclap.models import load_model, load_student, save_student
-from tinyclap.students import create_student
-from tinyclap.teacher import CLAPTeacher, TeacherConfig, load_teacher, save_teacher
+from tinyclap.models.checkpoint import CheckpointError, read_model, safe_torch_load
+from tinyclap.models.students import create_student
+from tinyclap.models.teacher import CLAPTeacher, TeacherConfig, load_teacher, save_teacher
 
 STUDENT = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"
 
@@ -99,19 +99,19 @@ def test_payloads_are_live(kind: str, tmp_path: Path) -> None:
 
 
 def _tokenizer_dir() -> Path:
-    from tinyclap.teacher import bundled_tokenizer_dir
+    from tinyclap.models.teacher import bundled_tokenizer_dir
 
     return bundled_tokenizer_dir()
 
 
 def _load_aisfx(path: Path) -> Any:
-    from tinyclap.proxy import load_aisfx
+    from tinyclap.models.proxy import load_aisfx
 
     return load_aisfx(path)
 
 
 def _load_proxy(path: Path) -> Any:
-    from tinyclap.proxy import load_proxy_teacher
+    from tinyclap.models.proxy import load_proxy_teacher
 
     return load_proxy_teacher(path)
 
@@ -478,7 +478,7 @@ def test_our_loaders_never_unpickle(
 @pytest.mark.parametrize("kind", ["pickle", "wrong_kind"])
 def test_distill_resume_state_refused(kind: str, student_ckpt: Path, tmp_path: Path) -> None:
     """`stageN/last.safetensors` (what `resume=True` reads): safetensors only, and a training state."""
-    from tinyclap.distill import read_stage_result
+    from tinyclap.train.distill import read_stage_result
 
     marker = tmp_path / "pwned"
     stage = tmp_path / "stage1"
@@ -495,7 +495,7 @@ def test_distill_resume_state_refused(kind: str, student_ckpt: Path, tmp_path: P
 
 
 def test_cache_shard_with_pickled_arrays_refused(tmp_path: Path) -> None:
-    from tinyclap.cache import FORMAT, CacheError, CacheStore
+    from tinyclap.train.cache import FORMAT, CacheError, CacheStore
 
     marker = tmp_path / "pwned"
     config = {
@@ -520,7 +520,7 @@ def test_cache_shard_with_pickled_arrays_refused(tmp_path: Path) -> None:
 def test_exported_class_matrix_refuses_pickles(tmp_path: Path) -> None:
     """The torch-free runtime reads the class matrix from bytes with allow_pickle=False (after its SHA-256
     check, which an attacker who rewrites the manifest too would pass)."""
-    from tinyclap.runtime import _classifier_from_bytes
+    from tinyclap.deploy.runtime import _classifier_from_bytes
 
     marker = tmp_path / "pwned"
     buf = tmp_path / "evil.npz"

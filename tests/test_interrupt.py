@@ -32,14 +32,14 @@ import numpy as np
 import pytest
 import torch
 
-import tinyclap.distill as distill_mod
-from tinyclap.cache import CacheStore, build_cache
-from tinyclap.checkpoint import read_model
+import tinyclap.train.distill as distill_mod
 from tinyclap.cli import main as cli_main
-from tinyclap.distill import MetricsLogger, train_stage
 from tinyclap.models import load_student, save_student
-from tinyclap.students import create_student
-from tinyclap.teacher import CLAPTeacher, TeacherConfig, save_teacher
+from tinyclap.models.checkpoint import read_model
+from tinyclap.models.students import create_student
+from tinyclap.models.teacher import CLAPTeacher, TeacherConfig, save_teacher
+from tinyclap.train.cache import CacheStore, build_cache
+from tinyclap.train.distill import MetricsLogger, train_stage
 from tinyclap.zeroshot import ZeroShotClassifier
 
 STUDENT = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"  # the smallest registered student

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from tinyclap.checkpoint import CheckpointError
 from tinyclap.cli import main
 from tinyclap.models import StudentEmbedder, load_model, load_student, save_student
-from tinyclap.students import create_student
+from tinyclap.models.checkpoint import CheckpointError
+from tinyclap.models.students import create_student
 from tinyclap.zeroshot import ZeroShotClassifier
 
 SMALL = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"
@@ -94,7 +94,7 @@ def test_classify_with_class_file(tmp_path, student_ckpt, animals_dir, capsys) -
     assert "bad.wav" in captured.err
     # the scores are the classifier's on the mean window embedding (independent recomputation)
     from tinyclap.audio import load_audio
-    from tinyclap.inference import embed_clip
+    from tinyclap.evaluation.embedding import embed_clip
 
     emb = embed_clip(StudentEmbedder(student), load_audio(files[0]))
     p = clf.predict_proba(emb[None].numpy())[0]

@@ -12,7 +12,7 @@ import torch
 from onnx import TensorProto, helper
 
 from tinyclap.cli import main
-from tinyclap.profile import compare, markdown_table, peak_activation_bytes, timing, torch_threads
+from tinyclap.deploy.profile import compare, markdown_table, peak_activation_bytes, timing, torch_threads
 
 
 def test_peak_activation_liveness(tmp_path: Path) -> None:

@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinyclap.audio import AudioError, audio_info, eval_windows, fit_clip, load_audio, stream_windows
-from tinyclap.datasets import AUDIO_EXTENSIONS, DatasetError, load_csv_dataset, manifest_files
-from tinyclap.inference import clip_windows, embed_clip
-from tinyclap.students import PHINET_FORM, StudentSpec, parse_student_name
+from tinyclap.data.datasets import AUDIO_EXTENSIONS, DatasetError, load_csv_dataset, manifest_files
+from tinyclap.evaluation.embedding import clip_windows, embed_clip
+from tinyclap.models.students import PHINET_FORM, StudentSpec, parse_student_name
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

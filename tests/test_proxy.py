@@ -15,8 +15,8 @@ import soundfile as sf
 import torch
 
 from tinyclap.audio import load_audio
-from tinyclap.checkpoint import CheckpointError, read_model, save_model
-from tinyclap.proxy import (
+from tinyclap.models.checkpoint import CheckpointError, read_model, save_model
+from tinyclap.models.proxy import (
     KIND,
     AisfxAudioTower,
     MiniLMTextTower,
@@ -67,7 +67,7 @@ def _reference_blocks(wave: np.ndarray, tmp_path: Path) -> np.ndarray:
     spec = pre.spectrogram_normalize(spec, spec_norm="original").T  # (T, 96)
     blocks = pre.blocking(spec, 100, pre.compute_hopSize(100, 0.5, spec), drop_partial_block=True)
     ckpt = importlib.metadata.distribution("aisfx").locate_file("aisfx/models/checkpoint.pth")
-    from tinyclap.proxy import _load_aisfx_state
+    from tinyclap.models.proxy import _load_aisfx_state
 
     state = _load_aisfx_state(Path(str(ckpt)))
     net = cnn.EmbeddingNet("max", 3, 1, 64)  # what aisfx's load_bestModel builds

@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from tinyclap.prune import (
+from tinyclap.evaluation.prune import (
     MaskedEmbedder,
     dim_scores,
     finetune_small_student,
@@ -22,7 +22,7 @@ from tinyclap.prune import (
     select_dims,
     shrink_student,
 )
-from tinyclap.students import count_params, create_student
+from tinyclap.models.students import count_params, create_student
 from tinyclap.zeroshot import ZeroShotClassifier
 
 STUDENT = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"
@@ -60,9 +60,9 @@ def calibrate_bn(module: torch.nn.Module, logmel: torch.Tensor) -> None:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    from tinyclap.frontend import LogMel
+    from tinyclap.audio.frontend import LogMel
     from tinyclap.models import save_student
-    from tinyclap.teacher import CLAPTeacher, TeacherConfig, bundled_tokenizer_dir, save_teacher
+    from tinyclap.models.teacher import CLAPTeacher, TeacherConfig, bundled_tokenizer_dir, save_teacher
 
     tmp = tmp_path_factory.mktemp("prune")
     esc = tmp / "ESC-50-master"
@@ -123,7 +123,7 @@ def test_criteria_match_their_definitions() -> None:
 
 
 def test_masked_scores_equal_independent_computation(env: SimpleNamespace) -> None:
-    from tinyclap.evaluate import evaluate
+    from tinyclap.evaluation.evaluate import evaluate
     from tinyclap.models import StudentEmbedder
 
     rng = np.random.default_rng(1)
@@ -192,8 +192,8 @@ def test_small_student_has_exactly_the_expected_parameters() -> None:
 
 
 def test_finetuning_the_small_student_moves_it_towards_the_masked_targets(env: SimpleNamespace) -> None:
-    from tinyclap.cache import CachedDataset, build_cache
-    from tinyclap.distill import select_targets
+    from tinyclap.train.cache import CachedDataset, build_cache
+    from tinyclap.train.distill import select_targets
 
     cache = env.tmp / "distill-cache"
     build_cache(env.teacher, [str(env.esc / "audio")], cache, val_fraction=0.0, progress=False, workers=0)
@@ -230,13 +230,13 @@ def test_finetuning_the_small_student_moves_it_towards_the_masked_targets(env: S
 def test_prune_cli_sweep(env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
     from tinyclap.audio import load_audio
     from tinyclap.cli import main
-    from tinyclap.evaluate import model_fingerprint
-    from tinyclap.inference import embed_clip
+    from tinyclap.evaluation.embedding import embed_clip
+    from tinyclap.evaluation.evaluate import model_fingerprint
     from tinyclap.models import StudentEmbedder, load_student
-    from tinyclap.teacher import CLAPTeacher
+    from tinyclap.models.teacher import CLAPTeacher
 
     if not hasattr(env, "cache"):  # the fine-tuning test builds it; build it here when run alone
-        from tinyclap.cache import build_cache
+        from tinyclap.train.cache import build_cache
 
         env.cache = env.tmp / "distill-cache"
         build_cache(

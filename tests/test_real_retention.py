@@ -38,7 +38,7 @@ def test_knn_accuracy_on_separated_clusters() -> None:
 
 
 def test_random_crop_stays_inside_the_audio() -> None:
-    from tinyclap.cache import random_crop_start
+    from tinyclap.train.cache import random_crop_start
 
     mel = np.full((690, 64), -100.0, dtype=np.float16)  # the log floor: zero padding
     mel[:552] = np.random.default_rng(0).normal(size=(552, 64))  # a 4 s clip padded to 5 s

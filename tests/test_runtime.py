@@ -15,12 +15,12 @@ import pytest
 import soundfile as sf
 import torch
 
+from tinyclap.audio.frontend import LogMel
 from tinyclap.cli import main
-from tinyclap.export import Int8Options, export, find_audio, load_clips, pick
-from tinyclap.frontend import LogMel
+from tinyclap.deploy.export import Int8Options, export, find_audio, load_clips, pick
 from tinyclap.models import save_student
+from tinyclap.models.students import create_student
 from tinyclap.runtime import ExportError, Runtime
-from tinyclap.students import create_student
 from tinyclap.zeroshot import ZeroShotClassifier
 
 NAME = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"

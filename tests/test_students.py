@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from tinyclap.phinet import PhiNet
-from tinyclap.students import (
+from tinyclap.models.phinet import PhiNet
+from tinyclap.models.students import (
     PhiNetAudioEncoder,
     StudentSpec,
     TinyCLAPStudent,

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinyclap.checkpoint import CheckpointError, save_model
-from tinyclap.cnn14 import Cnn14
-from tinyclap.teacher import (
+from tinyclap.models.checkpoint import CheckpointError, save_model
+from tinyclap.models.cnn14 import Cnn14
+from tinyclap.models.teacher import (
     AudioEncoder,
     CLAPTeacher,
     Teacher,

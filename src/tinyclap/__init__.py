@@ -6,38 +6,29 @@ resolved lazily, so `tinyclap.runtime` (onnxruntime + numpy only) works on devic
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from tinyclap._util import lazy_exports
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-    "create_student": "tinyclap.students",
-    "list_students": "tinyclap.students",
-    "parse_student_name": "tinyclap.students",
-    "load_teacher": "tinyclap.teacher",
-    "CLAPTeacher": "tinyclap.teacher",
-    "TeacherConfig": "tinyclap.teacher",
-    "Teacher": "tinyclap.teacher",
-    "save_teacher": "tinyclap.teacher",
-    "LogMel": "tinyclap.frontend",
+    "create_student": "tinyclap.models.students",
+    "list_students": "tinyclap.models.students",
+    "parse_student_name": "tinyclap.models.students",
+    "load_model": "tinyclap.models.factory",
+    "load_student": "tinyclap.models.factory",
+    "save_student": "tinyclap.models.factory",
+    "StudentEmbedder": "tinyclap.models.factory",
+    "load_teacher": "tinyclap.models.teacher",
+    "save_teacher": "tinyclap.models.teacher",
+    "CLAPTeacher": "tinyclap.models.teacher",
+    "TeacherConfig": "tinyclap.models.teacher",
+    "Teacher": "tinyclap.models.teacher",
+    "LogMel": "tinyclap.audio.frontend",
+    "load_audio": "tinyclap.audio.io",
+    "AudioError": "tinyclap.audio.io",
     "ZeroShotClassifier": "tinyclap.zeroshot",
-    "load_audio": "tinyclap.audio",
-    "AudioError": "tinyclap.audio",
-    "save_student": "tinyclap.models",
-    "load_student": "tinyclap.models",
-    "load_model": "tinyclap.models",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tinyclap' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

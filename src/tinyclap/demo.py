@@ -100,7 +100,7 @@ def build_demo_teacher(train_csv: Path, out: Path, *, epochs: int = 60, seed: in
     A from-scratch tiny CLAP cannot learn in the demo's time budget (its random towers map every clip
     and every caption to nearly the same vector); pretrained towers separate the classes at once.
     """
-    from tinyclap.proxy import train_proxy
+    from tinyclap.models.proxy import train_proxy
 
     with open(train_csv, newline="") as f:
         clips = [(train_csv.parent / r["path"], r["label"]) for r in csv.DictReader(f)]
@@ -131,12 +131,12 @@ class DemoOptions:
 
 def run_demo(opt: DemoOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage; returns (and writes to `<out>/summary.json`) the summary table's numbers."""
-    from tinyclap.cache import build_cache
-    from tinyclap.distill import DistillConfig, distill
-    from tinyclap.evaluate import run_eval
+    from tinyclap.evaluation.evaluate import run_eval
+    from tinyclap.evaluation.prune import run_prune
     from tinyclap.models import load_model
-    from tinyclap.prune import run_prune
-    from tinyclap.students import count_macs, count_params, create_student
+    from tinyclap.models.students import count_macs, count_params, create_student
+    from tinyclap.train.cache import build_cache
+    from tinyclap.train.distill import DistillConfig, distill
 
     t_start = time.time()
     out = Path(opt.out)
@@ -279,10 +279,10 @@ def _prune_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _export_and_classify(run_dir: Path, teacher: Any, root: str, dataset: str, out: Path,
                          log: Callable[[str], None], eval_folds: list[int] | None) -> dict[str, Any]:
-    from tinyclap.datasets import load_dataset
-    from tinyclap.export import export
+    from tinyclap.data.datasets import load_dataset
+    from tinyclap.deploy.export import export
+    from tinyclap.deploy.runtime import Runtime
     from tinyclap.models import load_model
-    from tinyclap.runtime import Runtime
     from tinyclap.zeroshot import ZeroShotClassifier
 
     ds = load_dataset(dataset, root)

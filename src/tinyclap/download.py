@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinyclap.checkpoint_io import atomic_write_text
+from tinyclap._util import atomic_write_text
 
 log = logging.getLogger(__name__)
 

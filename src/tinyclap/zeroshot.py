@@ -116,7 +116,7 @@ class ZeroShotClassifier:
 
     # -- files: .npz with plain arrays only (np.load(allow_pickle=False) reads it, no torch needed) --
     def save(self, path: str | os.PathLike) -> Path:
-        from tinyclap.checkpoint_io import atomic_save_npz
+        from tinyclap._util import atomic_save_npz
 
         meta = {"labels": self.labels, "logit_scale": self.logit_scale, "templates": self.templates}
         return atomic_save_npz(

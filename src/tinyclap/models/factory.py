@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyclap.checkpoint import CheckpointError, read_model, resolve_checkpoint, save_model
+from tinyclap.models.checkpoint import CheckpointError, read_model, resolve_checkpoint, save_model
 from tinyclap.zeroshot import DEFAULT_TEMPLATE
 
 
@@ -33,7 +33,7 @@ class StudentEmbedder(nn.Module):
 
     def __init__(self, student: nn.Module, frontend: nn.Module | None = None) -> None:
         super().__init__()
-        from tinyclap.frontend import LogMel
+        from tinyclap.audio.frontend import LogMel
 
         self.frontend = frontend if frontend is not None else LogMel()
         self.student = student
@@ -54,7 +54,7 @@ class StudentEmbedder(nn.Module):
 def student_config(student: nn.Module, **extra: Any) -> dict[str, Any]:
     """The JSON config stored with a student's weights: enough to rebuild and use it."""
     from tinyclap.audio import CLIP_SECONDS, SAMPLE_RATE
-    from tinyclap.frontend import LogMel
+    from tinyclap.audio.frontend import LogMel
 
     return {
         "kind": "student",
@@ -73,7 +73,7 @@ def save_student(student: nn.Module, path: str | os.PathLike, **extra: Any) -> P
 
 
 def build_student(config: dict[str, Any]) -> nn.Module:
-    from tinyclap.students import create_student
+    from tinyclap.models.students import create_student
 
     cfg = config["student"]
     return create_student(cfg["name"], embed_dim=int(cfg.get("embed_dim", 1024)))
@@ -85,7 +85,7 @@ def load_student(path: str | os.PathLike) -> nn.Module:
     The config is checked against the tensors *before* the model is built, so a hostile or broken config
     (unknown name, absurd `embed_dim`) is refused with the file named instead of allocating anything.
     """
-    from tinyclap.checkpoint import load_state_dict_checked
+    from tinyclap.models.checkpoint import load_state_dict_checked
 
     config, tensors = read_model(path)
     source = resolve_checkpoint(path)
@@ -113,14 +113,14 @@ def load_model(spec: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | No
     """
     path = Path(spec)
     if not path.exists():
-        from tinyclap.students import create_student, parse_student_name
+        from tinyclap.models.students import create_student, parse_student_name
 
         name = str(spec)
         if name != "cnn14":
             parse_student_name(name)  # raises a ValueError naming the valid form
         return StudentEmbedder(create_student(name)).eval()
     if path.suffix in (".pth", ".pt", ".ckpt", ".bin"):
-        from tinyclap.teacher import load_teacher
+        from tinyclap.models.teacher import load_teacher
 
         return load_teacher(path, tokenizer_dir)
     config, _ = read_model(path, default_stem=checkpoint_stem(path))
@@ -128,11 +128,11 @@ def load_model(spec: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | No
     if kind == "student":
         return StudentEmbedder(load_student(path)).eval()
     if kind == "teacher":
-        from tinyclap.teacher import load_teacher
+        from tinyclap.models.teacher import load_teacher
 
         return load_teacher(resolve_checkpoint(path, checkpoint_stem(path)), tokenizer_dir)
     if kind == "proxy-teacher":
-        from tinyclap.proxy import load_proxy_teacher
+        from tinyclap.models.proxy import load_proxy_teacher
 
         return load_proxy_teacher(resolve_checkpoint(path, checkpoint_stem(path)))
     raise CheckpointError(f"{path}: unknown checkpoint kind {kind!r}")

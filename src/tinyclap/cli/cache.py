@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "cache",
         help="precompute log-mel crops and teacher embeddings for distillation",
         description="Decode every source file once, cut up to K 5 s crops, and store their fp16 log-mels "
-        "with the teacher's normalised embeddings in DIR (sharded, resumable; see tinyclap.cache). "
+        "with the teacher's normalised embeddings in DIR (sharded, resumable; see tinyclap.train.cache). "
         "Run it under torchrun to split the files across processes/GPUs.",
     )
     p.add_argument(
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinyclap.cache import CacheStore, build_cache
+    from tinyclap.train.cache import CacheStore, build_cache
 
     report = build_cache(
         args.teacher,

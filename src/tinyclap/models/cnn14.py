@@ -2,7 +2,7 @@
 
 Follows the architecture of Kong et al., "PANNs" (2020) as msclap 1.3.x uses it (`msclap/models/audio.py`,
 microsoft/CLAP): no weight-init routine (PyTorch defaults, like msclap), average pooling, dropout 0.2
-between blocks, max+mean over time. The STFT/log-mel front end lives in `tinyclap.frontend.LogMel` instead
+between blocks, max+mean over time. The STFT/log-mel front end lives in `tinyclap.audio.frontend.LogMel` instead
 of inside the network, and SpecAugment is left out (tinyclap never augments inside the model). Parameter
 and buffer names equal msclap's, minus `spectrogram_extractor.*` / `logmel_extractor.*`, so official
 checkpoints load as they are.

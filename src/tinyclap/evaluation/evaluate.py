@@ -280,8 +280,8 @@ def save_confusion_png(
 
 def _checkpoint_file(spec: str | os.PathLike) -> Path | None:
     """The weights file `tinyclap.models.load_model(spec)` reads, or None for a student name."""
-    from tinyclap.checkpoint import resolve_checkpoint
     from tinyclap.models import checkpoint_stem
+    from tinyclap.models.checkpoint import resolve_checkpoint
 
     path = Path(spec)
     if not path.exists():
@@ -338,7 +338,7 @@ def load_model_for_eval(
 
 def model_kind(model: Any) -> str:
     from tinyclap.models import StudentEmbedder
-    from tinyclap.teacher import CLAPTeacher
+    from tinyclap.models.teacher import CLAPTeacher
 
     if isinstance(model, StudentEmbedder):
         return "student"
@@ -351,7 +351,7 @@ def model_kind(model: Any) -> str:
 
 def describe_model(model: Any, spec: str | os.PathLike | None = None, fingerprint: str | None = None) -> dict:
     """Kind, name, size and cost of the audio side of a model (what runs at inference)."""
-    from tinyclap.students import count_macs, count_params
+    from tinyclap.models.students import count_macs, count_params
 
     kind = model_kind(model)
     audio: Any = model
@@ -390,7 +390,7 @@ _MACS: dict[str, int] = {}
 
 def _student_macs(student: torch.nn.Module) -> int:
     """count_macs of a student, memoised by its config (MACs depend on the architecture only)."""
-    from tinyclap.students import count_macs
+    from tinyclap.models.students import count_macs
 
     key = json.dumps(student.config(), sort_keys=True)
     if key not in _MACS:
@@ -587,7 +587,7 @@ def _parse_folds(text: str) -> tuple[int, ...]:
 
 def parse_dataset_spec(spec: str) -> DatasetSpec:
     """`esc50:/data/ESC-50-master`, `us8k:/data/UrbanSound8K#folds=1,2&limit=50`, `csv:/x/list.csv`, ..."""
-    from tinyclap.datasets import DATASET_NAMES
+    from tinyclap.data.datasets import DATASET_NAMES
 
     name, sep, rest = spec.partition(":")
     if not sep or name.lower() not in DATASET_NAMES:
@@ -631,8 +631,8 @@ def load_eval_dataset(
     subset: str | None = None,
     limit: int | None = None,
 ) -> Any:
-    """`tinyclap.datasets.load_dataset` with the evaluation options (ESC-10, TUT17 subset, limit)."""
-    from tinyclap.datasets import load_dataset
+    """`tinyclap.data.datasets.load_dataset` with the evaluation options (ESC-10, TUT17 subset, limit)."""
+    from tinyclap.data.datasets import load_dataset
 
     kw: dict[str, Any] = {}
     if folds is not None:
@@ -740,7 +740,7 @@ def _save_cache(npy: Path, meta_path: Path, key: str, desc: dict, res: Embedded,
     import io
 
     import tinyclap
-    from tinyclap.checkpoint_io import atomic_write_bytes, atomic_write_text
+    from tinyclap._util import atomic_write_bytes, atomic_write_text
 
     buf = io.BytesIO()
     np.save(buf, res.embeddings.numpy().astype(np.float32))
@@ -801,7 +801,7 @@ def _embed_items(
     from tqdm import tqdm
 
     from tinyclap.audio import AudioError, load_audio
-    from tinyclap.inference import clip_windows
+    from tinyclap.evaluation.embedding import clip_windows
 
     sr = int(model.sample_rate)
 
@@ -851,7 +851,7 @@ def _embed_items(
     finally:
         bar.close()
     for i in kept:
-        # a clip = renormalised mean of its window embeddings (as tinyclap.inference.embed_clip)
+        # a clip = renormalised mean of its window embeddings (as tinyclap.evaluation.embedding.embed_clip)
         out.append(F.normalize(torch.cat(parts.pop(i)).mean(0), dim=-1))  # (D,)
     return kept, out, failed
 
@@ -877,7 +877,7 @@ def embed_dataset(
     and reused; `model_id` defaults to a hash of the model's weights (see `model_fingerprint` for a file).
     The model runs on `device` (default: where its parameters are), in eval mode for the call.
     """
-    from tinyclap.inference import LONG_CLIP_MODES
+    from tinyclap.evaluation.embedding import LONG_CLIP_MODES
 
     if mode not in LONG_CLIP_MODES:
         raise ValueError(f"long-clip mode must be one of {LONG_CLIP_MODES}, got {mode!r}")
@@ -1069,7 +1069,7 @@ def run_eval(
         "files": {"confusion_png": os.fspath(png), "predictions_csv": os.fspath(out / "predictions.csv")},
         "elapsed_s": round(time.time() - t0, 3),
     }
-    from tinyclap.checkpoint_io import atomic_write_text
+    from tinyclap._util import atomic_write_text
 
     atomic_write_text(out / "report.json", json.dumps(_finite(result), indent=2) + "\n")
     if verbose:
@@ -1100,7 +1100,7 @@ def _write_predictions(path: Path, items: Sequence[Any], report: EvalReport) -> 
     import csv
     import io
 
-    from tinyclap.checkpoint_io import atomic_write_text
+    from tinyclap._util import atomic_write_text
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

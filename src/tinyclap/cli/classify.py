@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         clip = int(round(5.0 * model.sample_rate))
         return _run_timelines(args, _torch_embedder(model), clf, model.sample_rate, clip)
 
-    from tinyclap.inference import embed_files
+    from tinyclap.evaluation.embedding import embed_files
 
     res = embed_files(model, args.files, mode=args.long_clip, progress=len(args.files) > 20)
     ranked = clf.rank(res.embeddings, args.top) if res.paths else []
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     """--export-dir: the exported ONNX model through the torch-free runtime."""
     from tinyclap.audio import AudioError
-    from tinyclap.runtime import Runtime
+    from tinyclap.deploy.runtime import Runtime
 
     if args.student or args.model or args.teacher or args.labels:
         raise ValueError(
@@ -204,7 +204,7 @@ def _run_timelines(
     clip_samples: int,
 ) -> int:
     from tinyclap.audio import AudioError
-    from tinyclap.runtime import iter_timeline
+    from tinyclap.deploy.runtime import iter_timeline
 
     labels = list(clf.labels)
     csv_file: TextIO | None = None

@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "profile",
         help="size, MACs, memory and 1-thread CPU latency of a student (torch, ORT fp32/int8) vs the teacher",
-        description="Profiles one 5 s clip. See tinyclap.profile for the methods.",
+        description="Profiles one 5 s clip. See tinyclap.deploy.profile for the methods.",
     )
     p.add_argument("--model", required=True, help="student name, checkpoint or run folder")
     p.add_argument("--json", action="store_true", help="print one JSON object per model (one per line)")
@@ -67,8 +67,8 @@ def _print_human(r: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinyclap.export import find_audio, load_clips, pick
-    from tinyclap.profile import TEACHER_NAME, compare, profile_model
+    from tinyclap.deploy.export import find_audio, load_clips, pick
+    from tinyclap.deploy.profile import TEACHER_NAME, compare, profile_model
 
     if args.runs < 1 or args.threads < 1:
         raise ValueError("--runs and --threads must be >= 1")

@@ -51,7 +51,7 @@ file: its folder; a file outside that root: "<parent folder name>/<file name>"),
 across reruns and machines. Under torchrun (`RANK`/`WORLD_SIZE`) rank r takes the files i with
 i % world == r and writes its own `r{r}` shards; a gloo process group is created only when WORLD_SIZE > 1.
 
-The log-mel is computed with `tinyclap.frontend.FFTLogMel`, the FFT form of `LogMel` (the conv1d DFT kept
+The log-mel is computed with `tinyclap.audio.frontend.FFTLogMel`, the FFT form of `LogMel` (the conv1d DFT kept
 for ONNX export): the same values up to float rounding (<= 1e-3 dB above -90 dB, ~1e-2 dB near the -100 dB floor)
 for several times less CPU, which matters here because the cache runs the front end over a whole corpus.
 """
@@ -78,9 +78,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinyclap._util import atomic_write_text, remove_stale_temps
 from tinyclap.audio import CLIP_SAMPLES, CLIP_SECONDS, SAMPLE_RATE, AudioError, load_audio
-from tinyclap.checkpoint_io import atomic_write_text, remove_stale_temps
-from tinyclap.frontend import FFTLogMel, LogMel
+from tinyclap.audio.frontend import FFTLogMel, LogMel
 
 FORMAT = "tinyclap-cache/1"
 SPLITS = ("train", "val")
@@ -442,10 +442,10 @@ def _rel(path: Path, root: Path) -> str:
 def resolve_sources(paths_or_specs: Iterable[PathLike]) -> tuple[list[str], list[SourceFile]]:
     """Normalised source specs and the unique files they list (first occurrence wins, by real path).
 
-    Each entry is an audio file path, or a data spec for `tinyclap.datasets.parse_data_spec`
+    Each entry is an audio file path, or a data spec for `tinyclap.data.datasets.parse_data_spec`
     ("KIND:PATH", a folder, or a manifest file).
     """
-    from tinyclap.datasets import AUDIO_EXTENSIONS, DATA_KINDS, parse_data_spec
+    from tinyclap.data.datasets import AUDIO_EXTENSIONS, DATA_KINDS, parse_data_spec
 
     specs: list[str] = []
     files: list[SourceFile] = []

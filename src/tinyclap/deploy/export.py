@@ -9,7 +9,7 @@ An export folder holds:
 - `manifest.json` rates, clip length, front-end and student config, versions, SHA-256 of every file,
   parity and quantisation results. `tinyclap.runtime` (torch-free) refuses files whose hash differs.
 
-Front end in ONNX. `tinyclap.frontend.LogMel` computes the STFT as one strided conv1d against a
+Front end in ONNX. `tinyclap.audio.frontend.LogMel` computes the STFT as one strided conv1d against a
 (1026, 1024) DFT basis: 725 M multiply-accumulates per 5 s clip, about 22 ms in ONNX Runtime on one core,
 more than the whole int8 student. `FactorisedLogMel` computes the same log-mel with a two-stage
 Cooley-Tukey factorisation of the 1024-point DFT written as plain matrix products (block framing by
@@ -65,10 +65,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinyclap._util import atomic_write_text
 from tinyclap.audio import CLIP_SAMPLES, CLIP_SECONDS, SAMPLE_RATE, AudioError, fit_clip, load_audio
-from tinyclap.checkpoint_io import atomic_write_text
-from tinyclap.frontend import LogMel
-from tinyclap.runtime import ort_session
+from tinyclap.audio.frontend import LogMel
+from tinyclap.deploy.runtime import ort_session
 from tinyclap.zeroshot import ZeroShotClassifier
 
 EXPORT_FORMAT = "tinyclap-export/1"

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_build_proxy(args: argparse.Namespace) -> int:
-    from tinyclap.proxy import main
+    from tinyclap.models.proxy import main
 
     argv = ["--us8k", args.us8k, "--out", args.out, "--epochs", str(args.epochs), "--seed", str(args.seed),
             "--embed-dim", str(args.embed_dim), "--train-folds", *map(str, args.folds)]

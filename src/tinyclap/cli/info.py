@@ -13,8 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinyclap.frontend import LogMel
-    from tinyclap.students import count_macs, count_params, create_student, list_students
+    from tinyclap.audio.frontend import LogMel
+    from tinyclap.models.students import count_macs, count_params, create_student, list_students
 
     n_frames = LogMel().n_frames(220500)
     rows = []
