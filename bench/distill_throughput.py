@@ -8,10 +8,10 @@ One process, one device, the same student and batch size, random data (no disk I
                  reference also runs the BERT text tower on the captions every step; that is NOT included
                  here, so (a) is a lower bound of the reference's cost.
   (b) cached     log-mel fp16 + target from (pinned) host memory -> device -> student step; bf16 autocast,
-                 channels_last and cuDNN autotuning on CUDA (tinyclap.train.distill's defaults).
+                 channels_last and cuDNN autotuning on CUDA (tinyclap.train.loop's defaults).
   (c) compiled   (b) with torch.compile(student), CUDA only (or with --compile on CPU).
 
-The student step is `tinyclap.train.distill.train_step` (Adam, loss = -cosine) in all modes.
+The student step is `tinyclap.train.loop.train_step` (Adam, loss = -cosine) in all modes.
 
     python bench/distill_throughput.py                                  # GPU defaults: batch 64
     python bench/distill_throughput.py --device cpu --batch-size 8 --steps 5 --warmup 1 --threads 1
@@ -31,11 +31,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tinyclap._util import resolve_device
 from tinyclap.audio import CLIP_SAMPLES
 from tinyclap.audio.frontend import LogMel
 from tinyclap.models.students import create_student
 from tinyclap.models.teacher import AudioEncoder, TeacherConfig
-from tinyclap.train.distill import cached_batch, resolve_device, train_step
+from tinyclap.train.loop import train_step
+from tinyclap.train.targets import cached_batch
 
 DEFAULT_STUDENT = "phinet_alpha_1.50_beta_0.75_t0_6_N_7"
 

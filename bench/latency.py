@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tinyclap.deploy.export import find_audio, load_clips, pick
+    from tinyclap.deploy.clips import find_audio, load_clips, pick
     from tinyclap.deploy.profile import TEACHER_NAME, markdown_table, profile_model
     from tinyclap.models.students import list_students
 

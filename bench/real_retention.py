@@ -2,13 +2,13 @@
 
 Stages (each reused when its output exists under `--out`, so a killed run resumes):
 
-1. proxy teacher (`tinyclap.models.proxy.build_proxy`) on UrbanSound8K folds 1-2 (labelled, seeded);
+1. proxy teacher (`tinyclap.train.proxy.build_proxy`) on UrbanSound8K folds 1-2 (labelled, seeded);
 2. teacher-target cache (`tinyclap.train.cache.build_cache`) on the AUDIO ONLY of all of UrbanSound8K (folds 1-3)
    and animals-cc0: fold 3's audio is used for distillation without its labels (the paper's unlabelled
    setting), although fold 3 was held out from the teacher's projection training;
 3. two-stage distillation of each student on the cache (`tinyclap.train.distill.distill`), on shorter random
    training crops (`train_crop_seconds`) to fit a CPU budget;
-4. evaluation on fold 3 (zero-shot, `tinyclap.evaluation.evaluate`): accuracy, retention, top-1 agreement and mean
+4. evaluation on fold 3 (zero-shot, `tinyclap.evaluation.run`): accuracy, retention, top-1 agreement and mean
    cosine to the teacher, and text-free k-NN accuracy with folds 1-2 as the reference set, plus an untrained
    student as a baseline row;
 5. the latent pruning sweep (`tinyclap.evaluation.prune.run_prune`, masked models) of one student;
@@ -70,7 +70,7 @@ class Options:
     teacher_max_per_class: int | None = None  # quick runs: the first N clips per class of the teacher folds
     cache_max_per_class: int | None = None  # quick runs: clips per class of every fold for the cache
     eval_max_per_class: int | None = None  # quick runs: clips per class of the evaluation folds
-    # k-NN reference set: an evenly spread subset of the teacher folds (tinyclap.evaluation.evaluate.limit_dataset);
+    # k-NN reference set: an evenly spread subset of the teacher folds (tinyclap.data.spec.limit_dataset);
     # it is also the pruning calibration set, so its student embeddings are computed once
     ref_limit: int | None = 400
     students: list[StudentPlan] = field(
@@ -181,7 +181,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def build_teacher(opt: Options, out: Path) -> Path:
     """Stage 1: the proxy teacher on the teacher folds; returns its checkpoint path (reused if present)."""
-    from tinyclap.models.proxy import build_proxy
+    from tinyclap.train.proxy import build_proxy
 
     path = out / "teacher" / "proxy_teacher.safetensors"
     if not path.is_file():
@@ -195,7 +195,7 @@ def build_teacher(opt: Options, out: Path) -> Path:
 
 def cache_sources(opt: Options, out: Path) -> list[str]:
     """Data specs of the distillation audio: all of US8K (+ animals-cc0); a manifest in quick runs."""
-    from tinyclap.evaluation.evaluate import load_eval_dataset
+    from tinyclap.data.spec import load_eval_dataset
 
     if opt.cache_max_per_class is None:
         specs = [f"us8k:{opt.us8k}"]
@@ -282,7 +282,7 @@ def check_teacher_reuse(teacher: Any, dataset: Any, cached: np.ndarray, n: int =
     """Embed `n` clips with the evaluation code path and compare them to the cache targets."""
     from dataclasses import replace
 
-    from tinyclap.evaluation.evaluate import embed_dataset
+    from tinyclap.evaluation.embedding import embed_dataset
 
     step = max(1, len(dataset.items) // n)
     idx = list(range(0, len(dataset.items), step))[:n]
@@ -297,8 +297,9 @@ def check_teacher_reuse(teacher: Any, dataset: Any, cached: np.ndarray, n: int =
 def embed_model(
     spec: str, datasets: Sequence[Any], cache_dir: Path, seed: int = 0, device: str = "cpu"
 ) -> list[np.ndarray]:
-    """A model's protocol embeddings (tinyclap.evaluation.evaluate.embed_dataset, cached by weights) of each dataset."""
-    from tinyclap.evaluation.evaluate import embed_dataset, load_model_for_eval
+    """A model's protocol embeddings (evaluation.embedding.embed_dataset, cached by weights) of each dataset."""
+    from tinyclap.evaluation.embedding import embed_dataset
+    from tinyclap.models.fingerprint import load_model_for_eval
 
     model, fp = load_model_for_eval(spec, None, seed)
     if isinstance(model, torch.nn.Module):
@@ -314,7 +315,7 @@ def model_row(
     ks: Sequence[int], params: int | None, macs: int | None,
 ) -> dict[str, Any]:
     """Zero-shot accuracy, agreement and cosine to the teacher, and k-NN accuracies of one model."""
-    from tinyclap.evaluation.evaluate import evaluate
+    from tinyclap.evaluation.metrics import evaluate
 
     rep = evaluate(emb.ev, ev_y, clf)
     t_rep = evaluate(teacher.ev, ev_y, clf)
@@ -371,7 +372,8 @@ def _teacher_macs(teacher: Any, seconds: float = 5.0) -> int | None:
 
 def run(opt: Options, log: Callable[[str], None] = _log) -> dict[str, Any]:
     """Every stage; returns (and writes to `<out>/summary.json`) the measured numbers."""
-    from tinyclap.evaluation.evaluate import build_classifier, load_eval_dataset, read_templates
+    from tinyclap.data.spec import load_eval_dataset
+    from tinyclap.evaluation.run import build_classifier, read_templates
     from tinyclap.models.proxy import load_proxy_teacher
     from tinyclap.models.students import count_macs, count_params, create_student
 

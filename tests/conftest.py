@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to the real recordings in ../shared/data and small generated audio."""
+"""Shared fixtures: paths to the real recordings in ../shared/data, a per-module work folder and the tiny random
+teacher's checkpoint (the plain set-up functions are in tests/helpers.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import save_tiny_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -34,3 +36,15 @@ def animals_dir(shared_data: Path) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def work(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One temporary folder per test module, named after it (test_cache.py: cache0, ...)."""
+    return tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2].removeprefix("test_"))
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(work: Path) -> Path:
+    """The tiny random teacher (torch seed 0) saved as work/teacher.safetensors."""
+    return save_tiny_teacher(work / "teacher")

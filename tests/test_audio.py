@@ -6,14 +6,13 @@ import ast
 import importlib.metadata
 import os
 import random
-import subprocess
-import sys
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import noisy_tone, run_python, us8k_clips, write_wav
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,18 +26,6 @@ from tinyclap.audio import (
     load_audio,
     stream_windows,
 )
-
-
-def _write(path: Path | bytes, data: np.ndarray, rate: int, subtype: str = "PCM_16") -> None:
-    sf.write(path, data, rate, subtype=subtype)
-
-
-def _tone(seconds: float, rate: int, freq: float = 440.0, seed: int = 0) -> np.ndarray:
-    """A tone plus a little noise: non-trivial content that survives int16 and resampling."""
-    t = np.arange(int(round(seconds * rate))) / rate
-    noise = np.random.default_rng(seed).standard_normal(t.shape[0]) * 0.01
-    return (0.3 * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32)
-
 
 # --- decoding real recordings ---------------------------------------------------------------------------
 
@@ -65,7 +52,7 @@ def test_mp3_44k_stereo_is_averaged_not_resampled(animals_dir: Path) -> None:
 
 
 def test_ogg_22k(us8k_root: Path) -> None:
-    path = sorted((us8k_root / "audio" / "fold1").glob("*.ogg"))[0]
+    path = us8k_clips(us8k_root, 1)[0]
     assert audio_info(path).sample_rate == 22050
     wave = load_audio(path)
     assert wave.shape == (4 * SAMPLE_RATE,)  # 4.0 s at 22.05 kHz -> exactly 176400 samples at 44.1 kHz
@@ -84,21 +71,21 @@ def test_all_animals_decode(animals_dir: Path) -> None:
 
 
 def test_mono_mix_averages_channels(tmp_path: Path) -> None:
-    left, right = _tone(0.5, SAMPLE_RATE, 440), _tone(0.5, SAMPLE_RATE, 1000, seed=1)
+    left, right = noisy_tone(0.5, SAMPLE_RATE, 440), noisy_tone(0.5, SAMPLE_RATE, 1000, seed=1)
     path = tmp_path / "stereo.wav"
-    _write(path, np.stack([left, right], axis=1), SAMPLE_RATE, subtype="FLOAT")
+    write_wav(path, np.stack([left, right], axis=1), SAMPLE_RATE, subtype="FLOAT")
     np.testing.assert_allclose(load_audio(path), (left + right) / 2, atol=1e-7)
 
 
 def test_flac_and_resample_length(tmp_path: Path) -> None:
     path = tmp_path / "a.flac"
-    _write(path, _tone(2.0, 16000), 16000)
+    write_wav(path, noisy_tone(2.0, 16000), 16000)
     assert load_audio(path).shape == (2 * SAMPLE_RATE,)
 
 
 def test_non_utf8_and_path_kinds(tmp_path: Path) -> None:
     bpath = os.fsencode(tmp_path) + b"/caf\xe9-\xff.wav"  # not valid UTF-8
-    _write(bpath, _tone(0.2, SAMPLE_RATE), SAMPLE_RATE)
+    write_wav(bpath, noisy_tone(0.2, SAMPLE_RATE), SAMPLE_RATE)
     spath = os.fsdecode(bpath)  # str with surrogate escapes
     ref = load_audio(bpath)
     for p in (spath, Path(spath)):
@@ -119,13 +106,13 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     zero = tmp_path / "zero.wav"
     zero.write_bytes(b"")
     empty = tmp_path / "empty.wav"
-    _write(empty, np.zeros((0, 1), np.float32), SAMPLE_RATE)
+    write_wav(empty, np.zeros((0, 1), np.float32), SAMPLE_RATE)
     nan = tmp_path / "nan.wav"
-    _write(nan, np.full(1000, np.nan, np.float32), SAMPLE_RATE, subtype="FLOAT")
+    write_wav(nan, np.full(1000, np.nan, np.float32), SAMPLE_RATE, subtype="FLOAT")
     inf = tmp_path / "inf.wav"
-    data = _tone(1.0, SAMPLE_RATE)
+    data = noisy_tone(1.0, SAMPLE_RATE)
     data[30000] = np.inf
-    _write(inf, data, SAMPLE_RATE, subtype="FLOAT")
+    write_wav(inf, data, SAMPLE_RATE, subtype="FLOAT")
     return {
         "missing": (tmp_path / "missing.wav", "not found"),
         "directory": (tmp_path, "directory"),
@@ -159,7 +146,7 @@ def test_stream_error_comes_at_call_for_bad_path(tmp_path: Path) -> None:
 
 def test_permission_errors_become_audio_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "locked.wav"
-    _write(path, _tone(0.1, SAMPLE_RATE), SAMPLE_RATE)
+    write_wav(path, noisy_tone(0.1, SAMPLE_RATE), SAMPLE_RATE)
     if os.geteuid() != 0:  # a real unreadable file (root can read anything, so only for normal users)
         path.chmod(0)
         with pytest.raises(AudioError, match="permission denied"):
@@ -181,7 +168,7 @@ def test_permission_errors_become_audio_errors(tmp_path: Path, monkeypatch: pyte
 
 def test_audio_module_does_not_import_torch() -> None:
     code = "import sys, tinyclap.audio; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    assert run_python(code).returncode == 0
 
 
 # --- fit_clip -------------------------------------------------------------------------------------------
@@ -336,8 +323,8 @@ def _cut(wave: np.ndarray, start: int, n: int) -> np.ndarray:
 
 def test_stream_matches_load_exactly_at_44k(tmp_path: Path) -> None:
     path = tmp_path / "stereo44k.wav"
-    data = np.stack([_tone(23.3, SAMPLE_RATE), _tone(23.3, SAMPLE_RATE, 700, seed=2)], axis=1)
-    _write(path, data, SAMPLE_RATE)
+    data = np.stack([noisy_tone(23.3, SAMPLE_RATE), noisy_tone(23.3, SAMPLE_RATE, 700, seed=2)], axis=1)
+    write_wav(path, data, SAMPLE_RATE)
     full = load_audio(path)
     windows = list(stream_windows(path, window=5.0, hop=2.0, block_seconds=3.7))
     # full windows start at 0, 2, ..., 18 (18 + 5 = 23 <= 23.3), then one padded window at 20 s
@@ -350,20 +337,20 @@ def test_stream_matches_load_exactly_at_44k(tmp_path: Path) -> None:
 
 def test_stream_short_file_and_exact_fit(tmp_path: Path) -> None:
     short = tmp_path / "short.wav"
-    _write(short, _tone(1.5, 16000), 16000)
+    write_wav(short, noisy_tone(1.5, 16000), 16000)
     windows = list(stream_windows(short))
     assert len(windows) == 1 and windows[0][0] == 0.0 and windows[0][1].shape == (CLIP_SAMPLES,)
     np.testing.assert_allclose(windows[0][1], fit_clip(load_audio(short)), atol=1e-5)
     exact = tmp_path / "exact.wav"
-    _write(exact, _tone(3.0, SAMPLE_RATE), SAMPLE_RATE)
+    write_wav(exact, noisy_tone(3.0, SAMPLE_RATE), SAMPLE_RATE)
     assert [t for t, _ in stream_windows(exact, window=1.0, hop=1.0)] == [0.0, 1.0, 2.0]  # nothing padded
 
 
 def test_stream_nan_in_the_middle_names_time(tmp_path: Path) -> None:
     path = tmp_path / "late-nan.wav"
-    data = _tone(10.0, 8000)
+    data = noisy_tone(10.0, 8000)
     data[8000 * 7] = np.nan
-    _write(path, data, 8000, subtype="FLOAT")
+    write_wav(path, data, 8000, subtype="FLOAT")
     got = []
     with pytest.raises(AudioError, match=r"late-nan\.wav: non-finite .* 7\.000 s"):
         for item in stream_windows(path, window=1.0, hop=1.0, block_seconds=2.0):
@@ -379,7 +366,7 @@ def test_stream_ten_minutes_bounded_memory(tmp_path: Path) -> None:
     t = np.arange(minutes * 60 * rate, dtype=np.float64) / rate
     # a chirp-ish signal below 8 kHz whose content changes over time (catches misplaced windows)
     data = (0.3 * np.sin(2 * np.pi * (200 + 3 * t) * t) + 0.05 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32)
-    _write(path, data, rate)
+    write_wav(path, data, rate)
     del data, t
     full = load_audio(path)  # (26_460_000,) float32 ~ 106 MB
     assert abs(full.shape[0] - minutes * 60 * SAMPLE_RATE) <= 1

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import soundfile as sf
+from helpers import tone, write_wav
 
 from tinyclap.audio import SAMPLE_RATE, AudioError, audio_info, load_audio, stream_windows
 
@@ -40,17 +40,7 @@ Built = tuple[PathArg, Check | None]
 # --- generators -----------------------------------------------------------------------------------------
 
 
-def tone(seconds: float, rate: int = SR, freq: float = 440.0, amp: float = 0.3) -> np.ndarray:
-    """(n,) float32 sine: recognisable after resampling and lossy codecs."""
-    t = np.arange(int(round(seconds * rate))) / rate
-    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def write(
-    path: PathArg, data: np.ndarray, rate: int = SR, subtype: str = "PCM_16", fmt: str | None = None
-) -> PathArg:
-    sf.write(path, data, rate, subtype=subtype, format=fmt)
-    return path
+# tone(seconds, rate, freq, amp) and write_wav(path, data, rate, subtype, fmt): tests/helpers.py
 
 
 def wav_header(
@@ -112,17 +102,26 @@ def _bytes(name: str, data: bytes) -> Callable[[Path, pytest.MonkeyPatch], Built
     return build
 
 
+ID3_ONLY = b"ID3\x04\x00\x00\x00\x00\x00\x10" + bytes(16)  # an MP3's ID3 tag and no frames
+M4A_AAC = b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00M4A mp42isom" + bytes(4000)  # an MP4 box: no decoder
+
+
+def _noise_bytes(name: str, seed: int) -> Callable[[Path, pytest.MonkeyPatch], Built]:
+    """5000 seeded random bytes under `name`."""
+    return _bytes(name, np.random.default_rng(seed).bytes(5000))
+
+
 def _sound(
     name: str, data: np.ndarray, rate: int = SR, subtype: str = "PCM_16", fmt: str | None = None
 ) -> Callable[[Path, pytest.MonkeyPatch], Built]:
     def build(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
-        return write(tmp / name, data, rate, subtype, fmt), None
+        return write_wav(tmp / name, data, rate, subtype, fmt), None
 
     return build
 
 
 def _good_wav(tmp: Path, seconds: float = 1.0) -> bytes:
-    path = write(tmp / "_src.wav", tone(seconds))
+    path = write_wav(tmp / "_src.wav", tone(seconds))
     data = Path(path).read_bytes()
     Path(path).unlink()
     return data
@@ -135,7 +134,7 @@ def _renamed(
 
     def build(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
         src = tone(seconds)
-        write(tmp / f"_src.{fmt.lower()}", src, SR, subtype, fmt)
+        write_wav(tmp / f"_src.{fmt.lower()}", src, SR, subtype, fmt)
         os.replace(tmp / f"_src.{fmt.lower()}", tmp / name)
         assert audio_info(tmp / name).format.startswith(fmt)
         lossless = subtype.startswith("PCM")
@@ -161,11 +160,16 @@ def b_header_only(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
     return tmp / "hdr.wav", None
 
 
+def _first_half(tmp: Path, ext: str, subtype: str, fmt: str) -> Path:
+    """The first half of the bytes of a 1 s tone encoded as `fmt`, in tmp/cut.<ext>."""
+    write_wav(tmp / f"_x.{ext}", tone(1.0), SR, subtype, fmt)
+    data = (tmp / f"_x.{ext}").read_bytes()
+    (tmp / f"cut.{ext}").write_bytes(data[: len(data) // 2])
+    return tmp / f"cut.{ext}"
+
+
 def b_truncated_ogg(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
-    write(tmp / "_x.ogg", tone(1.0), SR, "VORBIS", "OGG")
-    data = (tmp / "_x.ogg").read_bytes()
-    (tmp / "cut.ogg").write_bytes(data[: len(data) // 2])
-    return tmp / "cut.ogg", None
+    return _first_half(tmp, "ogg", "VORBIS", "OGG"), None
 
 
 def b_unknown_tag(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
@@ -190,7 +194,7 @@ def b_nan_at(name: str, value: float, at: float) -> Callable[[Path, pytest.Monke
     def build(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
         data = tone(1.0)
         data[int(at * SR)] = value
-        return write(tmp / name, data, SR, "FLOAT"), None
+        return write_wav(tmp / name, data, SR, "FLOAT"), None
 
     return build
 
@@ -198,7 +202,7 @@ def b_nan_at(name: str, value: float, at: float) -> Callable[[Path, pytest.Monke
 def b_overflow_stereo(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
     # finite float32 samples whose float32 channel sum would overflow to inf
     big = np.finfo(np.float32).max * 0.9
-    return write(tmp / "max.wav", np.full((4800, 2), big, np.float32), 48000, "FLOAT"), None
+    return write_wav(tmp / "max.wav", np.full((4800, 2), big, np.float32), 48000, "FLOAT"), None
 
 
 def b_missing(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
@@ -226,7 +230,7 @@ def b_device(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
 
 
 def b_unreadable(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
-    path = write(tmp / "locked.wav", tone(0.1))
+    path = write_wav(tmp / "locked.wav", tone(0.1))
     # tests run as root, who can read a chmod 000 file: simulate the refusal (as tests/test_audio.py does)
     mp.setattr(os, "access", lambda *a, **k: False)
     return path, None
@@ -244,40 +248,38 @@ def b_huge_declared(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
 
 
 def b_truncated_mp3(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
-    write(tmp / "_x.mp3", tone(1.0), SR, "MPEG_LAYER_III", "MP3")
-    data = (tmp / "_x.mp3").read_bytes()
-    (tmp / "cut.mp3").write_bytes(data[: len(data) // 2])
+    path = _first_half(tmp, "mp3", "MPEG_LAYER_III", "MP3")
 
     def check(w: np.ndarray) -> None:
         assert 0.2 * SR < w.shape[0] < SR  # the frames that are there, not the header's 1 s
         assert np.abs(w).max() > 0.2
 
-    return tmp / "cut.mp3", check
+    return path, check
 
 
 def b_one_sample(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
-    return write(tmp / "one.wav", np.array([0.5], np.float32)), close_to(np.array([0.5], np.float32), 0)
+    return write_wav(tmp / "one.wav", np.array([0.5], np.float32)), close_to(np.array([0.5], np.float32), 0)
 
 
 def b_one_sample_8k(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
     def check(w: np.ndarray) -> None:
         assert abs(w.shape[0] - SR / 8000) <= 0.5  # 5.5 -> 5 or 6 samples
 
-    return write(tmp / "one8k.wav", np.array([0.5], np.float32), 8000), check
+    return write_wav(tmp / "one8k.wav", np.array([0.5], np.float32), 8000), check
 
 
 def b_ten_ms(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
     def check(w: np.ndarray) -> None:
         assert w.shape == (441,)
 
-    return write(tmp / "10ms.wav", tone(0.01, 16000), 16000), check
+    return write_wav(tmp / "10ms.wav", tone(0.01, 16000), 16000), check
 
 
 def b_silence(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
     def check(w: np.ndarray) -> None:
         assert w.shape == (SR,) and not w.any()
 
-    return write(tmp / "silence.wav", np.zeros(SR, np.float32)), check
+    return write_wav(tmp / "silence.wav", np.zeros(SR, np.float32)), check
 
 
 def b_hour(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
@@ -294,21 +296,21 @@ def b_dc(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
     def check(w: np.ndarray) -> None:
         assert abs(float(w.mean()) - 0.5) < 1e-3  # the offset is kept, not removed
 
-    return write(tmp / "dc.wav", tone(0.5) + 0.5), check
+    return write_wav(tmp / "dc.wav", tone(0.5) + 0.5), check
 
 
 def b_clipped(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
     def check(w: np.ndarray) -> None:
         assert np.abs(w).max() > 0.999 and np.mean(np.abs(w) > 0.99) > 0.5
 
-    return write(tmp / "clip.wav", np.clip(tone(0.5, amp=4.0), -1, 1)), check
+    return write_wav(tmp / "clip.wav", np.clip(tone(0.5, amp=4.0), -1, 1)), check
 
 
 def b_over_full_scale(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
     def check(w: np.ndarray) -> None:
         assert abs(float(np.abs(w).max()) - 30.0) < 1e-3  # float files are not clipped
 
-    return write(tmp / "hot.wav", tone(0.5, amp=30.0), SR, "FLOAT"), check
+    return write_wav(tmp / "hot.wav", tone(0.5, amp=30.0), SR, "FLOAT"), check
 
 
 def b_rate(rate: int) -> Callable[[Path, pytest.MonkeyPatch], Built]:
@@ -318,14 +320,14 @@ def b_rate(rate: int) -> Callable[[Path, pytest.MonkeyPatch], Built]:
             assert abs(peak_hz(w) - 440) < 3
             assert abs(np.abs(w[1000:-1000]).max() - 0.3) < 0.01
 
-        return write(tmp / f"r{rate}.wav", tone(0.5, rate), rate), check
+        return write_wav(tmp / f"r{rate}.wav", tone(0.5, rate), rate), check
 
     return build
 
 
 def b_six_channels(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
     data = np.stack([tone(0.2, freq=200 * (k + 1), amp=0.1) + 0.01 * k for k in range(6)], axis=1)
-    return write(tmp / "5.1.wav", data, SR, "FLOAT"), close_to(data.mean(axis=1), 1e-6)
+    return write_wav(tmp / "5.1.wav", data, SR, "FLOAT"), close_to(data.mean(axis=1), 1e-6)
 
 
 def b_opposite_phase(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
@@ -334,13 +336,13 @@ def b_opposite_phase(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
     def check(w: np.ndarray) -> None:
         assert not w.any()  # the mono mix of x and -x is silence
 
-    return write(tmp / "antiphase.wav", np.stack([x, -x], axis=1), SR, "FLOAT"), check
+    return write_wav(tmp / "antiphase.wav", np.stack([x, -x], axis=1), SR, "FLOAT"), check
 
 
 def b_subtype(name: str, subtype: str, atol: float) -> Callable[[Path, pytest.MonkeyPatch], Built]:
     def build(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
         x = tone(0.1).astype(np.float64)
-        return write(tmp / name, x, SR, subtype), close_to(x.astype(np.float32), atol)
+        return write_wav(tmp / name, x, SR, subtype), close_to(x.astype(np.float32), atol)
 
     return build
 
@@ -352,11 +354,11 @@ def b_adpcm(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
         assert w.shape[0] >= x.shape[0]  # whole ADPCM blocks: padded at the end
         assert np.corrcoef(w[: x.shape[0]], x)[0, 1] > 0.95
 
-    return write(tmp / "adpcm.wav", x, SR, "IMA_ADPCM"), check
+    return write_wav(tmp / "adpcm.wav", x, SR, "IMA_ADPCM"), check
 
 
 def b_gsm(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
-    path = write(tmp / "gsm.wav", tone(1.0, 8000), 8000, "GSM610")  # a format libsndfile cannot seek in
+    path = write_wav(tmp / "gsm.wav", tone(1.0, 8000), 8000, "GSM610")  # a format libsndfile cannot seek in
     frames = audio_info(path).frames
 
     def check(w: np.ndarray) -> None:
@@ -367,7 +369,7 @@ def b_gsm(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
 
 def b_non_utf8(tmp: Path, mp: pytest.MonkeyPatch) -> Built:
     path = os.fsencode(tmp) + b"/caf\xe9-\xff.wav"  # Latin-1 bytes: not valid UTF-8
-    return write(path, tone(0.1)), close_to(tone(0.1), 1e-4)
+    return write_wav(path, tone(0.1)), close_to(tone(0.1), 1e-4)
 
 
 CASES: list[Case] = [
@@ -377,28 +379,12 @@ CASES: list[Case] = [
     Case("header_only", b_header_only, error="empty audio (0 samples)"),
     Case("empty_wav", _sound("empty.wav", np.zeros((0, 1), np.float32)), error="empty audio (0 samples)"),
     Case("text_as_wav", _bytes("text.wav", b"this is not audio\n" * 50), error="Format not recognised"),
-    Case(
-        "random_bytes_wav",
-        _bytes("noise.wav", np.random.default_rng(1).bytes(5000)),
-        error="unreadable or unsupported audio format",
-    ),
-    Case(
-        "random_bytes_mp3",
-        _bytes("noise.mp3", np.random.default_rng(2).bytes(5000)),
-        error="no decodable audio",
-    ),
-    Case(
-        "id3_only_mp3",
-        _bytes("tag.mp3", b"ID3\x04\x00\x00\x00\x00\x00\x10" + bytes(16)),
-        error="no decodable audio",
-    ),
+    Case("random_bytes_wav", _noise_bytes("noise.wav", 1), error="unreadable or unsupported audio format"),
+    Case("random_bytes_mp3", _noise_bytes("noise.mp3", 2), error="no decodable audio"),
+    Case("id3_only_mp3", _bytes("tag.mp3", ID3_ONLY), error="no decodable audio"),
     Case("truncated_ogg", b_truncated_ogg, error="unreadable or unsupported audio format"),
     Case("unknown_format_tag", b_unknown_tag, error="unreadable or unsupported audio format"),
-    Case(
-        "m4a_aac",
-        _bytes("song.m4a", b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00M4A mp42isom" + bytes(4000)),
-        error="unreadable or unsupported audio format",
-    ),
+    Case("m4a_aac", _bytes("song.m4a", M4A_AAC), error="unreadable or unsupported audio format"),
     Case("zero_sample_rate", b_zero_rate, error="unreadable or unsupported audio format"),
     Case("zero_channels", b_zero_channels, error="unreadable or unsupported audio format"),
     Case(

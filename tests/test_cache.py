@@ -16,15 +16,17 @@ import soundfile as sf
 import soxr
 import torch
 import torch.nn.functional as F
+from helpers import chirp, us8k_clips
 from torch import nn
 
 from tinyclap.audio import CLIP_SAMPLES, SAMPLE_RATE, fit_clip, load_audio
 from tinyclap.audio.frontend import FFTLogMel, LogMel
 from tinyclap.cli import main
-from tinyclap.models.teacher import CLAPTeacher, TeacherConfig, load_teacher, save_teacher
+from tinyclap.models.teacher import load_teacher
 from tinyclap.train.cache import (
     CachedDataset,
     CacheError,
+    CacheOptions,
     CacheStore,
     build_cache,
     crop_starts,
@@ -36,30 +38,14 @@ LONG_SECONDS = 12.0  # > 2 windows: yields 2 crops with crops_per_clip=2
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(work: Path) -> Path:
-    torch.manual_seed(0)
-    return save_teacher(CLAPTeacher(TeacherConfig.tiny()), work / "teacher")
-
-
-@pytest.fixture(scope="module")
 def sources(work: Path, us8k_root: Path) -> dict[str, object]:
     """24 real US8K clips (Ogg, 22.05 kHz, 4 s), a generated 12 s WAV at 44.1 kHz, a text file named .wav."""
-    us8k = sorted((us8k_root / "audio" / "fold1").glob("*.ogg"))[:12]
-    us8k += sorted((us8k_root / "audio" / "fold2").glob("*.ogg"))[:12]
+    us8k = us8k_clips(us8k_root, 12) + us8k_clips(us8k_root, 12, fold=2)
     assert len(us8k) == N_US8K
     gen = work / "gen"
     gen.mkdir()
-    t = np.arange(int(LONG_SECONDS * SAMPLE_RATE)) / SAMPLE_RATE
-    chirp = 0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t) + 0.01 * np.random.default_rng(0).standard_normal(
-        t.size
-    )
     long = gen / "long.wav"
-    sf.write(long, chirp.astype(np.float32), SAMPLE_RATE)
+    sf.write(long, chirp(LONG_SECONDS, SAMPLE_RATE), SAMPLE_RATE)
     bad = gen / "bad.wav"
     bad.write_text("this is text, not audio\n")
     return {"good": [*us8k, long], "long": long, "bad": bad, "all": [*us8k, long, bad]}
@@ -347,10 +333,19 @@ def test_split_of_is_stable() -> None:
 
 
 def test_fft_logmel_matches_logmel(us8k_root, rng) -> None:
-    path = sorted((us8k_root / "audio" / "fold1").glob("*.ogg"))[0]
+    path = us8k_clips(us8k_root, 1)[0]
     real = fit_clip(load_audio(path), CLIP_SAMPLES)
     x = torch.from_numpy(np.stack([real, 0.1 * rng.standard_normal(CLIP_SAMPLES).astype(np.float32)]))
     ref = LogMel()(x)
     got = FFTLogMel()(x)
     assert got.shape == ref.shape == (2, 690, 64)
     torch.testing.assert_close(got, ref, atol=2e-3, rtol=1e-4)
+
+
+def test_options_are_checked_before_anything_is_written(sources, work) -> None:
+    out = work / "never"
+    with pytest.raises(TypeError, match="crops_per_clp"):
+        build_cache(RateTeacher(), [sources["long"]], out, crops_per_clp=2)  # a misspelt option
+    with pytest.raises(ValueError, match="val_fraction"):
+        build_cache(RateTeacher(), [sources["long"]], out, CacheOptions(val_fraction=1.0))
+    assert not out.exists()

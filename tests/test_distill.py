@@ -17,24 +17,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_same_tensors, one_torch_thread, read_tensors, tiny_teacher, us8k_clips
 from torch.utils.data import Dataset
 
-import tinyclap.train.distill as distill_mod
+import tinyclap.train.loop as loop_mod
 from tinyclap.cli import main as cli_main
 from tinyclap.models import load_model, load_student
-from tinyclap.models.checkpoint import read_model
 from tinyclap.models.students import create_student
-from tinyclap.models.teacher import CLAPTeacher, TeacherConfig, load_teacher, save_teacher
+from tinyclap.models.teacher import load_teacher, save_teacher
 from tinyclap.train.cache import CachedDataset, CacheStore, build_cache
-from tinyclap.train.distill import (
-    DistillConfig,
-    TeacherTargets,
-    WaveformDataset,
-    distill,
-    distill_loss,
-    select_targets,
-    train_stage,
-)
+from tinyclap.train.distill import DistillConfig, distill
+from tinyclap.train.loop import train_stage
+from tinyclap.train.metrics import METRIC_FIELDS
+from tinyclap.train.targets import TeacherTargets, WaveformDataset, distill_loss, select_targets
 
 STUDENT = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"  # the smallest registered student
 N_FILES = 16
@@ -43,22 +38,18 @@ SHORT_FRAMES = 64
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> None:
-    """One intra-op thread: on a small shared CPU, two spinning OpenMP threads per process make these tiny
-    convolutions many times slower. Restored after the module."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+    """One intra-op thread for the whole module (helpers.one_torch_thread)."""
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory, us8k_root: Path) -> dict:
     """A tiny random teacher (saved) and a cache of 16 US8K clips (about 11 train / 5 val)."""
     root = tmp_path_factory.mktemp("distill")
-    torch.manual_seed(0)
-    teacher = CLAPTeacher(TeacherConfig.tiny()).eval()
+    teacher = tiny_teacher().eval()
     save_teacher(teacher, root / "teacher")
-    files = sorted((us8k_root / "audio" / "fold1").glob("*.ogg"))[:N_FILES]
+    files = us8k_clips(us8k_root, N_FILES)
     build_cache(teacher, files, root / "cache", val_fraction=0.25, workers=0, batch_size=8, progress=False)
     store = CacheStore(root / "cache")
     assert len(store.indices("val")) >= 2 and len(store.indices("train")) >= 8
@@ -89,17 +80,6 @@ def short_splits(setup: dict) -> tuple[Dataset, Dataset]:
     return Short(CachedDataset(setup["store"], "train")), Short(CachedDataset(setup["store"], "val"))
 
 
-def tensors(path: Path) -> dict[str, torch.Tensor]:
-    return read_model(path)[1]
-
-
-def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str = "") -> None:
-    keys = sorted(k for k in a if k.startswith(prefix))
-    assert keys and keys == sorted(k for k in b if k.startswith(prefix))
-    for k in keys:
-        assert torch.equal(a[k], b[k]), k
-
-
 # ------------------------------------------------------------------------------------------------ units
 
 
@@ -116,12 +96,26 @@ def test_loss_is_minus_cosine_and_target_dims_renormalise() -> None:
     assert select_targets(t, None) is t
 
 
-def test_command_defaults_match_config() -> None:
-    from tinyclap.cli import distill as cmd
-
+def test_command_help_shows_the_config_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     cfg = DistillConfig(out="x")
-    for k, v in vars(cmd._D).items():
-        assert getattr(cfg, k) == v, k
+    with pytest.raises(SystemExit):
+        cli_main(["distill", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps long lines
+    for option, value in [
+        ("--epochs1 EPOCHS1", cfg.epochs1), ("--epochs2 EPOCHS2", cfg.epochs2), ("--lr1 LR1", cfg.lr1),
+        ("--lr2 LR2", cfg.lr2), ("--batch-size BATCH_SIZE", cfg.batch_size), ("--seed SEED", cfg.seed),
+        ("--patience PATIENCE", cfg.plateau_patience), ("--factor FACTOR", cfg.plateau_factor),
+        ("--val-every VAL_EVERY", cfg.val_every), ("--workers WORKERS", cfg.workers),
+        ("--ckpt-every CKPT_EVERY", cfg.ckpt_every), ("--val-fraction VAL_FRACTION", cfg.val_fraction),
+        ("--device DEVICE", cfg.device), ("--stages STAGES", ",".join(map(str, cfg.stages))),
+    ]:  # fmt: skip
+        shown = text.rsplit(option, 1)[1].split("(default: ", 1)[1].split(")", 1)[0]  # its help, not the usage
+        assert shown == str(value), (option, shown, value)
+    # the parsed defaults are the config's defaults, field for field
+    from tinyclap.cli import build_parser
+    from tinyclap.cli.distill import config_from_args
+
+    assert config_from_args(build_parser().parse_args(["distill", "--out", "x"])) == cfg
     # the paper's recipe
     assert (cfg.lr1, cfg.lr2, cfg.epochs1, cfg.epochs2, cfg.batch_size, cfg.seed) == (
         0.012,
@@ -132,6 +126,17 @@ def test_command_defaults_match_config() -> None:
         1234,
     )
     assert (cfg.plateau_factor, cfg.plateau_patience, cfg.stages) == (0.1, 10, (1, 2))
+
+
+def test_stage_options_for_a_run_take_each_stage_schedule() -> None:
+    from tinyclap.train.config import StageOptions
+
+    cfg = DistillConfig(out="x", epochs1=3, epochs2=2, lr1=0.1, lr2=0.2, batch_size=8, ckpt_every=7, workers=0)
+    s1, s2 = StageOptions.for_run(cfg, 1), StageOptions.for_run(cfg, 2, out_dir="o", tag_epoch=True)
+    assert (s1.stage, s1.epochs, s1.lr, s2.stage, s2.epochs, s2.lr) == (1, 3, 0.1, 2, 2, 0.2)
+    assert (s2.batch_size, s2.ckpt_every, s2.workers, s2.out_dir, s2.tag_epoch) == (8, 7, 0, "o", True)
+    with pytest.raises(ValueError, match="resume=True needs out_dir"):
+        StageOptions(stage=1, epochs=1, lr=0.1, resume=True).validate()
 
 
 def test_config_errors_are_clear(tmp_path: Path) -> None:
@@ -206,7 +211,7 @@ def test_best_checkpoint_is_chosen_on_validation_loss(setup: dict, tmp_path: Pat
         v = next(scripted)
         return v, -v
 
-    monkeypatch.setattr(distill_mod, "_validate", fake_validate)
+    monkeypatch.setattr(loop_mod, "_validate", fake_validate)
     torch.manual_seed(2)
     student = create_student(STUDENT, embed_dim=64)
     res = train_stage(
@@ -216,9 +221,9 @@ def test_best_checkpoint_is_chosen_on_validation_loss(setup: dict, tmp_path: Pat
     assert [r["val_loss"] for r in res.history] == [-0.5, -0.9, -0.7]
     best_cfg = json.loads((tmp_path / "best.json").read_text())
     assert best_cfg["epoch"] == 2 and best_cfg["val_loss"] == -0.9
-    best, last = tensors(tmp_path / "best.safetensors"), tensors(tmp_path / "last.safetensors")
+    best, last = read_tensors(tmp_path / "best.safetensors"), read_tensors(tmp_path / "last.safetensors")
     # the student ends with the best (epoch 2) weights, not the last (epoch 3) ones
-    assert_same({k: v for k, v in student.state_dict().items()}, best)
+    assert_same_tensors({k: v for k, v in student.state_dict().items()}, best)
     w = "projection.linear1.weight"
     assert not torch.equal(best[w], last[f"model.{w}"])
     assert load_student(tmp_path / "best.json").name == STUDENT  # best is a loadable student
@@ -249,12 +254,12 @@ def test_resume_mid_epoch_gives_identical_weights(setup: dict, tmp_path: Path) -
 
     resumed = create_student(STUDENT, embed_dim=64)  # other init: everything comes from the checkpoint
     res = train_stage(resumed, train, val, out_dir=tmp_path / "b", resume=True, **kw)
-    assert_same(ref.state_dict(), resumed.state_dict())  # the best (final) student, bit for bit
-    assert_same(
-        tensors(tmp_path / "a" / "last.safetensors"), tensors(tmp_path / "b" / "last.safetensors"), "model."
+    assert_same_tensors(ref.state_dict(), resumed.state_dict())  # the best (final) student, bit for bit
+    assert_same_tensors(
+        read_tensors(tmp_path / "a" / "last.safetensors"), read_tensors(tmp_path / "b" / "last.safetensors"), "model."
     )
-    assert_same(
-        tensors(tmp_path / "a" / "last.safetensors"), tensors(tmp_path / "b" / "last.safetensors"), "optim."
+    assert_same_tensors(
+        read_tensors(tmp_path / "a" / "last.safetensors"), read_tensors(tmp_path / "b" / "last.safetensors"), "optim."
     )
     assert [r["val_loss"] for r in res.history] == [r["val_loss"] for r in res_ref.history]
     assert [r["train_loss"] for r in res.history] == pytest.approx([r["train_loss"] for r in res_ref.history])
@@ -288,7 +293,7 @@ def test_cli_run_folder_and_final_student(cli_run: Path, setup: dict) -> None:
     assert cfg["cache_info"]["config"]["format"] == "tinyclap-cache/1"
     assert cfg["teacher_info"]["sha256"] == setup["store"].config["teacher"]["sha256"]
     rows = (cli_run / "metrics.csv").read_text().strip().splitlines()
-    assert rows[0].split(",") == list(distill_mod.METRIC_FIELDS) and len(rows) == 3
+    assert rows[0].split(",") == list(METRIC_FIELDS) and len(rows) == 3
     assert "stage 2: best val_cosine" in (cli_run / "train.log").read_text()
 
     model = load_model(cli_run)  # the self-describing final student
@@ -315,8 +320,8 @@ def test_distillation_lowers_validation_loss(cli_run: Path, setup: dict) -> None
 
 
 def test_stage2_keeps_stage1_base_bit_identical(cli_run: Path) -> None:
-    s1, final = tensors(cli_run / "stage1" / "best.safetensors"), tensors(cli_run / "student.safetensors")
-    assert_same(s1, final, "base.")  # incl. BatchNorm running statistics
+    s1, final = read_tensors(cli_run / "stage1" / "best.safetensors"), read_tensors(cli_run / "student.safetensors")
+    assert_same_tensors(s1, final, "base.")  # incl. BatchNorm running statistics
     assert not torch.equal(s1["projection.linear2.weight"], final["projection.linear2.weight"])
 
 
@@ -329,7 +334,7 @@ def test_stage2_alone_from_init_reproduces_the_two_stage_run(
     assert cli_main([*argv, "--no-progress", "--no-tensorboard"]) == 0
     assert not (run / "stage1").exists()
     # each stage seeds itself: stage 2 from stage 1's best gives the same student as the full run
-    assert_same(tensors(cli_run / "student.safetensors"), tensors(run / "student.safetensors"))
+    assert_same_tensors(read_tensors(cli_run / "student.safetensors"), read_tensors(run / "student.safetensors"))
 
 
 def test_killed_run_resumed_from_cli_matches_uninterrupted(
@@ -355,10 +360,10 @@ def test_killed_run_resumed_from_cli_matches_uninterrupted(
     argv += ["--epochs1", "1", "--epochs2", "1", "--batch-size", "8", "--workers", "0", "--no-progress"]
     assert cli_main(argv) == 1  # an existing run is never overwritten silently
     assert cli_main([*argv, "--resume"]) == 0
-    assert_same(tensors(cli_run / "student.safetensors"), tensors(run / "student.safetensors"))
-    assert_same(
-        tensors(cli_run / "stage2" / "last.safetensors"),
-        tensors(run / "stage2" / "last.safetensors"),
+    assert_same_tensors(read_tensors(cli_run / "student.safetensors"), read_tensors(run / "student.safetensors"))
+    assert_same_tensors(
+        read_tensors(cli_run / "stage2" / "last.safetensors"),
+        read_tensors(run / "stage2" / "last.safetensors"),
         "model.",
     )
     assert cli_main([*argv, "--resume", "--batch-size", "4"]) == 1  # different settings: refused

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tinyclap import download as dl
+from tinyclap.cli import download as dl_cli
 from tinyclap.download import DownloadError, RemoteFile, Resource, download, make_registry, safe_extract
 
 FAST = dict(progress=False, timeout=5.0, backoff=0.0)
@@ -131,7 +132,8 @@ def payload(n: int = 50_000, seed: int = 0) -> bytes:
     return bytes((i * 131 + seed * 7 + (i >> 8)) % 251 for i in range(n))
 
 
-def make_zip(entries: list[tuple[str, bytes]]) -> bytes:
+def make_zip(entries: list[tuple[str | zipfile.ZipInfo, bytes]]) -> bytes:
+    """A zip archive of (name or ZipInfo, data) entries, written as given (hostile names included)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name, data in entries:
@@ -264,7 +266,7 @@ def test_wrong_checksum_refused_nothing_left(server: ServerState, tmp_path: Path
         download("teacher bad", tmp_path, registry=reg, **FAST)
     assert url in str(ei.value) and f"SHA-256 is {sha(data)}, expected {'0' * 64}" in str(ei.value)
     folder = tmp_path / "teacher" / "bad"
-    assert sorted(p.name for p in folder.iterdir()) == []  # no final file, no .part, no .unverified
+    assert not folder.exists()  # no final file, no .part, no .unverified: not even an empty folder
 
 
 def test_wrong_size_and_html_page_refused(server: ServerState, tmp_path: Path) -> None:
@@ -477,14 +479,6 @@ def test_hostile_tar_refused_before_writing(case: str, tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("first.txt")) and not list(tmp_path.parent.rglob("evil.txt"))
 
 
-def make_zip_raw(entries: list[tuple[zipfile.ZipInfo, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for info, data in entries:
-            zf.writestr(info, data)
-    return buf.getvalue()
-
-
 def zinfo(name: str, mode: int | None = None) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name)
     if mode is not None:
@@ -509,7 +503,7 @@ HOSTILE_ZIPS = {
 def test_hostile_zip_refused_before_writing(case: str, tmp_path: Path) -> None:
     archive = tmp_path / "a.zip"
     with pytest.warns(UserWarning) if case == "conflicting-duplicate" else contextlib.nullcontext():
-        archive.write_bytes(make_zip_raw([(zinfo(GOOD[0]), GOOD[1]), *HOSTILE_ZIPS[case]]))
+        archive.write_bytes(make_zip([(zinfo(GOOD[0]), GOOD[1]), *HOSTILE_ZIPS[case]]))
     dest = tmp_path / "out"
     with pytest.raises(DownloadError, match="unsafe member"):
         safe_extract([archive], dest)
@@ -614,12 +608,12 @@ def test_sha256_override_forms(server: ServerState, tmp_path: Path) -> None:
     files = (RemoteFile("a.txt", (server.base + "/a",)), RemoteFile("b.txt", (server.base + "/b",)))
     res = Resource("tokenizer", "two", "x", files)
     with pytest.raises(DownloadError, match="NAME=HEX"):
-        dl._overrides(res, "ab" * 32)
+        dl.sha256_overrides(res, "ab" * 32)
     with pytest.raises(DownloadError, match="no such file"):
-        dl._overrides(res, ["c.txt=" + "ab" * 32])
+        dl.sha256_overrides(res, ["c.txt=" + "ab" * 32])
     with pytest.raises(DownloadError, match="not 64 hexadecimal"):
-        dl._overrides(res, ["a.txt=xyz"])
-    assert dl._overrides(res, ["a.txt=" + "AB" * 32]) == {"a.txt": "ab" * 32}
+        dl.sha256_overrides(res, ["a.txt=xyz"])
+    assert dl.sha256_overrides(res, ["a.txt=" + "AB" * 32]) == {"a.txt": "ab" * 32}
 
 
 def test_cli_main_args(server: ServerState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -628,12 +622,12 @@ def test_cli_main_args(server: ServerState, tmp_path: Path, monkeypatch: pytest.
     files = (RemoteFile("vocab.txt", (server.add("/v", a),), size=len(a), sha256=sha(a)),
              RemoteFile("cfg.json", (server.add("/c", b),), size=len(b), sha256=sha(b)))
     monkeypatch.setattr(dl, "REGISTRY", make_registry(Resource("tokenizer", "tiny", "x", files)))
-    parser = dl.add_arguments(argparse.ArgumentParser())
-    rc = dl.main_args(parser.parse_args(["tokenizer", "tiny", "--root", str(tmp_path), "--no-progress"]))
+    parser = dl_cli.add_arguments(argparse.ArgumentParser())
+    rc = dl_cli.main_args(parser.parse_args(["tokenizer", "tiny", "--root", str(tmp_path), "--no-progress"]))
     out = capsys.readouterr().out.strip()
     assert rc == 0 and out == str(tmp_path / "tokenizer" / "tiny")
     assert (Path(out) / "vocab.txt").read_bytes() == a and (Path(out) / "cfg.json").read_bytes() == b
-    assert dl.main_args(parser.parse_args(["list"])) == 0
+    assert dl_cli.main_args(parser.parse_args(["list"])) == 0
     assert "tokenizer" in capsys.readouterr().out
-    rc = dl.main_args(parser.parse_args(["dataset", "nope", "--root", str(tmp_path)]))
+    rc = dl_cli.main_args(parser.parse_args(["dataset", "nope", "--root", str(tmp_path)]))
     assert rc == 1 and "not a known resource" in capsys.readouterr().err

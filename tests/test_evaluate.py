@@ -11,16 +11,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import calibrated_models, distinct_sound, write_esc50_meta
 
 from tinyclap.cli import main
-from tinyclap.evaluation.evaluate import (
-    embed_dataset,
-    evaluate,
-    limit_dataset,
-    load_eval_dataset,
-    parse_dataset_spec,
-    read_templates,
-)
+from tinyclap.data.spec import limit_dataset, load_eval_dataset, parse_dataset_spec
+from tinyclap.evaluation.embedding import embed_dataset
+from tinyclap.evaluation.metrics import evaluate
+from tinyclap.evaluation.run import read_templates
 
 STUDENT = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"
 ESC_CLASSES = ["dog", "rain", "sea_waves", "crying_baby", "church_bells"]  # targets 0..4
@@ -28,61 +25,25 @@ TUT_SCENES = ["beach", "bus", "city_center", "home"]
 SR = 44100
 
 # the ESC-50 layout lists one clip that is not on disk (reported in the JSON; checked there)
-pytestmark = pytest.mark.filterwarnings("ignore::tinyclap.data.datasets.DatasetWarning")
-
-
-def signal(i: int, seconds: float, sr: int = SR) -> np.ndarray:
-    """Clearly different test sounds: tones, noise, square waves, click trains, gated tones."""
-    rng = np.random.default_rng(i)
-    t = np.arange(int(seconds * sr)) / sr
-    kind = i % 5
-    if kind == 0:
-        x = 0.5 * np.sin(2 * np.pi * (150 + 97 * i) * t)
-    elif kind == 1:
-        x = 0.3 * rng.standard_normal(t.size)
-    elif kind == 2:
-        x = 0.4 * np.sign(np.sin(2 * np.pi * (2 + i) * t))
-    elif kind == 3:
-        x = np.zeros(t.size)
-        x[:: int(sr / (4 + i))] = 0.9
-    else:
-        x = 0.5 * np.sin(2 * np.pi * (800 + 50 * i) * t) * (rng.random(t.size) > 0.5)
-    return x.astype(np.float32)
-
-
-def calibrate_bn(module: torch.nn.Module, logmel: torch.Tensor) -> None:
-    """Random models with untouched BatchNorm statistics map every clip to nearly the same embedding;
-    fitting the statistics to a few clips makes the embeddings (and predictions) differ between clips."""
-    for m in module.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration pass
-    module.train()
-    with torch.no_grad():
-        module(logmel)
-    module.eval()
+pytestmark = pytest.mark.filterwarnings("ignore::tinyclap.data.files.DatasetWarning")
 
 
 def write_esc50(root: Path) -> list[dict]:
     """10 clips of 5 classes in 3 folds, one corrupt clip and one listed clip absent from disk."""
-    (root / "meta").mkdir(parents=True)
-    (root / "audio").mkdir()
+    (root / "audio").mkdir(parents=True)
     rows = []
     for i in range(10):
         c, fold = i % 5, i % 3 + 1
         name = f"{fold}-{100 + i}-A-{c}.wav"
         secs = [1.0, 2.5, 5.0, 6.3, 3.0][i % 5]
         rate = 16000 if i == 4 else SR  # one clip needs resampling
-        sf.write(root / "audio" / name, signal(i, secs, rate), rate)
+        sf.write(root / "audio" / name, distinct_sound(i, secs, rate), rate)
         rows.append(dict(filename=name, fold=fold, target=c, category=ESC_CLASSES[c], esc10=c < 3))
     (root / "audio" / "3-999-A-0.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk-not-audio" * 3)
     rows.append(dict(filename="3-999-A-0.wav", fold=3, target=0, category="dog", esc10=True))
     rows.append(dict(filename="2-998-A-1.wav", fold=2, target=1, category="rain", esc10=True))  # missing
-    with open(root / "meta" / "esc50.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
-        for r in rows:
-            w.writerow([r["filename"], r["fold"], r["target"], r["category"], r["esc10"], "x", "A"])
+    keys = ["filename", "fold", "target", "category", "esc10"]
+    write_esc50_meta(root, [[*(r[k] for k in keys), "x", "A"] for r in rows])
     return rows
 
 
@@ -95,7 +56,7 @@ def write_tut17(root: Path) -> Path:
     for i in range(4):
         scene = TUT_SCENES[i]
         name = f"audio/a{i:03d}_{i}.wav"
-        sf.write(folder / name, signal(i + 3, 11.0 if i % 2 else 7.6), SR)
+        sf.write(folder / name, distinct_sound(i + 3, 11.0 if i % 2 else 7.6), SR)
         meta.append(f"{name}\t{scene}\tr{i}")
         folds[1 + i // 2].append(f"{name}\t{scene}")
     (folder / "meta.txt").write_text("\n".join(meta) + "\n")
@@ -106,24 +67,15 @@ def write_tut17(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    from tinyclap.audio.frontend import LogMel
     from tinyclap.models import save_student
-    from tinyclap.models.students import create_student
-    from tinyclap.models.teacher import CLAPTeacher, TeacherConfig, bundled_tokenizer_dir, save_teacher
+    from tinyclap.models.teacher import bundled_tokenizer_dir
 
     tmp = tmp_path_factory.mktemp("evaluate")
     esc = tmp / "ESC-50-master"
     rows = write_esc50(esc)
     tut = write_tut17(tmp / "tut")
-    waves = torch.from_numpy(np.stack([np.resize(signal(i, 5.0), 5 * SR) for i in range(5)]))
-    logmel = LogMel()(waves)  # (5, 690, 64)
-
-    torch.manual_seed(0)
-    teacher = CLAPTeacher(TeacherConfig.tiny())
-    calibrate_bn(teacher.audio_encoder, logmel)
-    save_teacher(teacher, tmp / "teacher")
-    student = create_student(STUDENT, embed_dim=teacher.embed_dim)
-    calibrate_bn(student, logmel)
+    waves = torch.from_numpy(np.stack([np.resize(distinct_sound(i, 5.0), 5 * SR) for i in range(5)]))
+    teacher, student, _ = calibrated_models(waves, STUDENT, tmp / "teacher")  # log-mels (5, 690, 64)
     # the teacher is recorded relative to the run folder: resolved against the checkpoint's folder
     save_student(student, tmp / "run" / "student", teacher={"path": "../teacher.safetensors"},
                  tokenizer=str(bundled_tokenizer_dir()))  # fmt: skip
@@ -252,7 +204,7 @@ def test_dataset_specs_templates_and_limit(env: SimpleNamespace, tmp_path: Path)
 
 
 def run_cli(args: list[str]) -> int:
-    return main(["eval", "--quiet", *map(str, args)])
+    return main(["eval", "--no-progress", *map(str, args)])
 
 
 def test_eval_esc50_student_report_matches_numpy(env: SimpleNamespace, capsys: pytest.CaptureFixture) -> None:
@@ -319,6 +271,11 @@ def test_eval_cache_reused_and_deterministic(env: SimpleNamespace, monkeypatch: 
     assert run_cli([*common, "--out", env.tmp / "d3", "--embed-cache", cache]) == 0
     r3 = json.loads((env.tmp / "d3" / "report.json").read_text())
     assert r3["embed_cache"]["reused"] is True and r3["results"] == r1["results"]
+    # the one dataset grammar: KIND:PATH#folds=.. names the same clips as --dataset KIND --root PATH --folds ..
+    spec = ["--model", env.run, "--dataset", f"esc50:{env.esc}#folds=1"]
+    assert run_cli([*spec, "--out", env.tmp / "d4", "--embed-cache", cache]) == 0
+    r4 = json.loads((env.tmp / "d4" / "report.json").read_text())
+    assert r4["embed_cache"]["reused"] is True and r4["results"] == r1["results"] and r4["dataset"]["folds"] == [1]
 
 
 def test_embed_dataset_cache_key(env: SimpleNamespace, tmp_path: Path) -> None:

@@ -18,23 +18,12 @@ import pytest
 import torch
 
 from tinyclap.audio import CLIP_SAMPLES, load_audio
-from tinyclap.audio.frontend import LogMel
+from tinyclap.audio.frontend import FactorisedLogMel, LogMel, frontend_macs
 from tinyclap.cli import main
-from tinyclap.deploy.export import (
-    MANIFEST_FILE,
-    FactorisedLogMel,
-    ParityError,
-    check_parity,
-    export_onnx_models,
-    find_audio,
-    frontend_macs,
-    load_clips,
-    onnx_export,
-    ort_embed,
-    ort_session,
-    pick,
-    quant_plan,
-)
+from tinyclap.deploy.clips import find_audio, load_clips, pick
+from tinyclap.deploy.onnx import ParityError, check_parity, export_onnx_models, onnx_export, ort_embed
+from tinyclap.deploy.quantize import Int8Options, quant_plan, quantize_export
+from tinyclap.deploy.runtime import MANIFEST_FILE, ort_session
 from tinyclap.models import save_student
 from tinyclap.models.students import create_student
 from tinyclap.zeroshot import ZeroShotClassifier
@@ -225,7 +214,6 @@ def test_failed_parity_leaves_no_export(
 def test_export_refuses_bad_requests(
     tmp_path: Path, us8k_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import tinyclap.deploy.export as ex
 
     clf = ZeroShotClassifier(["a", "b"], np.eye(2, 64), 1.0)
     clf.save(tmp_path / "c64.npz")
@@ -242,7 +230,7 @@ def test_export_refuses_bad_requests(
     assert "--calibration" in capsys.readouterr().err
     files = pick(find_audio(fold2), 3)
     with pytest.raises(ValueError, match="must not contain calibration files"):
-        ex._quantize_all(tmp_path, LogMel(), clf, files, files[:1], ex.Int8Options(), print)
+        quantize_export(tmp_path, LogMel(), clf, files, files[:1], Int8Options(), print)
     with pytest.raises(ValueError, match="opset must be >= 17"):
         export_onnx_models(create_student("phinet_alpha_0.75_beta_0.75_t0_4_N_4"), tmp_path, opset=13)
 
@@ -252,8 +240,8 @@ def test_int8_convolutions_get_constant_biases(tmp_path: Path) -> None:
     nodes; every quantised convolution must still get an initialiser bias (or it would not run as int8)."""
     import onnx
 
-    from tinyclap.deploy.export import quantize_int8
     from tinyclap.deploy.profile import synthetic_clips
+    from tinyclap.deploy.quantize import quantize_int8
 
     torch.manual_seed(0)
     paths = export_onnx_models(create_student("phinet_alpha_0.75_beta_0.75_t0_4_N_4").eval(), tmp_path)
@@ -272,3 +260,12 @@ def test_int8_convolutions_get_constant_biases(tmp_path: Path) -> None:
         len(n.input) < 3 or n.input[2] in inits or producer.get(n.input[2]) == "DequantizeLinear"
         for n in quantised
     )
+
+
+def test_export_audio_takes_the_one_dataset_grammar(us8k_root, tmp_path) -> None:
+    """--calibration/--parity-audio name audio as every command does: a folder or a KIND:PATH#.. spec."""
+    by_spec = find_audio(f"us8k:{us8k_root}#folds=3&limit=5")
+    assert len(by_spec) == 5 and all("fold3" in str(p) for p in by_spec)
+    assert find_audio(us8k_root / "audio" / "fold3")[:1] and all(p.is_absolute() for p in by_spec)
+    with pytest.raises(ValueError, match="does not exist|no audio"):
+        find_audio(tmp_path / "nothing-here")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_python, us8k_clips
 
 from tinyclap.audio import fit_clip, load_audio
 from tinyclap.audio.frontend import CONFIG_KEYS, LogMel, mel_filterbank, n_frames
@@ -108,7 +107,7 @@ def test_parity_with_torchlibrosa_noise(logmel: LogMel, reference: torch.nn.Modu
 def test_parity_with_torchlibrosa_real_recordings(
     logmel: LogMel, reference: torch.nn.Module, us8k_root: Path, animals_dir: Path
 ) -> None:
-    us8k = sorted((us8k_root / "audio" / "fold1").glob("*.ogg"))[:2]
+    us8k = us8k_clips(us8k_root, 2)
     files = us8k + [animals_dir / "cat.mp3", animals_dir / "duck.mp3", animals_dir / "sheep.mp3"]
     batch = torch.from_numpy(np.stack([fit_clip(load_audio(f)) for f in files]))  # (5, 220500)
     with torch.no_grad():
@@ -164,7 +163,7 @@ def test_ref_other_than_one() -> None:
 
 def test_frontend_does_not_import_librosa() -> None:
     code = "import sys, tinyclap.audio.frontend; sys.exit('librosa' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    assert run_python(code).returncode == 0
 
 
 def test_onnx_export_dynamic_batch(logmel: LogMel, tmp_path: Path) -> None:

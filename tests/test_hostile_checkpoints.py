@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -249,8 +250,7 @@ def student_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_teacher() -> CLAPTeacher:
-    torch.manual_seed(0)
-    return CLAPTeacher(TeacherConfig.tiny())
+    return helpers.tiny_teacher()
 
 
 def _wrong_student(t: dict[str, torch.Tensor]) -> None:
@@ -478,7 +478,7 @@ def test_our_loaders_never_unpickle(
 @pytest.mark.parametrize("kind", ["pickle", "wrong_kind"])
 def test_distill_resume_state_refused(kind: str, student_ckpt: Path, tmp_path: Path) -> None:
     """`stageN/last.safetensors` (what `resume=True` reads): safetensors only, and a training state."""
-    from tinyclap.train.distill import read_stage_result
+    from tinyclap.train.state import read_stage_result
 
     marker = tmp_path / "pwned"
     stage = tmp_path / "stage1"
@@ -520,7 +520,7 @@ def test_cache_shard_with_pickled_arrays_refused(tmp_path: Path) -> None:
 def test_exported_class_matrix_refuses_pickles(tmp_path: Path) -> None:
     """The torch-free runtime reads the class matrix from bytes with allow_pickle=False (after its SHA-256
     check, which an attacker who rewrites the manifest too would pass)."""
-    from tinyclap.deploy.runtime import _classifier_from_bytes
+    from tinyclap.zeroshot import ZeroShotClassifier
 
     marker = tmp_path / "pwned"
     buf = tmp_path / "evil.npz"
@@ -528,6 +528,54 @@ def test_exported_class_matrix_refuses_pickles(tmp_path: Path) -> None:
     _raw_pickle(tmp_path / "raw.npz", marker)
     for path in (buf, tmp_path / "raw.npz"):
         with pytest.raises(ValueError) as e:
-            _classifier_from_bytes(path.read_bytes(), path)
+            ZeroShotClassifier.load(path.read_bytes(), name=path)
         assert str(path) in str(e.value)
     assert not marker.exists()
+
+
+# --- configs are checked against the tensors before anything is built ----------------------------------
+
+
+def _proxy_head_file(path: Path, config: dict[str, Any], embed_dim: int = 32) -> Path:
+    from tinyclap.models.proxy import ProxyHead
+
+    head = ProxyHead(512, 384, embed_dim)
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(path),
+              metadata={"tinyclap": json.dumps(config)})
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [({"embed_dim": 10**9}, "invalid proxy teacher config"), ({"embed_dim": 64}, "wrong shapes"),
+     ({"embed_dim": "big"}, "invalid proxy teacher config"), ({"dropout": 7}, "invalid proxy teacher config")],
+    ids=["hostile_embed_dim", "embed_dim_not_the_tensors", "embed_dim_not_int", "dropout"],
+)
+@pytest.mark.parametrize("loader", ["load_proxy_teacher", "load_teacher", "load_model"])
+def test_proxy_config_refused_before_towers_load(
+    loader: str, change: dict[str, Any], words: str, tmp_path: Path
+) -> None:
+    """The head's config is checked before the ~100 MB towers are loaded or their hashes verified (the
+    sources here are bogus: reaching them would fail with another message)."""
+    from tinyclap.models.proxy import load_proxy_teacher
+
+    config = {"kind": "proxy-teacher", "embed_dim": 32, "audio_tower": {}, "text_tower": {}, **change}
+    path = _proxy_head_file(tmp_path / "proxy_teacher.safetensors", config)
+    load = {"load_proxy_teacher": load_proxy_teacher, "load_teacher": load_teacher, "load_model": load_model}[loader]
+    with pytest.raises(CheckpointError, match=words) as e:
+        load(path)
+    assert str(path) in str(e.value)
+
+
+def test_hostile_student_architecture_refused(student_ckpt: Path, tmp_path: Path) -> None:
+    """A well-formed name whose size is absurd is refused from the config, before building anything."""
+    config = {**_config(student_ckpt), "student": {"name": "phinet_alpha_900.00_beta_0.75_t0_4_N_4000"}}
+    path = _with_config(student_ckpt, tmp_path / "huge.safetensors", config)
+    with pytest.raises(CheckpointError, match="sizes beyond") as e:
+        load_student(path)
+    assert str(path) in str(e.value)
+    # a name within bounds that does not describe these tensors: named from a meta-device build
+    config = {**_config(student_ckpt), "student": {"name": "phinet_alpha_1.50_beta_0.75_t0_4_N_4"}}
+    path = _with_config(student_ckpt, tmp_path / "other.safetensors", config)
+    with pytest.raises(CheckpointError, match="wrong shapes") as e:
+        load_student(path)

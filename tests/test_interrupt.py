@@ -31,15 +31,16 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_tensors, one_torch_thread, read_tensors, us8k_clips
 
-import tinyclap.train.distill as distill_mod
+import tinyclap.train.loop as loop_mod
 from tinyclap.cli import main as cli_main
 from tinyclap.models import load_student, save_student
 from tinyclap.models.checkpoint import read_model
 from tinyclap.models.students import create_student
-from tinyclap.models.teacher import CLAPTeacher, TeacherConfig, save_teacher
 from tinyclap.train.cache import CacheStore, build_cache
-from tinyclap.train.distill import MetricsLogger, train_stage
+from tinyclap.train.loop import train_stage
+from tinyclap.train.metrics import MetricsLogger
 from tinyclap.zeroshot import ZeroShotClassifier
 
 STUDENT = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"  # the smallest registered student
@@ -55,20 +56,12 @@ ORPHAN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # an atomic write's temp file
 # ------------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("interrupt")
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(work: Path) -> Path:
-    torch.manual_seed(0)
-    return save_teacher(CLAPTeacher(TeacherConfig.tiny()).eval(), work / "teacher")
+# work (a folder for the module) and teacher_ckpt (the tiny random teacher, saved): tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def clips(us8k_root: Path) -> list[Path]:
-    files = sorted((us8k_root / "audio" / "fold1").glob("*.ogg"))[:N_CLIPS]
+    files = us8k_clips(us8k_root, N_CLIPS)
     assert len(files) == N_CLIPS
     return files
 
@@ -76,10 +69,8 @@ def clips(us8k_root: Path) -> list[Path]:
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """One intra-op thread for the in-process trainings (tiny convolutions; 2 shared cores)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+    with one_torch_thread():
+        yield
 
 
 def orphans(root: Path) -> list[str]:
@@ -302,17 +293,6 @@ def steps_done(out: Path) -> Callable[[], int]:
     return count
 
 
-def tensors(path: Path) -> dict[str, torch.Tensor]:
-    return read_model(path)[1]
-
-
-def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str = "") -> None:
-    keys = sorted(k for k in a if k.startswith(prefix))
-    assert keys and keys == sorted(k for k in b if k.startswith(prefix))
-    for k in keys:
-        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
-
-
 def metric_rows(run: Path) -> list[tuple[str, ...]]:
     """metrics.csv without its timing columns (clips_per_s, time_s), which differ between machines/runs."""
     lines = (run / "metrics.csv").read_text().strip().splitlines()
@@ -337,14 +317,14 @@ def test_sigkilled_distill_resumes_to_bit_identical_weights(work: Path, cache_re
         out, log = work / f"distill_killed{round_}", work / f"distill_killed{round_}.log"
         argv = distill_argv(cache, out)
         kill_and_resume(argv, steps_done(out), total, ref, log, kills, rng, scale=0.5**round_)
-        assert_bit_identical(tensors(ref_dir / "student.safetensors"), tensors(out / "student.safetensors"))
+        assert_same_tensors(read_tensors(ref_dir / "student.safetensors"), read_tensors(out / "student.safetensors"))
         for stage in (1, 2):
-            best_ref = tensors(ref_dir / f"stage{stage}" / "best.safetensors")
-            assert_bit_identical(best_ref, tensors(out / f"stage{stage}" / "best.safetensors"))
-            last_ref = tensors(ref_dir / f"stage{stage}" / "last.safetensors")
-            last = tensors(out / f"stage{stage}" / "last.safetensors")
-            assert_bit_identical(last_ref, last, "model.")
-            assert_bit_identical(last_ref, last, "optim.")
+            best_ref = read_tensors(ref_dir / f"stage{stage}" / "best.safetensors")
+            assert_same_tensors(best_ref, read_tensors(out / f"stage{stage}" / "best.safetensors"))
+            last_ref = read_tensors(ref_dir / f"stage{stage}" / "last.safetensors")
+            last = read_tensors(out / f"stage{stage}" / "last.safetensors")
+            assert_same_tensors(last_ref, last, "model.")
+            assert_same_tensors(last_ref, last, "optim.")
         assert metric_rows(out) == metric_rows(ref_dir)  # no duplicate or lost epoch rows, same losses
         assert load_student(out).name == STUDENT
         assert orphans(out) == []
@@ -543,8 +523,8 @@ def test_last_checkpoint_write_error_keeps_previous_and_resume_is_exact(
     # space freed: the same run resumes from step 1 and ends exactly where an uninterrupted one does
     resumed = create_student(STUDENT, embed_dim=64)
     train_stage(resumed, train, val, out_dir=out, resume=True, **TRAIN_KW)
-    assert_bit_identical(ref.state_dict(), resumed.state_dict())
-    assert_bit_identical(tensors(tmp_path / "ref" / "last.safetensors"), tensors(last), "optim.")
+    assert_same_tensors(ref.state_dict(), resumed.state_dict())
+    assert_same_tensors(read_tensors(tmp_path / "ref" / "last.safetensors"), read_tensors(last), "optim.")
 
 
 @pytest.mark.parametrize(("step", "code"), CASES, ids=CASE_IDS)
@@ -557,7 +537,7 @@ def test_best_checkpoint_write_error_keeps_previous_best(
         loss = next(losses)
         return loss, -loss
 
-    monkeypatch.setattr(distill_mod, "_validate", scripted)
+    monkeypatch.setattr(loop_mod, "_validate", scripted)
     out = tmp_path / "run"
     best = out / "best.safetensors"
     saved: dict[Path, bytes] = {}
@@ -607,11 +587,11 @@ def test_save_student_write_error_keeps_previous_student(
         # new student is complete (its config is in the safetensors header); only the .json copy is stale
         assert first.read_bytes() != saved[first] and first.with_suffix(".json").read_bytes() == saved[target]
         after = load_student(tmp_path)
-        assert_bit_identical(after.state_dict(), {k: v.detach() for k, v in student.state_dict().items()})
+        assert_same_tensors(after.state_dict(), {k: v.detach() for k, v in student.state_dict().items()})
         assert read_model(first)[0]["val_cosine"] == 0.9
         return
     assert snapshot(*saved) == saved
-    assert_bit_identical(load_student(tmp_path).state_dict(), before)
+    assert_same_tensors(load_student(tmp_path).state_dict(), before)
 
 
 @pytest.mark.parametrize(("step", "code"), CASES, ids=CASE_IDS)

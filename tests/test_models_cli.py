@@ -109,3 +109,53 @@ def test_classify_needs_classes(student_ckpt, animals_dir, capsys) -> None:
     rc = main(["classify", str(animals_dir / "cat.mp3"), "--student", str(path), "--labels", "cat,dog"])
     assert rc == 1
     assert "text encoder" in capsys.readouterr().err
+
+
+def _tiny_export(folder, clip_samples: int = 64, dim: int = 8):
+    """A hand-made export folder: a graph that L2-normalises the first `dim` samples, classes, manifest."""
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder.mkdir()
+    graph = helper.make_graph(
+        [
+            helper.make_node("Slice", ["waveform", "starts", "ends", "axes"], ["head"]),
+            helper.make_node("LpNormalization", ["head"], ["embedding"], axis=-1, p=2),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["batch", clip_samples])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("starts", 0), ("ends", dim), ("axes", 1))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, folder / "model.onnx")
+    ZeroShotClassifier(["a", "b"], np.eye(2, dim), 0.0).save(folder / "classes.npz")
+    names = ("model.onnx", "classes.npz")
+    files = {n: {"sha256": hashlib.sha256((folder / n).read_bytes()).hexdigest()} for n in names}
+    manifest = {"format": "tinyclap-export/1", "sample_rate": 16000, "clip_samples": clip_samples,
+                "embed_dim": dim, "files": files}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_load_model_export_folder(tmp_path) -> None:
+    """An export folder loads as a model with the AudioEmbedder interface, numpy or torch in and out."""
+    from tinyclap.models import ExportedModel
+
+    folder = _tiny_export(tmp_path / "export")
+    for spec in (folder, folder / "model.onnx"):
+        model = load_model(spec)
+        assert isinstance(model, ExportedModel) and (model.sample_rate, model.embed_dim) == (16000, 8)
+    wave = np.random.default_rng(0).normal(size=(3, 64)).astype(np.float32)
+    want = wave[:, :8] / np.linalg.norm(wave[:, :8], axis=1, keepdims=True)
+    np.testing.assert_allclose(model.embed_waveform(wave), want, rtol=1e-5)
+    out = model.embed_waveform(torch.from_numpy(wave))
+    assert isinstance(out, torch.Tensor) and np.allclose(out.numpy(), want, rtol=1e-5)
+    with pytest.raises(ValueError, match="normalize=False"):
+        model.embed_waveform(wave, normalize=False)
+    save_student(create_student(SMALL, embed_dim=8), tmp_path / "odd" / "student", kind="odd")
+    with pytest.raises(CheckpointError, match="unknown checkpoint kind 'odd'"):
+        load_model(tmp_path / "odd")

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinyclap.audio import AudioError, audio_info, eval_windows, fit_clip, load_audio, stream_windows
-from tinyclap.data.datasets import AUDIO_EXTENSIONS, DatasetError, load_csv_dataset, manifest_files
+from tinyclap.data import AUDIO_EXTENSIONS, DatasetError, load_csv_dataset, manifest_files
 from tinyclap.evaluation.embedding import clip_windows, embed_clip
 from tinyclap.models.students import PHINET_FORM, StudentSpec, parse_student_name
 

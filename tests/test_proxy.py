@@ -6,6 +6,7 @@ import importlib.metadata
 import importlib.util
 import json
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -21,13 +22,11 @@ from tinyclap.models.proxy import (
     AisfxAudioTower,
     MiniLMTextTower,
     ProxyTeacher,
-    build_proxy,
-    clap_loss,
     htk_mel_filterbank,
     load_aisfx,
     load_proxy_teacher,
-    train_head,
 )
+from tinyclap.train.proxy import build_proxy, clap_loss, train_head
 
 
 def _reference(rel: str) -> ModuleType:
@@ -183,9 +182,11 @@ def test_train_head_is_seeded(aisfx_tower: AisfxAudioTower, text_tower: MiniLMTe
     labels = torch.arange(40) % 4
     captions = torch.nn.functional.normalize(torch.randn(4, 2, 384, generator=g), dim=-1)  # (C, T, 384)
     heads = []
-    for _ in range(2):
+    for progress in (False, True):
         t = ProxyTeacher(aisfx_tower, text_tower, embed_dim=64)
-        train_head(t, audio, labels, captions, seed=3, epochs=3, batch_size=16)
+        with warnings.catch_warnings():  # the progress display must not make torch warn (grad tensor -> float)
+            warnings.simplefilter("error")
+            train_head(t, audio, labels, captions, seed=3, epochs=3, batch_size=16, progress=progress)
         heads.append(t.head.state_dict())
     for k in heads[0]:
         torch.testing.assert_close(heads[0][k], heads[1][k], rtol=0, atol=0)

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
+from helpers import calibrated_models, distinct_sound, write_esc50_meta
 
 from tinyclap.evaluation.prune import (
     MaskedEmbedder,
@@ -30,66 +31,30 @@ CLASSES = ["dog", "rain", "sea_waves", "crying_baby"]  # targets 0..3; ESC-10: d
 SR = 44100
 
 
-def signal(i: int, seconds: float) -> np.ndarray:
-    rng = np.random.default_rng(i)
-    t = np.arange(int(seconds * SR)) / SR
-    kind = i % 4
-    if kind == 0:
-        x = 0.5 * np.sin(2 * np.pi * (150 + 97 * i) * t)
-    elif kind == 1:
-        x = 0.3 * rng.standard_normal(t.size)
-    elif kind == 2:
-        x = 0.4 * np.sign(np.sin(2 * np.pi * (2 + i) * t))
-    else:
-        x = np.zeros(t.size)
-        x[:: int(SR / (4 + i))] = 0.9
-    return x.astype(np.float32)
-
-
-def calibrate_bn(module: torch.nn.Module, logmel: torch.Tensor) -> None:
-    """Fit BatchNorm statistics to a few clips so that random models tell clips apart."""
-    for m in module.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    module.train()
-    with torch.no_grad():
-        module(logmel)
-    module.eval()
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    from tinyclap.audio.frontend import LogMel
     from tinyclap.models import save_student
-    from tinyclap.models.teacher import CLAPTeacher, TeacherConfig, bundled_tokenizer_dir, save_teacher
+    from tinyclap.models.teacher import bundled_tokenizer_dir
 
     tmp = tmp_path_factory.mktemp("prune")
     esc = tmp / "ESC-50-master"
-    (esc / "meta").mkdir(parents=True)
-    (esc / "audio").mkdir()
-    rows = [["filename", "fold", "target", "category", "esc10", "src_file", "take"]]
+    (esc / "audio").mkdir(parents=True)
+    rows = []
     for i in range(8):
         c, fold = i % 4, i // 4 + 1
         name = f"{fold}-{100 + i}-A-{c}.wav"
-        sf.write(esc / "audio" / name, signal(i, [2.0, 5.0, 3.0, 4.0][i % 4]), SR)
+        sf.write(esc / "audio" / name, distinct_sound(i, [2.0, 5.0, 3.0, 4.0][i % 4], kinds=4), SR)
         rows.append([name, fold, c, CLASSES[c], c < 2, "x", "A"])
-    with open(esc / "meta" / "esc50.csv", "w", newline="") as f:
-        csv.writer(f).writerows(rows)
+    write_esc50_meta(esc, rows)
 
-    waves = torch.from_numpy(np.stack([np.resize(signal(i, 5.0), 5 * SR) for i in range(4)]))
-    logmel = LogMel()(waves)  # (4, 690, 64)
-    torch.manual_seed(0)
-    teacher = CLAPTeacher(TeacherConfig.tiny())  # 64-d shared space
-    calibrate_bn(teacher.audio_encoder, logmel)
-    save_teacher(teacher, tmp / "teacher")
-    student = create_student(STUDENT, embed_dim=64)
-    calibrate_bn(student, logmel)
+    waves = torch.from_numpy(np.stack([np.resize(distinct_sound(i, 5.0, kinds=4), 5 * SR) for i in range(4)]))
+    # a 64-d shared space; log-mels (4, 690, 64)
+    teacher, student, logmel = calibrated_models(waves, STUDENT, tmp / "teacher")
     save_student(student, tmp / "run" / "student", teacher=str(tmp / "teacher.safetensors"),
                  tokenizer=str(bundled_tokenizer_dir()))  # fmt: skip
     teacher.set_tokenizer(bundled_tokenizer_dir())
     return SimpleNamespace(tmp=tmp, esc=esc, teacher=teacher.eval(), student=student.eval(), run=tmp / "run",
-                           rows=rows[1:], logmel=logmel)  # fmt: skip
+                           rows=rows, logmel=logmel)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- criteria
@@ -123,7 +88,7 @@ def test_criteria_match_their_definitions() -> None:
 
 
 def test_masked_scores_equal_independent_computation(env: SimpleNamespace) -> None:
-    from tinyclap.evaluation.evaluate import evaluate
+    from tinyclap.evaluation.metrics import evaluate
     from tinyclap.models import StudentEmbedder
 
     rng = np.random.default_rng(1)
@@ -150,7 +115,7 @@ def test_masked_scores_equal_independent_computation(env: SimpleNamespace) -> No
     # MaskedEmbedder = full model, kept entries, renormalised
     full = StudentEmbedder(env.student).eval()
     masked = MaskedEmbedder(full, dims[:5])
-    wave = torch.from_numpy(np.stack([signal(0, 5.0), signal(1, 5.0)]))
+    wave = torch.from_numpy(np.stack([distinct_sound(0, 5.0, kinds=4), distinct_sound(1, 5.0, kinds=4)]))
     with torch.no_grad():
         want = F.normalize(full.embed_waveform(wave)[:, torch.from_numpy(dims[:5])], dim=-1)
         np.testing.assert_allclose(masked.embed_waveform(wave).numpy(), want.numpy(), atol=1e-6)
@@ -193,13 +158,13 @@ def test_small_student_has_exactly_the_expected_parameters() -> None:
 
 def test_finetuning_the_small_student_moves_it_towards_the_masked_targets(env: SimpleNamespace) -> None:
     from tinyclap.train.cache import CachedDataset, build_cache
-    from tinyclap.train.distill import select_targets
+    from tinyclap.train.targets import select_targets
 
     cache = env.tmp / "distill-cache"
     build_cache(env.teacher, [str(env.esc / "audio")], cache, val_fraction=0.0, progress=False, workers=0)
     env.cache = cache
     with torch.no_grad():
-        a = env.teacher.embed_waveform(torch.from_numpy(np.stack([signal(i, 5.0) for i in range(8)])))
+        a = env.teacher.embed_waveform(torch.from_numpy(np.stack([distinct_sound(i, 5.0, kinds=4) for i in range(8)])))
     text = ZeroShotClassifier.from_teacher(env.teacher, CLASSES).weights
     dims = select_dims(dim_scores(a, text, "contribution"), 16)
     small = shrink_student(env.student, dims).eval()
@@ -231,8 +196,8 @@ def test_prune_cli_sweep(env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) 
     from tinyclap.audio import load_audio
     from tinyclap.cli import main
     from tinyclap.evaluation.embedding import embed_clip
-    from tinyclap.evaluation.evaluate import model_fingerprint
     from tinyclap.models import StudentEmbedder, load_student
+    from tinyclap.models.fingerprint import model_fingerprint
     from tinyclap.models.teacher import CLAPTeacher
 
     if not hasattr(env, "cache"):  # the fine-tuning test builds it; build it here when run alone
@@ -243,7 +208,7 @@ def test_prune_cli_sweep(env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) 
             env.teacher, [str(env.esc / "audio")], env.cache, val_fraction=0.0, progress=False, workers=0
         )
     out, embed_cache = env.tmp / "sweep", env.tmp / "embed-cache"
-    args = ["prune", "--quiet", "--model", str(env.run), "--dims", "8", "--calibration",
+    args = ["prune", "--no-progress", "--model", str(env.run), "--dims", "8", "--calibration",
             f"esc50:{env.esc}#folds=1", "--eval", f"esc50:{env.esc}", f"esc10:{env.esc}", "--out", str(out),
             "--embed-cache", str(embed_cache)]  # fmt: skip
     assert main([*args, "--finetune-epochs", "1", "--cache", str(env.cache), "--lr", "0.02"]) == 0
@@ -304,7 +269,7 @@ def test_prune_cli_sweep(env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) 
 
     # the saved small student evaluates on its own: its class matrix is the teacher's, sliced to its dims
     # (and its embeddings are those the sweep cached)
-    ev = ["eval", "--quiet", "--model", str(out / "k8"), "--dataset", "esc50", "--root", str(env.esc),
+    ev = ["eval", "--no-progress", "--model", str(out / "k8"), "--dataset", "esc50", "--root", str(env.esc),
           "--out", str(env.tmp / "eval-k8"), "--embed-cache", str(embed_cache)]  # fmt: skip
     assert main(ev) == 0
     rep = json.loads((env.tmp / "eval-k8" / "report.json").read_text())

@@ -17,7 +17,9 @@ import torch
 
 from tinyclap.audio.frontend import LogMel
 from tinyclap.cli import main
-from tinyclap.deploy.export import Int8Options, export, find_audio, load_clips, pick
+from tinyclap.deploy.clips import find_audio, load_clips, pick
+from tinyclap.deploy.export import export
+from tinyclap.deploy.quantize import Int8Options
 from tinyclap.models import save_student
 from tinyclap.models.students import create_student
 from tinyclap.runtime import ExportError, Runtime

@@ -257,3 +257,24 @@ def test_count_macs_counts_convs_and_linears() -> None:
     s = create_student(SMALL)
     assert count_macs(s) == count_macs(s.base) + 2048 * 1024 + 1024 * 1024
     assert count_macs(s, n_frames=1380) > count_macs(s)
+
+
+def test_student_encode_normalize_is_explicit() -> None:
+    """The bare student returns unnormalised projections; encode(normalize=True) and the embedder normalise."""
+    import torch.nn.functional as F
+
+    from tinyclap.models import StudentEmbedder
+
+    torch.manual_seed(0)
+    student = create_student("phinet_alpha_0.75_beta_0.75_t0_4_N_4", embed_dim=16).eval()
+    logmel = torch.randn(2, 100, 64)
+    with torch.no_grad():
+        raw = student(logmel)
+        assert torch.equal(student.encode(logmel), raw)
+        assert torch.equal(student.encode(logmel, normalize=True), F.normalize(raw, dim=-1))
+        emb = StudentEmbedder(student)
+        assert torch.equal(emb.encode_audio(logmel, normalize=False), raw)
+        wave = torch.randn(2, 44100)
+        assert torch.equal(emb(wave), emb.embed_waveform(wave))
+        raw_wave = emb.embed_waveform(wave, normalize=False)
+        torch.testing.assert_close(emb.embed_waveform(wave), F.normalize(raw_wave, dim=-1))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_teacher
 
 from tinyclap.models.checkpoint import CheckpointError, save_model
 from tinyclap.models.cnn14 import Cnn14
@@ -142,8 +143,7 @@ def test_full_size_parity_with_msclap(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
 @pytest.fixture(scope="module")
 def tiny() -> CLAPTeacher:
-    torch.manual_seed(0)
-    teacher = CLAPTeacher(TeacherConfig.tiny(), TOKENIZER_DIR)
+    teacher = tiny_teacher(tokenizer=TOKENIZER_DIR)
     _randomise_norms(teacher, torch.Generator().manual_seed(3))
     return teacher.eval()
 
@@ -354,3 +354,41 @@ def test_cnn14_input_checks() -> None:
         net(torch.zeros(1, 20, 64))
     with pytest.raises(ValueError, match=r"\(B, T, 64\)"):
         net(torch.zeros(1, 40, 128))
+
+
+def test_normalize_is_explicit(tiny: CLAPTeacher, logmel: torch.Tensor) -> None:
+    """Every encoder takes normalize= (open_clip style); the default (True) is what callers always got."""
+    with torch.no_grad():
+        raw = tiny.encode_audio(logmel, normalize=False)
+        assert torch.equal(tiny.encode_audio(logmel), F.normalize(raw, dim=-1))
+        assert not torch.allclose(raw.norm(dim=-1), torch.ones(2))
+        text = tiny.encode_text(CAPTIONS, normalize=False)
+        assert torch.equal(tiny.encode_text(CAPTIONS), F.normalize(text, dim=-1))
+    wave = torch.randn(2, 22050, generator=torch.Generator().manual_seed(6))
+    raw_wave = tiny.embed_waveform(wave, normalize=False)
+    torch.testing.assert_close(tiny.embed_waveform(wave), F.normalize(raw_wave, dim=-1))
+
+
+def test_config_checked_against_tensors_before_building(tiny: CLAPTeacher, tmp_path: Path) -> None:
+    """Our format: a config that does not describe the tensors is refused (meta-device check) and an absurd
+    size is refused from the config alone, the file named either way."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    st = save_teacher(tiny, tmp_path / "t")
+    meta = json.loads(st.with_suffix(".json").read_text())
+    for change, words in (({"d_proj": 32}, "wrong shapes"), ({"d_proj": 10**9}, "sizes out of range"),
+                          ({"text": {**meta["teacher"]["text"], "num_hidden_layers": 10**6}}, "sizes out of range")):
+        bad = tmp_path / "bad.safetensors"
+        cfg = {**meta, "teacher": {**meta["teacher"], **change}}
+        save_file(load_file(str(st)), str(bad), metadata={"tinyclap": json.dumps(cfg)})
+        with pytest.raises(CheckpointError, match=words) as e:
+            load_teacher(bad)
+        assert str(bad) in str(e.value)
+
+
+def test_load_teacher_names_the_loader_for_a_student(tmp_path: Path) -> None:
+    save_model(torch.nn.Linear(2, 2), tmp_path / "student", {"kind": "student"})
+    with pytest.raises(CheckpointError, match="load_student"):
+        load_teacher(tmp_path)

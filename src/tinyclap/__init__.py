@@ -10,25 +10,17 @@ from tinyclap._util import lazy_exports
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# module -> the public names it provides (resolved on first use)
 _LAZY = {
-    "create_student": "tinyclap.models.students",
-    "list_students": "tinyclap.models.students",
-    "parse_student_name": "tinyclap.models.students",
-    "load_model": "tinyclap.models.factory",
-    "load_student": "tinyclap.models.factory",
-    "save_student": "tinyclap.models.factory",
-    "StudentEmbedder": "tinyclap.models.factory",
-    "load_teacher": "tinyclap.models.teacher",
-    "save_teacher": "tinyclap.models.teacher",
-    "CLAPTeacher": "tinyclap.models.teacher",
-    "TeacherConfig": "tinyclap.models.teacher",
-    "Teacher": "tinyclap.models.teacher",
-    "LogMel": "tinyclap.audio.frontend",
-    "load_audio": "tinyclap.audio.io",
-    "AudioError": "tinyclap.audio.io",
-    "ZeroShotClassifier": "tinyclap.zeroshot",
+    "tinyclap.models.students": "create_student list_students parse_student_name",
+    "tinyclap.models.factory": "load_model load_student save_student",
+    "tinyclap.models.embedder": "StudentEmbedder AudioEmbedder",
+    "tinyclap.models.teacher": "load_teacher save_teacher CLAPTeacher TeacherConfig Teacher",
+    "tinyclap.models.checkpoint": "CheckpointError",
+    "tinyclap.audio.frontend": "LogMel",
+    "tinyclap.audio.io": "load_audio AudioError",
+    "tinyclap.zeroshot": "ZeroShotClassifier",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = sorted(n for names in _LAZY.values() for n in names.split()) + ["__version__"]
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

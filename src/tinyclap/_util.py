@@ -13,6 +13,7 @@ them where a caller owns the folder.
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_mod
 import hashlib
 import importlib
@@ -203,20 +204,40 @@ def resolve_device(device: Any = "auto") -> Any:
     return dev
 
 
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive advisory lock on `folder/.lock` (POSIX flock; a no-op where fcntl does not exist),
+    so processes sharing a folder (cache ranks, runs) take turns on its shared files. Yields the lock path."""
+    path = Path(folder) / ".lock"
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield path
+        return
+    fd = os.open(path, os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
 # ------------------------------------------------------------------------------------------ lazy exports
 
 
-def lazy_exports(package: str, names: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """`__getattr__` and `__dir__` for a package that re-exports `names` (name -> submodule) on first use,
-    so importing the package stays cheap (no torch until a name that needs it is touched)."""
+def lazy_exports(package: str, modules: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """`__getattr__` and `__dir__` for a package that re-exports names lazily: `modules` maps a module
+    (absolute, or relative to `package`) to the space-separated names it provides. Importing the package
+    stays cheap (no torch until a name that needs it is touched)."""
+    where = {name: mod for mod, names in modules.items() for name in names.split()}
 
     def __getattr__(name: str) -> Any:
-        if name in names:
-            return getattr(importlib.import_module(names[name], package), name)
+        if name in where:
+            return getattr(importlib.import_module(where[name], package), name)
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:
-        return sorted(names)
+        return sorted(where)
 
     return __getattr__, __dir__
 
@@ -228,12 +249,12 @@ class _LineProgress:
     """tqdm's update/set_postfix/close for logs: one plain line every `every` seconds and at the end."""
 
     def __init__(self, iterable: Iterable[Any] | None, total: int | None, desc: str, unit: str, every: float,
-                 file: Any) -> None:
+                 file: Any, initial: int = 0) -> None:
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
         self.every, self.file = every, file
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             self.total = len(iterable)  # type: ignore[arg-type]
-        self.n, self.postfix = 0, ""
+        self.n, self.initial, self.postfix = initial, initial, ""
         self.start = self.last = time.monotonic()
 
     def __iter__(self) -> Iterator[Any]:
@@ -253,7 +274,8 @@ class _LineProgress:
         done = f"{self.n}/{self.total}" if self.total else str(self.n)
         pct = f" ({100 * self.n / self.total:.0f} %)" if self.total else ""
         post = f" {self.postfix}" if self.postfix else ""
-        return f"{self.desc}: {done} {self.unit}{pct}, {self.n / dt:.1f} {self.unit}/s, {dt:.0f} s{post}"
+        rate = (self.n - self.initial) / dt
+        return f"{self.desc}: {done} {self.unit}{pct}, {rate:.1f} {self.unit}/s, {dt:.0f} s{post}"
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -284,7 +306,7 @@ def progress(iterable: Iterable[Any] | None = None, *, total: int | None = None,
     close and use as a context manager either way."""
     stream = file if file is not None else sys.stderr
     if enabled and not _isatty(stream):
-        return _LineProgress(iterable, total, desc, unit, every, stream)
+        return _LineProgress(iterable, total, desc, unit, every, stream, int(tqdm_kw.get("initial", 0)))
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=stream, disable=not enabled, dynamic_ncols=True,

@@ -13,12 +13,13 @@ Everything lands in `--out` (default `runs/demo`): a finished stage is reused on
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,7 @@ def build_demo_teacher(train_csv: Path, out: Path, *, epochs: int = 60, seed: in
     A from-scratch tiny CLAP cannot learn in the demo's time budget (its random towers map every clip
     and every caption to nearly the same vector); pretrained towers separate the classes at once.
     """
-    from tinyclap.models.proxy import train_proxy
+    from tinyclap.train.proxy import train_proxy
 
     with open(train_csv, newline="") as f:
         clips = [(train_csv.parent / r["path"], r["label"]) for r in csv.DictReader(f)]
@@ -129,120 +130,137 @@ class DemoOptions:
     data: tuple[str, ...] = ()
 
 
+@dataclass
+class _Inputs:
+    """What the stages run on: the teacher, the distillation data and the evaluation set."""
+
+    teacher: str
+    tokenizer: str | None
+    dataset: str
+    root: str
+    data: list[str]
+    eval_folds: list[int] | None
+
+
+class _Stages:
+    """Logs each stage's name as it starts and records its duration."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log, self.timings = log, {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.time()
+        self.log(f"[{name}]")
+        yield
+        self.timings[name] = round(time.time() - t0, 1)
+
+
 def run_demo(opt: DemoOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage; returns (and writes to `<out>/summary.json`) the summary table's numbers."""
-    from tinyclap.evaluation.evaluate import run_eval
-    from tinyclap.evaluation.prune import run_prune
     from tinyclap.models import load_model
-    from tinyclap.models.students import count_macs, count_params, create_student
-    from tinyclap.train.cache import build_cache
-    from tinyclap.train.distill import DistillConfig, distill
 
     t_start = time.time()
     out = Path(opt.out)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+    stage = _Stages(log)
+    inp = _inputs(opt, out, stage)
+    teacher = load_model(inp.teacher, tokenizer_dir=inp.tokenizer)
+    run_dir, val_cos = _cache_and_distill(opt, inp, teacher, out, stage)
+    with stage("eval: teacher and student, zero-shot"):
+        kw = dict(teacher=inp.teacher, tokenizer=inp.tokenizer, embed_cache=out / "embeddings", progress=False,
+                  verbose=False, folds=inp.eval_folds)
+        from tinyclap.evaluation.run import run_eval
 
-    def stage(name: str) -> Callable[[], None]:
-        t0 = time.time()
-        log(f"[{name}]")
-        return lambda: timings.__setitem__(name, round(time.time() - t0, 1))
+        rep_t = run_eval(inp.teacher, inp.dataset, inp.root, out / "eval-teacher", **kw)
+        rep_s = run_eval(str(run_dir), inp.dataset, inp.root, out / "eval-student", **kw)
+    with stage("prune: latent-space sweep"):
+        prune_rep = _prune(opt, inp, teacher, run_dir, out)
+    exported = None
+    if opt.export:
+        with stage("export: ONNX + parity, runtime classification"):
+            exported = _export_and_classify(run_dir, teacher, inp.root, inp.dataset, out, log, inp.eval_folds)
+    summary = _summary(opt, inp, teacher, rep_t, rep_s, out, val_cos, prune_rep, exported)
+    summary.update(timings_s=stage.timings, total_s=round(time.time() - t_start, 1))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    log(format_summary(summary))
+    return summary
 
-    # 1. data and teacher
-    if opt.teacher:  # the real pipeline: a given teacher and dataset
+
+def _inputs(opt: DemoOptions, out: Path, stage: _Stages) -> _Inputs:
+    """The given teacher and dataset (the real pipeline), or generated sounds and a proxy teacher built on them."""
+    if opt.teacher:
         if not (opt.dataset and opt.root):
             raise ValueError("with --teacher, also give --dataset NAME --root PATH (the evaluation set)")
-        teacher_spec, tokenizer = opt.teacher, opt.tokenizer
-        dataset, root = opt.dataset, opt.root
-        data_specs = list(opt.data) or [f"{opt.dataset}:{opt.root}"]
-        eval_folds = None
-    else:
-        done = stage("data: synthetic sounds")
+        data = list(opt.data) or [f"{opt.dataset}:{opt.root}"]
+        return _Inputs(opt.teacher, opt.tokenizer, opt.dataset, opt.root, data, None)
+    with stage("data: synthetic sounds"):
         csv_path = make_dataset(out / "data", opt.per_class, seed=opt.seed)
         train_csv = csv_path.parent / "train.csv"
-        dataset, root, data_specs = "csv", str(csv_path), [f"manifest:{train_csv}"]
-        eval_folds = [4]  # held out: the teacher's projections and the student never saw it
-        done()
-        done = stage("teacher: proxy CLAP (frozen aiSFX + MiniLM towers, trained projections)")
-        tokenizer = opt.tokenizer
+    with stage("teacher: proxy CLAP (frozen aiSFX + MiniLM towers, trained projections)"):
         teacher_file = out / "teacher" / "proxy_teacher.safetensors"
         if not teacher_file.is_file():
             build_demo_teacher(train_csv, teacher_file, seed=opt.seed)
-        teacher_spec = str(teacher_file)
-        done()
+    # fold 4 is held out: the teacher's projections and the student never saw it
+    return _Inputs(str(teacher_file), opt.tokenizer, "csv", str(csv_path), [f"manifest:{train_csv}"], [4])
 
-    teacher = load_model(teacher_spec, tokenizer_dir=tokenizer)
 
-    # 2. cache teacher targets (audio only)
-    done = stage("cache: teacher targets")
-    cache_dir = out / "cache"
-    if not (cache_dir / "cache.json").is_file() or not any((cache_dir / "shards").glob("*")):
-        build_cache(teacher, data_specs, cache_dir, val_fraction=0.25, seed=1234, batch_size=16, workers=0,
-                    progress=False, overwrite=True)
-    done()
+def _cache_and_distill(opt: DemoOptions, inp: _Inputs, teacher: Any, out: Path, stage: _Stages) -> tuple[Path, float]:
+    """Cache the teacher's targets (audio only), then distil both stages; a finished stage is reused."""
+    from tinyclap.train.cache import build_cache
+    from tinyclap.train.distill import DistillConfig, distill
 
-    # 3. distil (both stages)
-    done = stage(f"distill: {opt.student}, stages 1+2")
+    with stage("cache: teacher targets"):
+        cache_dir = out / "cache"
+        if not (cache_dir / "cache.json").is_file() or not any((cache_dir / "shards").glob("*")):
+            build_cache(teacher, inp.data, cache_dir, val_fraction=0.25, seed=1234, batch_size=16, workers=0,
+                        progress=False, overwrite=True)
     run_dir = out / "student"
-    if not (run_dir / "student.safetensors").is_file():
+    with stage(f"distill: {opt.student}, stages 1+2"):
+        if (run_dir / "student.safetensors").is_file():
+            return run_dir, json.loads((run_dir / "student.json").read_text()).get("val_cosine", float("nan"))
         res = distill(DistillConfig(
             out=str(run_dir), student=opt.student, cache=str(cache_dir), epochs1=opt.epochs1, epochs2=opt.epochs2,
             batch_size=opt.batch_size, workers=0, ckpt_every=0, device="auto", progress=False, tensorboard=False,
             lr1=3e-3, lr2=1e-3, seed=1234,
         ))
-        val_cos = res.val_cosine
-    else:
-        val_cos = json.loads((run_dir / "student.json").read_text()).get("val_cosine", float("nan"))
-    done()
+    return run_dir, res.val_cosine
 
-    # 4. zero-shot evaluation of teacher and student, same code and protocol
-    done = stage("eval: teacher and student, zero-shot")
-    kw = dict(teacher=teacher_spec, tokenizer=tokenizer, embed_cache=out / "embeddings", progress=False, verbose=False)
-    rep_t = run_eval(teacher_spec, dataset, root, out / "eval-teacher", folds=eval_folds, **kw)
-    rep_s = run_eval(str(run_dir), dataset, root, out / "eval-student", folds=eval_folds, **kw)
-    agree = _agreement(out / "eval-teacher", out / "eval-student")
-    done()
 
-    # 5. prune the shared latent space (masked models)
-    done = stage("prune: latent-space sweep")
+def _prune(opt: DemoOptions, inp: _Inputs, teacher: Any, run_dir: Path, out: Path) -> dict[str, Any]:
+    """Masked-model sweep of the shared latent space, calibrated on the training folds."""
+    from tinyclap.evaluation.prune import run_prune
+
+    folds = inp.eval_folds
     dims = [d for d in opt.dims if d < teacher.embed_dim]
-    held_out = f"{dataset}:{root}" + (f"#folds={','.join(map(str, eval_folds))}" if eval_folds else "")
-    calibration = f"{dataset}:{root}" + ("#folds=1,2,3" if eval_folds else "")
-    prune_rep = run_prune(str(run_dir), dims, calibration, [held_out], out / "prune",
-                          teacher=teacher_spec, tokenizer=tokenizer, embed_cache=out / "embeddings",
-                          progress=False, verbose=False)
-    done()
+    held_out = f"{inp.dataset}:{inp.root}" + (f"#folds={','.join(map(str, folds))}" if folds else "")
+    calibration = f"{inp.dataset}:{inp.root}" + ("#folds=1,2,3" if folds else "")
+    return run_prune(str(run_dir), dims, calibration, [held_out], out / "prune", teacher=inp.teacher,
+                     tokenizer=inp.tokenizer, embed_cache=out / "embeddings", progress=False, verbose=False)
 
-    # 6. export + torch-free classification of one clip
-    exported = None
-    if opt.export:
-        done = stage("export: ONNX + parity, runtime classification")
-        exported = _export_and_classify(run_dir, teacher, root, dataset, out, log, eval_folds)
-        done()
+
+def _summary(opt: DemoOptions, inp: _Inputs, teacher: Any, rep_t: dict, rep_s: dict, out: Path, val_cos: float,
+             prune_rep: dict, exported: Any) -> dict[str, Any]:
+    from tinyclap.models.students import count_macs, count_params, create_student
 
     student = create_student(opt.student, embed_dim=teacher.embed_dim)
-    n_frames = 690
-    summary = {
-        "teacher": teacher_spec,
+    acc_t, acc_s = rep_t["results"]["accuracy"], rep_s["results"]["accuracy"]
+    return {
+        "teacher": inp.teacher,
         "student": opt.student,
-        "dataset": f"{dataset}:{root}" + (f" (held-out folds {eval_folds})" if eval_folds else ""),
+        "dataset": f"{inp.dataset}:{inp.root}" + (f" (held-out folds {inp.eval_folds})" if inp.eval_folds else ""),
         "eval_clips": rep_s["results"]["n_clips"],
-        "teacher_accuracy": rep_t["results"]["accuracy"],
-        "student_accuracy": rep_s["results"]["accuracy"],
-        "retention": _ratio(rep_s["results"]["accuracy"], rep_t["results"]["accuracy"]),
-        "top1_agreement": agree,
+        "teacher_accuracy": acc_t,
+        "student_accuracy": acc_s,
+        "retention": _ratio(acc_s, acc_t),
+        "top1_agreement": _agreement(out / "eval-teacher", out / "eval-student"),
         "heldout_cosine": val_cos,
         "student_params": count_params(student),
-        "student_macs": count_macs(student, n_frames),
+        "student_macs": count_macs(student, 690),  # 690 frames: a 5 s clip
         "teacher_audio_params": _audio_params(teacher),
         "prune": _prune_rows(prune_rep),
         "export": exported,
-        "timings_s": timings,
-        "total_s": round(time.time() - t_start, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    log(format_summary(summary))
-    return summary
 
 
 def _ratio(a: float, b: float) -> float:
@@ -279,7 +297,7 @@ def _prune_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _export_and_classify(run_dir: Path, teacher: Any, root: str, dataset: str, out: Path,
                          log: Callable[[str], None], eval_folds: list[int] | None) -> dict[str, Any]:
-    from tinyclap.data.datasets import load_dataset
+    from tinyclap.data import load_dataset
     from tinyclap.deploy.export import export
     from tinyclap.deploy.runtime import Runtime
     from tinyclap.models import load_model

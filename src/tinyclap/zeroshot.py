@@ -16,16 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from tinyclap._util import l2_normalize
+
 DEFAULT_TEMPLATE = "this is the sound of {}"
 
 
 def class_prompt(label: str, template: str = DEFAULT_TEMPLATE) -> str:
     """Prompt for one class: underscores become spaces (the paper's protocol), then the template."""
     return template.format(label.replace("_", " ").strip())
-
-
-def _normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
 @dataclass
@@ -44,7 +42,7 @@ class ZeroShotClassifier:
         w = np.asarray(self.weights, dtype=np.float32)
         # renormalise only when needed, so a saved matrix loads back bit-identical
         if not np.allclose(np.linalg.norm(w, axis=-1), 1.0, atol=1e-6):
-            w = _normalise(w)
+            w = l2_normalize(w)
         self.weights = w
         if self.weights.ndim != 2 or self.weights.shape[0] != len(self.labels):
             raise ValueError(f"class matrix {self.weights.shape} does not match {len(self.labels)} labels")
@@ -78,8 +76,8 @@ class ZeroShotClassifier:
             for tpl in templates:
                 prompts = [class_prompt(lb, tpl) for lb in labels]
                 embs = [teacher.encode_text(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
-                per_template.append(_normalise(torch.cat(embs).float().cpu().numpy()))  # (C, D)
-        weights = _normalise(np.mean(per_template, axis=0))  # ensembling: mean of unit vectors, renormalised
+                per_template.append(l2_normalize(torch.cat(embs).float().cpu().numpy()))  # (C, D)
+        weights = l2_normalize(np.mean(per_template, axis=0))  # ensembling: mean of unit vectors, renormalised
         scale = teacher.logit_scale
         scale = float(scale.detach().cpu()) if hasattr(scale, "detach") else float(scale)
         return cls(list(labels), weights, scale, templates)
@@ -91,7 +89,7 @@ class ZeroShotClassifier:
     def logits(self, audio: Any) -> Any:
         """(B, D) audio embeddings (numpy or torch; normalised here) -> (B, C) scaled cosine logits."""
         if isinstance(audio, np.ndarray):
-            return float(np.exp(self.logit_scale)) * _normalise(audio.astype(np.float32)) @ self.weights.T
+            return float(np.exp(self.logit_scale)) * l2_normalize(audio.astype(np.float32)) @ self.weights.T
         import torch
         import torch.nn.functional as F
 
@@ -124,12 +122,17 @@ class ZeroShotClassifier:
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> ZeroShotClassifier:
-        path = Path(path)
+    def load(cls, source: str | os.PathLike | bytes, name: str | os.PathLike | None = None) -> ZeroShotClassifier:
+        """Read a class-matrix file from a path, or from its bytes (the runtime passes the bytes it verified,
+        so no second read can see another file); `name` labels errors (default: the path).
+        Plain arrays only (allow_pickle=False): a pickled payload is refused, never run."""
+        import io
+
+        label = name if name is not None else "class-matrix bytes" if isinstance(source, bytes) else source
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with np.load(io.BytesIO(source) if isinstance(source, bytes) else source, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 weights = np.asarray(z["weights"], dtype=np.float32)
         except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"{path}: not a tinyclap class-matrix file ({e})") from e
+            raise ValueError(f"{os.fsdecode(label)}: not a tinyclap class-matrix file ({e})") from e
         return cls(list(meta["labels"]), weights, float(meta["logit_scale"]), list(meta["templates"]))

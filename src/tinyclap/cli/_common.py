@@ -1,12 +1,49 @@
-"""CLI subcommands, one module each: `register(subparsers)` adds the parser and sets `func(args) -> int`.
+"""What every CLI command shares: how its parser is made (defaults shown in --help) and common options.
 
-Modules here import only argparse-level code at import time; heavy imports (torch, models) happen inside
-`func`, so `tinyclap --help` stays fast.
+Commands live one per module in `tinyclap.cli`: `register(subparsers)` adds the parser (through
+`add_command`) and sets `func(args) -> int`. Modules import only argparse-level code at import time; heavy
+imports (torch, models) happen inside `func`, so `tinyclap --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "DatasetArg",
+    "HelpFormatter",
+    "add_command",
+    "add_device_arg",
+    "add_embedding_run_args",
+    "add_templates_arg",
+    "classifier_from_args",
+    "make_parser",
+    "require",
+]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default in --help, except the uninformative ones (None, False, empty lists)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if default is None or default is False or default == [] or default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def make_parser(prog: str, description: str | None = None, **kw: Any) -> argparse.ArgumentParser:
+    """A stand-alone parser with the shared help format (for `python -m` entry points)."""
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter, **kw)
+
+
+def add_command(
+    sub: argparse._SubParsersAction, name: str, help: str, *, description: str | None = None
+) -> argparse.ArgumentParser:
+    """The parser of `tinyclap <name>`: the one way commands are created, so every --help shows defaults."""
+    return sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
 
 
 def add_embedding_run_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -15,7 +52,73 @@ def add_embedding_run_args(parser: argparse.ArgumentParser) -> argparse._Argumen
     r.add_argument("--embed-cache", help="folder for cached audio embeddings (default: the user cache folder)")
     r.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
     r.add_argument("--seed", type=int, default=0, help="initialisation seed when --model is a bare student name")
-    r.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_arg(r)
+    r.add_argument("--no-progress", action="store_true", help="no progress display")
     r.add_argument("--debug", action="store_true", help="show tracebacks")
     return r
+
+
+def add_device_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--device`: the one spelling and rule (`auto`: CUDA if available, else CPU; see `_util.resolve_device`)."""
+    parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available, else cpu), cpu, "
+                        "cuda or cuda:N")
+
+
+class DatasetArg(argparse.Action):
+    """`--dataset KIND:PATH[#folds=..&limit=..&subset=..]` (the one grammar), or a bare KIND with `--root`.
+
+    The spec fills `dataset`, `root`, `folds`, `limit` and `subset` on the namespace (options given
+    separately on the command line after it override them)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from tinyclap.data.labelled import DATASET_NAMES
+        from tinyclap.data.spec import parse_dataset_spec
+
+        text = str(values)
+        if text.lower() in DATASET_NAMES:
+            namespace.dataset = text.lower()
+            return
+        try:
+            spec = parse_dataset_spec(text)
+        except ValueError as e:
+            parser.error(f"{option_string}: {e}")
+        namespace.dataset, namespace.root = spec.name, spec.root
+        for key in ("folds", "limit", "subset"):
+            if getattr(spec, key) is not None:
+                setattr(namespace, key, list(spec.folds) if key == "folds" else getattr(spec, key))
+
+
+def require(func: Callable[[argparse.Namespace], int], *names: str) -> Callable[[argparse.Namespace], int]:
+    """`func`, after checking that the options `names` (dest names) were given, directly or through a spec."""
+
+    def checked(args: argparse.Namespace) -> int:
+        absent = [n for n in names if getattr(args, n, None) in (None, "")]
+        if absent:
+            raise ValueError(f"missing {', '.join('--' + n.replace('_', '-') for n in absent)} "
+                             "(or give --dataset as KIND:PATH)")
+        return func(args)
+
+    return checked
+
+
+def add_templates_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--templates`: prompt templates with {} (repeatable, or files of them), the one spelling everywhere."""
+    parser.add_argument("--templates", action="append", metavar="TEMPLATE|FILE",
+                        help="prompt template with {} (repeatable, or a file with one per line): prompt "
+                        'ensembling; default "this is the sound of {}"')
+
+
+def classifier_from_args(args: argparse.Namespace, model: Any, spec: Any) -> Any:
+    """The class matrix from `--classes`, or `--labels` encoded with `--templates` by the one text-model rule
+    of `tinyclap.evaluation.run.build_classifier`: `--teacher`, else the model's own text tower, else the
+    teacher recorded in the run (`--tokenizer` only needed for a BERT teacher)."""
+    from tinyclap.evaluation.run import build_classifier
+
+    if args.classes:
+        return build_classifier(None, classes_file=args.classes)
+    labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
+    if not labels:
+        raise ValueError('give the classes: --labels "a,b,c" (with a text encoder) or --classes FILE.npz')
+    return build_classifier(labels, templates=args.templates, model=model, model_spec=spec, teacher=args.teacher,
+                            tokenizer=args.tokenizer)

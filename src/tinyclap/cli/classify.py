@@ -11,80 +11,49 @@ export folder (--export-dir, run by the torch-free `tinyclap.runtime`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
 from tinyclap.audio import display_path
+from tinyclap.cli._common import add_command, add_templates_arg, classifier_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "classify", help="rank class labels for audio files (zero-shot), or per-window timelines"
-    )
+    p = add_command(sub, "classify", "rank class labels for audio files (zero-shot), or per-window timelines",
+                    description=__doc__.split("\n\n", 1)[1].strip())
     p.add_argument("files", nargs="+", help="audio files (anything libsndfile decodes)")
     g = p.add_argument_group("model (one of)")
     g.add_argument("--student", help="student checkpoint (.safetensors/.json or a run folder)")
-    g.add_argument(
-        "--teacher", help="teacher checkpoint (official MS CLAP .pth or ours); gives text embeddings"
-    )
+    g.add_argument("--teacher", help="teacher checkpoint (official MS CLAP .pth, ours or a proxy); also encodes "
+                   "--labels (default for that: the teacher recorded in the student's run)")
     g.add_argument("--model", help="any model spec: checkpoint, run folder or student name")
-    g.add_argument(
-        "--export-dir", help="folder written by `tinyclap export` (ONNX Runtime, classes included)"
-    )
+    g.add_argument("--export-dir", help="folder written by `tinyclap export` (ONNX Runtime, classes included)")
     g.add_argument("--int8", action="store_true", help="with --export-dir: use model.int8.onnx")
-    p.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt (needed with --labels)")
+    p.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt (a BERT teacher with --labels)")
     c = p.add_argument_group("classes (one of)")
-    c.add_argument("--labels", help='comma-separated class names, e.g. "dog,rain,siren" (needs the teacher)')
+    c.add_argument("--labels", help='comma-separated class names, e.g. "dog,rain,siren" (needs a text encoder)')
     c.add_argument("--classes", help="class-matrix file (.npz) saved by tinyclap, no text encoder needed")
-    p.add_argument(
-        "--template", action="append", help='prompt template(s), default "this is the sound of {}"'
-    )
-    p.add_argument(
-        "--long-clip",
-        choices=("windows", "centre"),
-        default="windows",
-        help="clips longer than 5 s: mean of all window embeddings (default) or the centre crop",
-    )
+    add_templates_arg(p)
+    p.add_argument("--long-clip", choices=("windows", "centre"), default="windows",
+                   help="clips longer than 5 s: mean of all window embeddings, or the centre crop")
     p.add_argument("--top", type=int, default=5, help="labels shown per file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file could not be read")
     t = p.add_argument_group("timeline (long audio)")
     t.add_argument("--window", type=float, help="per-window timeline with windows of SEC seconds (e.g. 5)")
-    t.add_argument("--hop", type=float, default=1.0, help="hop between windows in seconds (default 1)")
+    t.add_argument("--hop", type=float, default=1.0, help="hop between windows in seconds")
     t.add_argument("--timeline-csv", help="write the timeline as CSV to PATH ('-' for stdout)")
-    t.add_argument(
-        "--plot", help="PNG of class probability over time (one file per input: PATH, or PATH_<n>_<stem>)"
-    )
-    t.add_argument("--batch-size", type=int, default=8, help="windows embedded together (default 8)")
+    t.add_argument("--plot", help="PNG of class probability over time (one file per input: PATH, or PATH_<n>_<stem>)")
+    t.add_argument("--batch-size", type=int, default=8, help="windows embedded together")
     p.set_defaults(func=run)
-
-
-def build_classifier(args: argparse.Namespace, audio_model):  # noqa: ANN001, ANN201 - CLI glue
-    """Class matrix from --classes, or from --labels through the teacher's text tower."""
-    from tinyclap.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier
-
-    if args.classes:
-        return ZeroShotClassifier.load(args.classes)
-    if not args.labels:
-        raise ValueError('give the classes: --labels "a,b,c" (with a teacher) or --classes FILE.npz')
-    labels = [s.strip() for s in args.labels.split(",") if s.strip()]
-    text_model = audio_model if hasattr(audio_model, "encode_text") else None
-    if args.teacher and text_model is None:
-        from tinyclap.models import load_model
-
-        text_model = load_model(args.teacher, tokenizer_dir=args.tokenizer)
-    if text_model is None:
-        raise ValueError(
-            "--labels needs a text encoder: pass --teacher CKPT --tokenizer DIR, or use --classes FILE"
-        )
-    return ZeroShotClassifier.from_teacher(text_model, labels, args.template or [DEFAULT_TEMPLATE])
 
 
 def _torch_embedder(model: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -115,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if spec is None:
         raise ValueError("give a model: --student CKPT, --teacher CKPT, --model SPEC or --export-dir DIR")
     model = load_model(spec, tokenizer_dir=args.tokenizer)
-    clf = build_classifier(args, model)
+    clf = classifier_from_args(args, model, spec)
     if clf.embed_dim != model.embed_dim:
         raise ValueError(f"class matrix has {clf.embed_dim} dims but the audio model gives {model.embed_dim}")
     if args.window is not None:
@@ -196,6 +165,44 @@ def _plot_path(base: str, index: int, file: str, n_files: int) -> Path:
     return b.with_name(f"{b.stem}_{index}_{Path(file).stem}{b.suffix or '.png'}")
 
 
+@contextlib.contextmanager
+def _timeline_csv(target: str | None, labels: Sequence[str]) -> Iterator[Any]:
+    """A csv writer for --timeline-csv (header written; '-' is stdout), or None without it."""
+    if not target:
+        yield None
+        return
+    f: TextIO = sys.stdout if target == "-" else open(target, "w", newline="")  # noqa: SIM115
+    try:
+        writer = csv.writer(f)
+        writer.writerow(["file", "start", "end", "top_label", *labels])
+        yield writer
+    finally:
+        if f is not sys.stdout:
+            f.close()
+
+
+def _file_timeline(args: argparse.Namespace, f: str, embed: Callable[[np.ndarray], np.ndarray], clf: Any,
+                   rates: tuple[int, int], writer: Any, table: bool) -> list[Any]:
+    """One file's timeline rows, printed as a table and/or written to the CSV as they come."""
+    from tinyclap.deploy.runtime import iter_timeline
+
+    labels = list(clf.labels)
+    if table:
+        print(f"{display_path(f)}\n  {'start':>8s} {'end':>8s}  {'top label':20s} "
+              + " ".join(f"{lb[:10]:>10s}" for lb in labels))
+    rows = []
+    for row in iter_timeline(embed, f, clf, window=args.window, hop=args.hop, sample_rate=rates[0],
+                             clip_samples=rates[1], batch_size=args.batch_size):
+        rows.append(row)
+        if writer is not None:
+            writer.writerow([display_path(f), f"{row.start:.3f}", f"{row.end:.3f}", row.top_label,
+                             *(f"{p:.6f}" for p in row.probabilities)])
+        if table:
+            print(f"  {row.start:8.2f} {row.end:8.2f}  {row.top_label[:20]:20s} "
+                  + " ".join(f"{p:10.4f}" for p in row.probabilities))
+    return rows
+
+
 def _run_timelines(
     args: argparse.Namespace,
     embed: Callable[[np.ndarray], np.ndarray],
@@ -203,54 +210,17 @@ def _run_timelines(
     sample_rate: int,
     clip_samples: int,
 ) -> int:
+    """--window: a per-window timeline for each file (table, CSV, JSON and/or plot)."""
     from tinyclap.audio import AudioError
-    from tinyclap.deploy.runtime import iter_timeline
 
     labels = list(clf.labels)
-    csv_file: TextIO | None = None
-    writer = None
-    if args.timeline_csv:
-        csv_file = sys.stdout if args.timeline_csv == "-" else open(args.timeline_csv, "w", newline="")  # noqa: SIM115
-        writer = csv.writer(csv_file)
-        writer.writerow(["file", "start", "end", "top_label", *labels])
     table = not args.json and args.timeline_csv != "-"
     results: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
-    try:
+    with _timeline_csv(args.timeline_csv, labels) as writer:
         for i, f in enumerate(args.files):
-            rows = []
             try:
-                if table:
-                    print(
-                        f"{display_path(f)}\n  {'start':>8s} {'end':>8s}  {'top label':20s} "
-                        + " ".join(f"{lb[:10]:>10s}" for lb in labels)
-                    )
-                for row in iter_timeline(
-                    embed,
-                    f,
-                    clf,
-                    window=args.window,
-                    hop=args.hop,
-                    sample_rate=sample_rate,
-                    clip_samples=clip_samples,
-                    batch_size=args.batch_size,
-                ):
-                    rows.append(row)
-                    if writer is not None:
-                        writer.writerow(
-                            [
-                                display_path(f),
-                                f"{row.start:.3f}",
-                                f"{row.end:.3f}",
-                                row.top_label,
-                                *(f"{p:.6f}" for p in row.probabilities),
-                            ]
-                        )
-                    if table:
-                        print(
-                            f"  {row.start:8.2f} {row.end:8.2f}  {row.top_label[:20]:20s} "
-                            + " ".join(f"{p:10.4f}" for p in row.probabilities)
-                        )
+                rows = _file_timeline(args, f, embed, clf, (sample_rate, clip_samples), writer, table)
             except AudioError as e:
                 failed.append((f, e.problem))
                 continue
@@ -259,20 +229,15 @@ def _run_timelines(
                 out = _plot_path(args.plot, i, f, len(args.files))
                 plot_timeline(rows, labels, out, title=os.path.basename(f))
                 print(f"wrote {out}", file=sys.stderr)
-    finally:
-        if csv_file is not None and csv_file is not sys.stdout:
-            csv_file.close()
     if args.json:
-        out = {
+        out_json = {
             "window": args.window,
             "hop": args.hop,
             "labels": labels,
-            "timelines": [
-                {"file": r["file"], "rows": [row.to_dict(labels) for row in r["rows"]]} for r in results
-            ],
+            "timelines": [{"file": r["file"], "rows": [row.to_dict(labels) for row in r["rows"]]} for r in results],
             "failed": [{"file": p, "error": e} for p, e in failed],
         }
-        print(json.dumps(out, indent=1))
+        print(json.dumps(out_json, indent=1))
     _report_failed(failed, len(args.files))
     return 1 if (failed and args.strict) or not results else 0
 

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import argparse
 
+from tinyclap.cli._common import add_command
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the whole pipeline end to end, offline (default: generated sounds)")
-    p.add_argument("--out", default="runs/demo", help="output folder (finished stages are reused on a rerun)")
-    p.add_argument("--student", default=None, help="student name (default: phinet_alpha_0.75_beta_0.75_t0_4_N_4)")
-    p.add_argument("--per-class", type=int, help="generated clips per class (default 12)")
-    p.add_argument("--epochs1", type=int, help="stage-1 epochs (default 8; the paper: 100)")
-    p.add_argument("--epochs2", type=int, help="stage-2 epochs (default 2; the paper: 10)")
+    from tinyclap.demo import DemoOptions  # torch-free: its defaults are the ones --help shows
+
+    d = DemoOptions()
+    p = add_command(sub, "demo", "run the whole pipeline end to end, offline (default: generated sounds)")
+    p.add_argument("--out", default=d.out, help="output folder (finished stages are reused on a rerun)")
+    p.add_argument("--student", default=d.student, help="student name")
+    p.add_argument("--per-class", type=int, default=d.per_class, help="generated clips per class")
+    p.add_argument("--epochs1", type=int, default=d.epochs1, help="stage-1 epochs (the paper: 100)")
+    p.add_argument("--epochs2", type=int, default=d.epochs2, help="stage-2 epochs (the paper: 10)")
     p.add_argument("--no-export", action="store_true", help="skip the ONNX export stage")
     real = p.add_argument_group("the real pipeline instead of the built-in default")
     real.add_argument("--teacher", help="teacher checkpoint (official MS CLAP .pth, ours, or a proxy teacher)")
     real.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt")
-    real.add_argument("--dataset", help="evaluation dataset: esc50|us8k|tut17|csv")
+    real.add_argument("--dataset", help="evaluation dataset: esc50, us8k, tut17 or csv")
     real.add_argument("--root", help="dataset root (or CSV file)")
     real.add_argument("--esc50", help="shorthand for --dataset esc50 --root PATH")
     real.add_argument(

@@ -4,75 +4,71 @@ from __future__ import annotations
 
 import argparse
 
-from tinyclap.cli._common import add_embedding_run_args
+from tinyclap.cli._common import DatasetArg, add_command, add_embedding_run_args, add_templates_arg, require
 
 
 def _folds(text: str) -> list[int]:
+    from tinyclap.data.spec import parse_folds
+
     try:
-        folds = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"folds must be integers separated by commas, got {text!r}"
-        ) from None
-    if not folds:
-        raise argparse.ArgumentTypeError("empty fold list")
-    return folds
+        return list(parse_folds(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "eval",
-        help="zero-shot accuracy on a labelled dataset (per fold, per class, confusion matrix)",
+        "zero-shot accuracy on a labelled dataset (per fold, per class, confusion matrix)",
         description=(
             "Score a model with the tinyCLAP protocol: every clip, prompt 'this is the sound of {class}' "
             "(underscores -> spaces), deterministic embedding of long clips. Writes report.json, "
-            "confusion.png and predictions.csv to --out."
+            "confusion.png and predictions.csv to --out. The dataset is KIND:PATH[#folds=1,2&limit=N&subset=S] "
+            "(the grammar prune and cache take), or a bare KIND with --root PATH."
         ),
     )
     p.add_argument("--model", required=True, help="student name (random init), checkpoint or run folder")
     p.add_argument(
-        "--dataset", required=True, choices=("esc50", "esc10", "us8k", "tut17", "csv"), help="dataset reader"
+        "--dataset",
+        required=True,
+        action=DatasetArg,
+        metavar="KIND[:PATH#OPTIONS]",
+        help="dataset: esc50, esc10, us8k, tut17 or csv, with its path as KIND:PATH or in --root",
     )
-    p.add_argument(
-        "--root", required=True, help="dataset folder (for csv: the CSV file with path,label[,fold])"
-    )
+    p.add_argument("--root", help="dataset folder (for csv: the CSV file with path,label[,fold])")
     p.add_argument("--out", required=True, help="output folder")
     t = p.add_argument_group("class prompts (text embeddings)")
-    t.add_argument("--teacher", help="teacher checkpoint whose text tower encodes the class prompts")
+    t.add_argument("--teacher", help="teacher checkpoint whose text tower encodes the class prompts (none given: "
+                   "the model's own text tower, else the teacher recorded in its run)")
     t.add_argument(
         "--tokenizer", help="folder with BERT's uncased vocab.txt (for a CLAP teacher's text tower)"
     )
     t.add_argument("--classes", help="class matrix (.npz) saved by tinyclap, instead of a text encoder")
-    t.add_argument(
-        "--templates",
-        action="append",
-        metavar="TEMPLATE|FILE",
-        help="prompt template with {} (repeatable, or a file with one per line): prompt ensembling; "
-        'default "this is the sound of {}"',
-    )
+    add_templates_arg(t)
     d = p.add_argument_group("clips")
     d.add_argument("--folds", type=_folds, help="only these folds, e.g. 1 or 1,2,3")
     d.add_argument("--esc10", action="store_true", help="ESC-10 subset of ESC-50")
-    d.add_argument("--subset", choices=("auto", "development", "evaluation"), help="TUT17 set (default auto)")
+    d.add_argument("--subset", choices=("auto", "development", "evaluation"), help="TUT17 set (none given: auto)")
     d.add_argument("--limit", type=int, help="evaluate an evenly spread subset of N clips (quick checks)")
     d.add_argument(
         "--long-clip",
         choices=("windows", "centre"),
         default="windows",
-        help="clips longer than 5 s: mean of all window embeddings (default) or the centre crop",
+        help="clips longer than 5 s: mean of all window embeddings or the centre crop",
     )
     r = add_embedding_run_args(p)
     r.add_argument("--batch-size", type=int, default=16, help="5 s windows per forward pass")
     r.add_argument(
         "--strict", action="store_true", help="exit 1 if any listed clip was missing or unreadable"
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=require(run, "root"))
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from tinyclap.evaluation.evaluate import run_eval
+    from tinyclap.evaluation.run import run_eval
 
     if args.classes and (args.teacher or args.templates):
         raise ValueError("--classes already holds the class embeddings: drop --teacher/--templates")
@@ -95,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         batch_size=args.batch_size,
-        progress=not args.quiet,
+        progress=not args.no_progress,
     )
     ds = report["dataset"]
     for s in ds["skipped"]:

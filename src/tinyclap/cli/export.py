@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
+
+from tinyclap.cli._common import add_command, add_templates_arg, classifier_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "export",
-        help="export a student to ONNX (+ int8) for the torch-free runtime",
+        "export a student to ONNX (+ int8) for the torch-free runtime",
         description="Writes model.onnx (waveform -> embedding), student.onnx (log-mel -> embedding), "
         "classes.npz and manifest.json; checks ONNX Runtime against PyTorch on real recordings.",
     )
@@ -20,9 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--classes", help="class-matrix file (.npz) saved by tinyclap")
     p.add_argument("--teacher", help="teacher checkpoint whose text tower encodes --labels")
     p.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt (with --labels)")
-    p.add_argument(
-        "--template", action="append", help='prompt template(s), default "this is the sound of {}"'
-    )
+    add_templates_arg(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     p.add_argument(
@@ -32,30 +34,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="front end in ONNX: factorised DFT (fast, default) or LogMel's conv1d STFT",
     )
     p.add_argument("--quantize", choices=("int8",), help="also write int8 models (static QDQ quantisation)")
-    p.add_argument("--calibration", help="folder of real recordings for int8 calibration")
-    p.add_argument("--calibration-size", type=int, default=32, help="calibration files drawn (default 32)")
+    p.add_argument("--calibration", metavar="AUDIO",
+                   help="real recordings for int8 calibration: a folder, a manifest or a KIND:PATH#.. spec")
+    p.add_argument("--calibration-size", type=int, default=32, help="calibration files drawn")
     p.add_argument(
         "--calibration-method",
         choices=("minmax", "entropy", "percentile"),
         default="percentile",
-        help="int8 activation ranges (default percentile; minmax is ~3x faster)",
+        help="int8 activation ranges (minmax is ~3x faster)",
     )
     p.add_argument(
         "--parity-audio",
-        help="folder of real recordings for the parity check and the held-out int8 evaluation "
-        "(default: calibration-folder files not drawn for calibration)",
+        metavar="AUDIO",
+        help="real recordings (folder, manifest or KIND:PATH#.. spec) for the parity check and the held-out "
+        "int8 evaluation (none given: --calibration files not drawn for calibration)",
     )
-    p.add_argument("--parity-size", type=int, default=8, help="files for the fp32 parity check (default 8)")
+    p.add_argument("--parity-size", type=int, default=8, help="files for the fp32 parity check")
     p.add_argument(
-        "--eval-size", type=int, default=48, help="held-out files for int8 evaluation (default 48)"
+        "--eval-size", type=int, default=48, help="held-out files for int8 evaluation"
     )
     p.add_argument(
         "--int8-fp32-blocks",
         default="auto",
-        help="leading student blocks (PhiNet stem, block 1, ...) kept fp32: a number, or 'auto' (default: "
+        help="leading student blocks (PhiNet stem, block 1, ...) kept fp32: a number, or 'auto' ("
         "the fewest reaching --int8-search-target mean cosine on the calibration clips)",
     )
-    p.add_argument("--int8-search-target", type=float, default=0.995, help="(0.995)")
+    p.add_argument("--int8-search-target", type=float, default=0.995,
+                   help="mean cosine to the fp32 model that the 'auto' --int8-fp32-blocks search aims for")
     p.add_argument(
         "--no-frontend-int8-check", action="store_true", help="skip measuring a quantised front end"
     )
@@ -65,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _audio_sets(args: argparse.Namespace) -> tuple[list, list, list]:
     """(parity files, calibration files, held-out files) as described in --help."""
-    from tinyclap.deploy.export import find_audio, pick
+    from tinyclap.deploy.clips import find_audio, pick
 
     cal_pool = find_audio(args.calibration) if args.calibration else []
     calibration = pick(cal_pool, args.calibration_size, seed=0) if args.quantize else []
@@ -76,7 +81,7 @@ def _audio_sets(args: argparse.Namespace) -> tuple[list, list, list]:
         pool = [p for p in cal_pool if p not in chosen]
     if not pool and not args.calibration:
         raise ValueError(
-            "the parity check needs real recordings: pass --parity-audio DIR or --calibration DIR"
+            "the parity check needs real recordings: pass --parity-audio AUDIO or --calibration AUDIO"
         )
     heldout = [p for p in pick(pool, args.eval_size + len(chosen), seed=1) if p not in chosen][
         : args.eval_size
@@ -100,8 +105,8 @@ def _fp32_blocks(value: str) -> int | str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinyclap.cli.classify import build_classifier
-    from tinyclap.deploy.export import Int8Options, export
+    from tinyclap.deploy.export import export
+    from tinyclap.deploy.quantize import Int8Options
     from tinyclap.models import load_model
 
     if bool(args.labels) == bool(args.classes):
@@ -109,10 +114,10 @@ def run(args: argparse.Namespace) -> int:
             'give the classes: --labels "a,b,c" (with --teacher and --tokenizer) or --classes FILE'
         )
     if args.quantize and not args.calibration:
-        raise ValueError("--quantize int8 needs --calibration DIR (real recordings)")
+        raise ValueError("--quantize int8 needs --calibration AUDIO (real recordings)")
     parity, calibration, heldout = _audio_sets(args)
     model = load_model(args.model)
-    clf = build_classifier(args, model)
+    clf = classifier_from_args(args, model, args.model)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)
@@ -138,9 +143,15 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps(manifest, indent=2))
-        return 0
+    else:
+        _print_summary(manifest, args.out)
+    return 0
+
+
+def _print_summary(manifest: dict[str, Any], out: str) -> None:
+    """The human-readable report: parity, int8 agreement, files."""
     par = manifest["parity"]
-    print(f"exported {manifest['student']['name']} -> {args.out}")
+    print(f"exported {manifest['student']['name']} -> {out}")
     for name in ("model.onnx", "student.onnx"):
         print(f"  parity {name:18s} min cosine {par[name]['min_cosine']:.7f} over {par[name]['clips']} clips")
     q = manifest["quantization"]
@@ -162,4 +173,3 @@ def run(args: argparse.Namespace) -> int:
             )
     for name, f in manifest["files"].items():
         print(f"  {name:18s} {f['bytes'] / 1e6:8.2f} MB  sha256 {f['sha256'][:16]}...")
-    return 0

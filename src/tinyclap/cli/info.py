@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from tinyclap.cli._common import add_command
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="list the registered students with params and MACs")
+    p = add_command(sub, "info", "list the registered students with params and MACs for a 5 s clip")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=run)
 

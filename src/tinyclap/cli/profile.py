@@ -7,36 +7,39 @@ import json
 import sys
 from typing import Any
 
+from tinyclap.cli._common import add_command
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "profile",
-        help="size, MACs, memory and 1-thread CPU latency of a student (torch, ORT fp32/int8) vs the teacher",
+        "size, MACs, memory and 1-thread CPU latency of a student (torch, ORT fp32/int8) vs the teacher",
         description="Profiles one 5 s clip. See tinyclap.deploy.profile for the methods.",
     )
     p.add_argument("--model", required=True, help="student name, checkpoint or run folder")
     p.add_argument("--json", action="store_true", help="print one JSON object per model (one per line)")
-    p.add_argument("--runs", type=int, default=20, help="timed runs per measurement (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    p.add_argument("--runs", type=int, default=20, help="timed runs per measurement")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads")
     p.add_argument("--no-teacher", action="store_true", help="skip the teacher's audio tower (Cnn14, slow)")
-    p.add_argument("--teacher-runs", type=int, help="timed runs for the teacher (default min(runs, 10))")
+    p.add_argument("--teacher-runs", type=int, help="timed runs for the teacher (none given: min(runs, 10))")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 model")
     p.add_argument(
         "--int8-fp32-blocks",
         type=int,
         default=4,
-        help="leading student blocks (stem, block 1, ...) kept fp32 in the int8 model (default 4, what "
+        help="leading student blocks (stem, block 1, ...) kept fp32 in the int8 model (4 is what "
         "export's automatic search chose for phinet_alpha_1.50 on UrbanSound8K; use your manifest's value)",
     )
     p.add_argument(
         "--teacher-int8-fp32-blocks",
         type=int,
         default=0,
-        help="the same for the teacher (default 0: all of Cnn14 int8, its fastest int8)",
+        help="the same for the teacher (0: all of Cnn14 int8, its fastest int8)",
     )
     p.add_argument(
-        "--calibration", help="folder of real recordings for int8 calibration (default: synthetic)"
+        "--calibration", help="folder of real recordings for int8 calibration (none given: synthetic clips)"
     )
     p.set_defaults(func=run)
 
@@ -67,7 +70,7 @@ def _print_human(r: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinyclap.deploy.export import find_audio, load_clips, pick
+    from tinyclap.deploy.clips import find_audio, load_clips, pick
     from tinyclap.deploy.profile import TEACHER_NAME, compare, profile_model
 
     if args.runs < 1 or args.threads < 1:

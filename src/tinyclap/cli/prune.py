@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tinyclap.cli._common import add_embedding_run_args
+from tinyclap.cli._common import add_command, add_embedding_run_args, add_templates_arg
 
 
 def _dims(text: str) -> list[int]:
@@ -18,9 +18,10 @@ def _dims(text: str) -> list[int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "prune",
-        help="prune the shared latent space: accuracy against size for masked and smaller students",
+        "prune the shared latent space: accuracy against size for masked and smaller students",
         description=(
             "Rank the latent entries on a calibration set (--criterion), keep the top k for each k in "
             "--dims, "
@@ -45,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--teacher", help="teacher checkpoint (default: the one recorded in the student's config)")
     p.add_argument("--tokenizer", help="folder with BERT's uncased vocab.txt (CLAP teacher text tower)")
-    p.add_argument("--templates", action="append", metavar="TEMPLATE|FILE", help="prompt template(s) with {}")
+    add_templates_arg(p)
     p.add_argument("--long-clip", choices=("windows", "centre"), default="windows")
     f = p.add_argument_group("small students")
     f.add_argument(
@@ -85,6 +86,6 @@ def run(args: argparse.Namespace) -> int:
         cache=args.cache,
         lr=args.lr,
         eval_small=args.eval_small,
-        progress=not args.quiet,
+        progress=not args.no_progress,
     )
     return 0

@@ -3,7 +3,7 @@
 What is measured, and how:
 
 - parameters: `tinyclap.models.students.count_params`; MACs: `count_macs` (conv/linear hooks) for the student,
-  `tinyclap.deploy.export.frontend_macs` (counted by hand) for the front end: LogMel's conv1d STFT + mel matmul,
+  `tinyclap.audio.frontend.frontend_macs` (counted by hand) for the front end: LogMel's conv1d STFT + mel matmul,
   and the factorised DFT that the ONNX export runs instead.
 - peak activation memory: a liveness analysis over the exported ONNX graph. Every intermediate tensor's
   size is taken from one real run (all intermediates exposed as outputs, optimisations off); executing
@@ -13,7 +13,7 @@ What is measured, and how:
   what an executor that frees each tensor after its last use needs, without ONNX Runtime's arena slack
   or in-place reuse. int8: the student's tensors at 1 byte per element (= fp32 / 4); the front end,
   which stays fp32 in model.int8.onnx, at 4.
-- file sizes: fp32 and int8 ONNX files written by `tinyclap.deploy.export` into a temporary folder.
+- file sizes: fp32 and int8 ONNX files written by `tinyclap.deploy.onnx` / `quantize` into a temporary folder.
 - latency: wall time of one forward pass on a (1, 220500) clip, `threads` intra-op threads (PyTorch:
   `torch.set_num_threads` inside the call, restored after; ONNX Runtime: `intra_op_num_threads`, graph
   optimisation ORT_ENABLE_ALL), after `warmup` untimed runs; median, quartiles and min/max of `runs`.
@@ -27,31 +27,23 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from tinyclap.audio import CLIP_SAMPLES
-from tinyclap.audio.frontend import LogMel
-from tinyclap.deploy.export import (
-    FRONTEND_SCOPE,
-    MODEL_FILE,
-    MODEL_INT8_FILE,
-    STUDENT_FILE,
-    STUDENT_INT8_FILE,
-    FactorisedLogMel,
-    WaveformEmbedder,
-    export_onnx_models,
-    frontend_macs,
-    onnx_export,
-    ort_session,
-    quantize_int8,
-)
+from tinyclap.audio.frontend import FactorisedLogMel, LogMel, frontend_macs
+from tinyclap.deploy.onnx import FRONTEND_SCOPE, embedder, export_onnx_models, onnx_export, student_of, torch_run
+from tinyclap.deploy.quantize import quantize_int8
+from tinyclap.deploy.runtime import MODEL_FILE, MODEL_INT8_FILE, STUDENT_FILE, STUDENT_INT8_FILE, ort_session
 from tinyclap.models.students import count_macs, count_params
 
 TEACHER_NAME = "cnn14"  # create_student("cnn14") = MS CLAP 2022's audio tower (Cnn14 + projection)
+FRONTEND_FILE = "frontend.onnx"  # the factorised front end alone, for its own latency and memory
 
 
 def timing(fn: Callable[[], Any], runs: int = 20, warmup: int = 3) -> dict[str, float]:
@@ -159,7 +151,7 @@ def peak_activation_bytes(
 def _sizes(folder: Path) -> dict[str, int]:
     return {
         name: (folder / name).stat().st_size
-        for name in (MODEL_FILE, STUDENT_FILE, MODEL_INT8_FILE, STUDENT_INT8_FILE, "frontend.onnx")
+        for name in (MODEL_FILE, STUDENT_FILE, MODEL_INT8_FILE, STUDENT_INT8_FILE, FRONTEND_FILE)
         if (folder / name).is_file()
     }
 
@@ -174,6 +166,109 @@ def synthetic_clips(n: int, seed: int = 0) -> np.ndarray:
         env = (np.sin(2 * np.pi * (0.5 + i) * t) > 0).astype(np.float64)
         out.append(tone * env + rng.standard_normal(CLIP_SAMPLES) * 0.05 * (1 + i % 3))
     return np.asarray(out, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class _Timer:
+    """How every latency is measured: `runs` timed calls after `warmup`, on `threads` intra-op threads."""
+
+    runs: int
+    warmup: int
+    threads: int | None
+
+    def __call__(self, fn: Callable[[], Any]) -> dict[str, float]:
+        return timing(fn, self.runs, self.warmup)
+
+
+def _costs(student: nn.Module, lm: LogMel, spec: str, threads: int | None) -> dict[str, Any]:
+    """What does not need a clock: parameters and MACs (student, front end as torch and ONNX run it)."""
+    n_frames = lm.n_frames(CLIP_SAMPLES)
+    fe_macs = frontend_macs(lm)
+    student_macs = count_macs(student, n_frames)
+    return {
+        "model": student.name,
+        "source": str(spec),
+        "params": count_params(student),
+        "macs": {
+            "student": student_macs,
+            "frontend_conv_stft": fe_macs["conv_stft"],
+            "frontend_mel": fe_macs["mel"],
+            "frontend_torch": fe_macs["total"],
+            "frontend_onnx_factorised": fe_macs["factorised"],
+            "total_torch": student_macs + fe_macs["total"],
+            "total_onnx": student_macs + fe_macs["factorised"],
+        },
+        "clip": {"samples": CLIP_SAMPLES, "seconds": 5.0, "frames": n_frames},
+        "threads": threads,
+    }
+
+
+def _torch_latency(student: nn.Module, lm: LogMel, x: torch.Tensor, mel: torch.Tensor, timer: _Timer
+                   ) -> dict[str, Any]:
+    """PyTorch fp32: front end, student and the whole model (front end + student + normalisation)."""
+    model = embedder(student, lm)
+    with torch.no_grad(), torch_threads(timer.threads):
+        return {
+            "frontend": timer(lambda: lm(x)),
+            "student": timer(lambda: student(mel)),
+            "model": timer(lambda: model(x)),
+        }
+
+
+def _write_onnx(student: nn.Module, lm: LogMel, d: Path, x: torch.Tensor, int8_fp32_blocks: int | None,
+                calibration: np.ndarray | None) -> dict[str, tuple[str, str]]:
+    """Export model/student (+ front end alone) into `d`, and int8 copies unless `int8_fp32_blocks` is None;
+    returns {backend: (model file, student file)}."""
+    export_onnx_models(student, d)
+    onnx_export(FactorisedLogMel(lm).eval(), x, d / FRONTEND_FILE, "waveform", {0: "batch"})
+    backends = {"ort_fp32": (MODEL_FILE, STUDENT_FILE)}
+    if int8_fp32_blocks is not None:
+        cal = synthetic_clips(4) if calibration is None else calibration
+        cal_mel = torch_run(lm, cal)
+        quantize_int8(d / MODEL_FILE, d / MODEL_INT8_FILE, cal, "waveform", fp32_blocks=int8_fp32_blocks)
+        quantize_int8(d / STUDENT_FILE, d / STUDENT_INT8_FILE, cal_mel, "logmel", fp32_blocks=int8_fp32_blocks)
+        backends["ort_int8"] = (MODEL_INT8_FILE, STUDENT_INT8_FILE)
+    return backends
+
+
+def _ort_latency(d: Path, backends: dict[str, tuple[str, str]], wave: np.ndarray, mel: np.ndarray, timer: _Timer,
+                 say: Callable[[str], None]) -> dict[str, Any]:
+    """ONNX Runtime per backend: the (fp32) front end alone, the student and the whole model."""
+    fe_sess = ort_session(d / FRONTEND_FILE, timer.threads)
+    fe_time = timer(lambda: fe_sess.run(None, {"waveform": wave}))
+    lat = {}
+    for backend, (mfile, sfile) in backends.items():
+        say(f"{backend} latency")
+        ms, ss = ort_session(d / mfile, timer.threads), ort_session(d / sfile, timer.threads)
+        lat[backend] = {
+            "frontend": fe_time,
+            "student": timer(lambda ss=ss: ss.run(None, {"logmel": mel})),
+            "model": timer(lambda ms=ms: ms.run(None, {"waveform": wave})),
+        }
+    return lat
+
+
+def _peak_memory(d: Path, wave: np.ndarray, mel: np.ndarray) -> dict[str, Any]:
+    """Peak activation memory of the exported graphs (see the module docstring); int8: the student's
+    tensors at a quarter of their fp32 size, the front end's (kept fp32) at full size."""
+    student_peak = peak_activation_bytes(d / STUDENT_FILE, {"logmel": mel})
+    model_peak = peak_activation_bytes(d / MODEL_FILE, {"waveform": wave})
+    model_peak_int8 = peak_activation_bytes(
+        d / MODEL_FILE,
+        {"waveform": wave},
+        lambda node, arr: arr.itemsize if node.startswith(FRONTEND_SCOPE) or node == "" else arr.itemsize / 4,
+    )
+    frontend_peak = peak_activation_bytes(d / FRONTEND_FILE, {"waveform": wave})
+    return {
+        "method": "liveness over the exported ONNX graph (tensor sizes from one run; weights excluded)",
+        "student_fp32": student_peak["bytes"],
+        "student_int8": student_peak["bytes"] // 4,
+        "frontend_fp32": frontend_peak["bytes"],
+        "model_fp32": model_peak["bytes"],
+        "model_int8": int(model_peak_int8["bytes"]),
+        "model_fp32_peak_at": model_peak["at_node"],
+        "student_fp32_peak_at": student_peak["at_node"],
+    }
 
 
 def profile_model(
@@ -192,100 +287,34 @@ def profile_model(
 
     `calibration` (K, 220500) real clips for the int8 model (default: synthetic signals; latency does not
     depend on the calibration). `int8_fp32_blocks`: leading student blocks kept fp32 (see
-    `tinyclap.deploy.export.quant_plan`).
+    `tinyclap.deploy.quantize.quant_plan`).
     """
-    from tinyclap.deploy.export import _student_of
     from tinyclap.models import load_model
 
-    say = log or (lambda msg: None)
-    student = _student_of(load_model(spec)).eval()
+    student = student_of(load_model(spec)).eval()
+    say = (lambda msg: log(f"{student.name}: {msg}")) if log else (lambda msg: None)
     lm = LogMel().eval()
-    n_frames = lm.n_frames(CLIP_SAMPLES)
-    fe_macs = frontend_macs(lm)
-    res: dict[str, Any] = {
-        "model": student.name,
-        "source": str(spec),
-        "params": count_params(student),
-        "macs": {
-            "student": count_macs(student, n_frames),
-            "frontend_conv_stft": fe_macs["conv_stft"],
-            "frontend_mel": fe_macs["mel"],
-            "frontend_torch": fe_macs["total"],
-            "frontend_onnx_factorised": fe_macs["factorised"],
-        },
-        "clip": {"samples": CLIP_SAMPLES, "seconds": 5.0, "frames": n_frames},
-        "threads": threads,
-    }
-    res["macs"]["total_torch"] = res["macs"]["student"] + fe_macs["total"]
-    res["macs"]["total_onnx"] = res["macs"]["student"] + fe_macs["factorised"]
-
+    timer = _Timer(runs, warmup, threads)
+    res = _costs(student, lm, spec, threads)
     wave = synthetic_clips(1)  # (1, N)
     x = torch.from_numpy(wave)
     with torch.no_grad():
         mel = lm(x)  # (1, T, 64)
-    model = WaveformEmbedder(lm, student).eval()
-    lat: dict[str, Any] = {}
-    say(f"{student.name}: torch fp32")
-    with torch.no_grad(), torch_threads(threads):
-        lat["torch_fp32"] = {
-            "frontend": timing(lambda: lm(x), runs, warmup),
-            "student": timing(lambda: student(mel), runs, warmup),
-            "model": timing(lambda: model(x), runs, warmup),
-        }
-
+    say("torch fp32")
+    lat = {"torch_fp32": _torch_latency(student, lm, x, mel, timer)}
     with tempfile.TemporaryDirectory(prefix="tinyclap-profile-", dir=workdir) as tmp:
         d = Path(tmp)
-        say(f"{student.name}: ONNX export")
-        export_onnx_models(student, d)
-        onnx_export(FactorisedLogMel(lm).eval(), x, d / "frontend.onnx", "waveform", {0: "batch"})
-        backends = {"ort_fp32": (MODEL_FILE, STUDENT_FILE)}
+        say("ONNX export" + (" and int8 quantisation" if int8 else ""))
+        backends = _write_onnx(student, lm, d, x, int8_fp32_blocks if int8 else None, calibration)
         if int8:
-            say(f"{student.name}: int8 quantisation")
-            cal = synthetic_clips(4) if calibration is None else calibration
-            with torch.no_grad():
-                cal_mel = lm(torch.from_numpy(cal)).numpy()
-            quantize_int8(d / MODEL_FILE, d / MODEL_INT8_FILE, cal, "waveform", fp32_blocks=int8_fp32_blocks)
-            quantize_int8(
-                d / STUDENT_FILE, d / STUDENT_INT8_FILE, cal_mel, "logmel", fp32_blocks=int8_fp32_blocks
-            )
-            backends["ort_int8"] = (MODEL_INT8_FILE, STUDENT_INT8_FILE)
             res["int8"] = {
                 "fp32_blocks": int8_fp32_blocks,
                 "calibration": "synthetic" if calibration is None else f"{len(calibration)} real clips",
             }
-        fe_sess = ort_session(d / "frontend.onnx", threads)
-        fe_time = timing(lambda: fe_sess.run(None, {"waveform": wave}), runs, warmup)
-        for backend, (mfile, sfile) in backends.items():
-            say(f"{student.name}: {backend}")
-            ms, ss = ort_session(d / mfile, threads), ort_session(d / sfile, threads)
-            lat[backend] = {
-                "frontend": fe_time,
-                "student": timing(lambda ss=ss: ss.run(None, {"logmel": mel.numpy()}), runs, warmup),
-                "model": timing(lambda ms=ms: ms.run(None, {"waveform": wave}), runs, warmup),
-            }
+        lat.update(_ort_latency(d, backends, wave, mel.numpy(), timer, say))
         res["file_bytes"] = _sizes(d)
-
-        say(f"{student.name}: peak activation memory")
-        student_peak = peak_activation_bytes(d / STUDENT_FILE, {"logmel": mel.numpy()})
-        model_peak = peak_activation_bytes(d / MODEL_FILE, {"waveform": wave})
-        model_peak_int8 = peak_activation_bytes(
-            d / MODEL_FILE,
-            {"waveform": wave},
-            lambda node, arr: (
-                arr.itemsize if node.startswith(FRONTEND_SCOPE) or node == "" else arr.itemsize / 4
-            ),
-        )
-        frontend_peak = peak_activation_bytes(d / "frontend.onnx", {"waveform": wave})
-    res["peak_activation_bytes"] = {
-        "method": "liveness over the exported ONNX graph (tensor sizes from one run; weights excluded)",
-        "student_fp32": student_peak["bytes"],
-        "student_int8": student_peak["bytes"] // 4,
-        "frontend_fp32": frontend_peak["bytes"],
-        "model_fp32": model_peak["bytes"],
-        "model_int8": int(model_peak_int8["bytes"]),
-        "model_fp32_peak_at": model_peak["at_node"],
-        "student_fp32_peak_at": student_peak["at_node"],
-    }
+        say("peak activation memory")
+        res["peak_activation_bytes"] = _peak_memory(d, wave, mel.numpy())
     res["latency"] = lat
     res["time_split"] = {backend: _split(v) for backend, v in lat.items()}
     return res

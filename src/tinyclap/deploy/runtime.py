@@ -23,19 +23,22 @@ from typing import Any
 
 import numpy as np
 
+from tinyclap._util import l2_normalize
 from tinyclap.audio import AudioError, audio_info, eval_windows, fit_clip, load_audio, stream_windows
 from tinyclap.zeroshot import ZeroShotClassifier
 
-MANIFEST_FILE = "manifest.json"
+# the export folder's layout, written by `tinyclap.deploy.export` and read here (one definition, torch-free)
 EXPORT_FORMAT = "tinyclap-export/1"
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"  # waveform -> embedding
+STUDENT_FILE = "student.onnx"  # log-mel -> embedding
+MODEL_INT8_FILE = "model.int8.onnx"
+STUDENT_INT8_FILE = "student.int8.onnx"
+CLASSES_FILE = "classes.npz"
 
 
 class ExportError(ValueError):
     """An export folder that cannot be used: missing files, a bad manifest, or a file that was modified."""
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def read_manifest(export_dir: str | os.PathLike) -> dict[str, Any]:
@@ -143,7 +146,7 @@ def iter_timeline(
             embs = []
             for _, w in pending:
                 sub = eval_windows(w, clip_samples)  # (K, clip_samples)
-                embs.append(_normalise(_normalise(embed(sub)).mean(0)))
+                embs.append(l2_normalize(l2_normalize(embed(sub)).mean(0)))
             emb = np.stack(embs)
         probs = classifier.predict_proba(np.asarray(emb, dtype=np.float32))  # (b, C)
         for (start, _), p in zip(pending, probs):
@@ -181,13 +184,13 @@ class Runtime:
         self.clip_samples = int(self.manifest["clip_samples"])
         self.embed_dim = int(self.manifest["embed_dim"])
         self.batch_size = int(batch_size)
-        self.model_file = "model.int8.onnx" if int8 else "model.onnx"
+        self.model_file = MODEL_INT8_FILE if int8 else MODEL_FILE
         model_bytes = read_verified(export_dir, self.model_file, self.manifest)
-        classes_name = self.manifest.get("classes", {}).get("file", "classes.npz")
+        classes_name = self.manifest.get("classes", {}).get("file", CLASSES_FILE)
         classes_bytes = read_verified(export_dir, classes_name, self.manifest)
         # the classes come from the verified bytes: no second read of a file that could change meanwhile
         try:
-            self.classifier = _classifier_from_bytes(classes_bytes, self.export_dir / classes_name)
+            self.classifier = ZeroShotClassifier.load(classes_bytes, name=self.export_dir / classes_name)
         except ValueError as e:
             raise ExportError(str(e)) from e
         if self.classifier.embed_dim != self.embed_dim:
@@ -233,7 +236,7 @@ class Runtime:
             windows = fit_clip(wave, self.clip_samples, policy="eval")[None]
         else:
             raise ValueError(f"mode must be 'windows' or 'centre', got {mode!r}")
-        return _normalise(self.embed(windows).mean(0))
+        return l2_normalize(self.embed(windows).mean(0))
 
     def classify(
         self, path: str | os.PathLike, top: int | None = 5, mode: str = "windows"
@@ -255,21 +258,6 @@ class Runtime:
             clip_samples=self.clip_samples,
             batch_size=self.batch_size,
         )
-
-
-def _classifier_from_bytes(data: bytes, path: Path) -> ZeroShotClassifier:
-    """ZeroShotClassifier.load on in-memory bytes (the same .npz layout, allow_pickle=False)."""
-    import io
-
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            weights = np.asarray(z["weights"], dtype=np.float32)
-    except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"{path}: not a tinyclap class-matrix file ({e})") from e
-    return ZeroShotClassifier(
-        list(meta["labels"]), weights, float(meta["logit_scale"]), list(meta["templates"])
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -27,11 +27,10 @@ Two products per size k:
 
 from __future__ import annotations
 
-import csv
-import io
+import dataclasses
 import json
-import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,23 +42,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyclap.evaluation.evaluate import (
-    DatasetSpec,
-    Embedded,
+from tinyclap._util import atomic_write_text, l2_normalize, resolve_device
+from tinyclap.data.spec import DatasetSpec, load_eval_dataset, parse_dataset_spec
+from tinyclap.evaluation.embedding import Embedded, embed_dataset
+from tinyclap.evaluation.metrics import evaluate, write_json
+from tinyclap.evaluation.prune_report import PruneRow, format_pct, save_prune_plot, write_prune_tables
+from tinyclap.evaluation.run import (
     build_classifier,
-    default_cache_dir,
-    describe_model,
-    embed_dataset,
-    evaluate,
-    load_eval_dataset,
-    load_model_for_eval,
-    model_fingerprint,
-    parse_dataset_spec,
+    embed_cache_dir,
     protocol_block,
     read_templates,
-    recorded_teacher,
     resolve_text_model,
 )
+from tinyclap.models import StudentEmbedder, save_student
+from tinyclap.models.fingerprint import describe_model, load_model_for_eval, model_fingerprint, recorded_teacher
+from tinyclap.models.students import count_macs, count_params
+from tinyclap.zeroshot import ZeroShotClassifier
 
 __all__ = [
     "CRITERIA",
@@ -85,10 +83,6 @@ def _np(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def dim_scores(audio_emb: Any, text_emb: Any = None, criterion: str = "contribution") -> np.ndarray:
     """(D,) importance of each latent entry on a calibration set; higher = keep.
 
@@ -100,7 +94,7 @@ def dim_scores(audio_emb: Any, text_emb: Any = None, criterion: str = "contribut
     a = _np(audio_emb)
     if a.ndim != 2 or a.shape[0] == 0:
         raise ValueError(f"need a non-empty (n, D) matrix of calibration audio embeddings, got {a.shape}")
-    a = _unit_rows(a)  # (n, D)
+    a = l2_normalize(a)  # (n, D)
     if criterion == "variance":
         return a.var(axis=0)
     if criterion == "energy":
@@ -110,7 +104,7 @@ def dim_scores(audio_emb: Any, text_emb: Any = None, criterion: str = "contribut
     t = _np(text_emb)
     if t.ndim != 2 or t.shape[1] != a.shape[1]:
         raise ValueError(f"text embeddings {t.shape} do not match audio embeddings {a.shape}")
-    t = _unit_rows(t)  # (C, D)
+    t = l2_normalize(t)  # (C, D)
     # mean_{i,c} |a_ik t_ck| = mean_i |a_ik| * mean_c |t_ck|: no (n, C, D) tensor needed
     return np.abs(a).mean(axis=0) * np.abs(t).mean(axis=0)
 
@@ -129,7 +123,7 @@ def mask_embeddings(emb: Any, dims: Sequence[int] | np.ndarray) -> Any:
     idx = np.asarray(dims, dtype=np.int64)
     if isinstance(emb, torch.Tensor):
         return F.normalize(emb[:, torch.from_numpy(idx).to(emb.device)], dim=-1)
-    return _unit_rows(np.asarray(emb, dtype=np.float64)[:, idx]).astype(np.float32)
+    return l2_normalize(np.asarray(emb, dtype=np.float64)[:, idx]).astype(np.float32)
 
 
 class MaskedEmbedder(nn.Module):
@@ -214,10 +208,9 @@ def finetune_small_student(
     ends with the weights of the best validation epoch. With `teacher`, warns when the cache's targets came
     from other weights. Returns train_stage's `StageResult`.
     """
-    import sys
-
-    from tinyclap.train.cache import CachedDataset, CacheStore, state_sha256
-    from tinyclap.train.distill import train_stage
+    from tinyclap._util import state_sha256
+    from tinyclap.train.cache import CachedDataset, CacheStore
+    from tinyclap.train.loop import train_stage
 
     store = CacheStore(cache_dir)
     idx = np.sort(np.asarray(dims, dtype=np.int64))
@@ -243,25 +236,17 @@ def finetune_small_student(
     )
 
 
+def _write_history(path: Path, history: Any) -> None:
+    """A fine-tuning history (train_stage's result) as JSON; its repr when it does not serialise."""
+    if dataclasses.is_dataclass(history) and not isinstance(history, type):
+        history = dataclasses.asdict(history)
+    try:
+        write_json(path, history, default=float)
+    except (TypeError, ValueError):
+        atomic_write_text(path, json.dumps({"history": repr(history)}) + "\n")
+
+
 # --------------------------------------------------------------------------------------------- sweep
-
-
-@dataclass
-class PruneRow:
-    """One size of the sweep: masked and (optionally) small-student accuracy per evaluation dataset."""
-
-    k: int
-    params: int | None  # of the k-dim student (None when the pruned model is not a student)
-    macs: int | None
-    masked: dict[str, float] = field(default_factory=dict)
-    masked_fold_mean: dict[str, float | None] = field(default_factory=dict)
-    small: dict[str, float] | None = None
-    small_checkpoint: str | None = None
-    finetuned: bool = False
-    full: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def _unique_labels(specs: Sequence[DatasetSpec]) -> list[str]:
@@ -276,92 +261,235 @@ def _unique_labels(specs: Sequence[DatasetSpec]) -> list[str]:
     return labels
 
 
-def _pct(x: float | None) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+@dataclass
+class _EvalSet:
+    """One evaluation dataset of the sweep: its label, clips, full-model embeddings and class matrix."""
+
+    label: str
+    dataset: Any
+    emb: Embedded
+    clf: ZeroShotClassifier
 
 
-def save_prune_plot(
-    rows: Sequence[PruneRow], datasets: Sequence[str], path: str | os.PathLike, title: str
-) -> Path:
-    """Accuracy against parameters (of the k-dim student), one line per dataset and product."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+@dataclass
+class _Sweep:
+    """What every step of `run_prune` shares: the run's options, the model and its text side."""
 
-    fig = Figure(figsize=(7.5, 5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    use_params = all(r.params is not None for r in rows)
-    xs = [(r.params / 1e6 if use_params else r.k) for r in rows]  # type: ignore[operator]
-    for j, ds in enumerate(datasets):
-        colour = f"C{j}"
-        ax.plot(xs, [100 * r.masked[ds] for r in rows], "o--", color=colour, label=f"{ds} masked")
-        if any(r.small is not None for r in rows):
-            pts = [(x, 100 * r.small[ds]) for x, r in zip(xs, rows) if r.small is not None]
-            ax.plot(*zip(*pts), "s-", color=colour, label=f"{ds} small student")
-    for x, r in zip(xs, rows):
-        ax.annotate(
-            str(r.k),
-            (x, 100 * r.masked[datasets[0]]),
-            textcoords="offset points",
-            xytext=(0, 6),
-            ha="center",
-            fontsize=7,
-        )
-    ax.set_xlabel("parameters of the k-dim model (M)" if use_params else "latent entries kept (k)")
-    ax.set_ylabel("zero-shot accuracy (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    model_spec: str
+    out: Path
+    criterion: str
+    long_clip: str
+    cache_dir: Path | None
+    dev: torch.device
+    progress: bool
+    verbose: bool
+    tokenizer: str | None
+    model: Any = None
+    fingerprint: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    text_model: Any = None
+    text_source: str = ""
+    text_path: str | None = None
+    templates: list[str] = field(default_factory=list)
+    evals: list[_EvalSet] = field(default_factory=list)
+
+    @property
+    def full(self) -> int:
+        return int(self.model.embed_dim)
+
+    def embed(self, model: Any, dataset: Any, model_id: str | None, progress: bool | None = None) -> Embedded:
+        """`embed_dataset` with the sweep's long-clip mode, cache and device."""
+        show = self.progress and len(dataset) > 20 if progress is None else progress
+        return embed_dataset(model, dataset, self.long_clip, self.cache_dir, progress=show, model_id=model_id,
+                             device=self.dev)  # fmt: skip
 
 
-def _write_tables(out: Path, rows: Sequence[PruneRow], labels: Sequence[str]) -> dict[str, Path]:
-    from tinyclap._util import atomic_write_text
+def _sizes(dims: Sequence[int], full: int, model_spec: str) -> list[int]:
+    """The latent sizes of the sweep, largest first, starting with the unpruned `full` (the reference row)."""
+    ks = sorted({int(k) for k in dims}, reverse=True)
+    bad = [k for k in ks if not 1 <= k <= full]
+    if bad:
+        raise ValueError(f"dims {bad} are outside 1..{full} ({model_spec} has a {full}-d latent space)")
+    return ks if full in ks else [full, *ks]
 
-    any_small = any(r.small is not None for r in rows)
-    head = ["k", "params", "macs"] + [f"masked_acc_{d}" for d in labels]
-    if any_small:
-        head += [f"small_acc_{d}" for d in labels] + ["finetuned"]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(head)
-    md = [
-        "| "
-        + " | ".join(
-            ["k", "params", "MACs"]
-            + [f"{d} masked %" for d in labels]
-            + ([f"{d} small %" for d in labels] if any_small else [])
-        )
-        + " |"
-    ]
-    md.append("|" + "---|" * (3 + len(labels) * (2 if any_small else 1)))
-    for r in rows:
-        vals = [r.k, "" if r.params is None else r.params, "" if r.macs is None else r.macs]
-        vals += [f"{r.masked[d]:.6f}" for d in labels]
-        cells = [
-            str(r.k) + (" (full)" if r.full else ""),
-            "" if r.params is None else f"{r.params:,}",
-            "" if r.macs is None else f"{r.macs / 1e6:.1f} M",
-        ]
-        cells += [_pct(r.masked[d]) for d in labels]
-        if any_small:
-            vals += [("" if r.small is None else f"{r.small[d]:.6f}") for d in labels] + [int(r.finetuned)]
-            cells += [("" if r.small is None else _pct(r.small[d])) for d in labels]
-        w.writerow(vals)
-        md.append("| " + " | ".join(cells) + " |")
-    md.append("")
-    md.append(
-        "params / MACs: the physically pruned k-dim model (its projection cut to k outputs; for a teacher, "
-        "its audio side). The masked model runs the full model and keeps k entries of its output."
+
+def _load_models(sw: _Sweep, seed: int, teacher: str | None, templates: Sequence[str] | None) -> None:
+    """The pruned model (on the device) and the text model that encodes the class prompts."""
+    sw.model, sw.fingerprint = load_model_for_eval(sw.model_spec, sw.tokenizer, seed)
+    if isinstance(sw.model, nn.Module):
+        sw.model.to(sw.dev)
+    sw.info = describe_model(sw.model, sw.model_spec, sw.fingerprint)
+    sw.text_model, sw.text_source, sw.text_path = resolve_text_model(
+        sw.model, sw.model_spec, teacher=teacher, tokenizer=sw.tokenizer
     )
-    files = {"csv": out / "prune.csv", "md": out / "prune.md"}
-    atomic_write_text(files["csv"], buf.getvalue())
-    atomic_write_text(files["md"], "\n".join(md) + "\n")
-    return files
+    if int(sw.text_model.embed_dim) != sw.full:
+        raise ValueError(f"{sw.text_source} has a {sw.text_model.embed_dim}-d space but {sw.model_spec} has {sw.full}")
+    if isinstance(sw.text_model, nn.Module) and sw.text_model is not sw.model:
+        sw.text_model.to(sw.dev)
+    sw.templates = read_templates(templates)
+
+
+def _calibrate(sw: _Sweep, calibration: str | DatasetSpec, audio: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """(scores (D,) of the latent entries on the calibration set, the report's calibration block)."""
+    spec = parse_dataset_spec(calibration) if isinstance(calibration, str) else calibration
+    ds = load_eval_dataset(spec.name, spec.root, folds=spec.folds, subset=spec.subset, limit=spec.limit)
+    teacher_audio = hasattr(sw.text_model, "embed_waveform")
+    use_teacher = audio == "teacher" or (audio == "auto" and teacher_audio)
+    if use_teacher and not teacher_audio:
+        raise ValueError(f"{sw.text_source} has no audio tower for the calibration embeddings")
+    cal_model = sw.text_model if use_teacher else sw.model
+    cal_id = model_fingerprint(sw.text_path) if (use_teacher and sw.text_path is not None) else None
+    if cal_model is sw.model:
+        cal_id = sw.fingerprint
+    cal = sw.embed(cal_model, ds, cal_id)
+    if not cal.kept:
+        raise ValueError(f"{ds.root}: none of the calibration clips could be read")
+    cal_text = build_classifier(ds.classes, text_model=sw.text_model, templates=sw.templates)
+    block = {
+        "dataset": ds.name,
+        "root": os.fspath(ds.root),
+        "n_clips": len(cal.kept),
+        "n_skipped": len(cal.failed),
+        "audio_source": "teacher" if cal_model is not sw.model else "pruned model",
+        "note": "contribution = mean over (clip, class) of |a_k t_k| (normalised a, t); variance/energy "
+        "over the calibration clips' audio embeddings a",
+    }
+    return dim_scores(cal.embeddings, cal_text.weights, sw.criterion), block
+
+
+def _embed_evals(sw: _Sweep, evals: Sequence[str | DatasetSpec]) -> None:
+    """Full-model embeddings of each evaluation set, computed once (or read from the cache)."""
+    specs = [parse_dataset_spec(s) if isinstance(s, str) else s for s in evals]
+    if not specs:
+        raise ValueError("give at least one evaluation dataset")
+    for label, s in zip(_unique_labels(specs), specs):
+        ds = load_eval_dataset(s.name, s.root, folds=s.folds, subset=s.subset, limit=s.limit)
+        emb = sw.embed(sw.model, ds, sw.fingerprint)
+        if not emb.kept:
+            raise ValueError(f"{ds.root}: none of the clips could be read")
+        clf = build_classifier(ds.classes, text_model=sw.text_model, templates=sw.templates)
+        sw.evals.append(_EvalSet(label, ds, emb, clf))
+
+
+def _score(sw: _Sweep, embs: Sequence[Any], dims_k: np.ndarray | None) -> tuple[dict, dict]:
+    """(accuracy, fold mean) per evaluation set of embeddings `embs`, class matrices sliced to `dims_k`."""
+    acc, fold_mean = {}, {}
+    for es, x in zip(sw.evals, embs):
+        items = [es.dataset.items[i] for i in es.emb.kept]
+        clf = es.clf if dims_k is None else es.clf.select(dims_k)
+        r = evaluate(x, [it.label for it in items], clf, [it.fold for it in items], list(es.dataset.classes))
+        acc[es.label], fold_mean[es.label] = r.accuracy, r.fold_mean
+    return acc, fold_mean
+
+
+@dataclass(frozen=True)
+class _Finetune:
+    """How the small students are fine-tuned (epochs 0: not at all) and whether unfine-tuned ones are scored."""
+
+    epochs: int
+    cache: str | os.PathLike | None
+    lr: float
+    kw: dict[str, Any]
+    eval_small: bool
+
+
+def _masked_row(sw: _Sweep, k: int, dims_k: np.ndarray, scores: np.ndarray, kdir: Path) -> PruneRow:
+    """Accuracy of the masked model at size k (cached embeddings sliced); writes dims.json and class matrices."""
+    masked_acc, masked_fm = _score(sw, [mask_embeddings(es.emb.embeddings, dims_k) for es in sw.evals], dims_k)
+    for es in sw.evals:
+        es.clf.select(dims_k).save(kdir / f"classes-{es.label}.npz")
+    dims_doc = {"k": k, "criterion": sw.criterion, "dims": dims_k.tolist(), "scores": scores[dims_k].tolist()}
+    atomic_write_text(kdir / "dims.json", json.dumps(dims_doc) + "\n")
+    return PruneRow(k=k, params=None, macs=None, masked=masked_acc, masked_fold_mean=masked_fm, full=k == sw.full)
+
+
+def _small_extras(sw: _Sweep, dims_k: np.ndarray) -> dict[str, Any]:
+    """The config a small student records: where it came from and its teacher (for its own evaluation)."""
+    extras: dict[str, Any] = {
+        "pruned_from": sw.model_spec, "criterion": sw.criterion, "dims": dims_k.tolist(), "finetuned": False,
+    }  # fmt: skip
+    if sw.text_path is not None:
+        tok = sw.tokenizer or (recorded_teacher(sw.model_spec) or (None, None))[1]
+        extras["teacher"] = {
+            "path": os.path.abspath(sw.text_path),
+            **({"tokenizer": os.path.abspath(tok)} if tok else {}),
+        }
+    return extras
+
+
+def _small_student(sw: _Sweep, row: PruneRow, dims_k: np.ndarray, kdir: Path, ft: _Finetune) -> None:
+    """The physically smaller k-dim student: shrunk, optionally fine-tuned, saved and (optionally) scored."""
+    k = row.k
+    small = shrink_student(sw.model.student, dims_k).eval()
+    row.params, row.macs = count_params(small), count_macs(small)
+    extras = _small_extras(sw, dims_k)
+    if ft.epochs > 0 and k < sw.full:
+        if sw.verbose:
+            print(f"k={k}: fine-tuning the projection for {ft.epochs} epoch(s) on {ft.cache}")
+        assert ft.cache is not None  # checked by run_prune
+        kw = {"device": sw.dev, "progress": sw.progress, **ft.kw}
+        history = finetune_small_student(small, dims_k, ft.cache, epochs=ft.epochs, lr=ft.lr, teacher=sw.text_model,
+                                         **kw)  # fmt: skip
+        small.eval()
+        extras["finetuned"] = row.finetuned = True
+        _write_history(kdir / "finetune.json", history)
+    ckpt = save_student(small, kdir / "student", **extras)
+    row.small_checkpoint = os.fspath(ckpt)
+    if not (row.finetuned or ft.eval_small or k == sw.full):
+        return
+    if k == sw.full:  # the same model as the full one
+        embs = [es.emb.embeddings for es in sw.evals]
+    else:
+        embedder = StudentEmbedder(small).to(sw.dev)
+        embs = [sw.embed(embedder, es.dataset, model_fingerprint(ckpt), progress=False).embeddings for es in sw.evals]
+    row.small, _ = _score(sw, embs, dims_k)
+
+
+def _audio_side_size(sw: _Sweep, row: PruneRow) -> None:
+    """For a teacher: parameters and MACs of its audio side with the projection cut to k outputs."""
+    full, k = sw.full, row.k
+    proj = getattr(getattr(sw.model, "audio_encoder", None), "projection", None)
+    if sw.info["audio_params"] is None or proj is None:
+        return
+    d_in = proj.linear1.in_features
+    row.params = sw.info["audio_params"] - removed_params(full, k, d_in)
+    if sw.info["macs"] is not None:  # count_macs counts linear layers as out * in per clip
+        row.macs = sw.info["macs"] - (d_in * (full - k) + full * full - k * k)
+
+
+def _print_row(sw: _Sweep, row: PruneRow) -> None:
+    labels = [es.label for es in sw.evals]
+    acc = ", ".join(f"{lb} {format_pct(row.masked[lb])}" for lb in labels)
+    small = ("; small " + ", ".join(f"{lb} {format_pct(row.small[lb])}" for lb in labels)) if row.small else ""
+    size = f" ({row.params:,} params)" if row.params is not None else ""
+    print(f"k={row.k}{size}: masked {acc}{small}")
+
+
+def _sweep_rows(sw: _Sweep, ks: Sequence[int], scores: np.ndarray, ft: _Finetune) -> list[PruneRow]:
+    """One row per size k: the masked model, and for a student the physically smaller one."""
+    rows: list[PruneRow] = []
+    for k in ks:  # few sizes, each reported by a line when verbose (fine-tuning shows its own progress)
+        dims_k = select_dims(scores, k)
+        kdir = sw.out / f"k{k}"
+        kdir.mkdir(exist_ok=True)
+        row = _masked_row(sw, k, dims_k, scores, kdir)
+        if sw.info["kind"] == "student":
+            _small_student(sw, row, dims_k, kdir, ft)
+        else:
+            _audio_side_size(sw, row)
+        rows.append(row)
+        if sw.verbose:
+            _print_row(sw, row)
+    return rows
+
+
+def _check_prune_args(criterion: str, calibration_audio: str, finetune_epochs: int, cache: Any) -> None:
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    if calibration_audio not in ("auto", "teacher", "student"):
+        raise ValueError(f"calibration audio must be auto, teacher or student, got {calibration_audio!r}")
+    if finetune_epochs > 0 and cache is None:
+        raise ValueError("fine-tuning the small students needs --cache DIR (teacher targets of the training clips)")
 
 
 def run_prune(
@@ -393,247 +521,56 @@ def run_prune(
 
     Writes prune.json / prune.csv / prune.md / prune.png, `k<k>/dims.json`, sliced class matrices and, for
     a student, `k<k>/student.safetensors` (fine-tuned when `finetune_epochs` > 0, which needs `cache`).
+    The output folder is created only once the models and datasets have loaded.
     """
-    import tinyclap
-    from tinyclap._util import atomic_write_text
-    from tinyclap.evaluation.evaluate import _finite, _pick_device
-    from tinyclap.models import StudentEmbedder, save_student
-    from tinyclap.models.students import count_macs, count_params
-
     t0 = time.time()
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
-    if calibration_audio not in ("auto", "teacher", "student"):
-        raise ValueError(f"calibration audio must be auto, teacher or student, got {calibration_audio!r}")
-    if finetune_epochs > 0 and cache is None:
-        raise ValueError(
-            "fine-tuning the small students needs --cache DIR (teacher targets of the training clips)"
-        )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = _pick_device(device)
-    cache_dir = None if no_cache else Path(embed_cache) if embed_cache is not None else default_cache_dir()
+    _check_prune_args(criterion, calibration_audio, finetune_epochs, cache)
+    sw = _Sweep(model_spec, Path(out_dir), criterion, long_clip, embed_cache_dir(embed_cache, no_cache),
+                resolve_device(device), progress, verbose, tokenizer)  # fmt: skip
+    _load_models(sw, seed, teacher, templates)
+    ks = _sizes(dims, sw.full, model_spec)
+    scores, cal_block = _calibrate(sw, calibration, calibration_audio)
+    _embed_evals(sw, evals)
 
-    model, fingerprint = load_model_for_eval(model_spec, tokenizer, seed)
-    if isinstance(model, nn.Module):
-        model.to(dev)
-    full = int(model.embed_dim)
-    ks = sorted({int(k) for k in dims}, reverse=True)
-    bad = [k for k in ks if not 1 <= k <= full]
-    if bad:
-        raise ValueError(f"dims {bad} are outside 1..{full} ({model_spec} has a {full}-d latent space)")
-    if full not in ks:
-        ks.insert(0, full)  # the unpruned model is the reference row
-    info = describe_model(model, model_spec, fingerprint)
-    is_student = info["kind"] == "student"
-
-    text_model, text_source, text_path = resolve_text_model(
-        model, model_spec, teacher=teacher, tokenizer=tokenizer
-    )
-    if int(text_model.embed_dim) != full:
-        raise ValueError(f"{text_source} has a {text_model.embed_dim}-d space but {model_spec} has {full}")
-    if isinstance(text_model, nn.Module) and text_model is not model:
-        text_model.to(dev)
-    tpls = read_templates(templates)
-
-    # ---- criterion on the calibration set
-    cal_spec = parse_dataset_spec(calibration) if isinstance(calibration, str) else calibration
-    cal_ds = load_eval_dataset(
-        cal_spec.name, cal_spec.root, folds=cal_spec.folds, subset=cal_spec.subset, limit=cal_spec.limit
-    )
-    teacher_audio = hasattr(text_model, "embed_waveform")
-    use_teacher = calibration_audio == "teacher" or (calibration_audio == "auto" and teacher_audio)
-    if use_teacher and not teacher_audio:
-        raise ValueError(f"{text_source} has no audio tower for the calibration embeddings")
-    cal_model = text_model if use_teacher else model
-    cal_id = model_fingerprint(text_path) if (use_teacher and text_path is not None) else None
-    if cal_model is model:
-        cal_id = fingerprint
-    cal = embed_dataset(
-        cal_model,
-        cal_ds,
-        long_clip,
-        cache_dir,
-        progress=progress and len(cal_ds) > 20,
-        model_id=cal_id,
-        device=dev,
-    )
-    if not cal.kept:
-        raise ValueError(f"{cal_ds.root}: none of the calibration clips could be read")
-    cal_text = build_classifier(cal_ds.classes, text_model=text_model, templates=tpls)
-    scores = dim_scores(cal.embeddings, cal_text.weights, criterion)
-    np.save(out / "scores.npy", scores.astype(np.float32))
-
-    # ---- full embeddings of each evaluation set, computed once (or read from the cache)
-    specs = [parse_dataset_spec(s) if isinstance(s, str) else s for s in evals]
-    if not specs:
-        raise ValueError("give at least one evaluation dataset")
-    labels = _unique_labels(specs)
-    ev: list[tuple[Any, Embedded, Any]] = []
-    for s in specs:
-        ds = load_eval_dataset(s.name, s.root, folds=s.folds, subset=s.subset, limit=s.limit)
-        emb = embed_dataset(
-            model,
-            ds,
-            long_clip,
-            cache_dir,
-            progress=progress and len(ds) > 20,
-            model_id=fingerprint,
-            device=dev,
-        )
-        if not emb.kept:
-            raise ValueError(f"{ds.root}: none of the clips could be read")
-        ev.append((ds, emb, build_classifier(ds.classes, text_model=text_model, templates=tpls)))
-
-    def score_all(embs: Sequence[Any], dims_k: np.ndarray | None) -> tuple[dict, dict]:
-        acc, fold_mean = {}, {}
-        for lb, (ds, e, clf), x in zip(labels, ev, embs):
-            items = [ds.items[i] for i in e.kept]
-            c = clf if dims_k is None else clf.select(dims_k)
-            r = evaluate(x, [it.label for it in items], c, [it.fold for it in items], list(ds.classes))
-            acc[lb], fold_mean[lb] = r.accuracy, r.fold_mean
-        return acc, fold_mean
-
-    rows: list[PruneRow] = []
-    for k in ks:
-        dims_k = select_dims(scores, k)
-        kdir = out / f"k{k}"
-        kdir.mkdir(exist_ok=True)
-        masked_acc, masked_fm = score_all([mask_embeddings(e.embeddings, dims_k) for _, e, _ in ev], dims_k)
-        for lb, (_, _, clf) in zip(labels, ev):
-            clf.select(dims_k).save(kdir / f"classes-{lb}.npz")
-        kept_scores = scores[dims_k]
-        atomic_write_text(
-            kdir / "dims.json",
-            json.dumps(
-                {"k": k, "criterion": criterion, "dims": dims_k.tolist(), "scores": kept_scores.tolist()}
-            )
-            + "\n",
-        )
-        row = PruneRow(
-            k=k, params=None, macs=None, masked=masked_acc, masked_fold_mean=masked_fm, full=k == full
-        )
-        if is_student:
-            small = shrink_student(model.student, dims_k).eval()
-            row.params, row.macs = count_params(small), count_macs(small)
-            extras = {
-                "pruned_from": model_spec,
-                "criterion": criterion,
-                "dims": dims_k.tolist(),
-                "finetuned": False,
-            }
-            if text_path is not None:
-                tok = tokenizer or (recorded_teacher(model_spec) or (None, None))[1]
-                extras["teacher"] = {
-                    "path": os.path.abspath(text_path),
-                    **({"tokenizer": os.path.abspath(tok)} if tok else {}),
-                }
-            if finetune_epochs > 0 and k < full:
-                if verbose:
-                    print(f"k={k}: fine-tuning the projection for {finetune_epochs} epoch(s) on {cache}")
-                history = finetune_small_student(
-                    small,
-                    dims_k,
-                    cache,
-                    epochs=finetune_epochs,
-                    lr=lr,
-                    teacher=text_model,
-                    **{"device": dev, "progress": progress, **(finetune_kw or {})},
-                )
-                small.eval()
-                extras["finetuned"] = True
-                row.finetuned = True
-                _write_history(kdir / "finetune.json", history)
-            ckpt = save_student(small, kdir / "student", **extras)
-            row.small_checkpoint = os.fspath(ckpt)
-            if row.finetuned or eval_small or k == full:
-                emb_small = (
-                    [
-                        embed_dataset(
-                            StudentEmbedder(small).to(dev),
-                            ds,
-                            long_clip,
-                            cache_dir,
-                            progress=False,
-                            model_id=model_fingerprint(ckpt),
-                            device=dev,
-                        ).embeddings
-                        for ds, _, _ in ev
-                    ]
-                    if k < full
-                    else [e.embeddings for _, e, _ in ev]
-                )  # k == full: the same model
-                row.small, _ = score_all(emb_small, dims_k)
-        else:
-            proj = getattr(getattr(model, "audio_encoder", None), "projection", None)
-            if info["audio_params"] is not None and proj is not None:
-                d_in = proj.linear1.in_features
-                row.params = info["audio_params"] - removed_params(full, k, d_in)
-                if info["macs"] is not None:  # count_macs counts linear layers as out * in per clip
-                    row.macs = info["macs"] - (d_in * (full - k) + full * full - k * k)
-        rows.append(row)
-        if verbose:
-            acc = ", ".join(f"{lb} {_pct(row.masked[lb])}" for lb in labels)
-            small_txt = (
-                ("; small " + ", ".join(f"{lb} {_pct(row.small[lb])}" for lb in labels)) if row.small else ""
-            )
-            size = f" ({row.params:,} params)" if row.params is not None else ""
-            print(f"k={k}{size}: masked {acc}{small_txt}")
-
-    files = _write_tables(out, rows, labels)
-    png = save_prune_plot(rows, labels, out / "prune.png", f"{info['name']}: pruning by {criterion}")
-    result = {
-        "tinyclap_version": tinyclap.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": info,
-        "text": {"source": text_source, "templates": tpls},
-        "criterion": criterion,
-        "calibration": {
-            "dataset": cal_ds.name,
-            "root": os.fspath(cal_ds.root),
-            "n_clips": len(cal.kept),
-            "n_skipped": len(cal.failed),
-            "audio_source": "teacher" if cal_model is not model else "pruned model",
-            "note": "contribution = mean over (clip, class) of |a_k t_k| (normalised a, t); variance/energy "
-            "over the calibration clips' audio embeddings a",
-        },
-        "datasets": [
-            {
-                "label": lb,
-                "name": ds.name,
-                "root": os.fspath(ds.root),
-                "n_clips": len(e.kept),
-                "n_skipped": len(e.failed),
-                "n_missing": len(ds.missing),
-            }
-            for lb, (ds, e, _) in zip(labels, ev)
-        ],
-        "protocol": protocol_block(ev[0][0], tpls, long_clip, 5.0, int(model.sample_rate)),
-        "finetune": {
-            "epochs": finetune_epochs,
-            "cache": None if cache is None else os.fspath(cache),
-            "lr": lr,
-        },
-        "rows": [r.to_dict() for r in rows],
-        "files": {"csv": os.fspath(files["csv"]), "md": os.fspath(files["md"]), "png": os.fspath(png)},
-        "elapsed_s": round(time.time() - t0, 3),
-    }
-    atomic_write_text(out / "prune.json", json.dumps(_finite(result), indent=2) + "\n")
+    sw.out.mkdir(parents=True, exist_ok=True)
+    np.save(sw.out / "scores.npy", scores.astype(np.float32))
+    ft = _Finetune(finetune_epochs, cache, lr, dict(finetune_kw or {}), eval_small)
+    rows = _sweep_rows(sw, ks, scores, ft)
+    labels = [es.label for es in sw.evals]
+    files = write_prune_tables(sw.out, rows, labels)
+    png = save_prune_plot(rows, labels, sw.out / "prune.png", f"{sw.info['name']}: pruning by {criterion}")
+    result = _prune_report(sw, rows, cal_block, ft, t0)
+    result["files"] = {"csv": os.fspath(files["csv"]), "md": os.fspath(files["md"]), "png": os.fspath(png)}
+    result["elapsed_s"] = round(time.time() - t0, 3)
+    write_json(sw.out / "prune.json", result)
     if verbose:
         print(f"table: {files['md']}  plot: {png}")
     return result
 
 
-def _write_history(path: Path, history: Any) -> None:
-    import dataclasses
+def _prune_report(sw: _Sweep, rows: Sequence[PruneRow], cal_block: dict, ft: _Finetune, t0: float) -> dict[str, Any]:
+    """prune.json without its `files` and `elapsed_s` (added by run_prune once they exist)."""
+    import tinyclap
 
-    from tinyclap._util import atomic_write_text
-    from tinyclap.evaluation.evaluate import _finite
-
-    if dataclasses.is_dataclass(history) and not isinstance(history, type):
-        history = dataclasses.asdict(history)
-    try:
-        text = json.dumps(_finite(history), indent=2, default=float)
-    except (TypeError, ValueError):
-        text = json.dumps({"history": repr(history)})
-    atomic_write_text(path, text + "\n")
+    return {
+        "tinyclap_version": tinyclap.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": sw.info,
+        "text": {"source": sw.text_source, "templates": sw.templates},
+        "criterion": sw.criterion,
+        "calibration": cal_block,
+        "datasets": [
+            {
+                "label": es.label,
+                "name": es.dataset.name,
+                "root": os.fspath(es.dataset.root),
+                "n_clips": len(es.emb.kept),
+                "n_skipped": len(es.emb.failed),
+                "n_missing": len(es.dataset.missing),
+            }
+            for es in sw.evals
+        ],
+        "protocol": protocol_block(sw.evals[0].dataset, sw.templates, sw.long_clip, 5.0, int(sw.model.sample_rate)),
+        "finetune": {"epochs": ft.epochs, "cache": None if ft.cache is None else os.fspath(ft.cache), "lr": ft.lr},
+        "rows": [r.to_dict() for r in rows],
+    }

@@ -1,27 +1,19 @@
 """Models: PhiNet students (`students`, `phinet`), the CLAP teacher (`teacher`, `cnn14`), the proxy
-teacher's towers (`proxy`), shared layers, checkpoints and `load_model`, the one door to every kind.
+teacher's towers (`proxy`), shared layers, checkpoints, the student's waveform embedder (`embedder`), an
+export folder as a model (`exported`) and `load_model` (`factory`), the one door to every kind.
 """
 
 from tinyclap._util import lazy_exports
 
-_EXPORTS = {
-    "create_student": ".students",
-    "list_students": ".students",
-    "parse_student_name": ".students",
-    "count_params": ".students",
-    "count_macs": ".students",
-    "load_model": ".factory",
-    "load_student": ".factory",
-    "save_student": ".factory",
-    "StudentEmbedder": ".factory",
-    "checkpoint_stem": ".factory",
-    "load_teacher": ".teacher",
-    "save_teacher": ".teacher",
-    "CLAPTeacher": ".teacher",
-    "TeacherConfig": ".teacher",
-    "load_proxy_teacher": ".proxy",
-    "ProxyTeacher": ".proxy",
-    "CheckpointError": ".checkpoint",
+_EXPORTS = {  # module -> the names it provides
+    ".students": "create_student list_students parse_student_name count_params count_macs",
+    ".factory": "load_model load_student save_student checkpoint_stem",
+    ".embedder": "StudentEmbedder AudioEmbedder",
+    ".exported": "ExportedModel",
+    ".teacher": "load_teacher save_teacher CLAPTeacher TeacherConfig Teacher",
+    ".proxy": "load_proxy_teacher ProxyTeacher",
+    ".fingerprint": "describe_model load_model_for_eval model_fingerprint weights_fingerprint",
+    ".checkpoint": "CheckpointError",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(n for names in _EXPORTS.values() for n in names.split())
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

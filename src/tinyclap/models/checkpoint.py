@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -24,12 +24,16 @@ __all__ = [
     "atomic_write_text",
     "safe_torch_load",
     "load_state_dict_checked",
+    "check_state_dict",
+    "build_checked",
     "save_model",
     "resolve_checkpoint",
     "read_model",
+    "read_config",
 ]
 
 FORMAT = "tinyclap/1"
+M = TypeVar("M", bound=nn.Module)
 
 
 class CheckpointError(ValueError):
@@ -50,6 +54,43 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
         ) from e
 
 
+def _kept(
+    state: Mapping[str, torch.Tensor], ignore_prefixes: tuple[str, ...], ignore_suffixes: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    """`state` without the known extras (keys with one of the prefixes or suffixes)."""
+    return {
+        k: v
+        for k, v in state.items()
+        if not (ignore_prefixes and k.startswith(ignore_prefixes))
+        and not (ignore_suffixes and k.endswith(ignore_suffixes))
+    }
+
+
+def _fmt(title: str, items: list[str]) -> str:
+    shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
+    return f"\n  {title} ({len(items)}):\n    " + "\n    ".join(shown) if items else ""
+
+
+def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise `CheckpointError` naming every missing, unexpected or wrongly shaped tensor of `state` for
+    `module` (which may live on the meta device: only names and shapes are compared)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    )
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{source} does not match {type(module).__name__}:"
+            + _fmt("missing keys", missing)
+            + _fmt("unexpected keys", unexpected)
+            + _fmt("wrong shapes", wrong)
+        )
+
+
 def load_state_dict_checked(
     module: nn.Module,
     state: Mapping[str, torch.Tensor],
@@ -64,34 +105,31 @@ def load_state_dict_checked(
     (e.g. saved STFT buffers) and are dropped; anything else missing, unexpected or of the wrong shape
     raises `CheckpointError` listing the offending tensors.
     """
-    ignore_prefixes, ignore_suffixes = tuple(ignore_prefixes), tuple(ignore_suffixes)
-    state = {
-        k: v
-        for k, v in state.items()
-        if not (ignore_prefixes and k.startswith(ignore_prefixes))
-        and not (ignore_suffixes and k.endswith(ignore_suffixes))
-    }
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if tuple(own[k].shape) != tuple(state[k].shape)
-    )
-    if missing or unexpected or wrong:
-
-        def fmt(title: str, items: list[str]) -> str:
-            shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
-            return f"\n  {title} ({len(items)}):\n    " + "\n    ".join(shown) if items else ""
-
-        raise CheckpointError(
-            f"{source} does not match {type(module).__name__}:"
-            + fmt("missing keys", missing)
-            + fmt("unexpected keys", unexpected)
-            + fmt("wrong shapes", wrong)
-        )
+    state = _kept(state, tuple(ignore_prefixes), tuple(ignore_suffixes))
+    check_state_dict(module, state, source)
     module.load_state_dict(state, strict=True)
+
+
+def build_checked(
+    build: Callable[[], M],
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str = "checkpoint",
+    ignore_prefixes: Iterable[str] = (),
+    ignore_suffixes: Iterable[str] = (),
+) -> M:
+    """`build()` a module and load `state` into it strictly, checking the config against the tensors first.
+
+    The model is first built on the meta device (no memory, no initialisation) and its names and shapes are
+    compared with `state`: a config that does not describe these tensors (a typo, an absurd size) is
+    refused, naming every difference, before anything real is allocated.
+    """
+    state = _kept(state, tuple(ignore_prefixes), tuple(ignore_suffixes))
+    with torch.device("meta"):
+        check_state_dict(build(), state, source)
+    module = build()
+    module.load_state_dict(state, strict=True)
+    return module
 
 
 def save_model(module: nn.Module, path: str | os.PathLike, config: Mapping[str, Any]) -> Path:
@@ -132,6 +170,32 @@ def resolve_checkpoint(path: str | os.PathLike, default_stem: str = "student") -
     return path
 
 
+def _config_text(st_path: Path, meta: Mapping[str, str]) -> dict[str, Any]:
+    """The JSON config of a checkpoint: from its header metadata, else from the `.json` beside it."""
+    text = meta.get("tinyclap")
+    if text is None and st_path.with_suffix(".json").is_file():
+        text = st_path.with_suffix(".json").read_text()
+    if text is None:
+        raise CheckpointError(f"{st_path}: no tinyclap config (neither header metadata nor a .json beside it)")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{st_path}: config is not valid JSON ({e})") from e
+
+
+def read_config(path: str | os.PathLike, default_stem: str = "student") -> Any:
+    """The config of one of our checkpoints, from the safetensors header only (no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    st_path = resolve_checkpoint(path, default_stem)
+    try:
+        with safe_open(str(st_path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{st_path}: not a readable safetensors file ({e})") from e
+    return _config_text(st_path, meta)
+
+
 def read_model(
     path: str | os.PathLike, default_stem: str = "student"
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -145,13 +209,4 @@ def read_model(
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{st_path}: not a readable safetensors file ({e})") from e
-    text = meta.get("tinyclap")
-    if text is None and st_path.with_suffix(".json").is_file():
-        text = st_path.with_suffix(".json").read_text()
-    if text is None:
-        raise CheckpointError(f"{st_path}: no tinyclap config (neither header metadata nor a .json beside it)")
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{st_path}: config is not valid JSON ({e})") from e
-    return config, tensors
+    return _config_text(st_path, meta), tensors

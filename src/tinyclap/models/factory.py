@@ -1,54 +1,38 @@
-"""One loader for every audio model tinyclap handles, and a common embedding interface.
+"""One loader for every model tinyclap handles (`load_model`), and saving/loading students.
 
-Every model is used through the same small protocol (`AudioEmbedder`): a `sample_rate`, an `embed_dim` and
-`embed_waveform(wave (B, N)) -> L2-normalised (B, D)`. Teachers (MS CLAP 2022, the proxy) and students (a
-PhiNet or Cnn14 with the CLAP log-mel front end) all satisfy it, so evaluation, pruning and export treat
-them alike.
+`load_model(spec)` returns something with the `AudioEmbedder` interface (`sample_rate`, `embed_dim`,
+`embed_waveform(wave, normalize=True)`) for every kind of spec: a student name (random weights), one of our
+checkpoints (student, teacher or proxy teacher: `.safetensors`/`.json` or a run folder), an official MS CLAP
+`.pth`, or an export folder (its ONNX graph, through `tinyclap.models.exported.ExportedModel`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from tinyclap.models.checkpoint import CheckpointError, read_model, resolve_checkpoint, save_model
+from tinyclap.models.checkpoint import (
+    CheckpointError,
+    build_checked,
+    read_config,
+    read_model,
+    resolve_checkpoint,
+    save_model,
+)
+from tinyclap.models.embedder import AudioEmbedder, StudentEmbedder
 from tinyclap.zeroshot import DEFAULT_TEMPLATE
 
+__all__ = ["AudioEmbedder", "StudentEmbedder", "checkpoint_stem", "load_model", "load_student", "save_student",
+           "student_config"]
 
-@runtime_checkable
-class AudioEmbedder(Protocol):
-    sample_rate: int
-    embed_dim: int
-
-    def embed_waveform(self, wave: torch.Tensor) -> torch.Tensor: ...
-
-
-class StudentEmbedder(nn.Module):
-    """CLAP log-mel front end + a student: waveform (B, N) at 44.1 kHz -> normalised (B, D)."""
-
-    def __init__(self, student: nn.Module, frontend: nn.Module | None = None) -> None:
-        super().__init__()
-        from tinyclap.audio.frontend import LogMel
-
-        self.frontend = frontend if frontend is not None else LogMel()
-        self.student = student
-        self.sample_rate = int(getattr(self.frontend, "sample_rate", 44100))
-        self.embed_dim = int(student.embed_dim)
-        self.name = getattr(student, "name", type(student).__name__)
-
-    def embed_logmel(self, logmel: torch.Tensor) -> torch.Tensor:  # (B, T, 64) -> (B, D)
-        return F.normalize(self.student(logmel), dim=-1)
-
-    def embed_waveform(self, wave: torch.Tensor) -> torch.Tensor:  # (B, N) -> (B, D)
-        return self.embed_logmel(self.frontend(wave))
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.embed_waveform(wave)
+FOREIGN_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")  # torch pickles: read with weights_only=True
+# Bounds on a saved student's architecture: far above the paper's (alpha <= 3, N <= 9, t0 <= 6, 1024-d),
+# far below what would take minutes or gigabytes to build. The tensors are checked before building too.
+STUDENT_LIMITS = {"alpha": 16.0, "beta": 16.0, "t0": 64, "N": 64, "embed_dim": 1 << 16}
 
 
 def student_config(student: nn.Module, **extra: Any) -> dict[str, Any]:
@@ -73,22 +57,17 @@ def save_student(student: nn.Module, path: str | os.PathLike, **extra: Any) -> P
 
 
 def build_student(config: dict[str, Any]) -> nn.Module:
+    """A randomly initialised student from the `student` part of a checkpoint config."""
     from tinyclap.models.students import create_student
 
     cfg = config["student"]
     return create_student(cfg["name"], embed_dim=int(cfg.get("embed_dim", 1024)))
 
 
-def load_student(path: str | os.PathLike) -> nn.Module:
-    """Load a student saved by `save_student` (a run folder, .safetensors or .json), strictly.
+def _student_args(config: Any, source: Path, tensors: dict[str, Any]) -> dict[str, Any]:
+    """`{"student": {"name", "embed_dim"}}` from a checkpoint config, refused if it cannot describe `tensors`."""
+    from tinyclap.models.students import CNN14_NAME, parse_student_name
 
-    The config is checked against the tensors *before* the model is built, so a hostile or broken config
-    (unknown name, absurd `embed_dim`) is refused with the file named instead of allocating anything.
-    """
-    from tinyclap.models.checkpoint import load_state_dict_checked
-
-    config, tensors = read_model(path)
-    source = resolve_checkpoint(path)
     if not isinstance(config, dict) or config.get("kind") != "student":
         kind = config.get("kind") if isinstance(config, dict) else type(config).__name__
         raise CheckpointError(f"{source}: this checkpoint holds a {kind!r}, not a student")
@@ -98,44 +77,74 @@ def load_student(path: str | os.PathLike) -> nn.Module:
         stored = tensors.get("projection.layer_norm.weight")
         if stored is not None and tuple(stored.shape) != (embed_dim,):
             raise ValueError(f"embed_dim {embed_dim} but projection.layer_norm.weight has shape {tuple(stored.shape)}")
-        model = build_student({"student": {"name": name, "embed_dim": embed_dim}})
+        spec = None if name == CNN14_NAME else parse_student_name(name)
+        sizes = {"embed_dim": embed_dim, **({} if spec is None else vars(spec))}
+        absurd = {k: v for k, v in sizes.items() if not v <= STUDENT_LIMITS[k]}
+        if absurd:
+            raise ValueError(f"sizes beyond {STUDENT_LIMITS}: {absurd}")
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise CheckpointError(f"{source}: invalid student config ({type(e).__name__}: {e})") from e
-    load_state_dict_checked(model, tensors, source=str(source))
-    return model.eval()
+    return {"student": {"name": name, "embed_dim": embed_dim}}
+
+
+def load_student(path: str | os.PathLike) -> nn.Module:
+    """Load a student saved by `save_student` (a run folder, .safetensors or .json), strictly, in eval mode.
+
+    The config is checked against the tensors *before* the model is built (bounded sizes, then names and
+    shapes against a meta-device build), so a hostile or broken config (unknown name, absurd `embed_dim`)
+    is refused with the file named instead of allocating anything.
+    """
+    config, tensors = read_model(path)
+    source = resolve_checkpoint(path)
+    args = _student_args(config, source, tensors)
+    return build_checked(lambda: build_student(args), tensors, source=str(source)).eval()
+
+
+def _random_student(name: str) -> StudentEmbedder:
+    """A student name (random weights: seed torch first for repeatable ones) behind the embedder."""
+    from tinyclap.models.students import CNN14_NAME, create_student, parse_student_name
+
+    if name != CNN14_NAME:
+        parse_student_name(name)  # raises a ValueError naming the valid form
+    return StudentEmbedder(create_student(name)).eval()
+
+
+def _load_teacher_kind(path: Path, tokenizer_dir: str | os.PathLike | None) -> Any:
+    from tinyclap.models.teacher import load_teacher
+
+    return load_teacher(path, tokenizer_dir)
+
+
+_BY_KIND: dict[str, Callable[[Path, Any], Any]] = {
+    "student": lambda path, tok: StudentEmbedder(load_student(path)).eval(),
+    "teacher": _load_teacher_kind,
+    "proxy-teacher": _load_teacher_kind,
+}
 
 
 def load_model(spec: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None = None) -> Any:
     """Resolve `spec` to an evaluation-ready model with `embed_waveform` (see `AudioEmbedder`).
 
-    `spec` is a registered or well-formed student name (random weights), an official MS CLAP `.pth`, or one
-    of our checkpoints (student, teacher or proxy teacher: a .safetensors/.json file or a run folder).
+    `spec` is a registered or well-formed student name (random weights), an official MS CLAP `.pth`, one of
+    our checkpoints (student, teacher or proxy teacher: a .safetensors/.json file or a run folder; a folder
+    with a student holds the student), or an export folder (or its `model.onnx`/`model.int8.onnx`).
+    `tokenizer_dir` is for a BERT (MS CLAP) teacher's text side; the proxy teacher brings its own.
     """
+    from tinyclap.models.exported import ExportedModel, is_export
+
     path = Path(spec)
     if not path.exists():
-        from tinyclap.models.students import create_student, parse_student_name
-
-        name = str(spec)
-        if name != "cnn14":
-            parse_student_name(name)  # raises a ValueError naming the valid form
-        return StudentEmbedder(create_student(name)).eval()
-    if path.suffix in (".pth", ".pt", ".ckpt", ".bin"):
-        from tinyclap.models.teacher import load_teacher
-
-        return load_teacher(path, tokenizer_dir)
-    config, _ = read_model(path, default_stem=checkpoint_stem(path))
-    kind = config.get("kind")
-    if kind == "student":
-        return StudentEmbedder(load_student(path)).eval()
-    if kind == "teacher":
-        from tinyclap.models.teacher import load_teacher
-
-        return load_teacher(resolve_checkpoint(path, checkpoint_stem(path)), tokenizer_dir)
-    if kind == "proxy-teacher":
-        from tinyclap.models.proxy import load_proxy_teacher
-
-        return load_proxy_teacher(resolve_checkpoint(path, checkpoint_stem(path)))
-    raise CheckpointError(f"{path}: unknown checkpoint kind {kind!r}")
+        return _random_student(str(spec))
+    if path.suffix in FOREIGN_SUFFIXES:
+        return _load_teacher_kind(path, tokenizer_dir)
+    if is_export(path):
+        return ExportedModel.load(path)
+    stem = checkpoint_stem(path)
+    config = read_config(path, default_stem=stem)
+    kind = config.get("kind") if isinstance(config, dict) else None
+    if kind not in _BY_KIND:
+        raise CheckpointError(f"{path}: unknown checkpoint kind {kind!r} (known: {', '.join(_BY_KIND)})")
+    return _BY_KIND[kind](resolve_checkpoint(path, stem), tokenizer_dir)
 
 
 def checkpoint_stem(path: str | os.PathLike) -> str:

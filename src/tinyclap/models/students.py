@@ -131,9 +131,10 @@ class TinyCLAPStudent(nn.Module):
     """A student audio encoder: forward((B, T, n_mels) log-mel) -> (B, embed_dim) shared-space embedding.
 
     The output is NOT L2-normalised (it is the projection head's LayerNorm output, like CLAP's audio
-    embedding before normalisation): normalise it (`F.normalize(e, dim=-1)`) for cosine similarity and
-    zero-shot classification. `embed_dim` < 1024 gives a physically smaller projection (pruning); the
-    base encoder is unchanged. `config()` holds everything `TinyCLAPStudent(**config)` needs.
+    embedding before normalisation, and what distillation trains): `encode(logmel, normalize=True)` or
+    `tinyclap.models.StudentEmbedder` normalise it for cosine similarity and zero-shot classification.
+    `embed_dim` < 1024 gives a physically smaller projection (pruning); the base encoder is unchanged.
+    `config()` holds everything `TinyCLAPStudent(**config)` needs.
     """
 
     def __init__(self, name: str, *, embed_dim: int = SHARED_EMBED_DIM, n_mels: int = N_MELS) -> None:
@@ -163,6 +164,11 @@ class TinyCLAPStudent(nn.Module):
                 f"got {tuple(logmel.shape)}"
             )
         return self.projection(self.base(logmel))  # (B, 2048) -> (B, embed_dim)
+
+    def encode(self, logmel: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """(B, T, n_mels) -> (B, embed_dim): `forward`, L2-normalised when `normalize=True`."""
+        emb = self(logmel)
+        return torch.nn.functional.normalize(emb, dim=-1) if normalize else emb
 
 
 def create_student(name: str, *, embed_dim: int = SHARED_EMBED_DIM, n_mels: int = N_MELS) -> TinyCLAPStudent:

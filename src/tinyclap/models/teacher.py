@@ -33,7 +33,8 @@ from torch import nn
 from tinyclap.audio.frontend import LogMel
 from tinyclap.models.checkpoint import (
     CheckpointError,
-    load_state_dict_checked,
+    build_checked,
+    read_config,
     read_model,
     safe_torch_load,
     save_model,
@@ -66,22 +67,30 @@ _FOREIGN_EXTRA_PREFIXES = (
 )
 _FOREIGN_EXTRA_KEYS = ("caption_encoder.base.embeddings.position_ids",)
 
+# Bounds on config sizes: far above any CLAP (BERT-large: 1024 wide, 24 layers), far below a hostile 10**9.
+MAX_WIDTH = 1 << 16
+MAX_TEXT_LAYERS = 64
+_TEXT_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+               "max_position_embeddings", "type_vocab_size")
+_MAX_SIZE = {"num_hidden_layers": MAX_TEXT_LAYERS, "num_attention_heads": MAX_TEXT_LAYERS, "vocab_size": 1 << 20}
+
 
 @runtime_checkable
 class Teacher(Protocol):
     """What distillation and zero-shot evaluation need from a teacher.
 
     `logit_scale` is the *log* of the similarity scale (CLIP/CLAP convention): logits are
-    `exp(logit_scale) * cos(audio, text)`. Both embedding methods return L2-normalised (B, embed_dim) rows.
+    `exp(logit_scale) * cos(audio, text)`. Both embedding methods return (B, embed_dim) rows, L2-normalised
+    unless `normalize=False` (open_clip's convention, said out loud at every call that needs raw ones).
     """
 
     sample_rate: int
     embed_dim: int
     logit_scale: float | torch.Tensor
 
-    def embed_waveform(self, wave: torch.Tensor) -> torch.Tensor: ...  # (B, N) at sample_rate -> (B, D)
+    def embed_waveform(self, wave: torch.Tensor, normalize: bool = True) -> torch.Tensor: ...  # (B, N) -> (B, D)
 
-    def encode_text(self, texts: list[str]) -> torch.Tensor: ...  # B captions -> (B, D)
+    def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor: ...  # B captions -> (B, D)
 
 
 @dataclass
@@ -121,8 +130,15 @@ class TeacherConfig:
         return cls(audio_channels=(8, 16, 32, 64, 64, 64), audio_embed_dim=64, d_proj=d_proj, text=text)
 
     def validate(self) -> None:
+        """Refuse inconsistent or absurd configs (sizes beyond `MAX_WIDTH`/`MAX_TEXT_LAYERS`) before building."""
         if len(self.audio_channels) != 6:
             raise ValueError(f"audio_channels needs 6 Cnn14 block widths, got {self.audio_channels}")
+        sizes = {"audio_channels": max(self.audio_channels), "n_mels": self.n_mels, "classes": self.classes,
+                 "audio_embed_dim": self.audio_embed_dim, "d_proj": self.d_proj,
+                 **{k: self.text.get(k, 1) for k in _TEXT_SIZES}}
+        absurd = {k: v for k, v in sizes.items() if not isinstance(v, int) or not 1 <= v <= _MAX_SIZE.get(k, MAX_WIDTH)}
+        if absurd or min(self.audio_channels) < 1:
+            raise ValueError(f"sizes out of range (1..{MAX_WIDTH}, text layers 1..{MAX_TEXT_LAYERS}): {absurd}")
         if self.n_mels != self.frontend.get("n_mels"):
             raise ValueError(
                 f"n_mels={self.n_mels} differs from the front end's n_mels={self.frontend.get('n_mels')}"
@@ -243,8 +259,10 @@ class CLAPTeacher(nn.Module):
     The `encode_*` methods always use eval-mode semantics (dropout off, BatchNorm running statistics), even
     if the module was put in training mode, and do not disable autograd: wrap calls in `torch.no_grad()`
     when no gradient is needed. `embed_waveform` (the `Teacher` entry point used to produce distillation
-    targets) runs under `torch.no_grad()`.
+    targets) runs under `torch.no_grad()`. Every encoder L2-normalises unless given `normalize=False`.
     """
+
+    kind = "teacher"
 
     def __init__(
         self, config: TeacherConfig | None = None, tokenizer_dir: str | os.PathLike | None = None
@@ -274,17 +292,20 @@ class CLAPTeacher(nn.Module):
     def device(self) -> torch.device:
         return self.logit_scale.device
 
-    def encode_audio(self, logmel: torch.Tensor) -> torch.Tensor:  # (B, T, n_mels) -> normalised (B, d_proj)
+    def encode_audio(self, logmel: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, T, n_mels) log-mel -> (B, d_proj) shared-space embeddings."""
         with _eval_mode(self):
             x = self.audio_encoder(logmel.to(self.device, self.logit_scale.dtype))
-        return F.normalize(x, dim=-1)
+        return F.normalize(x, dim=-1) if normalize else x
 
-    def encode_waveform(self, wave: torch.Tensor) -> torch.Tensor:  # (B, N) at sample_rate -> (B, d_proj)
-        return self.encode_audio(self.frontend(wave.to(self.device)))
+    def encode_waveform(self, wave: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, N) waveforms at `sample_rate` -> (B, d_proj), with autograd."""
+        return self.encode_audio(self.frontend(wave.to(self.device)), normalize=normalize)
 
-    def embed_waveform(self, wave: torch.Tensor) -> torch.Tensor:  # (B, N) -> (B, d_proj), no autograd
+    def embed_waveform(self, wave: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, N) waveforms at `sample_rate` -> (B, d_proj), without autograd."""
         with torch.no_grad():
-            return self.encode_waveform(wave)
+            return self.encode_waveform(wave, normalize=normalize)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Token ids, type ids and attention mask (B, L) on the model's device, L <= max_length."""
@@ -304,11 +325,12 @@ class CLAPTeacher(nn.Module):
         )
         return {k: tok[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids")}
 
-    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:  # B captions -> normalised (B, d_proj)
+    def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """B captions -> (B, d_proj) shared-space embeddings."""
         tok = self.tokenize(texts)
         with _eval_mode(self):
             x = self.caption_encoder(tok["input_ids"], tok["attention_mask"], tok["token_type_ids"])
-        return F.normalize(x, dim=-1)
+        return F.normalize(x, dim=-1) if normalize else x
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:  # (B, N) -> normalised (B, d_proj)
         return self.encode_waveform(wave)
@@ -355,48 +377,36 @@ def _foreign_state_dict(payload: Any, path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k not in _FOREIGN_EXTRA_KEYS}
 
 
-def load_teacher(
-    checkpoint: str | os.PathLike,
-    tokenizer_dir: str | os.PathLike | None = None,
-    *,
-    device: str | torch.device = "cpu",
-    config: TeacherConfig | None = None,
-) -> CLAPTeacher:
-    """Load a teacher strictly, in eval mode, on `device`.
+def _teacher_stem(path: Path) -> str:
+    """Which checkpoint of a folder a teacher loader reads: teacher.*, else proxy_teacher.*."""
+    if path.is_dir() and not (path / "teacher.safetensors").exists() and (path / "proxy_teacher.safetensors").exists():
+        return "proxy_teacher"
+    return "teacher"
 
-    `checkpoint` is either an official MS CLAP `.pth` (`{"model": state_dict}`, read with weights_only=True;
-    its config is `config` or else inferred by `infer_config`) or one of ours written by `save_teacher`
-    (`.safetensors`/`.json`/run folder; its config is stored with it). Only the known extras of official
-    files are dropped (torchlibrosa buffers, BERT position_ids); anything else that does not match raises
-    `CheckpointError`. Without `tokenizer_dir` (a folder with BERT's uncased vocab.txt) only audio works.
-    """
-    path = Path(checkpoint)
-    given = config is not None
-    ours = path.is_dir() or path.suffix in (".safetensors", ".json")
-    if ours:
-        if config is not None:
-            raise ValueError(
-                f"{path}: config= is only for official .pth files; tinyclap checkpoints carry their own"
-            )
-        meta, state = read_model(path, default_stem="teacher")
-        if meta.get("kind") != "teacher":
-            raise CheckpointError(f"{path}: this checkpoint holds a {meta.get('kind')!r}, not a teacher")
-        try:
-            config = TeacherConfig.from_dict(meta["teacher"])
-            config.validate()
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: invalid teacher config ({type(e).__name__}: {e})") from e
-    else:
-        state = _foreign_state_dict(safe_torch_load(path), path)
-        config = infer_config(state) if config is None else config
-    teacher = CLAPTeacher(config)
+
+def _read_ours(path: Path) -> tuple[TeacherConfig, dict[str, torch.Tensor]]:
+    """Config and tensors of a teacher written by `save_teacher`; the config is validated."""
+    meta, state = read_model(path, default_stem="teacher")
+    if meta.get("kind") != "teacher":
+        raise CheckpointError(f"{path}: this checkpoint holds a {meta.get('kind')!r}, not a teacher")
     try:
-        load_state_dict_checked(
-            teacher, state, source=str(path), ignore_prefixes=() if ours else _FOREIGN_EXTRA_PREFIXES
-        )
-    except CheckpointError as e:
-        if ours:
-            raise
+        config = TeacherConfig.from_dict(meta["teacher"])
+        config.validate()
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid teacher config ({type(e).__name__}: {e})") from e
+    return config, state
+
+
+def _build_foreign(path: Path, config: TeacherConfig | None) -> CLAPTeacher:
+    """An official MS CLAP `.pth` as a CLAPTeacher: its config is `config` or else inferred from the shapes."""
+    state = _foreign_state_dict(safe_torch_load(path), path)
+    given = config is not None
+    config = infer_config(state) if config is None else config
+    try:
+        config.validate()
+        return build_checked(lambda: CLAPTeacher(config), state, source=str(path),
+                             ignore_prefixes=_FOREIGN_EXTRA_PREFIXES)
+    except (CheckpointError, ValueError) as e:
         origin = "the given config" if given else "the config inferred from its shapes"
         text = config.text
         raise CheckpointError(
@@ -404,6 +414,56 @@ def load_teacher(
             f"BERT hidden {text['hidden_size']} x {text['num_hidden_layers']} layers; "
             "pass config= for other layouts)"
         ) from None
+
+
+def _other_kind(path: Path, device: str | torch.device, config: TeacherConfig | None) -> Teacher | None:
+    """A proxy teacher at `path` (loaded), None for a CLAP teacher; a student is refused, naming its loader."""
+    stem = _teacher_stem(path)
+    kind = read_config(path, stem).get("kind") if path.is_dir() or path.suffix in (".safetensors", ".json") else None
+    if kind == "proxy-teacher":
+        if config is not None:
+            raise ValueError(f"{path}: config= is only for official .pth files; a proxy teacher carries its own")
+        from tinyclap.models.proxy import load_proxy_teacher
+
+        return load_proxy_teacher(path).to(device).eval()
+    if kind not in (None, "teacher"):
+        raise CheckpointError(
+            f"{path}: this checkpoint holds a {kind!r}, not a teacher "
+            "(load a student with tinyclap.models.load_student, or any model with tinyclap.models.load_model)"
+        )
+    return None
+
+
+def load_teacher(
+    checkpoint: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    config: TeacherConfig | None = None,
+) -> Teacher:
+    """Load any teacher strictly, in eval mode, on `device`.
+
+    `checkpoint` is an official MS CLAP `.pth` (`{"model": state_dict}`, read with weights_only=True; its
+    config is `config` or else inferred by `infer_config`), one of ours written by `save_teacher`
+    (`.safetensors`/`.json`/run folder; its config is stored with it), or a proxy teacher (`tinyclap teacher
+    build-proxy`; loaded by `tinyclap.models.proxy.load_proxy_teacher`, its tokenizer is its own). Only the
+    known extras of official files are dropped (torchlibrosa buffers, BERT position_ids); anything else that
+    does not match raises `CheckpointError`, before the model is built where the config does not fit the
+    tensors. Without `tokenizer_dir` (a folder with BERT's uncased vocab.txt) a CLAP teacher does audio only.
+    """
+    path = Path(checkpoint)
+    other = _other_kind(path, device, config)
+    if other is not None:
+        return other
+    if path.is_dir() or path.suffix in (".safetensors", ".json"):
+        if config is not None:
+            raise ValueError(
+                f"{path}: config= is only for official .pth files; tinyclap checkpoints carry their own"
+            )
+        config, state = _read_ours(path)
+        teacher = build_checked(lambda: CLAPTeacher(config), state, source=str(path))
+    else:
+        teacher = _build_foreign(path, config)
     if tokenizer_dir is not None:
         teacher.set_tokenizer(tokenizer_dir)
     return teacher.to(device).eval()

@@ -1,0 +1,198 @@
+"""Set-up shared by the tests: synthetic signals, WAV files, the tiny random teacher, small dataset layouts,
+checkpoint comparisons and subprocess runners. Plain functions (the fixtures built on them are in
+conftest.py); every parameter that a test's numbers depend on (seed, rate, length, file name) is an argument.
+torch and tinyclap's model modules are imported inside the functions that need them, so that the audio tests
+importing this module stay light."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import soundfile as sf
+
+if TYPE_CHECKING:
+    import torch
+
+    from tinyclap.models.teacher import CLAPTeacher
+
+SR = 44100  # the teacher's and the students' sample rate (tinyclap.audio.SAMPLE_RATE)
+ESC50_HEADER = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
+
+# ------------------------------------------------------------------------------------------------ signals
+
+
+def _sine(seconds: float, rate: int, freq: float, amp: float) -> np.ndarray:
+    t = np.arange(int(round(seconds * rate))) / rate
+    return amp * np.sin(2 * np.pi * freq * t)
+
+
+def tone(seconds: float, rate: int = SR, freq: float = 440.0, amp: float = 0.3) -> np.ndarray:
+    """(n,) float32 sine: recognisable after resampling and lossy codecs."""
+    return _sine(seconds, rate, freq, amp).astype(np.float32)
+
+
+def noisy_tone(seconds: float, rate: int, freq: float = 440.0, seed: int = 0) -> np.ndarray:
+    """A 0.3 tone plus a little noise (0.01 std): non-trivial content that survives int16 and resampling."""
+    x = _sine(seconds, rate, freq, 0.3)
+    noise = np.random.default_rng(seed).standard_normal(x.shape[0]) * 0.01
+    return (x + noise).astype(np.float32)
+
+
+def chirp(seconds: float, rate: int, f0: float = 200.0, sweep: float = 300.0, seed: int = 0) -> np.ndarray:
+    """(n,) float32 0.3 sine rising from f0 Hz (phase 2 pi (f0 + sweep t) t) plus noise of 0.01 std."""
+    t = np.arange(int(seconds * rate)) / rate
+    x = 0.3 * np.sin(2 * np.pi * (f0 + sweep * t) * t) + 0.01 * np.random.default_rng(seed).standard_normal(t.size)
+    return x.astype(np.float32)
+
+
+def distinct_sound(i: int, seconds: float, sr: int = SR, kinds: int = 5) -> np.ndarray:
+    """Clearly different test sounds, picked by i % kinds: tones, noise, square waves, click trains, gated
+    tones (seeded by i)."""
+    rng = np.random.default_rng(i)
+    t = np.arange(int(seconds * sr)) / sr
+    kind = i % kinds
+    if kind == 0:
+        x = 0.5 * np.sin(2 * np.pi * (150 + 97 * i) * t)
+    elif kind == 1:
+        x = 0.3 * rng.standard_normal(t.size)
+    elif kind == 2:
+        x = 0.4 * np.sign(np.sin(2 * np.pi * (2 + i) * t))
+    elif kind == 3:
+        x = np.zeros(t.size)
+        x[:: int(sr / (4 + i))] = 0.9
+    else:
+        x = 0.5 * np.sin(2 * np.pi * (800 + 50 * i) * t) * (rng.random(t.size) > 0.5)
+    return x.astype(np.float32)
+
+
+# -------------------------------------------------------------------------------------------------- files
+
+
+def write_wav(
+    path: Path | bytes, data: np.ndarray, rate: int = SR, subtype: str = "PCM_16", fmt: str | None = None
+) -> Path | bytes:
+    """sf.write(path, ...) returning `path` (any format soundfile writes; `fmt` None: by the name)."""
+    sf.write(path, data, rate, subtype=subtype, format=fmt)
+    return path
+
+
+def us8k_clips(us8k_root: Path, n: int, fold: int = 1) -> list[Path]:
+    """The first `n` UrbanSound8K clips of a fold, by name."""
+    return sorted((us8k_root / "audio" / f"fold{fold}").glob("*.ogg"))[:n]
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
+    """A UTF-8 CSV file of `header` and `rows`, its folder created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def write_esc50_meta(root: Path, rows: Sequence[Sequence[Any]]) -> Path:
+    """root/meta/esc50.csv: the ESC-50 header and `rows` (filename, fold, target, category, esc10, src_file,
+    take)."""
+    return write_csv(root / "meta" / "esc50.csv", ESC50_HEADER, rows)
+
+
+# ------------------------------------------------------------------------------------------------- models
+
+
+def tiny_teacher(seed: int = 0, tokenizer: Path | None = None, **config: Any) -> CLAPTeacher:
+    """`CLAPTeacher(TeacherConfig.tiny(**config))` built after torch.manual_seed(seed) (64-d by default)."""
+    import torch
+
+    from tinyclap.models.teacher import CLAPTeacher, TeacherConfig
+
+    torch.manual_seed(seed)
+    return CLAPTeacher(TeacherConfig.tiny(**config), tokenizer)
+
+
+def save_tiny_teacher(path: Path, seed: int = 0) -> Path:
+    """The tiny random teacher (seed `seed`) saved at `path` (`<path>.safetensors` + `.json`)."""
+    from tinyclap.models.teacher import save_teacher
+
+    return save_teacher(tiny_teacher(seed), path)
+
+
+def calibrate_bn(module: torch.nn.Module, logmel: torch.Tensor) -> None:
+    """Random models with untouched BatchNorm statistics map every clip to nearly the same embedding;
+    fitting the statistics to a few clips makes the embeddings (and predictions) differ between clips."""
+    import torch
+
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration pass
+    module.train()
+    with torch.no_grad():
+        module(logmel)
+    module.eval()
+
+
+def calibrated_models(
+    waves: torch.Tensor, student: str, teacher_path: Path
+) -> tuple[CLAPTeacher, torch.nn.Module, torch.Tensor]:
+    """The tiny random teacher (seed 0, saved at `teacher_path`) and a random `student` of its embedding size,
+    both with BatchNorm statistics fitted to the log-mels of `waves` (B, samples at 44.1 kHz). Returns
+    (teacher, student, logmel), the models in eval mode."""
+    from tinyclap.audio.frontend import LogMel
+    from tinyclap.models.students import create_student
+    from tinyclap.models.teacher import save_teacher
+
+    logmel = LogMel()(waves)
+    teacher = tiny_teacher()
+    calibrate_bn(teacher.audio_encoder, logmel)
+    save_teacher(teacher, teacher_path)
+    model = create_student(student, embed_dim=teacher.embed_dim)
+    calibrate_bn(model, logmel)
+    return teacher, model, logmel
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread inside the block: on a small shared CPU, two spinning OpenMP threads per process
+    make tiny convolutions many times slower. The previous count is restored."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors checkpoint (student, teacher or training state)."""
+    from tinyclap.models.checkpoint import read_model
+
+    return read_model(path)[1]
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str = "") -> None:
+    """The same non-empty set of keys under `prefix`, each with the same dtype and bit-identical values."""
+    import torch
+
+    keys = sorted(k for k in a if k.startswith(prefix))
+    assert keys and keys == sorted(k for k in b if k.startswith(prefix))
+    for k in keys:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -c code` in a fresh interpreter (e.g. to see which modules an import pulls in), output
+    captured."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
