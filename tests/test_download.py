@@ -15,6 +15,7 @@ import re
 import socket
 import tarfile
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +43,9 @@ class ServerState:
         self.drop_after: dict[str, list[int]] = {}  # per path: bytes sent before cutting, one per request
         self.fail_with: dict[str, list[int]] = {}  # per path: HTTP status to answer, one per request
         self.ignore_range: set[str] = set()
+        self.endless: set[str] = set()  # answer with a body that never ends (no Content-Length)
+        self.drip: set[str] = set()  # answer one byte every 20 ms (a slow-drip server)
+        self.announce: dict[str, int] = {}  # a Content-Length to announce (and not send)
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.lock = threading.Lock()
 
@@ -72,6 +76,9 @@ class Handler(BaseHTTPRequestHandler):
         if code is not None:
             self.send_error(code)
             return
+        if path in st.endless or path in st.drip or path in st.announce:
+            self.hostile_body(st, path)
+            return
         data = st.files.get(path)
         if data is None:
             self.send_error(404)
@@ -97,6 +104,24 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         # HTTP/1.0: the server closes the connection after each response, so a short body ends in EOF
         self.wfile.write(body if cut is None else body[:cut])
+
+    def hostile_body(self, st: ServerState, path: str) -> None:
+        """An endless body, a one-byte-per-20-ms drip, or a huge announced length; bounded in time (10 s)
+        and size (64 MB) so that the server stops by itself once the client hangs up or the test ends."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        if path in st.announce:
+            self.send_header("Content-Length", str(st.announce[path]))
+        self.end_headers()
+        deadline, sent = time.monotonic() + 10, 0
+        with contextlib.suppress(OSError):
+            while time.monotonic() < deadline and sent < 64 << 20 and path not in st.announce:
+                chunk = b"\0" if path in st.drip else b"\0" * (64 << 10)
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                sent += len(chunk)
+                if path in st.drip:
+                    time.sleep(0.02)
 
 
 @pytest.fixture
@@ -465,6 +490,7 @@ HOSTILE_TARS = {
     "block-device": [tar_member("good/sda", type=tarfile.BLKTYPE)],
     "fifo": [tar_member("good/fifo", type=tarfile.FIFOTYPE)],
     "backslash-traversal": [tar_member("..\\evil.txt", b"x")],
+    "2000-folders-deep": [tar_member("d/" * 2000 + "evil.txt", b"x")],  # os.makedirs would hit RecursionError
 }
 
 
@@ -496,6 +522,7 @@ HOSTILE_ZIPS = {
     "fifo": [(zinfo("good/fifo", 0o010644), b"")],
     "file-then-folder": [(zinfo("good/first.txt/evil.txt"), b"x")],
     "conflicting-duplicate": [(zinfo("good/first.txt"), b"different bytes")],
+    "2000-folders-deep": [(zinfo("d/" * 2000 + "evil.txt"), b"x")],
 }
 
 
@@ -631,3 +658,87 @@ def test_cli_main_args(server: ServerState, tmp_path: Path, monkeypatch: pytest.
     assert "tokenizer" in capsys.readouterr().out
     rc = dl_cli.main_args(parser.parse_args(["dataset", "nope", "--root", str(tmp_path)]))
     assert rc == 1 and "not a known resource" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------------------
+# ceilings: endless and trickling bodies, decompression bombs, a bad unverified download
+# ------------------------------------------------------------------------------------------------------------
+
+def test_endless_body_without_a_size_is_cut_at_the_ceiling(server: ServerState, tmp_path: Path) -> None:
+    """An entry without a known size (like the registry's ESC-50) served with a body that never ends: the
+    transfer stops at the ceiling (the entry's max_size, else --max-size), and nothing is kept."""
+    server.endless.add("/endless.bin")
+    url = server.base + "/endless.bin"
+    for max_size, max_bytes in ((300_000, dl.DEFAULT_MAX_BYTES), (None, 200_000)):
+        rf = RemoteFile("endless.bin", (url,), max_size=max_size)
+        reg = make_registry(Resource("teacher", "e", "endless", (rf,)))
+        t0 = time.monotonic()
+        with pytest.raises(DownloadError, match=r"more than the .* ceiling") as e:
+            download("teacher e", tmp_path, registry=reg, allow_unverified=True, max_bytes=max_bytes, **FAST)
+        assert "endless.bin" in str(e.value) and time.monotonic() - t0 < 8
+        assert not (tmp_path / "teacher").exists() or leftovers(tmp_path) == []
+        assert not list(tmp_path.rglob("endless.bin*"))
+    assert dl.REGISTRY["dataset/esc50"].files[0].max_size == 1 << 30  # the real unsized entry has its own
+
+
+def test_announced_length_over_the_ceiling_refused_before_reading(server: ServerState, tmp_path: Path) -> None:
+    server.announce["/huge.bin"] = 10**15
+    rf = RemoteFile("huge.bin", (server.base + "/huge.bin",))
+    reg = make_registry(Resource("teacher", "h", "huge", (rf,)))
+    with pytest.raises(DownloadError, match=r"announces 1000000000000000 bytes, more than"):
+        download("teacher h", tmp_path, registry=reg, allow_unverified=True, **FAST)
+    assert not list(tmp_path.rglob("huge.bin*"))
+
+
+def test_slow_drip_server_is_dropped_by_the_stall_timeout(server: ServerState, tmp_path: Path) -> None:
+    """One byte every 20 ms keeps a socket alive forever; the stall window drops it and the retries run out
+    (trickled bytes are no progress), in seconds rather than weeks."""
+    server.drip.add("/drip.bin")
+    rf = RemoteFile("drip.bin", (server.base + "/drip.bin",))
+    reg = make_registry(Resource("teacher", "d", "drip", (rf,)))
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match=r"stalled: \d+ bytes in \d+ s.*gave up after 1 retries"):
+        download("teacher d", tmp_path, registry=reg, allow_unverified=True, stall_timeout=0.5,
+                 **{**FAST, "retries": 1})
+    assert time.monotonic() - t0 < 8
+
+
+def _deflated(entries: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for name, data in entries:
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_decompression_bombs_refused_before_writing(tmp_path: Path) -> None:
+    """A zip and a tar.gz whose 20 MB of zeros pack into ~20 KB (ratio ~1000): refused from the listing,
+    nothing written; the total-size limit likewise. Ordinary archives (ratio ~1) pass."""
+    zeros = bytes(20 << 20)
+    bombs = {"bomb.zip": _deflated([("a/zeros.wav", zeros)]), "bomb.tar.gz": make_tar([tar_member("a/z.wav", zeros)])}
+    for name, data in bombs.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DownloadError, match=r"ratio \d+, at most 200.*nothing was extracted") as e:
+            safe_extract([tmp_path / name], tmp_path / "out")
+        assert name in str(e.value) and not (tmp_path / "out").exists()
+    plain = tmp_path / "plain.zip"
+    plain.write_bytes(_deflated([("a/noise.bin", payload(300_000))]))
+    with pytest.raises(DownloadError, match=r"more than the 100000-byte limit"):
+        safe_extract([plain], tmp_path / "out", max_bytes=100_000)
+    assert safe_extract([plain], tmp_path / "out").joinpath("a", "noise.bin").stat().st_size == 300_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.tar.gz", "bomb.zip", "out", "plain.zip"]
+
+
+def test_bad_unverified_archive_says_how_to_fetch_again(server: ServerState, tmp_path: Path) -> None:
+    """Unverified bytes that are not an archive are reused by every rerun: the error says --force, and
+    --force fetches again (here the server has been fixed meanwhile)."""
+    url = server.add("/set.zip", b"<html>cut short, not a zip</html>")
+    reg = one_file("dataset", "s", url, None, size=None, archive="zip", with_sha=False)
+    for _ in range(2):  # the second run reuses the bad bytes without asking the server
+        with pytest.raises(DownloadError, match=r"not a readable zip.*download them again with .*--force") as e:
+            download("dataset s", tmp_path, registry=reg, allow_unverified=True, **FAST)
+        assert "tinyclap download dataset s --force" in str(e.value)
+    assert len(server.ranges("/set.zip")) == 1
+    server.files["/set.zip"] = make_zip([("s/a.txt", b"a")])
+    out = download("dataset s", tmp_path, registry=reg, allow_unverified=True, force=True, **FAST)
+    assert (out / "s" / "a.txt").read_bytes() == b"a"

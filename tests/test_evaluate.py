@@ -18,6 +18,7 @@ from tinyclap.data.spec import limit_dataset, load_eval_dataset, parse_dataset_s
 from tinyclap.evaluation.embedding import embed_dataset
 from tinyclap.evaluation.metrics import evaluate
 from tinyclap.evaluation.run import read_templates
+from tinyclap.models import load_model
 
 STUDENT = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"
 ESC_CLASSES = ["dog", "rain", "sea_waves", "crying_baby", "church_bells"]  # targets 0..4
@@ -381,3 +382,57 @@ def test_eval_tut17_centre_crop_and_template_ensemble(env: SimpleNamespace) -> N
     model = StudentEmbedder(load_student(env.run)).eval()
     ref = embed_clip(model, load_audio(paths[1], SR), "centre").numpy()
     np.testing.assert_allclose(emb[1], ref, atol=2e-5)
+
+
+def test_against_teacher_matches_two_separate_evaluations(env: SimpleNamespace, tmp_path: Path) -> None:
+    """`eval --against-teacher`: the teacher's and student's accuracies are those of their own evaluations on
+    the same clips, agreement is computed from their predictions, and the cosine from their embeddings."""
+    common = ["--dataset", f"esc50:{env.esc}", "--tokenizer", str(env.tok), "--embed-cache", str(env.cache),
+              "--no-progress"]
+    assert main(["eval", "--model", str(env.run), "--out", str(tmp_path / "s"), "--against-teacher", *common]) == 0
+    assert main(["eval", "--model", str(env.teacher), "--out", str(tmp_path / "t"), *common]) == 0
+    rep = json.loads((tmp_path / "s" / "report.json").read_text())
+    agreement = rep["against_teacher"]
+    teacher_acc = json.loads((tmp_path / "t" / "report.json").read_text())["results"]["accuracy"]
+    assert agreement["teacher_accuracy"] == pytest.approx(teacher_acc)
+    assert agreement["student_accuracy"] == pytest.approx(rep["results"]["accuracy"])
+
+    def predicted(folder: str) -> dict[str, str]:
+        with open(tmp_path / folder / "predictions.csv", newline="") as f:
+            return {r["path"]: r["predicted"] for r in csv.DictReader(f)}
+
+    s, t = predicted("s"), predicted("t")
+    assert agreement["n_clips"] == len(s) == len(t)
+    assert agreement["top1_agreement"] == pytest.approx(np.mean([s[p] == t[p] for p in s]))
+    ds = load_eval_dataset("esc50", env.esc)
+    emb_s = embed_dataset(load_model(str(env.run)), ds, "windows", None, progress=False).embeddings.numpy()
+    emb_t = embed_dataset(load_model(str(env.teacher)), ds, "windows", None, progress=False).embeddings.numpy()
+    assert agreement["mean_cosine"] == pytest.approx(float(np.mean(np.sum(emb_s * emb_t, axis=1))), abs=1e-5)
+
+
+def test_compare_to_teacher_on_small_arrays() -> None:
+    """Independent numpy computation, a clip only one model read, and a pruned student's sliced space."""
+    from tinyclap.evaluation.agreement import compare_to_teacher
+
+    rng = np.random.default_rng(0)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    clf = unit(rng.normal(size=(3, 8)))
+    t = unit(rng.normal(size=(6, 8)))
+    s = unit(t + 0.3 * rng.normal(size=(6, 8)))
+    labels = [0, 1, 2, 0, 1, 2]
+    res = compare_to_teacher((s[:5], [0, 1, 2, 3, 4], clf), (t, list(range(6)), clf), labels, ["a", "b", "c"],
+                             teacher_name="T")
+    ps, pt = (s[:5] @ clf.T).argmax(1), (t[:5] @ clf.T).argmax(1)
+    assert res.n_clips == 5
+    assert res.top1_agreement == pytest.approx(np.mean(ps == pt))
+    assert res.student_accuracy == pytest.approx(np.mean(ps == labels[:5]))
+    assert res.teacher_accuracy == pytest.approx(np.mean(pt == labels[:5]))
+    assert res.mean_cosine == pytest.approx(np.mean(np.sum(s[:5] * t[:5], axis=1)))
+    dims = [1, 4, 6]
+    small = unit(s[:, dims])
+    pruned = compare_to_teacher((small, list(range(6)), unit(clf[:, dims])), (t, list(range(6)), clf), labels,
+                                ["a", "b", "c"], teacher_name="T", dims=dims)
+    assert pruned.mean_cosine == pytest.approx(np.mean(np.sum(small * unit(t[:, dims]), axis=1)))
+    other = compare_to_teacher((unit(s[:, :5]), list(range(6)), unit(clf[:, :5])), (t, list(range(6)), clf),
+                               labels, ["a", "b", "c"], teacher_name="T")
+    assert other.mean_cosine is None

@@ -369,7 +369,7 @@ def test_config_problems_named(student_ckpt: Path, tmp_path: Path) -> None:
     assert str(no_config) in str(e.value)
     bad_json = tmp_path / "badjson.safetensors"
     save_file(load_file(str(student_ckpt)), str(bad_json), metadata={"tinyclap": "{not json"})
-    with pytest.raises(CheckpointError, match="config is not valid JSON"):
+    with pytest.raises(CheckpointError, match="config: not valid JSON"):
         load_student(bad_json)
     teacher_kind = _with_config(student_ckpt, tmp_path / "kind.safetensors", {**base, "kind": "teacher"})
     with pytest.raises(CheckpointError, match="holds a 'teacher', not a student"):
@@ -579,3 +579,136 @@ def test_hostile_student_architecture_refused(student_ckpt: Path, tmp_path: Path
     path = _with_config(student_ckpt, tmp_path / "other.safetensors", config)
     with pytest.raises(CheckpointError, match="wrong shapes") as e:
         load_student(path)
+
+
+# --- every loader under a memory cap: hostile sizes, malformed JSON, non-finite weights ----------------------
+
+# a driver run in ONE capped child process: each case loads one file and prints "name|ExceptionType|message"
+_DRIVER = r"""
+import json, sys
+from pathlib import Path
+from tinyclap.models import load_model, load_student
+from tinyclap.models.teacher import load_teacher
+from tinyclap.models.proxy import load_proxy_teacher
+from tinyclap.train.cache import CacheStore
+from tinyclap.train.state import read_stage_result
+LOADERS = {"load_model": load_model, "load_student": load_student, "load_teacher": load_teacher,
+           "load_proxy_teacher": load_proxy_teacher, "CacheStore": CacheStore, "resume": read_stage_result}
+for name, loader, path in json.loads(sys.argv[1]):
+    try:
+        LOADERS[loader](path)
+        out = "LOADED|"
+    except BaseException as e:
+        out = f"{type(e).__name__}|{e}"
+    print(name + "|" + out.replace("\n", "\\n"), flush=True)
+"""
+
+
+def _save_with(tensors: dict[str, torch.Tensor], path: Path, config_text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"tinyclap": config_text})
+    return path
+
+
+def _hostile_files(student_ckpt: Path, teacher: CLAPTeacher, root: Path) -> list[tuple[str, str, Path]]:
+    """(case, loader, file) for every kind of file a model is loaded from; all generated here."""
+    s_tensors, s_cfg = load_file(str(student_ckpt)), _config(student_ckpt)
+    t_path = save_teacher(teacher, root / "teacher")
+    t_tensors, t_cfg = load_file(str(t_path)), read_model(t_path, "teacher")[0]
+    name = s_cfg["student"]["name"]
+    cases: list[tuple[str, str, Path]] = []
+
+    def student(case: str, text: str, tensors: dict[str, torch.Tensor] = s_tensors, loader: str = "load_student"):
+        cases.append((case, loader, _save_with(tensors, root / case / "student.safetensors", text)))
+
+    for case, big in {"alpha_60": "phinet_alpha_60.00_beta_0.75_t0_4_N_4", "N_100000": name[:-1] + "100000",
+                      "t0_100000000": name.replace("t0_4", "t0_100000000")}.items():
+        student(case, json.dumps({**s_cfg, "student": {"name": big}}))
+    text = json.dumps(s_cfg)
+    student("embed_dim_1e999", text.replace('"embed_dim": 1024', '"embed_dim": 1e999'))
+    student("embed_dim_NaN", text.replace('"embed_dim": 1024', '"embed_dim": NaN'))
+    student("deep_json", '{"a":' * 100_000 + "1" + "}" * 100_000)
+    student("array_json", "[" * 50 + "]" * 50)
+    student("nan_weight", text, {**s_tensors, "projection.linear1.weight": s_tensors["projection.linear1.weight"]
+                                 * float("nan")})
+    student("inf_weight", text, {**s_tensors, "base.bn0.weight": s_tensors["base.bn0.weight"] / 0.0})
+    cases.append(("run_folder_alpha_60", "load_model", root / "alpha_60"))  # a run folder holding a hostile config
+
+    def teacher_case(case: str, edit: Callable[[dict[str, Any]], None], tensors=t_tensors) -> None:
+        cfg = json.loads(json.dumps(t_cfg))
+        edit(cfg["teacher"])
+        cases.append((case, "load_teacher", _save_with(tensors, root / case / "teacher.safetensors",
+                                                       json.dumps(cfg))))
+
+    teacher_case("teacher_vocab_3e6", lambda c: c["text"].update(vocab_size=3_000_000))
+    teacher_case("teacher_n_fft_1e8", lambda c: c["frontend"].update(n_fft=10**8, win_length=10**8))
+    teacher_case("teacher_width_60000", lambda c: c["text"].update(hidden_size=60_000, intermediate_size=60_000))
+    teacher_case("teacher_nan_weight", lambda c: None,
+                 {**t_tensors, "logit_scale": torch.tensor(float("nan"))} if "logit_scale" in t_tensors else
+                 {k: (v * float("nan") if i == 0 else v) for i, (k, v) in enumerate(t_tensors.items())})
+    pth = root / "msclap_nan.pth"
+    torch.save({"model": {k: v * float("nan") if v.is_floating_point() else v
+                          for k, v in teacher.state_dict().items()}}, pth)
+    cases.append(("msclap_pth_nan", "load_teacher", pth))
+    (root / "proxy").mkdir()
+    proxy = _proxy_head_file(root / "proxy" / "proxy_teacher.safetensors",
+                             {"kind": "proxy-teacher", "embed_dim": 30_000, "audio_tower": {}, "text_tower": {}})
+    cases += [("proxy_embed_dim_30000", "load_proxy_teacher", proxy), ("proxy_via_load_model", "load_model", proxy)]
+    for case, text in {"cache_n_frames_1e999": '{"format": "tinyclap-cache/1", "n_frames": 1e999, "n_mels": 64, '
+                       '"embed_dim": 8, "teacher": "x", "sample_rate": 44100}',
+                       "cache_deep": "[" * 100_000 + "]" * 100_000}.items():
+        (root / case).mkdir()
+        (root / case / "cache.json").write_text(text)
+        cases.append((case, "CacheStore", root / case))
+    (root / "resume" / "stage1").mkdir(parents=True)
+    _save_with(s_tensors, root / "resume" / "stage1" / "last.safetensors", '{"kind": ' * 5000)
+    cases.append(("resume_state_bad_json", "resume", root / "resume" / "stage1"))
+    return cases
+
+
+def _named_file(case: str, path: Path, message: str) -> bool:
+    return str(path) in message or str(path.with_suffix(".json")) in message or (
+        path.is_dir() and str(path) in message)
+
+
+@pytest.mark.slow
+def test_every_loader_refuses_hostile_files_under_a_memory_cap(
+    student_ckpt: Path, tiny_teacher: CLAPTeacher, tmp_path: Path
+) -> None:
+    """Every case in ONE child capped at 1.5 GB of address space and 120 s: refused with our error class,
+    naming the file (a config-level refusal in one line), no MemoryError, no RecursionError, no timeout."""
+    cases = _hostile_files(student_ckpt, tiny_teacher, tmp_path)
+    arg = json.dumps([(c, loader, str(p)) for c, loader, p in cases])
+    r = helpers.run_capped(helpers.python_argv(_DRIVER, arg), timeout=240)
+    results = {line.split("|", 1)[0]: line.split("|", 2)[1:] for line in r.stdout.splitlines() if "|" in line}
+    assert r.returncode == 0 and len(results) == len(cases), r.stderr[-3000:]
+    for case, _, path in cases:
+        kind, message = results[case]
+        assert kind in ("CheckpointError", "CacheError"), (case, kind, message)
+        first = message.split("\\n")[0]
+        assert _named_file(case, path, first), (case, message)
+        if "wrong shapes" not in message:  # a shape mismatch lists the tensors after its first line, one per line
+            assert "\\n" not in message, (case, message)
+        if "nan" in case.lower() and "weight" in case:
+            assert "NaN or infinite" in first, (case, message)
+    assert "1e999" in results["cache_n_frames_1e999"][1] and "nested" in results["cache_deep"][1]
+
+
+@pytest.mark.slow
+def test_hostile_config_via_cli_is_one_line_under_a_memory_cap(student_ckpt: Path, tmp_path: Path) -> None:
+    """`tinyclap eval --model CKPT` with a student config naming an absurd architecture: exit 1, one line on
+    stderr naming the file, no output folder, inside the memory cap."""
+    ckpt = _with_config(student_ckpt, tmp_path / "huge.safetensors",
+                        {**_config(student_ckpt), "student": {"name": "phinet_alpha_60.00_beta_0.75_t0_4_N_4"}})
+    classes = tmp_path / "classes.npz"
+    from tinyclap.zeroshot import ZeroShotClassifier
+
+    ZeroShotClassifier(["a", "b"], np.eye(2, 1024), 1.0).save(classes)
+    wav = helpers.write_wav(tmp_path / "a.wav", helpers.tone(1.0))
+    csv_file = helpers.write_csv(tmp_path / "d.csv", ["path", "label"], [[str(wav), "a"]])
+    r = helpers.run_capped(helpers.tinyclap_argv("eval", "--model", str(ckpt), "--classes", str(classes),
+                                                 "--dataset", f"csv:{csv_file}", "--out", str(tmp_path / "ev")))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("tinyclap eval: error:") and str(ckpt) in lines[0] and "sizes beyond" in lines[0]
+    assert not (tmp_path / "ev").exists()

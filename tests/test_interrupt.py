@@ -599,12 +599,12 @@ def test_class_file_write_error_keeps_previous(faults: Faults, tmp_path: Path, s
     rng = np.random.default_rng(0)
     w = rng.standard_normal((3, 16)).astype(np.float32)
     w /= np.linalg.norm(w, axis=1, keepdims=True)
-    clf = ZeroShotClassifier(["dog", "car_horn", "siren"], w, 100.0, ["this is the sound of {}"])
+    clf = ZeroShotClassifier(["dog", "car_horn", "siren"], w, 4.6, ["this is the sound of {}"])  # log(100)
     path = clf.save(tmp_path / "classes.npz")
     saved = snapshot(path)
     faults.arm(step, code, named(path))
     with pytest.raises(OSError) as err:
-        ZeroShotClassifier(["a", "b", "c"], w[::-1].copy(), 50.0, ["{}"]).save(path)
+        ZeroShotClassifier(["a", "b", "c"], w[::-1].copy(), 3.9, ["{}"]).save(path)
     faults.disarm()
     assert faults.hits == 1
     assert_error_names(err, code, path)
@@ -697,3 +697,142 @@ def test_atomic_writes_respect_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644 and path.with_suffix(".json").stat().st_mode & 0o777 == 0o644
+
+
+# ------------------------------------------------------------- resume identity, run/cache locks, durable writes
+
+
+@pytest.fixture(scope="module")
+def small_runs(work: Path, teacher_ckpt: Path, clips: list[Path]) -> dict[str, Path]:
+    """Two different 4-clip caches (other clips) and a finished 1-epoch stage-1 run on the first."""
+    from tinyclap.train.distill import DistillConfig, distill
+
+    root = work / "identity"
+    for name, files in (("cache_a", clips[:4]), ("cache_b", clips[4:8])):
+        build_cache(str(teacher_ckpt), files, root / name, val_fraction=0.5, workers=0, batch_size=4,
+                    progress=False, device="cpu")
+    with one_torch_thread():
+        distill(DistillConfig(out=str(root / "run"), student=STUDENT, cache=str(root / "cache_a"), stages=(1,),
+                              epochs1=1, batch_size=4, workers=0, device="cpu", progress=False,
+                              tensorboard=False))
+    return {"root": root, "cache_a": root / "cache_a", "cache_b": root / "cache_b", "run": root / "run"}
+
+
+def _resume(run: Path, cache: str) -> Any:
+    from tinyclap.train.distill import DistillConfig, distill
+
+    with one_torch_thread():
+        return distill(DistillConfig(out=str(run), student=STUDENT, cache=cache, stages=(1,), epochs1=1, batch_size=4,
+                                     workers=0, device="cpu", progress=False, tensorboard=False, resume=True))
+
+
+def test_resume_compares_the_cache_identity_not_its_path(small_runs: dict[str, Path], monkeypatch) -> None:
+    """The same cache by a relative path resumes; a different cache moved to the recorded path is refused
+    (naming the cache id), and nothing in the run changes."""
+    root, run = small_runs["root"], small_runs["run"]
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["cache_id"] == CacheStore(small_runs["cache_a"]).identity()
+    monkeypatch.chdir(root)
+    assert _resume(run, "cache_a").run_dir == run  # relative now, absolute when recorded: the same cache
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix != ".log"}
+    os.rename(root / "cache_a", root / "cache_a.orig")
+    os.rename(root / "cache_b", root / "cache_a")  # a different cache at the recorded path
+    try:
+        with pytest.raises(ValueError, match=r"cannot resume with different settings \(cache_id: '[0-9a-f]{64}'"):
+            _resume(run, str(root / "cache_a"))
+    finally:
+        os.rename(root / "cache_a", root / "cache_b")
+        os.rename(root / "cache_a.orig", root / "cache_a")
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_second_distill_on_the_same_out_is_refused_naming_the_holder(
+    small_runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tinyclap._util import FolderBusy, folder_lock
+
+    run = small_runs["run"]
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix != ".log"}
+    with folder_lock(run, blocking=False, name=".lock-r00", what="this run folder"):  # a live run holds it
+        with pytest.raises(FolderBusy, match=rf"{run}: this run folder is in use .*pid {os.getpid()} on "):
+            _resume(run, str(small_runs["cache_a"]))
+        argv = ["distill", "--student", STUDENT, "--cache", str(small_runs["cache_a"]), "--out", str(run),
+                "--stages", "1", "--epochs1", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu",
+                "--resume", "--no-progress", "--no-tensorboard"]
+        assert cli_main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("tinyclap distill: error:") and f"pid {os.getpid()}" in err[0]
+    assert {p: p.read_bytes() for p in before} == before
+    # a lock file left by a killed run (its flock died with it) is stale: the next run takes it over
+    (run / ".lock-r00").write_text('{"pid": 999999, "host": "gone", "since": "yesterday"}\n')
+    assert _resume(run, str(small_runs["cache_a"])).run_dir == run
+    assert json.loads((run / ".lock-r00").read_text())["pid"] == os.getpid()
+
+
+def test_second_cache_build_on_the_same_out_is_refused(
+    small_runs: dict[str, Path], teacher_ckpt: Path, clips: list[Path]
+) -> None:
+    from tinyclap._util import FolderBusy
+    from tinyclap.train.cache.write import build_lock
+
+    out = small_runs["cache_a"]
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and not p.name.startswith(".lock")}
+    with build_lock(out, 0):
+        with pytest.raises(FolderBusy, match=rf"{out}: this cache \(rank 0\) is in use .*pid {os.getpid()}"):
+            build_cache(str(teacher_ckpt), clips[:6], out, val_fraction=0.5, workers=0, batch_size=4,
+                        progress=False, device="cpu", overwrite=True)
+    assert {p: p.read_bytes() for p in before} == before  # not even --overwrite touched it
+
+
+def test_atomic_write_fsyncs_the_file_then_the_folder_after_the_rename(tmp_path: Path, monkeypatch) -> None:
+    """A power cut after the write cannot roll back: the data is synced before the rename, and the folder
+    (which holds the rename) after it."""
+    from tinyclap._util import atomic_write_text
+
+    synced: list[tuple[str, bool]] = []
+    real = os.fsync
+
+    def record(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append((path, (tmp_path / "a.json").exists()))
+        real(fd)
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd (Linux)")
+    monkeypatch.setattr(os, "fsync", record)
+    atomic_write_text(tmp_path / "a.json", "{}")
+    assert len(synced) == 2
+    (tmp_file, renamed_yet), (folder, renamed) = synced
+    assert Path(tmp_file).name.startswith(".a.json.") and not renamed_yet
+    assert folder == str(tmp_path) and renamed
+
+
+BAD_NUMBERS = [
+    ["eval", "--model", STUDENT, "--dataset", "esc50:x", "--out", "o", "--batch-size", "0"],
+    ["eval", "--model", STUDENT, "--dataset", "esc50:x", "--out", "o", "--limit", "-3"],
+    ["prune", "--model", STUDENT, "--dims", "64", "--out", "o", "--finetune-epochs", "-1"],
+    ["prune", "--model", STUDENT, "--dims", "64", "--out", "o", "--lr", "nan"],
+    ["distill", "--student", STUDENT, "--cache", "c", "--out", "o", "--batch-size", "-8"],
+    ["distill", "--student", STUDENT, "--cache", "c", "--out", "o", "--epochs1", "1e9"],
+    ["distill", "--student", STUDENT, "--cache", "c", "--out", "o", "--workers", "100000"],
+    ["distill", "--student", STUDENT, "--cache", "c", "--out", "o", "--lr1", "0"],
+    ["cache", "--teacher", "t", "--data", "d", "--out", "o", "--batch-size", "0"],
+    ["cache", "--teacher", "t", "--data", "d", "--out", "o", "--shard-size", "0"],
+    ["cache", "--teacher", "t", "--data", "d", "--out", "o", "--val-fraction", "inf"],
+    ["download", "dataset", "esc50", "--max-size", "0"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_NUMBERS, ids=lambda a: f"{a[0]}{a[-2]}={a[-1]}")
+def test_zero_negative_or_absurd_numbers_are_a_one_line_usage_error(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """Refused while parsing (exit 2, before any file is read or folder made): the last line names the option,
+    the value and the accepted range; no traceback."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and f"error: argument {argv[-2]}: " in err[-1], err
+    assert "out of range" in err[-1] or "is not" in err[-1], err
+    assert "Traceback" not in "\n".join(err) and list(tmp_path.iterdir()) == []

@@ -134,7 +134,8 @@ def _tiny_export(folder, clip_samples: int = 64, dim: int = 8):
     onnx.save(model, folder / "model.onnx")
     ZeroShotClassifier(["a", "b"], np.eye(2, dim), 0.0).save(folder / "classes.npz")
     names = ("model.onnx", "classes.npz")
-    files = {n: {"sha256": hashlib.sha256((folder / n).read_bytes()).hexdigest()} for n in names}
+    files = {n: {"sha256": hashlib.sha256((folder / n).read_bytes()).hexdigest(), "bytes": (folder / n).stat().st_size}
+             for n in names}
     manifest = {"format": "tinyclap-export/1", "sample_rate": 16000, "clip_samples": clip_samples,
                 "embed_dim": dim, "files": files}
     (folder / "manifest.json").write_text(json.dumps(manifest))

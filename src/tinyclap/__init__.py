@@ -20,6 +20,7 @@ _LAZY = {
     "tinyclap.audio.frontend": "LogMel",
     "tinyclap.audio.io": "load_audio AudioError",
     "tinyclap.zeroshot": "ZeroShotClassifier",
+    "tinyclap.classifier": "Classifier",
 }
 
 __all__ = sorted(n for names in _LAZY.values() for n in names.split()) + ["__version__"]

@@ -4,7 +4,8 @@ device rule, lazy package exports and the one progress display.
 Atomic writes (used by the runtime and by the torch side alike):
 
 A file is written to a temp file `.<name>.<random>.tmp` beside it, flushed, fsynced and renamed over the
-target, so a crash, a kill or a write error leaves either the old file or the new one, never half of one.
+target, and then the folder is fsynced (so the rename itself is on disk), so a crash, a kill, a power cut or
+a write error leaves either the old file or the new one, never half of one and never an empty one.
 A write error (disk full, permission denied, I/O error) removes the temp file and raises an `OSError` with
 the same errno whose `filename` is the target, e.g. `[Errno 28] No space left on device: '.../last.json'`.
 A SIGKILL can still leave an orphan temp file; nothing reads such names, and `remove_stale_temps` clears
@@ -59,6 +60,21 @@ def _write_temp(path: Path, data: bytes) -> Path:
     return tmp
 
 
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """fsync a folder so that the renames and creations inside it survive a power cut (POSIX; a no-op where a
+    folder cannot be opened, e.g. Windows, or where the file system refuses to sync one)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (and Windows) refuse fsync on a folder; the data itself is synced
+        pass
+    finally:
+        os.close(fd)
+
+
 def _named(e: OSError, path: Path) -> OSError:
     """The same kind of OSError (same errno, so PermissionError stays one), naming the target file."""
     code = e.errno if e.errno is not None else errno_mod.EIO
@@ -94,6 +110,8 @@ def atomic_write_files(files: Mapping[str | os.PathLike, bytes]) -> list[Path]:
             except OSError as e:
                 raise _named(e, path) from e
             temps[k] = path  # renamed: no longer ours to remove
+        for folder in dict.fromkeys(p.parent for p in paths):
+            fsync_folder(folder)  # the renames themselves reach the disk: no rollback to an old or empty file
     except BaseException:
         for tmp, path in zip(temps, paths):
             if tmp != path:
@@ -136,7 +154,129 @@ def remove_stale_temps(folder: str | os.PathLike, names: Iterable[str]) -> list[
     return removed
 
 
+# -------------------------------------------------------------------------------------------- strict JSON
+
+MAX_JSON_BYTES = 64 << 20  # configs, manifests, markers: kilobytes; a cache's items.json: megabytes
+MAX_JSON_DEPTH = 64  # ours nest 4 levels; deeper data would make recursive readers hit Python's recursion limit
+
+
+class JSONFileError(ValueError):
+    """A JSON file (or text) that is not what tinyclap wrote: the message names the source and the cause."""
+
+
+def _too_deep(data: Any) -> bool:
+    """True when containers nest deeper than `MAX_JSON_DEPTH` (walked with a stack, no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                return True
+            stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return False
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    x = float(text)
+    if x != x or x in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} overflows a float")
+    return x
+
+
+def loads_json(text: str | bytes, source: str | os.PathLike, *, expect: type | None = dict,
+               finite: bool = True) -> Any:
+    """Parse JSON strictly: at most `MAX_JSON_BYTES`, no NaN/Infinity, no number that overflows a float
+    (`1e999`), and (by default) an object at the top. Any problem, deep nesting included (json's own
+    RecursionError), is one `JSONFileError` line naming `source` and the cause, never a traceback.
+    `finite=False` accepts NaN/Infinity (Python's json writes them, e.g. a scheduler's initial best loss):
+    for files whose readers check every number they use."""
+    import json
+
+    if len(text) > MAX_JSON_BYTES:
+        raise JSONFileError(f"{source}: JSON of {len(text)} bytes, more than the {MAX_JSON_BYTES} allowed")
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float) if finite else json.loads(text)
+    except RecursionError:
+        raise JSONFileError(f"{source}: JSON nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise JSONFileError(f"{source}: not valid JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                            ) from None
+    if _too_deep(data):
+        raise JSONFileError(f"{source}: JSON nested more than {MAX_JSON_DEPTH} levels deep")
+    if expect is not None and not isinstance(data, expect):
+        raise JSONFileError(f"{source}: expected a JSON {'object' if expect is dict else expect.__name__}, "
+                            f"got {type(data).__name__}")
+    return data
+
+
+def read_json(path: str | os.PathLike, *, expect: type | None = dict, finite: bool = True) -> Any:
+    """`loads_json` of a regular file's bytes, its size checked before it is read (never a FIFO or device)."""
+    import stat
+
+    path = Path(path)
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise JSONFileError(f"{path}: not a regular file")
+        if st.st_size > MAX_JSON_BYTES:
+            raise JSONFileError(f"{path}: {st.st_size} bytes, more than the {MAX_JSON_BYTES} a JSON file may have")
+        with open(path, "rb") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+    except OSError as e:
+        raise JSONFileError(f"{path}: unreadable ({e.strerror or e})") from None
+    return loads_json(data, path, expect=expect, finite=finite)
+
+
 # ------------------------------------------------------------------------------------------- hashes, vectors
+
+
+def display_path(path: str | bytes | os.PathLike) -> str:
+    """A printable one-line form of any path: undecodable (non-UTF-8) bytes and control characters (newlines,
+    escapes, ...) become backslash escapes, so a file name can never forge lines in a report."""
+    text = os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+_SPECIAL_FILES = {0o010000: "a FIFO/named pipe", 0o020000: "a character device", 0o060000: "a block device",
+                  0o140000: "a socket", 0o040000: "a directory"}
+
+
+def read_regular_file(path: str | bytes | os.PathLike, max_bytes: int, *, size: int | None = None) -> bytes:
+    """The bytes of `path`, refusing (ValueError "<path>: <problem>") anything but a regular file of at most
+    `max_bytes` (and of exactly `size` bytes when given), checked on the open descriptor BEFORE reading: it is
+    opened non-blocking, so a FIFO is refused at once instead of hanging, and /dev/zero is refused instead of
+    filling memory. At most `max_bytes + 1` bytes are ever read (a file growing meanwhile is refused too)."""
+    import stat
+
+    shown = display_path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise ValueError(f"{shown}: cannot open ({e.strerror or e})") from e
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = _SPECIAL_FILES.get(stat.S_IFMT(st.st_mode), "a special file")
+            raise ValueError(f"{shown}: not a regular file ({kind})")
+        if st.st_size > max_bytes or (size is not None and st.st_size != size):
+            expected = f"more than the {max_bytes} accepted" if size is None or size > max_bytes else (
+                f"instead of the expected {size}")
+            raise ValueError(f"{shown}: {st.st_size} bytes, {expected}")
+        try:
+            data = f.read(st.st_size + 1)  # one byte more than fstat says: a file growing meanwhile is seen
+        except OSError as e:
+            raise ValueError(f"{shown}: cannot read ({e.strerror or e})") from e
+    if len(data) != st.st_size:
+        raise ValueError(f"{shown}: changed while being read ({len(data)} bytes read)")
+    return data
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -204,19 +344,54 @@ def resolve_device(device: Any = "auto") -> Any:
     return dev
 
 
+class FolderBusy(BlockingIOError):
+    """Another process holds a folder's lock; the message names the folder and the holder."""
+
+
+def _holder_text() -> str:
+    import json
+    import socket
+
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                       "command": " ".join(sys.argv)[:300]}) + "\n"
+
+
+def _holder(fd: int) -> str:
+    """Who holds a lock, from what it wrote in the lock file ("pid 12 on host h since ..., `command`")."""
+    try:
+        info = loads_json(os.pread(fd, 4096, 0), "lock")
+        return f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')} ({info.get('command')!s:.120})"
+    except (OSError, ValueError):
+        return "a process that has not written its name yet"
+
+
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
-    """Hold an exclusive advisory lock on `folder/.lock` (POSIX flock; a no-op where fcntl does not exist),
-    so processes sharing a folder (cache ranks, runs) take turns on its shared files. Yields the lock path."""
-    path = Path(folder) / ".lock"
+def folder_lock(folder: str | os.PathLike, *, blocking: bool = True, name: str = ".lock",
+                what: str = "this folder") -> Iterator[Path]:
+    """Hold an exclusive advisory lock on `folder/<name>` (POSIX flock; a no-op where fcntl does not exist).
+    Yields the lock path.
+
+    Blocking (the default), processes sharing a folder (cache ranks) take turns on its shared files. With
+    `blocking=False` a second process gets `FolderBusy` at once, naming the holder (its pid, host, start time
+    and command, written into the lock file). A lock file left by a killed process is stale by construction:
+    the kernel drops a flock when its holder dies, so the next process takes it over and rewrites the name.
+    """
+    path = Path(folder) / name
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield path
         return
-    fd = os.open(path, os.O_CREAT | os.O_RDWR)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise FolderBusy(f"{folder}: {what} is in use by another tinyclap process ({_holder(fd)}); wait for "
+                             f"it to finish or stop it (a killed holder's lock is released by itself)") from None
+        if not blocking:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _holder_text().encode(), 0)
         yield path
     finally:
         os.close(fd)  # closing releases the flock

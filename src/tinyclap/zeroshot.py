@@ -7,8 +7,11 @@ This module imports torch only when it is handed torch tensors, so the torch-fre
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +19,20 @@ from typing import Any
 
 import numpy as np
 
-from tinyclap._util import l2_normalize
+from tinyclap._util import display_path, l2_normalize, read_regular_file
 
 DEFAULT_TEMPLATE = "this is the sound of {}"
+# Bounds on a class-matrix file, checked before anything is inflated or allocated (docs/robustness.md):
+# 100k classes of up to 16384 dims, at most 512 MiB of float32 weights, 64 MiB of labels/metadata per member,
+# and a logit scale whose exp() stays a plausible temperature (CLAP clamps exp(scale) at 100).
+MAX_CLASSES = 100_000
+MAX_EMBED_DIM = 16384
+MAX_WEIGHTS_BYTES = 512 << 20
+MAX_MEMBER_BYTES = 64 << 20
+MAX_CLASSES_FILE_BYTES = MAX_WEIGHTS_BYTES + 2 * MAX_MEMBER_BYTES + (1 << 20)
+MAX_LABEL_CHARS = 1000
+MAX_LOGIT_SCALE = math.log(1e4)
+NPZ_MEMBERS = {"weights.npy": MAX_WEIGHTS_BYTES + 4096, "labels.npy": MAX_MEMBER_BYTES, "meta.npy": MAX_MEMBER_BYTES}
 
 
 def class_prompt(label: str, template: str = DEFAULT_TEMPLATE) -> str:
@@ -39,7 +53,22 @@ class ZeroShotClassifier:
     templates: list[str] = field(default_factory=lambda: [DEFAULT_TEMPLATE])
 
     def __post_init__(self) -> None:
+        _check_labels(self.labels)
         w = np.asarray(self.weights, dtype=np.float32)
+        if w.ndim != 2 or not (1 <= w.shape[0] <= MAX_CLASSES and 1 <= w.shape[1] <= MAX_EMBED_DIM):
+            raise ValueError(f"class matrix of shape {w.shape}: need (C, D) with C <= {MAX_CLASSES}, "
+                             f"D <= {MAX_EMBED_DIM}")
+        if not np.isfinite(w).all():
+            raise ValueError(f"class matrix has {int((~np.isfinite(w)).sum())} NaN/inf values")
+        scale = self.logit_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) or not (
+            abs(float(scale)) <= MAX_LOGIT_SCALE
+        ):
+            raise ValueError(f"logit_scale {scale!r} is not a finite number in [-{MAX_LOGIT_SCALE:.2f}, "
+                             f"{MAX_LOGIT_SCALE:.2f}] (exp(scale) is the softmax's inverse temperature)")
+        self.logit_scale = float(scale)
+        if not isinstance(self.templates, list) or not all(isinstance(t, str) for t in self.templates):
+            raise ValueError("templates must be a list of strings")
         # renormalise only when needed, so a saved matrix loads back bit-identical
         if not np.allclose(np.linalg.norm(w, axis=-1), 1.0, atol=1e-6):
             w = l2_normalize(w)
@@ -89,10 +118,14 @@ class ZeroShotClassifier:
     def logits(self, audio: Any) -> Any:
         """(B, D) audio embeddings (numpy or torch; normalised here) -> (B, C) scaled cosine logits."""
         if isinstance(audio, np.ndarray):
+            if not np.isfinite(audio).all():
+                raise ValueError(NON_FINITE_AUDIO)
             return float(np.exp(self.logit_scale)) * l2_normalize(audio.astype(np.float32)) @ self.weights.T
         import torch
         import torch.nn.functional as F
 
+        if not bool(torch.isfinite(audio).all()):
+            raise ValueError(NON_FINITE_AUDIO)
         w = torch.from_numpy(self.weights).to(audio.device, audio.dtype)
         return float(np.exp(self.logit_scale)) * F.normalize(audio, dim=-1) @ w.T
 
@@ -125,14 +158,91 @@ class ZeroShotClassifier:
     def load(cls, source: str | os.PathLike | bytes, name: str | os.PathLike | None = None) -> ZeroShotClassifier:
         """Read a class-matrix file from a path, or from its bytes (the runtime passes the bytes it verified,
         so no second read can see another file); `name` labels errors (default: the path).
-        Plain arrays only (allow_pickle=False): a pickled payload is refused, never run."""
-        import io
 
-        label = name if name is not None else "class-matrix bytes" if isinstance(source, bytes) else source
+        Everything is bounded before it is read: the file must be a regular file (a FIFO is refused, not
+        waited on) of at most MAX_CLASSES_FILE_BYTES; each zip member's declared size, and the bytes it
+        actually inflates to, stay under its limit (a decompression bomb is refused after at most that many
+        bytes); each .npy header's shape must match its data before any array is made. Plain arrays only
+        (allow_pickle=False): a pickled payload is refused, never run. Every error is a ValueError naming
+        the file."""
+        label = display_path(name if name is not None else "class-matrix bytes" if isinstance(source, bytes)
+                             else source)
         try:
-            with np.load(io.BytesIO(source) if isinstance(source, bytes) else source, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                weights = np.asarray(z["weights"], dtype=np.float32)
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"{os.fsdecode(label)}: not a tinyclap class-matrix file ({e})") from e
-        return cls(list(meta["labels"]), weights, float(meta["logit_scale"]), list(meta["templates"]))
+            data = source if isinstance(source, bytes) else read_regular_file(source, MAX_CLASSES_FILE_BYTES)
+        except ValueError as e:
+            raise ValueError(f"{e} (expected a tinyclap class-matrix file)") from e
+        try:
+            arrays = _read_npz(data)
+            meta = _parse_meta(arrays["meta.npy"])
+            weights = np.array(arrays["weights.npy"], dtype=np.float32)
+            return cls(meta["labels"], weights, meta["logit_scale"], meta["templates"])
+        except (OSError, KeyError, ValueError, TypeError, RecursionError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{label}: not a usable tinyclap class-matrix file ({e})") from e
+
+
+NON_FINITE_AUDIO = "audio embeddings contain NaN/inf values (the audio model's weights or output are broken)"
+
+
+def _check_labels(labels: Any) -> None:
+    """Labels: a list of distinct printable strings (a control character could forge lines in a report)."""
+    if not isinstance(labels, list) or not all(isinstance(lb, str) for lb in labels):
+        raise ValueError("labels must be a list of strings")
+    for i, lb in enumerate(labels):
+        if not lb or len(lb) > MAX_LABEL_CHARS or not lb.isprintable():
+            raise ValueError(f"label {i} ({display_path(lb[:60])!r}) must be 1-{MAX_LABEL_CHARS} printable "
+                             "characters (no newlines or other control characters)")
+
+
+def _read_npz(data: bytes) -> dict[str, np.ndarray]:
+    """The members of an .npz held in `data`, each inflated with a bounded read and parsed by `_read_npy`."""
+    out = {}
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        infos = zf.infolist()
+        if len(infos) > 16:
+            raise ValueError(f"{len(infos)} zip members (a class-matrix file has 3)")
+        for info in infos:
+            limit = NPZ_MEMBERS.get(info.filename)
+            if limit is None:
+                continue  # an unknown member is never read
+            if info.file_size > limit:
+                raise ValueError(f"member {info.filename} declares {info.file_size} bytes (limit {limit})")
+            with zf.open(info) as member:
+                raw = member.read(info.file_size + 1)  # inflating past its declared size is cut here
+            if len(raw) > info.file_size:
+                raise ValueError(f"member {info.filename} inflates past {limit} bytes (a decompression bomb?)")
+            out[info.filename] = _read_npy(raw, info.filename)
+    missing = sorted(set(NPZ_MEMBERS) - set(out))
+    if missing:
+        raise ValueError(f"missing member(s) {', '.join(missing)}")
+    return out
+
+
+def _read_npy(raw: bytes, what: str) -> np.ndarray:
+    """An .npy from bytes: the header's shape and dtype must account for exactly the bytes that follow, so
+    no header can make numpy allocate more than the file holds; object dtypes (pickles) are refused."""
+    f = io.BytesIO(raw)
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"{what}: unsupported .npy version {version}")
+    if dtype.hasobject:
+        raise ValueError(f"{what}: object arrays (pickles) are not allowed")
+    count = math.prod(shape)
+    body = memoryview(raw)[f.tell() :]
+    if count * dtype.itemsize != len(body):
+        raise ValueError(f"{what}: header declares {shape} {dtype} but {len(body)} data bytes follow")
+    arr = np.frombuffer(body, dtype=dtype, count=count)
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def _parse_meta(arr: np.ndarray) -> dict[str, Any]:
+    """The JSON metadata (labels, logit_scale, templates) with its types checked."""
+    if arr.shape != () or arr.dtype.kind != "U":
+        raise ValueError(f"meta.npy: expected one string, got {arr.dtype} {arr.shape}")
+    meta = json.loads(str(arr), parse_constant=lambda c: float("nan"))
+    if not isinstance(meta, dict) or not all(k in meta for k in ("labels", "logit_scale", "templates")):
+        raise ValueError("meta.npy: expected an object with labels, logit_scale and templates")
+    return meta

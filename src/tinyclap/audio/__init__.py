@@ -19,6 +19,7 @@ from tinyclap.audio.io import (
     eval_windows,
     fit_clip,
     load_audio,
+    stream_audio,
     stream_windows,
 )
 
@@ -37,5 +38,6 @@ __all__ = [
     "eval_windows",
     "fit_clip",
     "load_audio",
+    "stream_audio",
     "stream_windows",
 ]

@@ -9,8 +9,8 @@ msclap/models/audio.py and torchlibrosa/stft.py, followed for the settings, not 
 
 The STFT is a strided conv1d with a fixed real DFT basis (cos and sin rows, window folded in), not
 torch.stft, so the module exports to ONNX (opset 17) with a dynamic batch axis and needs no complex ops.
-The mel filterbank is computed here in numpy (librosa's `filters.mel` defaults: Slaney scale and area
-normalisation) so librosa is not a runtime dependency.
+The mel filterbank is computed in numpy (`tinyclap.audio.mel`, librosa's `filters.mel` defaults: Slaney scale
+and area normalisation) so librosa is not a runtime dependency.
 
 Two faster forms give the same numbers up to float32 rounding: `FFTLogMel` (torch.fft, for caching a
 corpus) and `FactorisedLogMel` (a factorised DFT of plain matrix products for fixed 5 s clips, what the
@@ -28,96 +28,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinyclap.audio.io import CLIP_SAMPLES
+from tinyclap.audio.mel import (  # noqa: F401  (the settings are part of this module's public face)
+    AMIN,
+    CONFIG_KEYS,
+    F_MAX,
+    F_MIN,
+    HOP_LENGTH,
+    N_FFT,
+    N_MELS,
+    REF,
+    SAMPLE_RATE,
+    WIN_LENGTH,
+    dft_basis,
+    mel_filterbank,
+    n_frames,
+)
 
-SAMPLE_RATE = 44100
-N_FFT = 1024
-HOP_LENGTH = 320
-WIN_LENGTH = 1024
-N_MELS = 64
-F_MIN = 50.0
-F_MAX = 14000.0
-AMIN = 1e-10
-REF = 1.0
-CONFIG_KEYS = ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels", "f_min", "f_max", "amin", "ref")
-
-
-def n_frames(num_samples: int, hop_length: int = HOP_LENGTH) -> int:
-    """STFT frames for a centred (reflect-padded) STFT of `num_samples`: 220500 samples (5 s) -> 690."""
-    return int(num_samples) // int(hop_length) + 1
-
-
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
-    """Slaney's Auditory Toolbox mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above."""
-    hz = np.asarray(hz, dtype=np.float64)
-    f_sp = 200.0 / 3.0
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = math.log(6.4) / 27.0
-    linear = hz / f_sp
-    # np.maximum keeps log() away from 0 for the branch np.where discards
-    log = min_log_mel + np.log(np.maximum(hz, min_log_hz) / min_log_hz) / logstep
-    return np.where(hz >= min_log_hz, log, linear)
-
-
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    """Inverse of `_hz_to_mel`."""
-    mel = np.asarray(mel, dtype=np.float64)
-    f_sp = 200.0 / 3.0
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = math.log(6.4) / 27.0
-    linear = mel * f_sp
-    log = min_log_hz * np.exp(logstep * (mel - min_log_mel))
-    return np.where(mel >= min_log_mel, log, linear)
-
-
-def mel_filterbank(
-    sample_rate: int = SAMPLE_RATE,
-    n_fft: int = N_FFT,
-    n_mels: int = N_MELS,
-    f_min: float = F_MIN,
-    f_max: float | None = F_MAX,
-) -> np.ndarray:
-    """Slaney-style triangular mel filters with area normalisation -> (n_mels, n_fft // 2 + 1) float64.
-
-    The same matrix as `librosa.filters.mel(sr=..., n_fft=..., n_mels=..., fmin=..., fmax=...)` with its
-    defaults (htk=False, norm='slaney'), computed in float64.
-    """
-    if f_max is None:
-        f_max = sample_rate / 2.0
-    if not 0.0 <= f_min < f_max <= sample_rate / 2.0:
-        raise ValueError(f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={f_min}, f_max={f_max}")
-    n_bins = n_fft // 2 + 1
-    fft_hz = np.linspace(0.0, sample_rate / 2.0, n_bins)  # (n_bins,)
-    # n_mels + 2 edges equally spaced in mel: band i rises from edge i, peaks at i+1, falls to i+2
-    edges_hz = _mel_to_hz(np.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2))  # (n_mels+2,)
-    widths = np.diff(edges_hz)  # (n_mels+1,)
-    dist = edges_hz[:, None] - fft_hz[None, :]  # (n_mels+2, n_bins)
-    rising = -dist[:-2] / widths[:-1, None]  # (n_mels, n_bins)
-    falling = dist[2:] / widths[1:, None]  # (n_mels, n_bins)
-    weights = np.maximum(0.0, np.minimum(rising, falling))
-    # Slaney normalisation: each triangle has unit area in Hz, i.e. peak 2 / (its bandwidth)
-    weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
-    return weights
-
-
-def _dft_basis(n_fft: int, win_length: int) -> np.ndarray:
-    """Real DFT basis with a periodic Hann window folded in -> (2 * (n_fft//2+1), n_fft) float64.
-
-    Rows [0, n_bins) are w[n] cos(2 pi k n / N), rows [n_bins, 2 n_bins) are -w[n] sin(2 pi k n / N)
-    (the sign is irrelevant for the power, kept to match exp(-i...)). Built in float64 and cast once.
-    """
-    n_bins = n_fft // 2 + 1
-    n = np.arange(win_length, dtype=np.float64)
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / win_length)  # periodic ("fftbins") Hann
-    if win_length < n_fft:  # centred in the frame, as librosa.util.pad_center does
-        left = (n_fft - win_length) // 2
-        window = np.pad(window, (left, n_fft - win_length - left))
-    k = np.arange(n_bins, dtype=np.int64)[:, None]
-    t = np.arange(n_fft, dtype=np.int64)[None, :]
-    # reduce k*t mod N in integers first: the angle stays in [0, 2 pi) and loses no precision
-    angle = 2.0 * np.pi * ((k * t) % n_fft) / n_fft  # (n_bins, n_fft)
-    return np.concatenate([np.cos(angle) * window, -np.sin(angle) * window], axis=0)
+# a config (e.g. a hostile checkpoint's front end) beyond this is refused before any basis is built: the
+# float64 DFT basis is (n_fft + 2) x n_fft, 134 MB at 4096 (MS CLAP uses 1024)
+MAX_N_FFT = 1 << 12
 
 
 class LogMel(nn.Module):
@@ -139,13 +68,8 @@ class LogMel(nn.Module):
         ref: float = REF,
     ) -> None:
         super().__init__()
-        if not 0 < win_length <= n_fft or hop_length <= 0 or n_mels <= 0:
-            raise ValueError(
-                f"invalid STFT settings: n_fft={n_fft}, win_length={win_length}, hop_length={hop_length}, "
-                f"n_mels={n_mels}"
-            )
-        if amin <= 0 or ref <= 0:
-            raise ValueError(f"amin and ref must be > 0, got amin={amin}, ref={ref}")
+        self.check_config(dict(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, win_length=win_length,
+                               n_mels=n_mels, amin=amin, ref=ref))
         self.sample_rate = int(sample_rate)
         self.n_fft = int(n_fft)
         self.hop_length = int(hop_length)
@@ -156,7 +80,7 @@ class LogMel(nn.Module):
         self.amin = float(amin)
         self.ref = float(ref)
         self.n_bins = self.n_fft // 2 + 1
-        basis = _dft_basis(self.n_fft, self.win_length)  # (2 * n_bins, n_fft)
+        basis = dft_basis(self.n_fft, self.win_length)  # (2 * n_bins, n_fft)
         mel = mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max)
         self.register_buffer("dft", torch.from_numpy(basis[:, None, :]).float(), persistent=False)
         self.register_buffer("mel", torch.from_numpy(mel.T.copy()).float(), persistent=False)
@@ -166,6 +90,21 @@ class LogMel(nn.Module):
     def config(self) -> dict[str, Any]:
         """JSON-able settings; `LogMel.from_config(m.config())` rebuilds an identical module."""
         return {key: getattr(self, key) for key in CONFIG_KEYS}
+
+    @staticmethod
+    def check_config(config: dict[str, Any]) -> None:
+        """ValueError for settings that are inconsistent or absurd (checked before any basis is built; upper
+        bounds too: the DFT basis is (n_fft + 2, n_fft) floats, built even for a meta-device model)."""
+        c = {"n_fft": N_FFT, "hop_length": HOP_LENGTH, "win_length": WIN_LENGTH, "n_mels": N_MELS,
+             "sample_rate": SAMPLE_RATE, "amin": AMIN, "ref": REF, **config}
+        n_fft, win, hop, n_mels = c["n_fft"], c["win_length"], c["hop_length"], c["n_mels"]
+        if not 0 < win <= n_fft <= MAX_N_FFT or not 0 < hop <= n_fft or not 0 < n_mels <= 4096:
+            raise ValueError(f"invalid STFT settings: n_fft={n_fft}, win_length={win}, hop_length={hop}, "
+                             f"n_mels={n_mels} (n_fft at most {MAX_N_FFT}, n_mels at most 4096)")
+        if not c["amin"] > 0 or not c["ref"] > 0:  # `not >` also refuses NaN
+            raise ValueError(f"amin and ref must be > 0, got amin={c['amin']}, ref={c['ref']}")
+        if not 1 <= c["sample_rate"] <= 768_000:
+            raise ValueError(f"invalid sample_rate={c['sample_rate']} (1..768000)")
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> LogMel:
@@ -190,7 +129,13 @@ class LogMel(nn.Module):
             raise ValueError(f"waveform too short for reflect padding: {wave.shape[-1]} samples, need > {pad}")
         x = wave.to(self.dft.dtype)[:, None, :]  # (B, 1, N)
         x = F.pad(x, (pad, pad), mode="reflect")  # (B, 1, N + n_fft)
-        spec = F.conv1d(x, self.dft, stride=self.hop_length)  # (B, 2 * n_bins, T)
+        return self.frames(x[:, 0])
+
+    def frames(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-mel of the frames x[:, i*hop : i*hop + n_fft], without padding: (B, N) -> (B, T', n_mels) with
+        T' = (N - n_fft) // hop + 1. `forward` is this on the reflect-padded waveform; timelines call it on
+        a long recording's samples once and slice windows from the result (`tinyclap.timeline`)."""
+        spec = F.conv1d(x.to(self.dft.dtype)[:, None, :], self.dft, stride=self.hop_length)  # (B, 2 * n_bins, T)
         real, imag = spec.chunk(2, dim=1)  # (B, n_bins, T) each
         power = (real * real + imag * imag).transpose(1, 2)  # (B, T, n_bins)
         mel = torch.matmul(power, self.mel)  # (B, T, n_mels)

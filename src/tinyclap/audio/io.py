@@ -20,6 +20,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from tinyclap._util import display_path
+
 SAMPLE_RATE = 44100
 CLIP_SECONDS = 5.0
 CLIP_SAMPLES = 220500  # = int(CLIP_SECONDS * SAMPLE_RATE), what MS CLAP 2022 sees per clip
@@ -28,16 +30,27 @@ RESAMPLE_QUALITY = "HQ"  # soxr's default quality, named explicitly so both load
 # or int-scaled floats reach ~2e9), but beyond ~3e16 the front end's float32 STFT power overflows and the
 # embedding turns NaN, so such values (far past any real recording) are refused instead.
 MAX_ABS_SAMPLE = 1e12
+# Bounds on what a file's header may ask for (docs/robustness.md says why each value). A header can declare any
+# rate: an 88 KB WAV declaring 1 Hz would resample to ~2e9 samples at 44.1 kHz, so rates outside what real
+# recorders write (telephone-grade 8 kHz down to 1 kHz; ultrasonic bat detectors and DXD up to 768 kHz) are
+# refused before anything is decoded or resampled.
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 768_000
+# `load_audio` decodes a file whole: at most MAX_SECONDS of audio (3 h is 1.9 GB as float32 at 44.1 kHz; longer
+# files are streamed: `stream_windows`, `classify --window`) and MAX_DECODE_BYTES of float32 buffers (the mono
+# mix at the file's rate plus the resampled copy), checked against the header before reading and while reading.
+MAX_SECONDS = 3 * 3600.0
+MAX_DECODE_BYTES = 4 << 30
+# Streams hold only a block at a time; their bound is time, not memory: a day of audio at most.
+MAX_STREAM_SECONDS = 24 * 3600.0
+UNKNOWN_FRAMES = (1 << 63) - 1  # the frame count libsndfile reports when a header gives no length (SF_COUNT_MAX)
+MAX_WINDOW_SECONDS = 3600.0  # longest `stream_windows` window or hop (one window is held in memory)
+BLOCK_BYTES = 64 << 20  # largest (frames, channels) float32 block read at once (libsndfile allows 1024 channels)
 
 POLICIES = ("eval", "train")
 PADS = ("zero", "repeat")
 
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
-
-
-def display_path(path: PathLike) -> str:
-    """A printable form of any path: undecodable (non-UTF-8) bytes become backslash escapes."""
-    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class AudioError(ValueError):
@@ -118,6 +131,25 @@ def _to_mono(block: np.ndarray) -> np.ndarray:
     return block.mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
+def _block_frames(f: sf.SoundFile, seconds: float) -> int:
+    """Frames per read block: `seconds` of audio, but never more than BLOCK_BYTES of float32."""
+    return max(1, min(int(round(seconds * f.samplerate)), BLOCK_BYTES // (4 * max(1, f.channels))))
+
+
+def _check_header(path: PathLike, f: sf.SoundFile, sample_rate: int = SAMPLE_RATE) -> int:
+    """The file's sample rate, after refusing a header whose rate or channel count no recording has."""
+    rate, channels, frames = int(f.samplerate), int(f.channels), max(0, int(f.frames))
+    if rate <= 0 or channels <= 0:
+        raise AudioError(path, f"invalid header (sample rate {rate}, {channels} channels)")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            path,
+            f"declares a sample rate of {rate} Hz, outside the plausible {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz "
+            f"(its {frames} frames would resample to {frames * sample_rate / rate:.3g} samples at {sample_rate} Hz)",
+        )
+    return rate
+
+
 def _read_blocks(f: sf.SoundFile, block_n: int) -> Iterator[np.ndarray]:
     """(frames, channels) float32 blocks until the end. Unlike `SoundFile.blocks`/`read()` this also works
     for formats libsndfile cannot seek in (e.g. GSM 6.10 in WAV), where the frame count is unknown."""
@@ -158,43 +190,83 @@ def _check_rate(sample_rate: int) -> int:
 
 
 def audio_info(path: PathLike) -> AudioInfo:
-    """Header metadata without decoding the samples (same errors as `load_audio`)."""
+    """Header metadata without decoding the samples (same errors as `load_audio`, including an implausible
+    declared sample rate; the declared length is not bounded here)."""
     with _open(path) as f:
-        frames, rate, channels = int(f.frames), int(f.samplerate), int(f.channels)
+        rate = _check_header(path, f)
+        frames, channels = int(f.frames), int(f.channels)
         fmt = f"{f.format}/{f.subtype}"
-    if rate <= 0 or channels <= 0:
-        raise AudioError(path, f"invalid header (sample rate {rate}, {channels} channels)")
     return AudioInfo(frames=frames, sample_rate=rate, channels=channels, duration=frames / rate, format=fmt)
 
 
-def load_audio(path: PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def load_audio(path: PathLike, sample_rate: int = SAMPLE_RATE, *, max_seconds: float = MAX_SECONDS) -> np.ndarray:
     """Decode a whole file to a float32 mono waveform at `sample_rate` (channels averaged, soxr HQ).
 
     Raises AudioError for a missing file (or broken symlink), a directory or other non-regular file (a FIFO
-    would otherwise block forever), an unreadable/unsupported/undecodable file, a file with no samples or
-    too few to survive resampling, any NaN/inf sample, or a sample beyond +-MAX_ABS_SAMPLE.
+    would otherwise block forever), an unreadable/unsupported/undecodable file, a declared sample rate outside
+    MIN_SAMPLE_RATE..MAX_SAMPLE_RATE, audio longer than `max_seconds` or needing more than MAX_DECODE_BYTES of
+    buffers (checked against the header before reading, then while reading: a header may lie), a file with
+    no samples or too few to survive resampling, any NaN/inf sample, or a sample beyond +-MAX_ABS_SAMPLE.
     docs/robustness.md lists the outcome for each kind of odd input.
     """
     sample_rate = _check_rate(sample_rate)
+    if not max_seconds > 0:
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
     with _open(path) as f:
-        rate = int(f.samplerate)
+        rate = _check_header(path, f, sample_rate)
+        # float32 bytes per source frame: the mono mix, plus its resampled copy
+        per_frame = 4 * (1 + (sample_rate / rate if rate != sample_rate else 0))
+        max_frames = int(min(max_seconds * rate, MAX_DECODE_BYTES / per_frame))
+        declared = max(0, int(f.frames))
+        declared = 0 if declared >= UNKNOWN_FRAMES else declared  # libsndfile's "length unknown"
+        if declared > max_frames:
+            raise AudioError(path, _too_long(declared, rate, max_seconds, per_frame, "declares"))
         try:
-            if f.seekable():
-                data = f.read(dtype="float32", always_2d=True)  # (frames, channels)
-            else:
-                blocks = list(_read_blocks(f, 1 << 16))
-                data = np.concatenate(blocks) if blocks else np.zeros((0, f.channels), np.float32)
-        except (sf.SoundFileError, RuntimeError, OSError, MemoryError) as e:
+            mono = _read_mono(path, f, rate, declared, max_frames, max_seconds, per_frame)
+        except AudioError:
+            raise
+        except (sf.SoundFileError, RuntimeError, OSError, MemoryError, ValueError) as e:
             raise AudioError(path, f"cannot decode audio ({type(e).__name__}: {e})") from e
-    if data.shape[0] == 0:
+    if mono.shape[0] == 0:
         raise AudioError(path, "empty audio (0 samples)")
-    wave = _to_mono(data)
-    _check_values(path, wave, rate, whole=True)
-    if rate != sample_rate:
-        wave = soxr.resample(wave, rate, sample_rate, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
-        if wave.shape[0] == 0:
-            raise AudioError(path, _too_short(data.shape[0], rate, sample_rate))
+    _check_values(path, mono, rate, whole=True)
+    if rate == sample_rate:
+        return mono
+    try:
+        wave = soxr.resample(mono, rate, sample_rate, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
+    except (MemoryError, ValueError, RuntimeError) as e:
+        raise AudioError(path, f"cannot resample audio ({type(e).__name__}: {e})") from e
+    if wave.shape[0] == 0:
+        raise AudioError(path, _too_short(mono.shape[0], rate, sample_rate))
     return wave
+
+
+def _too_long(frames: int, rate: int, max_seconds: float, per_frame: float, verb: str) -> str:
+    return (
+        f"too long to decode whole: {verb} {frames} frames at {rate} Hz ({frames / rate:.0f} s, "
+        f"{frames * per_frame / 1e9:.2f} GB of float32 buffers); the limits are {max_seconds:g} s and "
+        f"{MAX_DECODE_BYTES / 1e9:.1f} GB (stream long audio instead: stream_windows, classify --window)"
+    )
+
+
+def _read_mono(
+    path: PathLike, f: sf.SoundFile, rate: int, declared: int, max_frames: int, max_seconds: float, per_frame: float
+) -> np.ndarray:
+    """The whole file mixed to mono, read block by block into one buffer sized by the header (never beyond
+    `max_frames`; grown if the header understated the length), so a lying header allocates nothing huge."""
+    buf = np.empty(max(1, min(declared, max_frames)), dtype=np.float32)
+    n = 0
+    for block in _read_blocks(f, _block_frames(f, 10.0)):
+        mono = _to_mono(block)
+        if n + mono.shape[0] > max_frames:
+            raise AudioError(path, _too_long(n + mono.shape[0], rate, max_seconds, per_frame, "holds at least"))
+        if n + mono.shape[0] > buf.shape[0]:
+            grown = np.empty(min(max_frames, max(2 * buf.shape[0], n + mono.shape[0])), dtype=np.float32)
+            grown[:n] = buf[:n]
+            buf = grown
+        buf[n : n + mono.shape[0]] = mono
+        n += mono.shape[0]
+    return buf[:n] if 2 * n >= buf.shape[0] else buf[:n].copy()
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -297,8 +369,11 @@ def stream_windows(
     while iterating.
     """
     sample_rate = _check_rate(sample_rate)
-    if not (window > 0 and hop > 0 and block_seconds > 0):
-        raise ValueError(f"window, hop and block_seconds must be > 0, got {window}, {hop}, {block_seconds}")
+    if not (0 < window <= MAX_WINDOW_SECONDS and 0 < hop <= MAX_WINDOW_SECONDS and 0 < block_seconds <= 3600):
+        raise ValueError(
+            f"window, hop and block_seconds must be > 0 and at most {MAX_WINDOW_SECONDS:.0f} s, "
+            f"got {window}, {hop}, {block_seconds}"
+        )
     win_n = int(round(window * sample_rate))
     hop_n = int(round(hop * sample_rate))
     if win_n < 1 or hop_n < 1:
@@ -309,26 +384,37 @@ def stream_windows(
     return _stream(path, win_n, hop_n, sample_rate, block_seconds)
 
 
-def _stream(
-    path: PathLike, win_n: int, hop_n: int, sample_rate: int, block_seconds: float
-) -> Iterator[tuple[float, np.ndarray]]:
-    """The generator behind `stream_windows` (arguments already validated)."""
+def stream_audio(
+    path: PathLike, sample_rate: int = SAMPLE_RATE, block_seconds: float = 30.0
+) -> Iterator[np.ndarray]:
+    """Decode a file of any length incrementally: float32 mono chunks at `sample_rate`, in order.
+
+    Memory stays bounded by about `block_seconds` of audio (chunk lengths vary: soxr's streaming resampler
+    holds back a few samples). Concatenated, the chunks are the file's resampled audio, as `stream_windows`
+    sees it. Same AudioError rules as `stream_windows`: a bad path or format raises at the call; NaN/inf
+    samples, an empty file or one too short to survive resampling raise while iterating.
+    """
+    sample_rate = _check_rate(sample_rate)
+    if not 0 < block_seconds <= 3600:
+        raise ValueError(f"block_seconds must be > 0 and at most 3600, got {block_seconds}")
+    audio_info(path)  # fail here, at the call, for a bad path or format
+    return _chunks(path, sample_rate, block_seconds)
+
+
+def _chunks(path: PathLike, sample_rate: int, block_seconds: float) -> Iterator[np.ndarray]:
+    """The generator behind `stream_audio` (arguments already validated)."""
     with _open(path) as f:
-        rate = int(f.samplerate)
-        block_n = max(1, int(round(block_seconds * rate)))
+        rate = _check_header(path, f, sample_rate)
+        block_n = _block_frames(f, block_seconds)
+        max_frames = int(MAX_STREAM_SECONDS * rate)
         resampler = (
             soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY)
             if rate != sample_rate
             else None
         )
-        buf = np.zeros(0, dtype=np.float32)  # resampled audio from absolute sample index buf_start on
-        buf_start = 0
-        next_start = 0  # absolute index (at sample_rate) of the next window to yield
-        last_full_end = 0  # end of the last full window yielded (0 = none yet)
-        read_frames = 0
+        read_frames = produced = 0
         blocks = _read_blocks(f, block_n)
-        done = False
-        while not done:
+        while True:
             try:
                 block = next(blocks, None)  # (frames, channels)
             except (sf.SoundFileError, RuntimeError, OSError) as e:
@@ -340,29 +426,46 @@ def _stream(
                 mono = _to_mono(block)
                 _check_values(path, mono, rate, offset=read_frames)
                 read_frames += mono.shape[0]
+                if read_frames > max_frames:
+                    raise AudioError(path, f"longer than the {MAX_STREAM_SECONDS / 3600:.0f} h a stream may last "
+                                     f"(MAX_STREAM_SECONDS; at {rate} Hz)")
                 chunk = resampler.resample_chunk(mono, last=False) if resampler else mono
             if chunk is not None and chunk.shape[0]:
-                buf = np.concatenate([buf, chunk.astype(np.float32, copy=False)])
-            while next_start + win_n <= buf_start + buf.shape[0]:
-                lo = next_start - buf_start
-                yield next_start / sample_rate, buf[lo : lo + win_n].copy()
-                last_full_end = next_start + win_n
-                next_start += hop_n
-            # drop what no future window needs (keeps memory bounded)
-            drop = min(max(0, next_start - buf_start), buf.shape[0])
-            if drop:
-                buf = buf[drop:]
-                buf_start += drop
+                produced += chunk.shape[0]
+                yield chunk.astype(np.float32, copy=False)
+            if done:
+                break
+    if read_frames == 0:
+        raise AudioError(path, "empty audio (0 samples)")
+    if produced == 0:  # every sample was lost to resampling (e.g. 1 sample at 96 kHz)
+        raise AudioError(path, _too_short(read_frames, rate, sample_rate))
 
-        if read_frames == 0:
-            raise AudioError(path, "empty audio (0 samples)")
-        total = buf_start + buf.shape[0]
-        if total == 0:  # every sample was lost to resampling (e.g. 1 sample at 96 kHz)
-            raise AudioError(path, _too_short(read_frames, rate, sample_rate))
-        # one zero-padded window for audio past the last full one (if hop > window the next start may lie
-        # past the end: that audio was in a gap between windows anyway)
-        if last_full_end == 0 or (last_full_end < total and next_start < total):
-            out = np.zeros(win_n, dtype=np.float32)
-            tail = buf[next_start - buf_start :]  # buf_start <= next_start by construction
-            out[: tail.shape[0]] = tail
-            yield next_start / sample_rate, out
+
+def _stream(
+    path: PathLike, win_n: int, hop_n: int, sample_rate: int, block_seconds: float
+) -> Iterator[tuple[float, np.ndarray]]:
+    """The generator behind `stream_windows` (arguments already validated): windows cut from `_chunks`."""
+    buf = np.zeros(0, dtype=np.float32)  # resampled audio from absolute sample index buf_start on
+    buf_start = 0
+    next_start = 0  # absolute index (at sample_rate) of the next window to yield
+    last_full_end = 0  # end of the last full window yielded (0 = none yet)
+    for chunk in _chunks(path, sample_rate, block_seconds):
+        buf = np.concatenate([buf, chunk])
+        while next_start + win_n <= buf_start + buf.shape[0]:
+            lo = next_start - buf_start
+            yield next_start / sample_rate, buf[lo : lo + win_n].copy()
+            last_full_end = next_start + win_n
+            next_start += hop_n
+        # drop what no future window needs (keeps memory bounded)
+        drop = min(max(0, next_start - buf_start), buf.shape[0])
+        if drop:
+            buf = buf[drop:]
+            buf_start += drop
+    total = buf_start + buf.shape[0]
+    # one zero-padded window for audio past the last full one (if hop > window the next start may lie
+    # past the end: that audio was in a gap between windows anyway)
+    if last_full_end == 0 or (last_full_end < total and next_start < total):
+        out = np.zeros(win_n, dtype=np.float32)
+        tail = buf[next_start - buf_start :]  # buf_start <= next_start by construction
+        out[: tail.shape[0]] = tail
+        yield next_start / sample_rate, out

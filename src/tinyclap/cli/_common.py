@@ -12,6 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "BATCH",
+    "COUNT",
+    "EPOCHS",
+    "WORKERS",
     "DatasetArg",
     "HelpFormatter",
     "add_command",
@@ -19,6 +23,8 @@ __all__ = [
     "add_embedding_run_args",
     "add_templates_arg",
     "classifier_from_args",
+    "float_in",
+    "int_in",
     "make_parser",
     "require",
 ]
@@ -32,6 +38,45 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         if default is None or default is False or default == [] or default is argparse.SUPPRESS:
             return action.help
         return super()._get_help_string(action)
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse `type`: an integer in low..high, else a one-line usage error naming the range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range ({low}..{high})")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+def float_in(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse `type`: a finite number in [low, high] (or (low, high] with `low_open`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (low < value if low_open else low <= value) or not value <= high:  # also refuses NaN
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({'(' if low_open else '['}{low}, {high}])")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+# the bounds every command shares (far beyond any sensible value, far below an allocation that fails)
+BATCH = int_in(1, 1 << 16)
+WORKERS = int_in(0, 256)
+EPOCHS = int_in(0, 100_000)
+COUNT = int_in(1, 1 << 30)
 
 
 def make_parser(prog: str, description: str | None = None, **kw: Any) -> argparse.ArgumentParser:

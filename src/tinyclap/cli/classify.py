@@ -2,10 +2,11 @@
 
 Without --window each file gets one ranked label list (clips longer than 5 s: mean of the window
 embeddings, or the centre crop). With --window SEC [--hop SEC] each file gets a timeline: one row per
-window (start, end, top label, every class's probability), streamed from disk with bounded memory
-(`tinyclap.audio.stream_windows`, windows embedded a few at a time), so hour-long recordings work.
+window (start, end, top label, probabilities), streamed from disk with bounded memory, the log-mel front
+end run once per recording and windows sliced from it (`tinyclap.timeline`), so hour-long recordings
+work; --segments merges consecutive windows into labelled segments (--threshold, --none-below).
 The audio model is a PyTorch one (--model/--student/--teacher, `tinyclap.models.load_model`) or an
-export folder (--export-dir, run by the torch-free `tinyclap.runtime`).
+export folder (--export-dir, ONNX Runtime, no torch). All of it is `tinyclap.Classifier`, the Python API.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
 from tinyclap.audio import display_path
-from tinyclap.cli._common import add_command, add_templates_arg, classifier_from_args
+from tinyclap.cli._common import add_command, add_templates_arg
+from tinyclap.deploy.runtime import MAX_BATCH, MAX_TOP, MAX_WINDOW_SECONDS, bounded
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,27 +46,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_templates_arg(p)
     p.add_argument("--long-clip", choices=("windows", "centre"), default="windows",
                    help="clips longer than 5 s: mean of all window embeddings, or the centre crop")
-    p.add_argument("--top", type=int, default=5, help="labels shown per file")
+    p.add_argument("--top", type=bounded(int, 1, MAX_TOP), default=5, help="labels shown per file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file could not be read")
     t = p.add_argument_group("timeline (long audio)")
-    t.add_argument("--window", type=float, help="per-window timeline with windows of SEC seconds (e.g. 5)")
-    t.add_argument("--hop", type=float, default=1.0, help="hop between windows in seconds")
+    seconds = bounded(float, 0, MAX_WINDOW_SECONDS, low_open=True)
+    t.add_argument("--window", type=seconds, help="per-window timeline with windows of SEC seconds (e.g. 5)")
+    t.add_argument("--hop", type=seconds, default=1.0, help="hop between windows in seconds")
+    t.add_argument("--segments", action="store_true", help="print segments: consecutive windows with one label "
+                   "merged (each window stands for one hop around its centre)")
+    t.add_argument("--threshold", type=bounded(float, 0, 1), default=0.0, help="with --segments: a window counts "
+                   "for its top label only with at least this probability, else as '(none)'")
+    t.add_argument("--none-below", type=bounded(float, -1, 1), metavar="COS", help="with --segments: a window whose "
+                   "best cosine similarity to any class is below COS counts as '(none)' (none of these)")
     t.add_argument("--timeline-csv", help="write the timeline as CSV to PATH ('-' for stdout)")
     t.add_argument("--plot", help="PNG of class probability over time (one file per input: PATH, or PATH_<n>_<stem>)")
-    t.add_argument("--batch-size", type=int, default=8, help="windows embedded together")
+    t.add_argument("--batch-size", type=bounded(int, 1, MAX_BATCH), default=8, help="windows embedded together")
     p.set_defaults(func=run)
 
 
-def _torch_embedder(model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """(B, N) numpy windows -> (B, D) numpy embeddings through a PyTorch AudioEmbedder."""
-    import torch
+def _classifier(args: argparse.Namespace) -> Any:
+    """The `tinyclap.Classifier` the options describe (an export, or a PyTorch model + classes)."""
+    from tinyclap.classifier import Classifier
 
-    def embed(waves: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model.embed_waveform(torch.from_numpy(np.ascontiguousarray(waves))).float().cpu().numpy()
-
-    return embed
+    if args.export_dir:
+        if args.student or args.model or args.teacher or args.labels:
+            raise ValueError(
+                "--export-dir brings its own model and classes: drop --student/--model/--teacher/--labels"
+            )
+        return Classifier.from_export(args.export_dir, int8=args.int8, classes=args.classes,
+                                      batch_size=args.batch_size)
+    if args.int8:
+        raise ValueError("--int8 needs --export-dir (int8 models exist only in exports)")
+    spec = args.student or args.model or args.teacher
+    if spec is None:
+        raise ValueError("give a model: --student CKPT, --teacher CKPT, --model SPEC or --export-dir DIR")
+    labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
+    clf = Classifier.from_model(spec, args.classes or labels or None, teacher=args.teacher, tokenizer=args.tokenizer,
+                                templates=args.templates, batch_size=args.batch_size)
+    if clf.classes is None:
+        raise ValueError('give the classes: --labels "a,b,c" (with a text encoder) or --classes FILE.npz')
+    return clf
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,60 +94,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--window and --hop must be > 0, got {args.window} and {args.hop}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if (args.timeline_csv or args.plot) and args.window is None:
-        raise ValueError("--timeline-csv and --plot need --window SEC (timeline mode)")
-    if args.export_dir:
-        return _run_export(args)
-    if args.int8:
-        raise ValueError("--int8 needs --export-dir (int8 models exist only in exports)")
-    from tinyclap.models import load_model
-
-    spec = args.student or args.model or args.teacher
-    if spec is None:
-        raise ValueError("give a model: --student CKPT, --teacher CKPT, --model SPEC or --export-dir DIR")
-    model = load_model(spec, tokenizer_dir=args.tokenizer)
-    clf = classifier_from_args(args, model, spec)
-    if clf.embed_dim != model.embed_dim:
-        raise ValueError(f"class matrix has {clf.embed_dim} dims but the audio model gives {model.embed_dim}")
+    if (args.timeline_csv or args.plot or args.segments) and args.window is None:
+        raise ValueError("--timeline-csv, --plot and --segments need --window SEC (timeline mode)")
+    clf = _classifier(args)
     if args.window is not None:
-        clip = int(round(5.0 * model.sample_rate))
-        return _run_timelines(args, _torch_embedder(model), clf, model.sample_rate, clip)
-
-    from tinyclap.evaluation.embedding import embed_files
-
-    res = embed_files(model, args.files, mode=args.long_clip, progress=len(args.files) > 20)
-    ranked = clf.rank(res.embeddings, args.top) if res.paths else []
-    return _report_ranked(args, list(zip(res.paths, ranked)), res.failed)
-
-
-def _run_export(args: argparse.Namespace) -> int:
-    """--export-dir: the exported ONNX model through the torch-free runtime."""
-    from tinyclap.audio import AudioError
-    from tinyclap.deploy.runtime import Runtime
-
-    if args.student or args.model or args.teacher or args.labels:
-        raise ValueError(
-            "--export-dir brings its own model and classes: drop --student/--model/--teacher/--labels"
-        )
-    rt = Runtime(args.export_dir, int8=args.int8, batch_size=args.batch_size)
-    if args.classes:
-        from tinyclap.zeroshot import ZeroShotClassifier
-
-        rt.classifier = ZeroShotClassifier.load(args.classes)
-        if rt.classifier.embed_dim != rt.embed_dim:
-            raise ValueError(
-                f"class matrix has {rt.classifier.embed_dim} dims but the export gives {rt.embed_dim}"
-            )
-    if args.window is not None:
-        return _run_timelines(args, rt.embed, rt.classifier, rt.sample_rate, rt.clip_samples)
-    ok: list[tuple[str, list[tuple[str, float]]]] = []
-    failed: list[tuple[str, str]] = []
-    for f in args.files:
-        try:
-            ok.append((f, rt.classify(f, args.top, mode=args.long_clip)))
-        except AudioError as e:
-            failed.append((f, e.problem))
-    return _report_ranked(args, ok, failed)
+        return _run_timelines(args, clf)
+    try:
+        results = clf.classify_files(args.files, args.top, long_clip=args.long_clip, progress=len(args.files) > 20)
+    except ValueError as e:  # non-finite embeddings: the model is broken, not the audio
+        raise ValueError(f"{args.export_dir or args.student or args.model or args.teacher}: {e}") from e
+    ranked = [(r.path, r.ranked) for r in results if r.ok]
+    return _report_ranked(args, ranked, [(r.path, r.error or "") for r in results if not r.ok])
 
 
 def _report_ranked(
@@ -181,62 +160,65 @@ def _timeline_csv(target: str | None, labels: Sequence[str]) -> Iterator[Any]:
             f.close()
 
 
-def _file_timeline(args: argparse.Namespace, f: str, embed: Callable[[np.ndarray], np.ndarray], clf: Any,
-                   rates: tuple[int, int], writer: Any, table: bool) -> list[Any]:
-    """One file's timeline rows, printed as a table and/or written to the CSV as they come."""
-    from tinyclap.deploy.runtime import iter_timeline
+def _file_timeline(args: argparse.Namespace, f: str, clf: Any, writer: Any, table: bool) -> Any:
+    """One file's Timeline; rows printed (a view under 100 columns) and written to the CSV as they come."""
+    from tinyclap.timeline import Timeline, format_segments, format_timeline_rows
 
-    labels = list(clf.labels)
+    labels = clf.labels
+    tl = Timeline(labels, [], args.window, args.hop)
+
+    def rows() -> Iterator[Any]:
+        for row in clf.iter_timeline(f, args.window, args.hop):
+            tl.rows.append(row)
+            if writer is not None:
+                writer.writerow([display_path(f), f"{row.start:.3f}", f"{row.end:.3f}", labels[row.top()],
+                                 *(f"{p:.6f}" for p in row.scores)])
+            yield row
+
+    it = rows()
     if table:
-        print(f"{display_path(f)}\n  {'start':>8s} {'end':>8s}  {'top label':20s} "
-              + " ".join(f"{lb[:10]:>10s}" for lb in labels))
-    rows = []
-    for row in iter_timeline(embed, f, clf, window=args.window, hop=args.hop, sample_rate=rates[0],
-                             clip_samples=rates[1], batch_size=args.batch_size):
-        rows.append(row)
-        if writer is not None:
-            writer.writerow([display_path(f), f"{row.start:.3f}", f"{row.end:.3f}", row.top_label,
-                             *(f"{p:.6f}" for p in row.probabilities)])
-        if table:
-            print(f"  {row.start:8.2f} {row.end:8.2f}  {row.top_label[:20]:20s} "
-                  + " ".join(f"{p:10.4f}" for p in row.probabilities))
-    return rows
+        print(display_path(f))
+        if not args.segments:
+            for line in format_timeline_rows(it, labels):
+                print(line)
+    for _ in it:  # the rest (segments view, CSV or JSON only)
+        pass
+    if table and args.segments:
+        for line in format_segments(tl.segments(args.threshold, min_similarity=args.none_below)):
+            print(line)
+    return tl
 
 
-def _run_timelines(
-    args: argparse.Namespace,
-    embed: Callable[[np.ndarray], np.ndarray],
-    clf: Any,
-    sample_rate: int,
-    clip_samples: int,
-) -> int:
-    """--window: a per-window timeline for each file (table, CSV, JSON and/or plot)."""
+def _run_timelines(args: argparse.Namespace, clf: Any) -> int:
+    """--window: a per-window timeline for each file (table or segments, CSV, JSON and/or plot)."""
     from tinyclap.audio import AudioError
 
-    labels = list(clf.labels)
+    labels = clf.labels
     table = not args.json and args.timeline_csv != "-"
-    results: list[dict[str, Any]] = []
+    results: list[tuple[str, Any]] = []
     failed: list[tuple[str, str]] = []
     with _timeline_csv(args.timeline_csv, labels) as writer:
         for i, f in enumerate(args.files):
             try:
-                rows = _file_timeline(args, f, embed, clf, (sample_rate, clip_samples), writer, table)
+                tl = _file_timeline(args, f, clf, writer, table)
             except AudioError as e:
                 failed.append((f, e.problem))
                 continue
-            results.append({"file": f, "rows": rows})
+            results.append((f, tl))
             if args.plot:
                 out = _plot_path(args.plot, i, f, len(args.files))
-                plot_timeline(rows, labels, out, title=os.path.basename(f))
+                plot_timeline(tl.rows, labels, out, title=os.path.basename(f))
                 print(f"wrote {out}", file=sys.stderr)
     if args.json:
-        out_json = {
-            "window": args.window,
-            "hop": args.hop,
-            "labels": labels,
-            "timelines": [{"file": r["file"], "rows": [row.to_dict(labels) for row in r["rows"]]} for r in results],
-            "failed": [{"file": p, "error": e} for p, e in failed],
-        }
+        timelines = []
+        for f, tl in results:
+            item: dict[str, Any] = {"file": f, "rows": [row.to_dict(labels) for row in tl.rows]}
+            if args.segments:
+                segs = tl.segments(args.threshold, min_similarity=args.none_below)
+                item["segments"] = [seg.to_dict() for seg in segs]
+            timelines.append(item)
+        out_json = {"window": args.window, "hop": args.hop, "labels": labels, "timelines": timelines,
+                    "failed": [{"file": p, "error": e} for p, e in failed]}
         print(json.dumps(out_json, indent=1))
     _report_failed(failed, len(args.files))
     return 1 if (failed and args.strict) or not results else 0
@@ -257,7 +239,7 @@ def plot_timeline(
     from matplotlib.figure import Figure
 
     path = Path(path)
-    probs = np.stack([r.probabilities for r in rows]) if rows else np.zeros((0, len(labels)))  # (W, C)
+    probs = np.stack([r.scores for r in rows]) if rows else np.zeros((0, len(labels)))  # (W, C)
     t = np.array([r.start for r in rows])
     order = np.argsort(-probs.max(axis=0))[:max_classes] if len(rows) else []
     fig = Figure(figsize=(10, 4), dpi=100)

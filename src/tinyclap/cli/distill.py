@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tinyclap.cli._common import add_command
+from tinyclap.cli._common import BATCH, EPOCHS, WORKERS, add_command, float_in, int_in
 from tinyclap.train.config import DistillConfig
 
 # DistillConfig field -> option dest, where the names differ (the rest are spelled alike)
@@ -36,7 +36,7 @@ def _add_targets(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     g.add_argument("--teacher", help="teacher checkpoint, for targets computed on the fly (with --data)")
     g.add_argument("--data", action="append", default=[], help="audio KIND:PATH or PATH (repeatable), with --teacher")
     g.add_argument(
-        "--val-fraction", type=float, default=d["val_fraction"], help="validation share of --data files" + _D
+        "--val-fraction", type=float_in(0, 0.9), default=d["val_fraction"], help="validation share of --data files" + _D
     )
 
 
@@ -44,22 +44,45 @@ def _add_schedule(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     s = p.add_argument_group("schedule (paper defaults)")
     s.add_argument("--stages", type=_stages, default=",".join(map(str, d["stages"])), help="1, 2 or 1,2" + _D)
     s.add_argument("--init", help="student checkpoint to start from (required for --stages 2 alone)")
-    s.add_argument("--epochs1", type=int, default=d["epochs1"], help="stage-1 epochs" + _D)
-    s.add_argument("--epochs2", type=int, default=d["epochs2"], help="stage-2 epochs" + _D)
-    s.add_argument("--lr1", type=float, default=d["lr1"], help="stage-1 Adam lr" + _D)
-    s.add_argument("--lr2", type=float, default=d["lr2"], help="stage-2 Adam lr" + _D)
-    s.add_argument("--batch-size", type=int, default=d["batch_size"], help="per process" + _D)
+    s.add_argument("--epochs1", type=EPOCHS, default=d["epochs1"], help="stage-1 epochs" + _D)
+    s.add_argument("--epochs2", type=EPOCHS, default=d["epochs2"], help="stage-2 epochs" + _D)
+    s.add_argument("--lr1", type=float_in(0, 10, low_open=True), default=d["lr1"], help="stage-1 Adam lr" + _D)
+    s.add_argument("--lr2", type=float_in(0, 10, low_open=True), default=d["lr2"], help="stage-2 Adam lr" + _D)
+    s.add_argument("--batch-size", type=BATCH, default=d["batch_size"], help="per process" + _D)
     s.add_argument("--seed", type=int, default=d["seed"], help="seeds the student's init, the split and the order" + _D)
-    s.add_argument("--patience", type=int, default=d["plateau_patience"], help="ReduceLROnPlateau patience" + _D)
-    s.add_argument("--factor", type=float, default=d["plateau_factor"], help="ReduceLROnPlateau factor" + _D)
-    s.add_argument("--val-every", type=int, default=d["val_every"], help="validate every N epochs" + _D)
+    s.add_argument("--patience", type=int_in(0, 100_000), default=d["plateau_patience"],
+                   help="ReduceLROnPlateau patience" + _D)
+    s.add_argument("--factor", type=float_in(0, 0.99, low_open=True), default=d["plateau_factor"],
+                   help="ReduceLROnPlateau factor" + _D)
+    s.add_argument("--val-every", type=int_in(1, 100_000), default=d["val_every"], help="validate every N epochs" + _D)
+    s.add_argument("--train-crop-seconds", type=float_in(0.1, 3600, low_open=True), default=d["train_crop_seconds"],
+                   metavar="SEC", help="with --cache: train on random SEC-second crops of each cached clip "
+                   "(validation keeps whole clips; the target stays the whole clip's embedding)")
+
+
+def _add_loss(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+    from tinyclap.train.recipes import RECIPES
+
+    g = p.add_argument_group(
+        "loss (a recipe; each flag overrides the recipe's value)",
+        "paper: the paper's Eq. 7 (minus the cosine), exactly. plus: + text-anchored KL over the cache's text "
+        "bank (tinyclap cache --text-bank) + in-batch relational MSE; its weights are untuned until the "
+        "ablation is run. " + "; ".join(f"{k}: {v.to_dict()}" for k, v in RECIPES.items()),
+    )
+    g.add_argument("--recipe", choices=sorted(RECIPES), default=d["recipe"], help="loss preset" + _D)
+    weight = float_in(0, 1e4)
+    g.add_argument("--cos-weight", type=weight, metavar="W", help="weight of Eq. 7's cosine term")
+    g.add_argument("--kl-weight", type=weight, metavar="W", help="weight of the text-anchored KL term (0: off)")
+    g.add_argument("--kl-temperature", type=float_in(1e-4, 100), metavar="TAU",
+                   help="temperature of the text-KL softmaxes")
+    g.add_argument("--rel-weight", type=weight, metavar="W", help="weight of the relational term (0: off)")
 
 
 def _add_run(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     r = p.add_argument_group("run")
-    r.add_argument("--workers", type=int, default=d["workers"], help="DataLoader workers" + _D)
+    r.add_argument("--workers", type=WORKERS, default=d["workers"], help="DataLoader workers" + _D)
     r.add_argument(
-        "--ckpt-every", type=int, default=d["ckpt_every"],
+        "--ckpt-every", type=int_in(0, 1 << 30), default=d["ckpt_every"],
         help="also checkpoint every N steps (0: epoch ends)" + _D,
     )  # fmt: skip
     r.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
@@ -79,13 +102,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "distill",
         "distil a teacher's audio embeddings into a student",
         description="Stage 1 trains the whole student, stage 2 only its projection (from stage 1's best "
-        "checkpoint). Loss: minus the cosine between the student's and the teacher's embeddings.",
+        "checkpoint). Loss: by default (--recipe paper) minus the cosine between the student's and the "
+        "teacher's embeddings.",
     )
     p.add_argument("--student", help="student name, e.g. phinet_alpha_1.50_beta_0.75_t0_6_N_7")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, final student)")
     defaults = DistillConfig.defaults()
     _add_targets(p, defaults)
     _add_schedule(p, defaults)
+    _add_loss(p, defaults)
     _add_run(p, defaults)
     p.set_defaults(func=run)
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tinyclap.cli._common import add_command
+from tinyclap.cli._common import add_command, float_in, int_in
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,10 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="accept files that have no published checksum (their SHA-256 is printed)")
     parser.add_argument("--keep-archives", action="store_true", help="keep archives after extracting them")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
-    parser.add_argument("--timeout", type=float, default=30.0,
+    parser.add_argument("--timeout", type=float_in(0, 3600, low_open=True), default=30.0,
                         help="seconds before a stalled connection is retried")
-    parser.add_argument("--retries", type=int, default=5,
+    parser.add_argument("--retries", type=int_in(0, 100), default=5,
                         help="retries per URL without progress, with exponential backoff")
+    parser.add_argument("--stall-timeout", type=float_in(0, 86400, low_open=True), default=120.0,
+                        help="seconds in which a transfer must bring 64 KiB, else it is dropped and resumed")
+    parser.add_argument("--max-size", type=float_in(0, 1 << 20, low_open=True), default=32.0, metavar="GB",
+                        help="largest file accepted when its size is not known in advance (GiB)")
     return parser
 
 
@@ -60,7 +64,8 @@ def main_args(args: argparse.Namespace) -> int:
     try:
         path = download(args.what, args.root, progress=not args.no_progress, extract=not args.no_extract,
                         force=args.force, sha256=args.sha256, allow_unverified=args.allow_unverified,
-                        keep_archives=args.keep_archives, timeout=args.timeout, retries=args.retries)
+                        keep_archives=args.keep_archives, timeout=args.timeout, retries=args.retries,
+                        stall_timeout=args.stall_timeout, max_bytes=int(args.max_size * (1 << 30)))
     except DownloadError as e:
         print(f"tinyclap download: error: {e}", file=sys.stderr)
         return 1

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from tinyclap.cli._common import DatasetArg, add_command, add_embedding_run_args, add_templates_arg, require
+from tinyclap.cli._common import (
+    BATCH,
+    COUNT,
+    DatasetArg,
+    add_command,
+    add_embedding_run_args,
+    add_templates_arg,
+    require,
+)
 
 
 def _folds(text: str) -> list[int]:
@@ -50,15 +58,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--folds", type=_folds, help="only these folds, e.g. 1 or 1,2,3")
     d.add_argument("--esc10", action="store_true", help="ESC-10 subset of ESC-50")
     d.add_argument("--subset", choices=("auto", "development", "evaluation"), help="TUT17 set (none given: auto)")
-    d.add_argument("--limit", type=int, help="evaluate an evenly spread subset of N clips (quick checks)")
+    d.add_argument("--limit", type=COUNT, help="evaluate an evenly spread subset of N clips (quick checks)")
     d.add_argument(
         "--long-clip",
         choices=("windows", "centre"),
         default="windows",
         help="clips longer than 5 s: mean of all window embeddings or the centre crop",
     )
+    p.add_argument("--against-teacher", action="store_true",
+                   help="also score the student's teacher (--teacher, else the one recorded in its run) on the same "
+                   "clips: accuracy retention, top-1 agreement and mean cosine")
     r = add_embedding_run_args(p)
-    r.add_argument("--batch-size", type=int, default=16, help="5 s windows per forward pass")
+    r.add_argument("--batch-size", type=BATCH, default=16, help="5 s windows per forward pass")
     r.add_argument(
         "--strict", action="store_true", help="exit 1 if any listed clip was missing or unreadable"
     )
@@ -92,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        against_teacher=args.against_teacher,
     )
     ds = report["dataset"]
     for s in ds["skipped"]:

@@ -25,7 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", help="teacher checkpoint whose text tower encodes --labels")
     p.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt (with --labels)")
     add_templates_arg(p)
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (built beside it and swapped in when complete: a "
+                   "failed export leaves an earlier one intact)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it is a non-empty folder that is not an earlier export")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     p.add_argument(
         "--frontend",
@@ -105,7 +108,9 @@ def _fp32_blocks(value: str) -> int | str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinyclap.deploy.export import export
+    from pathlib import Path
+
+    from tinyclap.deploy.export import check_out_dir, export
     from tinyclap.deploy.quantize import Int8Options
     from tinyclap.models import load_model
 
@@ -115,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.quantize and not args.calibration:
         raise ValueError("--quantize int8 needs --calibration AUDIO (real recordings)")
+    check_out_dir(Path(args.out), args.overwrite)
     parity, calibration, heldout = _audio_sets(args)
     model = load_model(args.model)
     clf = classifier_from_args(args, model, args.model)
@@ -140,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         source=str(args.model),
         log=log,
+        overwrite=args.overwrite,
     )
     if args.json:
         print(json.dumps(manifest, indent=2))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tinyclap.cli._common import add_command, add_embedding_run_args, add_templates_arg
+from tinyclap.cli._common import EPOCHS, add_command, add_embedding_run_args, add_templates_arg, float_in
 
 
 def _dims(text: str) -> list[int]:
@@ -50,12 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--long-clip", choices=("windows", "centre"), default="windows")
     f = p.add_argument_group("small students")
     f.add_argument(
-        "--finetune-epochs", type=int, default=0, help="projection-only fine-tuning epochs (0: none)"
+        "--finetune-epochs", type=EPOCHS, default=0, help="projection-only fine-tuning epochs (0: none)"
     )
     f.add_argument(
         "--cache", help="distillation cache (tinyclap cache) with the teacher targets for fine-tuning"
     )
-    f.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
+    f.add_argument("--lr", type=float_in(0, 10, low_open=True), default=1e-3, help="fine-tuning learning rate")
     f.add_argument(
         "--eval-small", action="store_true", help="also evaluate small students that were not fine-tuned"
     )

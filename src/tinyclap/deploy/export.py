@@ -9,6 +9,11 @@ An export folder holds:
 - `manifest.json` rates, clip length, front-end and student config, versions, SHA-256 of every file,
   parity and quantisation results. `tinyclap.runtime` (torch-free) refuses files whose hash differs.
 
+The folder is built in a temporary sibling (`.<name>.export-XXXX`) and swapped into place only when it is
+complete (manifest written last): a failed export (parity, quantisation, a full disk, Ctrl-C) leaves an
+earlier export at the same path untouched. A non-empty folder that is not an earlier export is replaced only
+with `overwrite=True`.
+
 The steps live beside this module: `tinyclap.deploy.onnx` (the graphs, the factorised front end, the
 parity check), `tinyclap.deploy.quantize` (int8, and what does not quantise well and why) and
 `tinyclap.deploy.clips` (the real recordings the checks run on). The manifest is written last, so a
@@ -17,10 +22,13 @@ folder whose export failed is never loadable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +48,15 @@ from tinyclap.deploy.runtime import (
     MODEL_INT8_FILE,
     STUDENT_FILE,
     STUDENT_INT8_FILE,
+    ExportError,
+    read_manifest,
 )
 from tinyclap.zeroshot import ZeroShotClassifier
+
+
+def _quiet(msg: str) -> None:
+    """The silent log."""
+
 
 EXPORT_FILES = (MODEL_FILE, STUDENT_FILE, MODEL_INT8_FILE, STUDENT_INT8_FILE, CLASSES_FILE)
 
@@ -59,12 +74,54 @@ def _check_request(student: nn.Module, classifier: ZeroShotClassifier, frontend:
         raise ValueError(f"frontend must be one of {FRONTENDS}, got {frontend!r}")
 
 
-def _clear_export(out: Path) -> None:
-    """Create `out`; remove its manifest (until the new one is written, the folder is no export) and any
-    int8 files of an earlier export (this one may not write them)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in (MANIFEST_FILE, MODEL_INT8_FILE, STUDENT_INT8_FILE):
-        (out / stale).unlink(missing_ok=True)
+def check_out_dir(out: Path, overwrite: bool = False) -> None:
+    """Refuse an output path that is a file, or a non-empty folder that is not an earlier export (unless
+    `overwrite`): exporting replaces the whole folder."""
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
+    if overwrite or not any(out.iterdir()):
+        return
+    try:
+        read_manifest(out)
+    except ExportError as e:
+        raise ValueError(
+            f"{out}: not empty and not a tinyclap export ({e}); pass --overwrite (overwrite=True) to replace "
+            "the folder and everything in it"
+        ) from e
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A temporary sibling of `out` to build in; on success it replaces `out` (the old folder is renamed
+    aside, the new one renamed into place, then the old one deleted), on any failure it is deleted and `out`
+    is as it was. Parent folders created here are removed again on failure."""
+    missing = [d for d in [out.parent, *out.parent.parents] if not d.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp's 0o700 would make the export private
+    try:
+        yield stage
+        old = out.parent / f"{stage.name}.old" if os.path.lexists(out) else None
+        if old is not None:
+            os.rename(out, old)
+        try:
+            os.rename(stage, out)
+        except BaseException:
+            if old is not None:
+                os.rename(old, out)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for d in missing:  # innermost first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
 
 
 def _file_entries(out: Path) -> dict[str, dict[str, Any]]:
@@ -122,26 +179,38 @@ def export(
     int8: Int8Options | None = None,
     source: str | None = None,
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export `model` (StudentEmbedder or student) with its class matrix to `out_dir`; returns the manifest.
 
     fp32 parity (cosine >= 0.9999 on `parity_audio`, real recordings) is checked and a failure raises
-    ParityError; the manifest is written last, so a failed export is never loadable. With quantize="int8",
-    `calibration_audio` calibrates and `heldout_audio` (disjoint from it) measures int8 against fp32.
+    ParityError; the folder is built beside `out_dir` and swapped into place only when complete, so a failed
+    export leaves an earlier one intact (`check_out_dir`: a non-empty `out_dir` that is not an earlier
+    export needs `overwrite=True`). With quantize="int8", `calibration_audio` calibrates and `heldout_audio`
+    (disjoint from it) measures int8 against fp32.
     """
-    say = log or (lambda msg: None)
+    say = log or _quiet
     student = student_of(model).eval()
     lm = getattr(model, "frontend", None)
     lm = lm if isinstance(lm, LogMel) else LogMel()
     _check_request(student, classifier, frontend, quantize)
+    final = Path(out_dir)
+    check_out_dir(final, overwrite)
     clips = load_clips(parity_audio, desc="parity audio", show_progress=log is not None)
     if len(clips.waves) == 0:
         raise ValueError("parity needs real recordings, but none of the parity files could be decoded")
-    out = Path(out_dir)
-    _clear_export(out)
+    with staged_folder(final) as out:
+        manifest = _build(student, lm, classifier, clips, out, final, say,
+                          (opset, frontend, quantize, calibration_audio, heldout_audio, int8, source))
+    return manifest
 
+
+def _build(student: nn.Module, lm: LogMel, classifier: ZeroShotClassifier, clips: Any, out: Path, final: Path,
+           say: Callable[[str], None], options: tuple) -> dict[str, Any]:
+    """Write every file of the export into `out` (the staging folder), the manifest last; returns it."""
+    opset, frontend, quantize, calibration_audio, heldout_audio, int8, source = options
     t0 = time.perf_counter()
-    say(f"exporting {student.name} to {out} (opset {opset}, {frontend} front end)")
+    say(f"exporting {student.name} to {final} (opset {opset}, {frontend} front end)")
     paths = export_onnx_models(student, out, opset=opset, frontend=frontend, logmel=lm)
     classifier.save(out / CLASSES_FILE)
     say(f"parity on {len(clips.waves)} clips")
@@ -150,7 +219,8 @@ def export(
     parity["failed"] = clips.failed
     quant = None
     if quantize == "int8":
-        quant = quantize_export(out, lm, classifier, calibration_audio, heldout_audio, int8, log)
+        quant = quantize_export(out, lm, classifier, calibration_audio, heldout_audio, int8,
+                                None if say is _quiet else say)
 
     manifest = {
         **_describe(student, lm, classifier, frontend, opset, source),

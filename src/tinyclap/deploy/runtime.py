@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from tinyclap._util import l2_normalize
+from tinyclap._util import display_path, l2_normalize, read_regular_file
 from tinyclap.audio import AudioError, audio_info, eval_windows, fit_clip, load_audio, stream_windows
-from tinyclap.zeroshot import ZeroShotClassifier
+from tinyclap.audio.io import MAX_SAMPLE_RATE, MAX_WINDOW_SECONDS, MIN_SAMPLE_RATE
+from tinyclap.zeroshot import MAX_CLASSES_FILE_BYTES, MAX_EMBED_DIM, ZeroShotClassifier
 
 # the export folder's layout, written by `tinyclap.deploy.export` and read here (one definition, torch-free)
 EXPORT_FORMAT = "tinyclap-export/1"
@@ -35,49 +37,194 @@ STUDENT_FILE = "student.onnx"  # log-mel -> embedding
 MODEL_INT8_FILE = "model.int8.onnx"
 STUDENT_INT8_FILE = "student.int8.onnx"
 CLASSES_FILE = "classes.npz"
+# Bounds checked before anything is read (docs/robustness.md): a manifest is small JSON (its labels
+# included); an ONNX file cannot exceed protobuf's 2 GiB; a clip of a minute is far past any student's input.
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_ONNX_BYTES = 2 << 30
+MAX_CLIP_SECONDS = 60
+# Sane upper bounds on the numbers a user types (here and in `tinyclap classify`)
+MAX_TOP = 100_000
+MAX_BATCH = 1024  # windows embedded together: 1024 x 5 s x 44.1 kHz float32 is 0.9 GB
+MAX_THREADS = 1024
 
 
 class ExportError(ValueError):
     """An export folder that cannot be used: missing files, a bad manifest, or a file that was modified."""
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def read_manifest(export_dir: str | os.PathLike) -> dict[str, Any]:
-    """Parse and sanity-check `manifest.json` of an export folder."""
+    """Parse `manifest.json` of an export folder and check its schema (types, required keys, plausible
+    rates and sizes, file names inside the folder); every problem is a one-line ExportError naming it."""
     path = Path(export_dir) / MANIFEST_FILE
     if not Path(export_dir).is_dir():
-        raise ExportError(f"{export_dir}: not an export folder (no such directory)")
-    if not path.is_file():
-        raise ExportError(f"{path}: missing; not a (complete) tinyclap export folder")
+        raise ExportError(f"{display_path(export_dir)}: not an export folder (no such directory)")
+    if not os.path.lexists(path):
+        raise ExportError(f"{display_path(path)}: missing; not a (complete) tinyclap export folder")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ExportError(f"{path}: unreadable manifest ({e})") from e
+        manifest = json.loads(read_regular_file(path, MAX_MANIFEST_BYTES), parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ExportError(f"{display_path(path)}: unreadable manifest ({str(e)[:300]})") from e
     if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
         fmt = manifest.get("format") if isinstance(manifest, dict) else None
-        raise ExportError(f"{path}: unknown export format {fmt!r} (expected {EXPORT_FORMAT!r})")
-    for key in ("sample_rate", "clip_samples", "embed_dim", "files"):
-        if key not in manifest:
-            raise ExportError(f"{path}: manifest lacks {key!r}")
+        raise ExportError(f"{display_path(path)}: unknown export format {fmt!r:.80} (expected {EXPORT_FORMAT!r})")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise ExportError(f"{display_path(path)}: invalid manifest: {problem}")
     return manifest
 
 
+def _int_in(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _manifest_problem(m: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's fields (None: nothing the runtime relies on)."""
+    for key in ("sample_rate", "clip_samples", "embed_dim", "files"):
+        if key not in m:
+            return f"lacks {key!r}"
+    rate, clip, dim = m["sample_rate"], m["clip_samples"], m["embed_dim"]
+    if not _int_in(rate, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE):
+        return f"sample_rate {rate!r:.40} is not an integer in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}"
+    if not _int_in(clip, 1, MAX_CLIP_SECONDS * rate):
+        return f"clip_samples {clip!r:.40} is not an integer in 1..{MAX_CLIP_SECONDS * rate} ({MAX_CLIP_SECONDS} s)"
+    if not _int_in(dim, 1, MAX_EMBED_DIM):
+        return f"embed_dim {dim!r:.40} is not an integer in 1..{MAX_EMBED_DIM}"
+    files = m["files"]
+    if not isinstance(files, dict):
+        return "'files' is not an object"
+    for name, entry in files.items():
+        if not _plain_name(name):
+            return f"file name {display_path(str(name))[:80]!r} is not a plain name inside the folder"
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not re.fullmatch(
+            r"[0-9a-f]{64}", entry["sha256"]
+        ):
+            return f"files[{name!r}] lacks a hex SHA-256"
+        if not _int_in(entry.get("bytes"), 0, MAX_ONNX_BYTES):
+            return f"files[{name!r}] lacks a size in bytes (0..{MAX_ONNX_BYTES})"
+    classes = m.get("classes", {})
+    if not isinstance(classes, dict) or not _plain_name(classes.get("file", CLASSES_FILE)):
+        return "'classes' is not an object naming a plain file"
+    return None
+
+
+def _plain_name(name: Any) -> bool:
+    """A file name that can only mean a file directly inside the export folder."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 255
+        and name not in (".", "..")
+        and not any(c in name for c in "/\\\0")
+        and name.isprintable()
+    )
+
+
 def read_verified(export_dir: str | os.PathLike, name: str, manifest: dict[str, Any]) -> bytes:
-    """The bytes of one exported file, after checking them against the manifest's SHA-256."""
+    """The bytes of one exported file, after checking it BEFORE reading (a plain name; a regular file, not a
+    FIFO, device or link leading out of the folder; the manifest's size) and its SHA-256 after."""
     path = Path(export_dir) / name
     entry = manifest["files"].get(name)
     if entry is None:
-        raise ExportError(f"{path}: not listed in {MANIFEST_FILE} (export it, e.g. with --quantize int8)")
+        raise ExportError(f"{display_path(path)}: not listed in {MANIFEST_FILE} (export it, e.g. with --quantize int8)")
+    if not _plain_name(name) or Path(os.path.realpath(path)).parent != Path(os.path.realpath(export_dir)):
+        raise ExportError(f"{display_path(path)}: refusing a file (or symbolic link) leading outside the export folder")
+    limit = MAX_CLASSES_FILE_BYTES if name.endswith(".npz") else MAX_ONNX_BYTES
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ExportError(f"{path}: cannot read ({e.strerror or e})") from e
+        data = read_regular_file(path, limit, size=entry["bytes"])
+    except ValueError as e:
+        raise ExportError(f"{e} (refusing to load it; re-run tinyclap export)") from e
     digest = hashlib.sha256(data).hexdigest()
-    if digest != entry.get("sha256"):
+    if digest != entry["sha256"]:
         raise ExportError(
-            f"{path}: SHA-256 mismatch: the manifest says {entry.get('sha256')}, the file has {digest}. "
+            f"{display_path(path)}: SHA-256 mismatch: the manifest says {entry['sha256']}, the file has {digest}. "
             "The file was modified or corrupted after export; refusing to load it (re-run tinyclap export)."
         )
+    if name.endswith(".onnx"):
+        refs = external_data_refs(data)
+        if refs:
+            raise ExportError(
+                f"{display_path(path)}: refers to external tensor data ({display_path(refs[0])[:80]}), which the "
+                "manifest cannot vouch for; tinyclap exports never use it, so it is refused"
+            )
     return data
+
+
+# ONNX protobuf messages that can hold tensors: field number -> message kind (onnx.proto)
+_PROTO_CHILDREN: dict[str, dict[int, str]] = {
+    "model": {7: "graph", 20: "training", 25: "function"},
+    "training": {1: "graph", 2: "graph"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "function": {7: "node", 11: "attr"},
+    "node": {5: "attr"},
+    "attr": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+}
+
+
+def _varint(buf: memoryview, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ValueError("malformed protobuf varint")
+        b = buf[i]
+        value |= (b & 0x7F) << shift
+        i, shift = i + 1, shift + 7
+        if b < 0x80:
+            return value, i
+
+
+def _proto_fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value) of one protobuf message: an int, or a memoryview for length-delimited."""
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        wire, value = key & 7, None
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            value, i = buf[i : i + n], i + n
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        if i > len(buf):
+            raise ValueError("truncated protobuf message")
+        yield key >> 3, wire, value
+
+
+def external_data_refs(model: bytes) -> list[str]:
+    """Where the tensors of a serialised ONNX model keep external data (an empty list for a self-contained
+    model). A plain protobuf walk (no onnx package): initializers, Constant/attribute tensors, sparse tensors,
+    subgraphs and functions. ONNX Runtime would read such data from a path the model chooses (for a model
+    loaded from bytes: relative to the current folder), unhashed, so the runtime refuses any."""
+    refs: list[str] = []
+    stack: list[tuple[memoryview, str, int]] = [(memoryview(model), "model", 0)]
+    try:
+        while stack:
+            buf, kind, depth = stack.pop()
+            if depth > 64:
+                raise ValueError("nested deeper than 64 messages")
+            for field, wire, value in _proto_fields(buf):
+                if kind == "tensor":
+                    if field == 13 and wire == 2:
+                        refs.append(_location(value))
+                    elif field == 14 and wire == 0 and value == 1:
+                        refs.append("(data_location EXTERNAL)")
+                elif wire == 2 and field in _PROTO_CHILDREN[kind]:
+                    stack.append((value, _PROTO_CHILDREN[kind][field], depth + 1))
+    except ValueError as e:
+        return [f"unparseable model: {e}"]
+    return refs
+
+
+def _location(entry: memoryview) -> str:
+    """The value of one StringStringEntryProto (key=1, value=2) of a tensor's external_data."""
+    fields = {f: bytes(v).decode("utf-8", "replace") for f, w, v in _proto_fields(entry) if w == 2}
+    return f"{fields.get(1, '?')}={fields.get(2, '')}"
 
 
 def ort_session(path: str | os.PathLike | bytes, threads: int | None = None) -> Any:
@@ -132,8 +279,7 @@ def iter_timeline(
     the mean of its 5 s windows). Memory: one streaming block (`block_seconds` of audio) plus `batch_size`
     windows, never the whole file.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_count("batch_size", batch_size, MAX_BATCH)
     info = audio_info(path)  # raises AudioError for a bad file before anything is yielded
     duration = info.duration if info.duration > 0 else float("inf")
     win_n = int(round(window * sample_rate))
@@ -183,6 +329,9 @@ class Runtime:
         self.sample_rate = int(self.manifest["sample_rate"])
         self.clip_samples = int(self.manifest["clip_samples"])
         self.embed_dim = int(self.manifest["embed_dim"])
+        check_count("batch_size", batch_size, MAX_BATCH)
+        if threads is not None:
+            check_count("threads", threads, MAX_THREADS)
         self.batch_size = int(batch_size)
         self.model_file = MODEL_INT8_FILE if int8 else MODEL_FILE
         model_bytes = read_verified(export_dir, self.model_file, self.manifest)
@@ -225,7 +374,14 @@ class Runtime:
             self.session.run(None, {self.input_name: np.ascontiguousarray(waves[i : i + self.batch_size])})[0]
             for i in range(0, len(waves), self.batch_size)
         ]
-        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+        emb = np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+        if emb.shape != (len(waves), self.embed_dim) or not np.isfinite(emb).all():
+            raise ExportError(
+                f"{display_path(self.export_dir / self.model_file)}: the model gave "
+                + ("NaN/inf embeddings" if emb.shape[-1:] == (self.embed_dim,) else f"output {emb.shape}")
+                + f" for finite audio (expected finite ({len(waves)}, {self.embed_dim})): its weights are broken"
+            )
+        return emb
 
     def embed_file(self, path: str | os.PathLike, mode: str = "windows") -> np.ndarray:
         """One file -> (D,): the renormalised mean of its window embeddings (or its centre crop)."""
@@ -265,6 +421,31 @@ class Runtime:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def check_count(name: str, value: Any, most: int) -> int:
+    """`value` as an int in 1..most, else a ValueError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= most:
+        raise ValueError(f"{name} must be an integer from 1 to {most}, got {value!r}")
+    return int(value)
+
+
+def bounded(kind: type, low: float, high: float, *, low_open: bool = False) -> Callable[[str], Any]:
+    """An argparse `type=`: a number of `kind` in [low, high] ((low, high] with `low_open`), else a clear
+    usage error. The one way the runtime and `tinyclap classify` bound the numbers a user types."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
+        if not (low < value if low_open else low <= value) or not value <= high:
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"{value:g} is outside {interval}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tinyclap.runtime",
@@ -272,25 +453,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("export_dir", help="folder written by `tinyclap export`")
     p.add_argument("files", nargs="+", help="audio files")
-    p.add_argument("--top", type=int, default=5, help="labels shown per file (default 5)")
+    p.add_argument("--top", type=bounded(int, 1, MAX_TOP), default=5, help="labels shown per file (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--int8", action="store_true", help="use model.int8.onnx")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
-    p.add_argument("--window", type=float, help="timeline mode: window length in seconds (e.g. 5)")
-    p.add_argument("--hop", type=float, default=1.0, help="timeline hop in seconds (default 1)")
+    p.add_argument("--threads", type=bounded(int, 1, MAX_THREADS), help="ONNX Runtime intra-op threads")
+    p.add_argument("--window", type=bounded(float, 0, MAX_WINDOW_SECONDS, low_open=True),
+                   help="timeline mode: window length in seconds (e.g. 5)")
+    p.add_argument("--hop", type=bounded(float, 0, MAX_WINDOW_SECONDS, low_open=True), default=1.0,
+                   help="timeline hop in seconds (default 1)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; exit status 0 (something classified), 1 (an error, or no file readable), 2 (bad
+    arguments), 130 (Ctrl-C). Errors are one line on stderr, never a traceback."""
     args = build_parser().parse_args(argv)
-    if args.top < 1:
-        print("error: --top must be >= 1", file=sys.stderr)
-        return 2
     try:
         rt = Runtime(args.export_dir, int8=args.int8, threads=args.threads)
-    except (ExportError, OSError) as e:
+        results, failed = _classify_all(rt, args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ExportError, OSError, MemoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if args.json:
+        print(
+            json.dumps({"results": results, "failed": [{"file": f, "error": e} for f, e in failed]}, indent=2)
+        )
+    else:
+        for r in results:
+            print(display_path(r["file"]))
+            if "labels" in r:
+                for item in r["labels"]:
+                    print(f"  {item['score']:7.4f}  {item['label']}")
+            else:
+                for row in r["timeline"]:
+                    p = row["probabilities"][row["top_label"]]
+                    print(f"  {row['start']:9.2f} {row['end']:9.2f}  {p:6.3f}  {row['top_label']}")
+    for f, e in failed:
+        print(f"skipped {display_path(f)}: {e}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(args.files)} files could not be read", file=sys.stderr)
+    return 0 if results else 1
+
+
+def _classify_all(rt: Runtime, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Every file's result; a file that cannot be read (an AudioError, and only that) is listed and skipped."""
     results: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
     for f in args.files:
@@ -303,27 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.append({"file": f, "labels": [{"label": lb, "score": s} for lb, s in ranked]})
         except AudioError as e:
             failed.append((f, e.problem))
-        except ValueError as e:
-            failed.append((f, str(e)))
-    if args.json:
-        print(
-            json.dumps({"results": results, "failed": [{"file": f, "error": e} for f, e in failed]}, indent=2)
-        )
-    else:
-        for r in results:
-            print(r["file"])
-            if "labels" in r:
-                for item in r["labels"]:
-                    print(f"  {item['score']:7.4f}  {item['label']}")
-            else:
-                for row in r["timeline"]:
-                    p = row["probabilities"][row["top_label"]]
-                    print(f"  {row['start']:9.2f} {row['end']:9.2f}  {p:6.3f}  {row['top_label']}")
-    for f, e in failed:
-        print(f"skipped {f}: {e}", file=sys.stderr)
-    if failed:
-        print(f"{len(failed)} of {len(args.files)} files could not be read", file=sys.stderr)
-    return 0 if results else 1
+    return results, failed
 
 
 if __name__ == "__main__":

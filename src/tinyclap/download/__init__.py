@@ -31,9 +31,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tinyclap._util import atomic_write_text
-from tinyclap.download.extract import safe_extract
-from tinyclap.download.fetch import CHUNK, RETRY_HTTP_CODES, FetchOptions, fetch_file
+from tinyclap._util import atomic_write_text, read_json
+from tinyclap.download.extract import MAX_EXTRACT_BYTES, safe_extract
+from tinyclap.download.fetch import CHUNK, DEFAULT_MAX_BYTES, RETRY_HTTP_CODES, STALL_BYTES, FetchOptions, fetch_file
 from tinyclap.download.registry import (
     ENV_HOME,
     REGISTRY,
@@ -53,11 +53,13 @@ from tinyclap.download.registry import (
 
 __all__ = [
     "CHUNK",
+    "DEFAULT_MAX_BYTES",
     "ENV_HOME",
     "MARKER",
     "MARKER_FORMAT",
     "REGISTRY",
     "RETRY_HTTP_CODES",
+    "STALL_BYTES",
     "DownloadError",
     "FetchOptions",
     "RemoteFile",
@@ -86,10 +88,10 @@ MARKER_FORMAT = "tinyclap-download/1"
 
 def _read_marker(folder: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json(folder / MARKER)  # bounded size and depth: a hostile marker is just "not ours"
+    except ValueError:
         return None
-    return data if isinstance(data, dict) and data.get("format") == MARKER_FORMAT else None
+    return data if data.get("format") == MARKER_FORMAT else None
 
 
 def _is_complete(res: Resource, folder: Path, *, archives: bool = False,
@@ -176,6 +178,8 @@ def download(
     retries: int = 5,
     backoff: float = 1.0,
     registry: Mapping[str, Resource] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    stall_timeout: float = 120.0,
 ) -> Path:
     """Download (if needed), verify and, for archives, safely extract a resource; return its path.
 
@@ -183,13 +187,18 @@ def download(
     file for single-file resources, the folder otherwise (for datasets the folder in the official layout,
     or the archive folder with `extract=False`). Nothing is downloaded when a finished copy is present,
     unless `force`. `sha256` overrides/supplies checksums (`HEX` or `NAME=HEX`); `allow_unverified`
-    accepts files that have no published checksum. Raises DownloadError.
+    accepts files that have no published checksum. `max_bytes` caps a file whose size is not known (an
+    entry's own `max_size` first) and extraction's total; `stall_timeout` drops a transfer slower than
+    `STALL_BYTES` per that many seconds (then resumes it). Raises DownloadError.
     """
     res = resolve(what, registry)
     r = root_dir(root)
     overrides = sha256_overrides(res, sha256)
+    if not max_bytes > 0 or not stall_timeout > 0 or not timeout > 0 or retries < 0:
+        raise DownloadError(f"max_bytes, stall_timeout and timeout must be positive, retries >= 0 (got {max_bytes}, "
+                            f"{stall_timeout}, {timeout}, {retries})")
     opts = FetchOptions(allow_unverified=allow_unverified, force=force, timeout=timeout, retries=retries,
-                        backoff=backoff, progress=progress)
+                        backoff=backoff, progress=progress, max_bytes=max_bytes, stall_timeout=stall_timeout)
     result = result_path(res, r, extract)
     if not res.is_archive:
         out_dir = resource_dir(res, r)
@@ -200,6 +209,13 @@ def download(
         atomic_write_text(out_dir / MARKER, _marker_text(res, records))
         return result
     return _download_archives(res, r, overrides, opts, extract=extract, keep_archives=keep_archives)
+
+
+def _refetch_hint(res: Resource, adir: Path) -> str:
+    """What to do when downloaded archives do not extract: they are kept, and --force fetches them again."""
+    return (f"The archives are kept in {adir}; if they are damaged or not what the registry means (an unverified "
+            f"download is reused as is), download them again with `tinyclap download {res.kind} {res.name} "
+            "--force`.")
 
 
 def _fetch_all(res: Resource, folder: Path, overrides: Mapping[str, str], opts: FetchOptions) -> list[dict[str, Any]]:
@@ -226,8 +242,12 @@ def _download_archives(res: Resource, r: Path, overrides: Mapping[str, str], opt
     if not extract:
         atomic_write_text(adir / MARKER, marker)
         return result
-    safe_extract([adir / rf.name for rf in res.files], out_dir, replace=True, expect=res.expect,
-                 extra_files={MARKER: marker})
+    archives = [adir / rf.name for rf in res.files]
+    try:
+        safe_extract(archives, out_dir, replace=True, expect=res.expect, extra_files={MARKER: marker},
+                     max_bytes=max(opts.max_bytes, MAX_EXTRACT_BYTES))
+    except DownloadError as e:
+        raise DownloadError(f"{e}. {_refetch_hint(res, adir)}") from None
     if not keep_archives:
         for rf in res.files:
             (adir / rf.name).unlink(missing_ok=True)

@@ -23,10 +23,17 @@ from pathlib import Path
 from tinyclap.download.fetch import CHUNK, check_space
 from tinyclap.download.registry import DownloadError
 
-__all__ = ["safe_extract"]
+__all__ = ["MAX_DEPTH", "MAX_EXTRACT_BYTES", "MAX_RATIO", "safe_extract"]
 
 log = logging.getLogger("tinyclap.download")
 _DRIVE = re.compile(r"^[A-Za-z]:")
+
+# Decompression-bomb limits, checked from the archive's own listing before anything is written (and, for a
+# tar.gz, while it is listed: the stream is stopped as soon as it is past them):
+MAX_EXTRACT_BYTES = 100 << 30  # everything tinyclap's registry lists extracts to under 15 GB
+MAX_RATIO = 200  # extracted / archive bytes: audio datasets compress ~1-2x; deflate's own maximum is ~1030x
+MAX_DEPTH = 64  # folders in a member's path: real datasets use fewer than 10; 2,000 would overflow os.makedirs
+MAX_NAME = 1024  # characters in a member's path (PATH_MAX is 4096 and the target adds its own)
 
 
 @dataclass
@@ -53,12 +60,27 @@ def _normalise(archive: Path, raw: str) -> str:
         raise _bad(archive, raw, "absolute path")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise _bad(archive, raw, "'..' path component (path traversal)")
+        raise _bad(archive, raw[:200], "'..' path component (path traversal)")
+    if len(parts) > MAX_DEPTH or len(name) > MAX_NAME:
+        raise _bad(archive, raw[:80] + "...", f"{len(parts)} path components, {len(name)} characters "
+                                              f"(at most {MAX_DEPTH} and {MAX_NAME})")
     return "/".join(parts)
 
 
-def _list_zip(archive: Path) -> list[_Member]:
-    members = []
+def _check_sizes(archive: Path, total: int, limit: int) -> None:
+    """Refuse an archive whose members add up to more than `limit` bytes or `MAX_RATIO` times its own size."""
+    packed = max(archive.stat().st_size, 1)
+    if total > limit:
+        raise DownloadError(f"{archive}: members add up to {total} bytes, more than the {limit}-byte limit on "
+                            "extraction; nothing was extracted")
+    if total > MAX_RATIO * packed and total > (1 << 20):
+        raise DownloadError(f"{archive}: members add up to {total} bytes from {packed} (ratio "
+                            f"{total / packed:.0f}, at most {MAX_RATIO}): a decompression bomb? nothing was "
+                            "extracted")
+
+
+def _list_zip(archive: Path, limit: int = MAX_EXTRACT_BYTES) -> list[_Member]:
+    members, total = [], 0
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
@@ -77,13 +99,15 @@ def _list_zip(archive: Path) -> list[_Member]:
                     raise _bad(archive, info.filename, "empty file name")
                 else:
                     members.append(_Member(archive, info.filename, path, "file", info.file_size, crc=info.CRC))
+                    total += info.file_size
+        _check_sizes(archive, total, limit)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
         raise DownloadError(f"{archive}: not a readable zip archive ({e})") from e
     return members
 
 
-def _list_tar(archive: Path) -> list[_Member]:
-    members = []
+def _list_tar(archive: Path, limit: int = MAX_EXTRACT_BYTES) -> list[_Member]:
+    members, total = [], 0
     try:
         with tarfile.open(archive, "r:*") as tf:
             for m in tf:
@@ -92,6 +116,8 @@ def _list_tar(archive: Path) -> list[_Member]:
                     if not path:
                         raise _bad(archive, m.name, "empty file name")
                     members.append(_Member(archive, m.name, path, "file", m.size))
+                    total += m.size
+                    _check_sizes(archive, total, limit)  # while listing: a bomb's stream is not read to its end
                 elif m.isdir():
                     members.append(_Member(archive, m.name, path, "dir"))
                 elif m.issym():
@@ -201,13 +227,18 @@ def _extract_tar(archive: Path, dest: Path) -> None:
             tf.extractall(dest)
 
 
-def _validated_members(paths: Sequence[Path]) -> list[_Member]:
-    """Every member of every archive, checked (paths, links, special files, conflicts) before any write."""
+def _validated_members(paths: Sequence[Path], limit: int = MAX_EXTRACT_BYTES) -> list[_Member]:
+    """Every member of every archive, checked (paths, depth, links, special files, conflicts, total size and
+    compression ratio) before any write."""
     members: list[_Member] = []
     for a in paths:
         if not a.is_file():
             raise DownloadError(f"{a}: archive not found")
-        members += _list_zip(a) if _archive_type(a) == "zip" else _list_tar(a)
+        members += _list_zip(a, limit) if _archive_type(a) == "zip" else _list_tar(a, limit)
+    total = sum(m.size for m in members if m.kind == "file")
+    if total > limit:
+        raise DownloadError(f"{', '.join(map(str, paths))}: members add up to {total} bytes, more than the "
+                            f"{limit}-byte limit on extraction; nothing was extracted")
     _check_links_and_conflicts(members)
     return members
 
@@ -234,6 +265,7 @@ def safe_extract(
     replace: bool = False,
     expect: Sequence[str] = (),
     extra_files: Mapping[str, str] | None = None,
+    max_bytes: int = MAX_EXTRACT_BYTES,
 ) -> Path:
     """Extract zip / tar(.gz) `archives` together into the folder `dest`, all or nothing.
 
@@ -241,13 +273,15 @@ def safe_extract(
     the target, device/fifo, conflicting duplicate) aborts before anything is written. Extraction happens
     in a temporary folder beside `dest` that is renamed to `dest` at the end and deleted on any error.
     `extra_files` (relative name -> text) are written into the folder before the rename (completion
-    marker). An existing `dest` is replaced only with `replace=True`. Returns `dest`.
+    marker). An existing `dest` is replaced only with `replace=True`. Members adding up to more than
+    `max_bytes`, or to more than `MAX_RATIO` times an archive's size, or nested deeper than `MAX_DEPTH`
+    folders, are refused before anything is written. Returns `dest`.
     """
     dest = Path(dest)
     paths = [Path(a) for a in archives]
     if not paths:
         raise DownloadError(f"{dest}: no archive to extract")
-    members = _validated_members(paths)
+    members = _validated_members(paths, max_bytes)
     if dest.exists() and not replace:
         raise DownloadError(f"{dest} already exists; pass --force to replace it")
     check_space(dest.parent, sum(m.size for m in members if m.kind == "file"), f"extracting into {dest}")

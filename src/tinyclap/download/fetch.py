@@ -26,20 +26,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tinyclap._util import fsync_folder
 from tinyclap._util import progress as progress_display
 from tinyclap.download.registry import ENV_HOME, DownloadError, RemoteFile, fmt_size
 
-__all__ = ["CHUNK", "RETRY_HTTP_CODES", "FetchOptions", "check_space", "fetch_file"]
+__all__ = ["CHUNK", "DEFAULT_MAX_BYTES", "RETRY_HTTP_CODES", "STALL_BYTES", "FetchOptions", "check_space", "fetch_file"]
 
 log = logging.getLogger("tinyclap.download")
 
 CHUNK = 1 << 20
 RETRY_HTTP_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# the ceiling for a file whose size is not known (neither in the registry nor announced): larger than any
+# file tinyclap's registry lists (6 GB), small enough that an endless body cannot fill a disk unnoticed
+DEFAULT_MAX_BYTES = 32 << 30
+STALL_BYTES = 64 << 10  # fewer bytes than this in `stall_timeout` seconds is a stalled (slow-drip) transfer
 
 
 @dataclass(frozen=True)
 class FetchOptions:
-    """How files are fetched: checksum policy, re-download, network patience and progress display."""
+    """How files are fetched: checksum policy, re-download, network patience, ceilings and progress display.
+
+    `timeout` bounds each socket wait; `stall_timeout` bounds a transfer that trickles (a byte now and then
+    keeps a socket alive forever): fewer than `STALL_BYTES` in that many seconds drops the connection and
+    retries (resuming). `max_bytes` caps a file without a known size (an entry's own `max_size` first)."""
 
     allow_unverified: bool = False
     force: bool = False
@@ -47,6 +56,8 @@ class FetchOptions:
     retries: int = 5
     backoff: float = 1.0
     progress: bool = True
+    max_bytes: int = DEFAULT_MAX_BYTES
+    stall_timeout: float = 120.0
 
 
 @contextlib.contextmanager
@@ -182,8 +193,46 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
     return first, total
 
 
-def _stream(url: str, part: Path, size: int | None, timeout: float, progress: bool) -> None:
+class _Stalled(Exception):
+    """The body trickles in slower than `STALL_BYTES` per `stall_timeout` (retry and resume)."""
+
+
+@dataclass
+class _Limits:
+    """The ceilings of one file's transfer: its size or byte ceiling, socket timeout, stall window."""
+
+    size: int | None  # known exact size (registry)
+    ceiling: int  # most bytes accepted when the size is unknown
+    timeout: float
+    stall: float
+
+
+def _copy_body(resp: Any, f: Any, bar: Any, start: int, cap: int, stall: float, part: Path) -> tuple[int, bool]:
+    """Copy the response body to `f` (read1: returns as bytes arrive); returns (bytes got, went past `cap`).
+    Raises _Stalled when fewer than `STALL_BYTES` arrive in `stall` seconds."""
+    got, window_start, window_bytes = 0, time.monotonic(), 0
+    read = getattr(resp, "read1", resp.read)
+    while chunk := read(CHUNK):  # network errors propagate: the caller retries/resumes
+        try:
+            f.write(chunk)
+        except OSError as e:  # disk full, permissions: retrying cannot help
+            raise DownloadError(f"cannot write {part}: {e}") from e
+        got += len(chunk)
+        bar.update(len(chunk))
+        if start + got > cap:
+            return got, True
+        window_bytes += len(chunk)
+        now = time.monotonic()
+        if now - window_start >= stall:
+            if window_bytes < STALL_BYTES:
+                raise _Stalled(f"transfer stalled: {window_bytes} bytes in {now - window_start:.0f} s")
+            window_start, window_bytes = now, 0
+    return got, False
+
+
+def _stream(url: str, part: Path, lim: _Limits, progress: bool) -> None:
     """One HTTP request: append to (resume) or rewrite `part`; raise _Short if the body ends early."""
+    size, timeout = lim.size, lim.timeout
     have = part.stat().st_size if part.exists() else 0
     req = urllib.request.Request(url, headers={"User-Agent": _user_agent(), "Accept-Encoding": "identity"})
     if have:
@@ -211,30 +260,25 @@ def _stream(url: str, part: Path, size: int | None, timeout: float, progress: bo
             raise _TransferFailed(f"unexpected HTTP status {status}")
         if size is not None and expected is not None and expected != size:
             raise _TransferFailed(f"server announces {expected} bytes, expected {size}")
+        if expected is not None and expected > lim.ceiling:
+            raise _TransferFailed(f"server announces {expected} bytes, more than the {fmt_size(lim.ceiling)} "
+                                  "ceiling for this file")
         check_space(part.parent, None if expected is None else expected - have, part.name[: -len(".part")])
-        got, too_long = 0, False
+        cap = expected if expected is not None else lim.ceiling
         with open(part, mode) as f, _bar(expected, part.name[: -len(".part")], progress) as bar:
             bar.update(have)
-            while chunk := resp.read(CHUNK):  # network errors propagate: the caller retries/resumes
-                try:
-                    f.write(chunk)
-                except OSError as e:  # disk full, permissions: retrying cannot help
-                    raise DownloadError(f"cannot write {part}: {e}") from e
-                got += len(chunk)
-                bar.update(len(chunk))
-                if expected is not None and have + got > expected:
-                    too_long = True
-                    break
+            got, too_long = _copy_body(resp, f, bar, have, cap, lim.stall, part)
     if too_long:
         part.unlink(missing_ok=True)
-        raise _TransferFailed(f"server sent more than the announced {expected} bytes")
+        what = f"the announced {expected} bytes" if expected is not None else f"the {fmt_size(cap)} ceiling"
+        raise _TransferFailed(f"server sent more than {what} (the partial file was deleted)")
     if expected is not None and have + got < expected:
         raise _Short(f"connection closed after {have + got} of {expected} bytes")
 
 
-def _transfer(url: str, part: Path, size: int | None, *, timeout: float, retries: int, backoff: float,
-              progress: bool) -> None:
+def _transfer(url: str, part: Path, lim: _Limits, *, retries: int, backoff: float, progress: bool) -> None:
     """Fetch `url` into `part` until complete, resuming after drops; raise _TransferFailed when giving up."""
+    size = lim.size
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in ("http", "https"):
         raise _TransferFailed(f"refusing non-HTTP URL scheme {scheme!r}")
@@ -242,14 +286,14 @@ def _transfer(url: str, part: Path, size: int | None, *, timeout: float, retries
     best = part.stat().st_size if part.exists() else 0
     while True:
         have = part.stat().st_size if part.exists() else 0
-        if size is not None and have > size:
-            part.unlink()  # longer than the real file: cannot be a prefix of it
+        if have > (size if size is not None else lim.ceiling):
+            part.unlink()  # longer than the real file (or its ceiling): cannot be a prefix of it
             have = 0
         if size is not None and have == size:
             return  # complete from an earlier run; verified by the caller
-        offline = False
+        offline = stalled = False
         try:
-            _stream(url, part, size, timeout, progress)
+            _stream(url, part, lim, progress)
             return
         except urllib.error.HTTPError as e:
             if e.code == 416 and have:
@@ -264,10 +308,13 @@ def _transfer(url: str, part: Path, size: int | None, *, timeout: float, retries
                 raise _TransferFailed(f"HTTP {e.code} {e.reason}") from e
         except _Short as e:
             err = str(e)
+        except _Stalled as e:
+            err, stalled = str(e), True
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             err, offline = _describe(e)
         now = part.stat().st_size if part.exists() else 0
-        if now > best:  # real progress: dropped connections on a long transfer do not use up retries
+        if now > best and not stalled:  # real progress: drops on a long transfer do not use up retries (a
+            # trickle does: its few bytes are not progress)
             best, failures = now, 0
         else:
             failures += 1
@@ -311,7 +358,8 @@ def _unverified_message(rf: RemoteFile, kept: Path, digest: str) -> str:
         f"{rf.name}: no SHA-256 or MD5 is published for this file ({rf.provenance or 'no provenance'}), so "
         f"tinyclap will not mark it verified. Its computed SHA-256 is {digest}; the bytes are kept at {kept}. "
         f"Rerun with --sha256 {digest} once you have checked that value against a source you trust, or "
-        "with --allow-unverified to accept it as is."
+        "with --allow-unverified to accept it as is; if these bytes are bad (e.g. a cut or replaced transfer), "
+        "discard them and download again with --force."
     )
 
 
@@ -358,6 +406,9 @@ def _reuse_existing(rf: RemoteFile, dest: Path, expected: str | None, opts: Fetc
         if existing != dest:
             os.replace(existing, dest)
         log.info("%s: using the existing file (%s)", dest, rec["verified_by"])
+        if rec["verified_by"].startswith("unverified"):
+            log.warning("%s: reusing UNVERIFIED bytes (SHA-256 %s); pass --force to download them again",
+                        dest, rec["sha256"])
         return rec | {"url": None}
     return None
 
@@ -369,8 +420,8 @@ def _download_from_mirrors(rf: RemoteFile, dest: Path, expected: str | None, opt
     all_offline = True
     for url in rf.urls:
         try:
-            _transfer(url, part, rf.size, timeout=opts.timeout, retries=opts.retries, backoff=opts.backoff,
-                      progress=opts.progress)
+            lim = _Limits(rf.size, rf.size or rf.max_size or opts.max_bytes, opts.timeout, opts.stall_timeout)
+            _transfer(url, part, lim, retries=opts.retries, backoff=opts.backoff, progress=opts.progress)
         except _TransferFailed as e:
             errors.append(f"{url}: {e}")
             all_offline &= e.offline
@@ -385,7 +436,10 @@ def _download_from_mirrors(rf: RemoteFile, dest: Path, expected: str | None, opt
         except _Unverified as e:
             os.replace(part, _unverified_path(dest))
             raise DownloadError(_unverified_message(rf, _unverified_path(dest), e.sha256)) from e
+        with open(part, "rb+") as f:  # durable before it is named: a power cut cannot leave a short `dest`
+            os.fsync(f.fileno())
         os.replace(part, dest)  # only verified bytes ever get the final name
+        fsync_folder(dest.parent)
         log.info("%s: downloaded and verified (%s)", dest, rec["verified_by"])
         return rec | {"url": url}, False
     return None, all_offline

@@ -60,8 +60,11 @@ class RemoteFile:
     md5: str | None = None
     archive: str | None = None
     provenance: str = ""
+    max_size: int | None = None  # ceiling for an entry without a known size (else the global default)
 
     def __post_init__(self) -> None:
+        if self.max_size is not None and self.max_size <= 0:
+            raise ValueError(f"{self.name}: max_size must be positive")
         if not self.urls:
             raise ValueError(f"{self.name}: no URL")
         if "/" in self.name or "\\" in self.name or self.name in ("", ".", ".."):
@@ -178,6 +181,7 @@ _ESC50 = RemoteFile(
     urls=("https://github.com/karolpiczak/ESC-50/archive/refs/heads/master.zip",),
     archive="zip",
     provenance="UNVERIFIED: GitHub branch archive, no published size or checksum",
+    max_size=1 << 30,  # ~646 MB measured: a server sending more is refused, however long the body
 )
 
 # UrbanSound8K v1.0, official Zenodo record 1203745 (linked from urbansounddataset.weebly.com). Zenodo

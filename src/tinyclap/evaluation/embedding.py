@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tinyclap._util import atomic_write_bytes, atomic_write_text
+from tinyclap._util import atomic_write_bytes, atomic_write_text, read_json
 from tinyclap._util import progress as progress_bar
 from tinyclap.audio import AudioError, eval_windows, fit_clip, load_audio
 
@@ -291,7 +291,7 @@ class _CacheEntry:
         if not (self.npy.is_file() and self.meta_path.is_file()):
             return None
         try:
-            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+            meta = read_json(self.meta_path)  # bounded; a malformed file is a ValueError naming it
             emb = np.load(self.npy, allow_pickle=False)
         except (OSError, ValueError) as e:
             print(f"warning: ignoring unreadable embedding cache {self.npy} ({e})", file=sys.stderr)

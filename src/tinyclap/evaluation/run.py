@@ -28,6 +28,7 @@ import torch
 
 from tinyclap._util import atomic_write_text, resolve_device
 from tinyclap.data.spec import load_eval_dataset
+from tinyclap.evaluation.agreement import Agreement, compare_to_teacher
 from tinyclap.evaluation.embedding import Embedded, default_cache_dir, embed_dataset
 from tinyclap.evaluation.metrics import EvalReport, evaluate, save_confusion_png, write_json
 from tinyclap.models.fingerprint import describe_model, load_model_for_eval, recorded_dims, recorded_teacher
@@ -263,6 +264,7 @@ class _EvalOutcome:
     clf: ZeroShotClassifier
     text_source: str
     info: dict[str, Any]
+    agreement: Agreement | None = None
 
 
 def _report_dict(o: _EvalOutcome, out: Path, png: Path, opts: dict[str, Any], t0: float) -> dict[str, Any]:
@@ -295,6 +297,7 @@ def _report_dict(o: _EvalOutcome, out: Path, png: Path, opts: dict[str, Any], t0
         "results": o.report.to_dict(),
         "embed_cache": {"file": None if emb.cache_file is None else os.fspath(emb.cache_file), "reused": emb.cache_hit},
         "files": {"confusion_png": os.fspath(png), "predictions_csv": os.fspath(out / "predictions.csv")},
+        "against_teacher": None if o.agreement is None else o.agreement.to_dict(),
         "elapsed_s": round(time.time() - t0, 3),
     }
 
@@ -308,6 +311,8 @@ def _print_summary(o: _EvalOutcome, out: Path, png: Path) -> None:
         f"{len(o.dataset.missing)} missing" + (" [embeddings from cache]" if o.emb.cache_hit else "")
     )
     print(o.report.summary())
+    if o.agreement is not None:
+        print(o.agreement.summary())
     print(f"report: {out / 'report.json'}  confusion: {png}")
 
 
@@ -333,11 +338,14 @@ def run_eval(
     batch_size: int = 16,
     progress: bool = True,
     verbose: bool = True,
+    against_teacher: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a model on a dataset and write `report.json`, `confusion.png`, `predictions.csv` to out_dir.
 
     Returns the JSON report (dict); prints a short summary when `verbose`. The output folder is created
-    only once the dataset, the model and the class matrix have loaded.
+    only once the dataset, the model and the class matrix have loaded. `against_teacher`: also score the
+    student's teacher (`teacher`, else the one recorded in its run) on the same clips and report retention,
+    top-1 agreement and mean cosine (`tinyclap.evaluation.agreement`) under "against_teacher".
     """
     t0 = time.time()
     dataset = load_eval_dataset(dataset_name, root, folds=folds, esc10=esc10, subset=subset, limit=limit)
@@ -359,6 +367,10 @@ def run_eval(
     items = [dataset.items[i] for i in emb.kept]
     report = evaluate(emb.embeddings, [it.label for it in items], clf, [it.fold for it in items], list(dataset.classes))
     o = _EvalOutcome(dataset, emb, report, clf, text_source, describe_model(model, model_spec, fingerprint))
+    if against_teacher:
+        run = {"tokenizer": tokenizer, "classes_file": classes_file, "templates": templates, "long_clip": long_clip,
+               "cache_dir": cache_dir, "seed": seed, "device": dev, "batch_size": batch_size, "progress": show}
+        o.agreement = _teacher_agreement(model_spec, teacher, dataset, emb, clf, run)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -371,6 +383,27 @@ def run_eval(
     if verbose:
         _print_summary(o, out, png)
     return result
+
+
+def _teacher_agreement(
+    model_spec: str, teacher: str | None, dataset: Any, emb: Embedded, clf: ZeroShotClassifier, run: dict[str, Any]
+) -> Agreement:
+    """Score the student's teacher on the same clips (its own text tower, or the same --classes file)."""
+    if teacher is not None:
+        spec, tok = teacher, run["tokenizer"]
+    else:
+        spec, rec_tok = _recorded_teacher_or_raise(model_spec)
+        tok = run["tokenizer"] or rec_tok
+    t_model, t_fingerprint = load_model_for_eval(spec, tok, run["seed"])
+    if isinstance(t_model, torch.nn.Module):
+        t_model.to(run["device"])
+    t_clf, _ = _eval_classifier(t_model, spec, dataset.classes, teacher=None, tokenizer=tok,
+                                classes_file=run["classes_file"], templates=run["templates"])
+    t_emb = embed_dataset(t_model, dataset, run["long_clip"], run["cache_dir"], progress=run["progress"],
+                          model_id=t_fingerprint, batch_size=run["batch_size"], device=run["device"])
+    labels = [it.label for it in dataset.items]
+    return compare_to_teacher((emb.embeddings, emb.kept, clf), (t_emb.embeddings, t_emb.kept, t_clf), labels,
+                              list(dataset.classes), teacher_name=os.fspath(spec), dims=recorded_dims(model_spec))
 
 
 def _write_predictions(path: Path, items: Sequence[Any], report: EvalReport) -> None:

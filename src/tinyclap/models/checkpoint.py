@@ -16,11 +16,19 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from tinyclap._util import atomic_write_bytes, atomic_write_files, atomic_write_text
+from tinyclap._util import (
+    JSONFileError,
+    atomic_write_bytes,
+    atomic_write_files,
+    atomic_write_text,
+    loads_json,
+    read_json,
+)
 
 __all__ = [
     "CheckpointError",
     "atomic_write_bytes",
+    "check_finite",
     "atomic_write_text",
     "safe_torch_load",
     "load_state_dict_checked",
@@ -171,16 +179,28 @@ def resolve_checkpoint(path: str | os.PathLike, default_stem: str = "student") -
 
 
 def _config_text(st_path: Path, meta: Mapping[str, str]) -> dict[str, Any]:
-    """The JSON config of a checkpoint: from its header metadata, else from the `.json` beside it."""
-    text = meta.get("tinyclap")
-    if text is None and st_path.with_suffix(".json").is_file():
-        text = st_path.with_suffix(".json").read_text()
-    if text is None:
-        raise CheckpointError(f"{st_path}: no tinyclap config (neither header metadata nor a .json beside it)")
+    """The JSON config of a checkpoint: from its header metadata, else from the `.json` beside it. Parsed
+    strictly (bounded size and depth, an object at the top): a malformed config is one line naming the file."""
+    text: str | bytes | None = meta.get("tinyclap")
+    beside = st_path.with_suffix(".json")
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{st_path}: config is not valid JSON ({e})") from e
+        if text is None and beside.is_file():
+            # NaN/Infinity allowed: Python's json writes them (a scheduler's initial best loss); users check numbers
+            return read_json(beside, finite=False)
+        if text is None:
+            raise CheckpointError(f"{st_path}: no tinyclap config (neither header metadata nor a .json beside it)")
+        return loads_json(text, f"{st_path}: config", finite=False)
+    except JSONFileError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """CheckpointError naming the file and the first tensor holding NaN or infinity (weights that would turn
+    every score into NaN). One pass over the floating-point tensors: about a second per GB."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{source}: tensor {name!r} holds {bad} NaN or infinite values; refusing to load")
 
 
 def read_config(path: str | os.PathLike, default_stem: str = "student") -> Any:
@@ -209,4 +229,6 @@ def read_model(
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{st_path}: not a readable safetensors file ({e})") from e
-    return _config_text(st_path, meta), tensors
+    config = _config_text(st_path, meta)
+    check_finite(tensors, st_path)
+    return config, tensors

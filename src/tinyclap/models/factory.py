@@ -79,10 +79,10 @@ def _student_args(config: Any, source: Path, tensors: dict[str, Any]) -> dict[st
             raise ValueError(f"embed_dim {embed_dim} but projection.layer_norm.weight has shape {tuple(stored.shape)}")
         spec = None if name == CNN14_NAME else parse_student_name(name)
         sizes = {"embed_dim": embed_dim, **({} if spec is None else vars(spec))}
-        absurd = {k: v for k, v in sizes.items() if not v <= STUDENT_LIMITS[k]}
+        absurd = {k: v for k, v in sizes.items() if not 0 < v <= STUDENT_LIMITS[k]}
         if absurd:
             raise ValueError(f"sizes beyond {STUDENT_LIMITS}: {absurd}")
-    except (KeyError, TypeError, AttributeError, ValueError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as e:
         raise CheckpointError(f"{source}: invalid student config ({type(e).__name__}: {e})") from e
     return {"student": {"name": name, "embed_dim": embed_dim}}
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from tinyclap._util import sha256_file, state_sha256
+from tinyclap._util import loads_json, sha256_file, state_sha256
 
 __all__ = [
     "describe_model",
@@ -141,7 +141,7 @@ def _checkpoint_config(spec: str | os.PathLike) -> tuple[dict[str, Any], Path] |
             text = (f.metadata() or {}).get("tinyclap")
         if text is None and ckpt.with_suffix(".json").is_file():
             text = ckpt.with_suffix(".json").read_text(encoding="utf-8")
-        return (json.loads(text), ckpt) if text else None
+        return (loads_json(text, ckpt, finite=False), ckpt) if text else None
     except (SafetensorError, OSError, ValueError):
         return None
 

@@ -440,7 +440,7 @@ def _head_dims(config: dict[str, Any], path: Path) -> tuple[int, int, int, float
         embed_dim, dropout = int(config["embed_dim"]), float(config.get("dropout", 0.5))
         if not all(1 <= d <= MAX_EMBED_DIM for d in (audio, text, embed_dim)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"sizes {audio}, {text}, {embed_dim} must be in 1..{MAX_EMBED_DIM}, dropout in [0, 1)")
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise CheckpointError(f"{path}: invalid proxy teacher config ({type(e).__name__}: {e})") from e
     return audio, text, embed_dim, dropout
 

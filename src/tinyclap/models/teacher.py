@@ -34,6 +34,7 @@ from tinyclap.audio.frontend import LogMel
 from tinyclap.models.checkpoint import (
     CheckpointError,
     build_checked,
+    check_finite,
     read_config,
     read_model,
     safe_torch_load,
@@ -139,6 +140,9 @@ class TeacherConfig:
         absurd = {k: v for k, v in sizes.items() if not isinstance(v, int) or not 1 <= v <= _MAX_SIZE.get(k, MAX_WIDTH)}
         if absurd or min(self.audio_channels) < 1:
             raise ValueError(f"sizes out of range (1..{MAX_WIDTH}, text layers 1..{MAX_TEXT_LAYERS}): {absurd}")
+        if not isinstance(self.frontend, dict):
+            raise ValueError(f"frontend must be an object of LogMel settings, got {type(self.frontend).__name__}")
+        LogMel.check_config(self.frontend)
         if self.n_mels != self.frontend.get("n_mels"):
             raise ValueError(
                 f"n_mels={self.n_mels} differs from the front end's n_mels={self.frontend.get('n_mels')}"
@@ -392,7 +396,7 @@ def _read_ours(path: Path) -> tuple[TeacherConfig, dict[str, torch.Tensor]]:
     try:
         config = TeacherConfig.from_dict(meta["teacher"])
         config.validate()
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise CheckpointError(f"{path}: invalid teacher config ({type(e).__name__}: {e})") from e
     return config, state
 
@@ -400,6 +404,7 @@ def _read_ours(path: Path) -> tuple[TeacherConfig, dict[str, torch.Tensor]]:
 def _build_foreign(path: Path, config: TeacherConfig | None) -> CLAPTeacher:
     """An official MS CLAP `.pth` as a CLAPTeacher: its config is `config` or else inferred from the shapes."""
     state = _foreign_state_dict(safe_torch_load(path), path)
+    check_finite(state, path)
     given = config is not None
     config = infer_config(state) if config is None else config
     try:

@@ -17,9 +17,12 @@ if TYPE_CHECKING:  # annotations only: this module stays importable without torc
 
     import torch
 
+    from tinyclap.train.losses import DistillLoss
     from tinyclap.train.metrics import MetricsLogger
 
     BatchFn = Callable[[Any, torch.device], tuple[torch.Tensor, torch.Tensor]]
+
+from tinyclap.train.recipes import LossWeights, resolve_recipe
 
 __all__ = ["DistillConfig", "StageOptions"]
 
@@ -57,6 +60,19 @@ class DistillConfig:
     # cache targets only: train on random crops of this many seconds of each cached clip (validation keeps
     # the whole clip); shorter crops buy more steps on a CPU, the target stays the whole clip's embedding
     train_crop_seconds: float | None = None
+    # the loss (tinyclap.train.recipes): a named preset; None fields take the preset's value
+    recipe: str = "paper"
+    cos_weight: float | None = None
+    kl_weight: float | None = None
+    kl_temperature: float | None = None
+    rel_weight: float | None = None
+
+    def loss_weights(self) -> LossWeights:
+        """The recipe's loss weights with this config's overrides (ValueError on an unknown recipe or bad value)."""
+        return resolve_recipe(
+            self.recipe, cos_weight=self.cos_weight, kl_weight=self.kl_weight,
+            kl_temperature=self.kl_temperature, rel_weight=self.rel_weight,
+        )  # fmt: skip
 
     def validate(self) -> None:
         """Raise ValueError (worded for the CLI) on a combination that cannot run."""
@@ -75,6 +91,11 @@ class DistillConfig:
             raise ValueError("--train-crop-seconds needs --cache and a positive length")
         if not self.student and not self.init:
             raise ValueError("give --student NAME (or --init CKPT to start from a trained student)")
+        if self.loss_weights().needs_text_bank and self.cache is None:
+            raise ValueError(
+                "the text-KL term needs --cache with a text bank (tinyclap cache --text-bank); on-the-fly "
+                "targets have none: use --kl-weight 0"
+            )
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -97,6 +118,7 @@ class StageOptions:
     metrics; `amp`/`channels_last` None mean "on for CUDA"; `batch_fn(batch, device) -> (logmel, target)`
     None means `cached_batch`; `tag_epoch` hands `(epoch, index)` keys to the dataset (WaveformDataset);
     `step_hook(global_step)` runs after each optimiser step (and its checkpoint), e.g. to stop a test run.
+    `loss` is the recipe's `DistillLoss`; None is the paper's Eq. 7 (minus the cosine).
     """
 
     stage: int
@@ -123,6 +145,7 @@ class StageOptions:
     metrics: MetricsLogger | None = None
     save_extra: Mapping[str, Any] = field(default_factory=dict)
     step_hook: Callable[[int], None] | None = None
+    loss: DistillLoss | None = None
 
     @classmethod
     def for_run(cls, config: DistillConfig, stage: int, **kw: Any) -> StageOptions:

@@ -32,22 +32,27 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
-from tinyclap._util import atomic_write_text, remove_stale_temps, resolve_device, versions
+from tinyclap._util import atomic_write_text, folder_lock, read_json, remove_stale_temps, resolve_device, versions
 from tinyclap.models.checkpoint import load_state_dict_checked
 from tinyclap.train.config import DistillConfig, StageOptions
 from tinyclap.train.dist import Dist, init_process_group
 from tinyclap.train.loop import train_stage
+from tinyclap.train.losses import DistillLoss
 from tinyclap.train.metrics import MetricsLogger, log, log_to
+from tinyclap.train.recipes import RECIPES
 from tinyclap.train.state import StageResult, read_stage_result, read_tensors, run_scope
 from tinyclap.train.targets import BatchFn, TeacherTargets, WaveformDataset, cached_batch, split_paths
 
 __all__ = ["DistillConfig", "RunResult", "distill"]
 
 # settings that must not change between a run and its resumption (else the resume is not exact)
+# (the cache by what it holds, `cache_id`, not by the path string: see `_resume_diffs`)
 _RESUME_KEYS = (
-    "student", "cache", "teacher", "data", "init", "batch_size", "seed", "lr1", "lr2", "world_size",
-    "train_crop_seconds",
+    "student", "cache_id", "teacher", "data", "init", "batch_size", "seed", "lr1", "lr2", "world_size",
+    "train_crop_seconds", "recipe", "loss", "text_bank_sha256",
 )  # fmt: skip
+# what a config.json written before recipes existed ran with (so such a run still resumes)
+_OLD_RUN_DEFAULTS = {"recipe": "paper", "loss": RECIPES["paper"].to_dict(), "text_bank_sha256": None}
 
 # files of a run folder (and its stage folders) written atomically, whose orphan temp files a resume removes
 _RUN_FILES = (
@@ -105,6 +110,8 @@ class _Targets:
     cache_info: dict[str, Any] | None = None
     batch_fn: BatchFn = cached_batch
     tag_epoch: bool = False
+    text_bank: torch.Tensor | None = None  # (K, D) the cache's text bank, when the recipe needs it
+    text_bank_sha256: str | None = None
 
 
 def _cache_targets(config: DistillConfig) -> _Targets:
@@ -120,12 +127,20 @@ def _cache_targets(config: DistillConfig) -> _Targets:
     teacher_info = cache_cfg.get("teacher", {}) if isinstance(cache_cfg, dict) else {}
     if not isinstance(teacher_info, dict):
         teacher_info = {"teacher": teacher_info}
+    bank = bank_sha = None
+    if config.loss_weights().needs_text_bank:
+        from tinyclap.train.cache.textbank import read_text_bank
+
+        array, bank_info = read_text_bank(config.cache)
+        bank, bank_sha = torch.from_numpy(array), bank_info["npy_sha256"]
     return _Targets(
+        text_bank=bank, text_bank_sha256=bank_sha,
         train_ds=CachedDataset(store, split="train", crop_frames=crop_frames),
         val_ds=CachedDataset(store, split="val"),
         embed_dim=int(store.embed_dim),
         teacher_info=teacher_info,
-        cache_info={"dir": str(Path(config.cache).resolve()), "config": cache_cfg, "clips": len(store)},
+        cache_info={"dir": str(Path(config.cache).resolve()), "config": cache_cfg, "clips": len(store),
+                    "id": store.identity()},
     )
 
 
@@ -167,14 +182,19 @@ def _check_run_dir(config: DistillConfig) -> Path:
 
 
 def _open_run_dir(run: Path, d: Dist) -> None:
-    """Create the run folder (rank 0), once its inputs are known to be good; a killed run's temp files go."""
+    """Create the run folder (rank 0), once its inputs are known to be good."""
     d.barrier()  # every rank has checked the folder and its inputs before rank 0 writes to it
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
-        # orphan temp files of a killed run's atomic writes (never read; only rank 0 writes here)
+    d.barrier()
+
+
+def _clear_temps(run: Path, d: Dist) -> None:
+    """Orphan temp files of a killed run's atomic writes (never read; only rank 0 writes here). Only under
+    the run's lock: a live run's temp files are not orphans."""
+    if d.main:
         for folder in (run, run / "stage1", run / "stage2"):
             remove_stale_temps(folder, _RUN_FILES)
-    d.barrier()
 
 
 def _make_student(config: DistillConfig, dev: torch.device, embed_dim: int) -> nn.Module:
@@ -193,6 +213,19 @@ def _make_student(config: DistillConfig, dev: torch.device, embed_dim: int) -> n
     return student
 
 
+def _resume_diffs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The `_RESUME_KEYS` that differ between a run's config.json and a resume's. A cache is compared by its
+    identity (a different cache at the same path is refused; the same one by another path is accepted);
+    a run written before identities were recorded falls back to the cache's absolute path."""
+    keys = list(_RESUME_KEYS)
+    old = {**_OLD_RUN_DEFAULTS, **old}
+    if "cache_id" not in old:
+        keys[keys.index("cache_id")] = "cache_dir"
+        old = {**old, "cache_dir": (old.get("cache_info") or {}).get("dir")}
+        new = {**new, "cache_dir": (new.get("cache_info") or {}).get("dir")}
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
 def _write_config(config: DistillConfig, run: Path, facts: Mapping[str, Any], d: Dist) -> None:
     """config.json: the settings and what they resolved to; a resume must not change `_RESUME_KEYS`."""
     import platform
@@ -204,11 +237,9 @@ def _write_config(config: DistillConfig, run: Path, facts: Mapping[str, Any], d:
     }
     cfg_path = run / "config.json"
     if config.resume and cfg_path.is_file():
-        old = json.loads(cfg_path.read_text())
-        changed = [k for k in _RESUME_KEYS if old.get(k) != resolved.get(k)]
-        if changed:
-            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {resolved.get(k)!r}" for k in changed)
-            raise ValueError(f"{run}: cannot resume with different settings ({diffs})")
+        diffs = _resume_diffs(read_json(cfg_path, finite=False), resolved)
+        if diffs:
+            raise ValueError(f"{run}: cannot resume with different settings ({', '.join(diffs)})")
     if d.main:
         atomic_write_text(cfg_path, json.dumps(resolved, indent=2, sort_keys=True) + "\n")
 
@@ -236,6 +267,7 @@ def _run_stages(
             opts = StageOptions.for_run(
                 config, stage, device=dev, out_dir=stage_dir, batch_fn=targets.batch_fn, tag_epoch=targets.tag_epoch,
                 metrics=metrics, save_extra={"teacher": targets.teacher_info}, step_hook=hook,
+                loss=DistillLoss(config.loss_weights(), targets.text_bank),
             )  # fmt: skip
             results[stage] = train_stage(student, targets.train_ds, targets.val_ds, opts)
     finally:
@@ -293,14 +325,25 @@ def _distill(config: DistillConfig, dev: torch.device, step_hook: Callable[[int,
     facts = {
         "student": student.name, "embed_dim": embed_dim, "device": str(dev), "world_size": d.world,
         "train_clips": len(targets.train_ds), "val_clips": len(targets.val_ds), "cache_info": targets.cache_info,
-        "teacher_info": targets.teacher_info,
+        "teacher_info": targets.teacher_info, "cache_id": (targets.cache_info or {}).get("id"),
+        "loss": config.loss_weights().to_dict(), "text_bank_sha256": targets.text_bank_sha256,
     }  # fmt: skip
+    with folder_lock(run, blocking=False, name=f".lock-r{d.rank:02d}", what="this run folder"):
+        return _locked_run(config, run, facts, student, targets, dev, step_hook, t0)
+
+
+def _locked_run(config: DistillConfig, run: Path, facts: Mapping[str, Any], student: nn.Module, targets: _Targets,
+                dev: torch.device, step_hook: Callable[[int, int], None] | None, t0: float) -> RunResult:
+    """The rest of `_distill` once this process holds the run folder's lock (a second run on the same --out
+    fails at once, naming this one): config.json, the stages, the final student."""
+    d = Dist.current()
+    _clear_temps(run, d)
     _write_config(config, run, facts, d)
     with log_to(run if d.main else None, verbose=d.main and config.progress):
         log.info(
             "distilling %s (%d params) on %s x%d: %d train / %d val clips, embed_dim %d", student.name,
             sum(p.numel() for p in student.parameters()), dev, d.world, len(targets.train_ds),
-            len(targets.val_ds), embed_dim,
+            len(targets.val_ds), facts["embed_dim"],
         )  # fmt: skip
         results = _run_stages(config, student, targets, dev, step_hook)
         final = results[config.stages[-1]]

@@ -33,6 +33,7 @@ from tinyclap.models import save_student
 from tinyclap.models.checkpoint import CheckpointError
 from tinyclap.train.config import StageOptions
 from tinyclap.train.dist import Dist, EpochSampler, ValShard
+from tinyclap.train.losses import TERMS, DistillLoss
 from tinyclap.train.metrics import MetricsLogger, log
 from tinyclap.train.state import (
     StageProgress,
@@ -64,15 +65,24 @@ def train_step(
     *,
     amp: bool = False,
     dims: torch.Tensor | None = None,
+    loss_fn: DistillLoss | None = None,
+    terms: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One optimisation step on a batch: logmel (B, T, M), target (B, D) -> detached loss ().
 
-    `amp` runs the forward pass under bf16 autocast (the loss is computed in float32).
+    `amp` runs the forward pass under bf16 autocast (the loss is computed in float32). `loss_fn` is a recipe's
+    `DistillLoss` (None: Eq. 7); `terms`, if given, receives each term's detached (unweighted) value.
     """
     optimizer.zero_grad(set_to_none=True)
     with _autocast(logmel.device, amp):
         out = model(logmel)  # (B, K)
-    loss = distill_loss(out, select_targets(target, dims))
+    if loss_fn is None or loss_fn.is_paper:
+        loss = distill_loss(out, select_targets(target, dims))  # the paper's Eq. 7, exactly as it always was
+        parts = {"cosine": loss}
+    else:
+        loss, parts = loss_fn(out, select_targets(target, dims))
+    if terms is not None:
+        terms.update({k: v.detach() for k, v in parts.items()})
     loss.backward()
     optimizer.step()
     return loss.detach()
@@ -123,18 +133,22 @@ class _Sums:
 
     device: torch.device
     loss: torch.Tensor = field(init=False)
+    terms: torch.Tensor = field(init=False)  # (len(TERMS),) per-term sums
     n: int = 0
     t0: float = 0.0
 
     def __post_init__(self) -> None:
         self.reset()
 
-    def add(self, loss: torch.Tensor, clips: int) -> None:
+    def add(self, loss: torch.Tensor, clips: int, terms: dict[str, torch.Tensor] | None = None) -> None:
         self.loss += loss.double() * clips
         self.n += clips
+        for k, v in (terms or {}).items():
+            self.terms[TERMS.index(k)] += v.double() * clips
 
     def reset(self) -> None:
         self.loss, self.n, self.t0 = torch.zeros((), dtype=torch.float64, device=self.device), 0, time.perf_counter()
+        self.terms = torch.zeros(len(TERMS), dtype=torch.float64, device=self.device)
 
 
 @dataclass
@@ -156,6 +170,8 @@ class _Stage:
     val_loader: DataLoader = field(init=False)
     model: nn.Module = field(init=False)  # the student, or its DDP / compiled wrapper
     prog: StageProgress = field(init=False)
+    loss_fn: DistillLoss | None = field(init=False)
+    terms_used: tuple[str, ...] = ("cosine",)
     best_state: dict[str, torch.Tensor] | None = None
     t_mark: float = 0.0
 
@@ -183,9 +199,12 @@ class _Stage:
 
     def fold(self, sums: _Sums) -> None:
         """Add this rank's running sums (all-reduced over ranks) to the progress record; restart them."""
-        s, c = self.d.all_sum([sums.loss.item(), sums.n], self.dev)
+        s, c, *terms = self.d.all_sum([sums.loss.item(), sums.n, *sums.terms.tolist()], self.dev)
         self.prog.loss_sum += s
         self.prog.loss_count += int(c)
+        for name, v in zip(TERMS, terms):
+            if name in self.terms_used:  # the terms the recipe does not use stay absent
+                self.prog.term_sums[name] = self.prog.term_sums.get(name, 0.0) + v
         self.prog.clips += int(c)
         self.prog.train_time += time.perf_counter() - sums.t0
         sums.reset()
@@ -232,6 +251,8 @@ def _set_up(st: _Stage, train_ds: Dataset, val_ds: Dataset) -> None:
     )
     # the loader's own generator: creating an iterator then never draws from the global RNG (dropout's)
     st.objs = Trainables(student, optimizer, scheduler, torch.Generator().manual_seed(o.seed))
+    st.loss_fn = o.loss.to(st.dev, st.dims) if o.loss is not None and not o.loss.is_paper else None
+    st.terms_used = st.loss_fn.active_terms if st.loss_fn is not None else ("cosine",)
     st.sampler = EpochSampler(
         train_ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=o.seed, tag_epoch=o.tag_epoch
     )
@@ -298,8 +319,11 @@ def _train_epoch(st: _Stage, epoch: int) -> None:
     )  # fmt: skip
     for batch in st.train_loader:
         logmel, target = st.batch_fn(batch, st.dev)
-        loss = train_step(st.model, st.objs.optimizer, logmel, target, amp=st.amp, dims=st.dims)
-        sums.add(loss, logmel.shape[0])
+        terms: dict[str, torch.Tensor] = {}
+        loss = train_step(
+            st.model, st.objs.optimizer, logmel, target, amp=st.amp, dims=st.dims, loss_fn=st.loss_fn, terms=terms
+        )
+        sums.add(loss, logmel.shape[0], terms)
         shown.add(loss, logmel.shape[0])
         prog.step_in_epoch += 1
         prog.global_step += 1
@@ -341,6 +365,7 @@ def _end_epoch(st: _Stage, epoch: int, val_loss: float | None, val_cos: float | 
         "train_loss": prog.loss_sum / max(1, prog.loss_count), "val_loss": val_loss, "val_cosine": val_cos,
         "lr": st.objs.optimizer.param_groups[0]["lr"], "clips_per_s": prog.clips / max(prog.train_time, 1e-9),
         "time_s": st.tick(),
+        **{f"loss_{k}": v / max(1, prog.loss_count) for k, v in prog.term_sums.items()},
     }  # fmt: skip
     prog.history.append(row)
     if st.d.main:
@@ -353,6 +378,7 @@ def _end_epoch(st: _Stage, epoch: int, val_loss: float | None, val_cos: float | 
     prog.epoch = epoch + 1
     prog.step_in_epoch = 0
     prog.loss_sum, prog.loss_count, prog.clips, prog.train_time = 0.0, 0, 0, 0.0
+    prog.term_sums = {}
     prog.finished = prog.epoch == o.epochs
     st.save_last()
 

@@ -20,8 +20,10 @@ __all__ = ["METRIC_FIELDS", "MetricsLogger", "log", "log_to"]
 # one logger for the whole run (stage loop and orchestration), so that train.log gets every line
 log = logging.getLogger("tinyclap.train.distill")
 
+# loss_<term>: each loss term's unweighted training mean (tinyclap.train.losses; empty when the recipe has none)
 METRIC_FIELDS = (
     "stage", "epoch", "step", "train_loss", "val_loss", "val_cosine", "lr", "clips_per_s", "time_s",
+    "loss_cosine", "loss_text_kl", "loss_relational",
 )  # fmt: skip
 
 
@@ -56,13 +58,11 @@ class MetricsLogger:
         self._purge[stage] = step + 1
         if not self.path.is_file():
             return
-        with open(self.path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        header, rows = _read_rows(self.path)
         # a row cut short (the disk filled up mid-append) has missing or unparsable fields: drop it too
-        keep = [r for r in rows if (key := _row_key(r)) is not None and key <= (stage, step)]
-        if len(keep) != len(rows):
-            lines = [",".join(METRIC_FIELDS)] + [",".join(r[k] for k in METRIC_FIELDS) for r in keep]
-            atomic_write_text(self.path, "\n".join(lines) + "\n")
+        keep = [r for r in rows if (key := _row_key(r, header)) is not None and key <= (stage, step)]
+        if len(keep) != len(rows) or header != list(METRIC_FIELDS):  # (a file of an older version: new header)
+            _rewrite(self.path, keep)
 
     def _writer(self, stage: int) -> Any:
         if stage not in self.writers:
@@ -78,6 +78,8 @@ class MetricsLogger:
             return
         new = not self.path.is_file()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not new and _read_rows(self.path)[0] != list(METRIC_FIELDS):  # written by an older version
+            _rewrite(self.path, _read_rows(self.path)[1])
         try:
             with open(self.path, "a", newline="") as f:
                 if new:
@@ -89,7 +91,7 @@ class MetricsLogger:
         if self.tensorboard:
             stage, step = int(row["stage"]), int(row["step"])
             writer = self._writer(stage)
-            for k in ("train_loss", "val_loss", "val_cosine", "lr", "clips_per_s"):
+            for k in ("train_loss", "val_loss", "val_cosine", "lr", "clips_per_s", *METRIC_FIELDS[9:]):
                 if row.get(k) is not None:
                     writer.add_scalar(k, float(row[k]), step)
             writer.flush()
@@ -100,9 +102,23 @@ class MetricsLogger:
         self.writers = {}
 
 
-def _row_key(row: Mapping[str, Any]) -> tuple[int, int] | None:
+def _read_rows(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """(header, rows) of a metrics.csv."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def _rewrite(path: Path, rows: list[dict[str, Any]]) -> None:
+    """metrics.csv with the current header and `rows` (fields it lacks left empty)."""
+    lines = [",".join(METRIC_FIELDS)] + [",".join(r.get(k) or "" for k in METRIC_FIELDS) for r in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _row_key(row: Mapping[str, Any], header: list[str]) -> tuple[int, int] | None:
     """(stage, step) of a metrics.csv row, None for a malformed one (missing fields, not integers)."""
-    if any(row.get(k) is None for k in METRIC_FIELDS):
+    if any(row.get(k) is None for k in header) or None in row:  # cut short, or extra fields
         return None
     try:
         return int(row["stage"]), int(row["step"])

@@ -74,6 +74,7 @@ class StageProgress:
     loss_count: int = 0
     clips: int = 0  # clips trained this epoch (all ranks), for clips/s
     train_time: float = 0.0  # seconds spent training this epoch
+    term_sums: dict[str, float] = field(default_factory=dict)  # this epoch's sums per loss term (train.losses)
     elapsed_s: float = 0.0
     finished: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)

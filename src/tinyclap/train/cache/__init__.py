@@ -51,6 +51,10 @@ file: its folder; a file outside that root: "<parent folder name>/<file name>"),
 across reruns and machines. Under torchrun (`RANK`/`WORLD_SIZE`) rank r takes the files i with
 i % world == r and writes its own `r{r}` shards; a gloo process group is created only when WORLD_SIZE > 1.
 
+A cache may also hold a **text bank** (`text_bank.npy` + `text_bank.json`: the teacher's text embeddings of a
+vocabulary, for the text-anchored KL of the `plus` distillation recipe), added by `tinyclap cache --text-bank`
+or later by `--add-text-bank` without touching the audio: see `tinyclap.train.cache.textbank`.
+
 Modules: `store` reads (CacheStore, CachedDataset, read_config; the only part a training run imports),
 `sources` lists and decodes the inputs (specs, crops, split), `write` does the build's disk work (folder
 check, shards, reports, lock) and `build` runs it (`build_cache`). Every public name is importable from
@@ -69,6 +73,7 @@ _EXPORTS = {  # module -> the names it provides
     ".sources": "crop_starts split_of SourceFile resolve_sources",
     ".write": "CacheReport",
     ".build": "build_cache",
+    ".textbank": "CLASS_SETS add_text_bank build_text_bank default_vocabulary exclusion_names read_text_bank",
 }
 __all__ = sorted(n for names in _EXPORTS.values() for n in names.split())
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

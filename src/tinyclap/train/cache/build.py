@@ -32,6 +32,7 @@ from tinyclap.train.cache.store import FORMAT, CacheError, PathLike
 from tinyclap.train.cache.write import (
     CacheReport,
     ShardWriter,
+    build_lock,
     clear_leftovers,
     prepare_dir,
     scan_done,
@@ -110,7 +111,18 @@ class _RankBuild:
         """The steps in order: sources, config, folder, plan (resume), device and teacher, stream, report."""
         specs, files = resolve_sources(paths_or_specs)
         config = self.config(specs)
-        self.prepare(config)
+        with contextlib.ExitStack() as held:
+            existed = self.out.is_dir()
+            if existed:  # locked before prepare: --overwrite must not delete shards another build is writing
+                held.enter_context(build_lock(self.out, self.rank))
+            self.prepare(config)
+            if not existed:  # a new folder: locked as soon as it exists
+                held.enter_context(build_lock(self.out, self.rank))
+            return self.locked_run(files, config, on_shard)
+
+    def locked_run(self, files: list[SourceFile], config: dict[str, Any], on_shard: Callable[[Path], None] | None
+                   ) -> CacheReport:  # fmt: skip
+        """`run` once cache.json is settled and this rank holds its build lock: plan, stream, report."""
         self.report = CacheReport(out=str(self.out), rank=self.rank, world_size=self.world_size,
                                   files_total=len(files))  # fmt: skip
         todo = self.plan(files, config)

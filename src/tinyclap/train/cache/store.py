@@ -16,6 +16,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from tinyclap._util import JSONFileError, read_json
+
 FORMAT = "tinyclap-cache/1"
 SPLITS = ("train", "val")
 SHARD_RE = re.compile(r"^r(\d{2,})-(\d{5,})$")
@@ -41,15 +43,20 @@ def read_config(root: PathLike) -> dict[str, Any]:
             f"{path}: not found ({Path(root)} is not a tinyclap cache; build one with tinyclap cache)"
         )
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CacheError(f"{path}: unreadable ({e})") from e
+        config = read_json(path)  # bounded, finite numbers, an object
+    except JSONFileError as e:
+        raise CacheError(str(e)) from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         got = config.get("format") if isinstance(config, dict) else type(config).__name__
         raise CacheError(f"{path}: format {got!r}, expected {FORMAT!r}")
     missing = [k for k in ("n_frames", "n_mels", "embed_dim", "teacher", "sample_rate") if k not in config]
     if missing:
         raise CacheError(f"{path}: missing keys {missing}")
+    bounds = {"n_frames": 1 << 20, "n_mels": 4096, "embed_dim": 1 << 16, "sample_rate": 768_000}
+    bad = {k: config[k] for k, hi in bounds.items()
+           if not isinstance(config[k], int) or isinstance(config[k], bool) or not 1 <= config[k] <= hi}
+    if bad:
+        raise CacheError(f"{path}: sizes out of range {bad} (bounds {bounds})")
     return config
 
 
@@ -77,9 +84,9 @@ class Shard:
 def load_items(path: Path) -> list[dict[str, Any]]:
     file = path / "items.json"
     try:
-        items = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CacheError(f"{file}: unreadable ({e})") from e
+        items = read_json(file, expect=list)
+    except JSONFileError as e:
+        raise CacheError(str(e)) from None
     if not isinstance(items, list) or not all(isinstance(it, dict) for it in items):
         raise CacheError(f"{file}: expected a JSON list of objects")
     return items
@@ -147,6 +154,21 @@ class CacheStore:
         self._is_val = np.concatenate([s.splits for s in shards]) if shards else np.zeros(0, bool)
         self._mmaps: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(shards)
         self._items: list[dict[str, Any]] | None = None
+
+    def identity(self) -> str:
+        """SHA-256 naming what this cache holds, not where it is: `cache.json` (less the teacher's path, which
+        may move) and every finished shard's name and items.json bytes. A cache rebuilt differently at the
+        same path gets another identity; the same cache reached by another path keeps it."""
+        import hashlib
+
+        config = dict(self.config)
+        if isinstance(config.get("teacher"), dict):
+            config["teacher"] = {k: v for k, v in config["teacher"].items() if k != "path"}
+        h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+        for path in self.shard_paths:
+            h.update(f"|{path.name}|".encode())
+            h.update(hashlib.sha256((path / "items.json").read_bytes()).digest())
+        return h.hexdigest()
 
     def __len__(self) -> int:
         return int(self._shard_of.shape[0])

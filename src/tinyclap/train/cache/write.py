@@ -3,20 +3,22 @@ finished shards to resume from, writing shards atomically, and merging the ranks
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tinyclap._util import atomic_write_text, folder_lock, remove_stale_temps
+from tinyclap._util import JSONFileError, atomic_write_text, folder_lock, fsync_folder, read_json, remove_stale_temps
 from tinyclap.train.cache.store import CacheError, CacheStore, finished_shards, open_shard, read_config, shard_name
 
 # settings that may change between a run and its resume without changing what the store holds
@@ -81,8 +83,19 @@ _OURS = ("cache.json", "shards", "reports", "report.json", ".lock")
 
 
 def _our_temp(name: str) -> bool:
-    """An orphan temp file of an atomic write of one of our top-level files (`.cache.json.<8>.tmp`)."""
-    return name.endswith(".tmp") and any(name.startswith(f".{ours}.") for ours in _OURS)
+    """An orphan temp file of an atomic write of one of our top-level files (`.cache.json.<8>.tmp`), or a
+    rank's build lock (`.lock-r00`)."""
+    return (name.endswith(".tmp") and any(name.startswith(f".{ours}.") for ours in _OURS)) or bool(
+        re.fullmatch(r"\.lock-r\d{2,}", name))
+
+
+@contextlib.contextmanager
+def build_lock(out: Path, rank: int) -> Iterator[None]:
+    """Held while a rank writes the cache at `out`: a second build of the same rank (another `tinyclap cache`
+    on this --out) fails at once naming the holder, instead of interleaving shards. The ranks of one build
+    hold different locks; the shared report files take turns under `folder_lock(out)`."""
+    with folder_lock(out, blocking=False, name=f".lock-r{rank:02d}", what=f"this cache (rank {rank})"):
+        yield
 
 
 def prepare_dir(out: Path, config: dict[str, Any], overwrite: bool) -> None:
@@ -178,7 +191,9 @@ def write_shard(
             ) from e
         raise
     try:
+        fsync_folder(tmp)  # the shard's entries, then its rename, reach the disk before it counts as finished
         os.rename(tmp, final)
+        fsync_folder(shards)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno in (errno.EEXIST, errno.ENOTEMPTY):  # the shard exists: someone else wrote it
@@ -199,8 +214,8 @@ def merge_reports(out: Path, world_size: int, store_rows: int) -> dict[str, Any]
         p = out / "reports" / f"r{r:02d}.json"
         if p.is_file():
             try:
-                ranks.append(json.loads(p.read_text(encoding="utf-8")))
-            except (OSError, json.JSONDecodeError):
+                ranks.append(read_json(p))
+            except JSONFileError:
                 continue
     keys = ("files_assigned", "files_cached_before", "files_read", "crops_written")
     merged: dict[str, Any] = {k: sum(int(r.get(k, 0)) for r in ranks) for k in keys}

@@ -1,0 +1,495 @@
+"""`tinyclap.Classifier`: one object for classifying, embedding and timelining audio, with any model.
+
+    clf = tinyclap.Classifier.from_model("runs/student", ["dog_bark", "siren"])   # PyTorch (any load_model spec)
+    clf = tinyclap.Classifier.from_export("runs/export", int8=True)                # ONNX Runtime, no torch
+    clf.classify_files(["a.wav", "b.mp3"], top=3)     # [FileResult(path, ranked=[(label, p), ...], error)]
+    clf.classify_arrays([wave], sample_rate=16000)    # [[(label, p), ...]]
+    clf.embed_files(paths)                            # BatchResult: normalised (n, D) embeddings, failures
+    clf.timeline("long.wav", window=5, hop=1)         # Timeline: rows of class scores, .segments(...)
+
+`tinyclap classify` is a thin layer over this class (one code path for the CLI, the Python API and
+`tinyclap serve`). A file is one clip: the renormalised mean of the embeddings of its 5 s windows
+(`tinyclap.audio.eval_windows`, as `tinyclap eval` does); a file that cannot be read is reported in its
+result, never fatal for the batch. Timelines run the log-mel front end once per recording when the model
+allows it (a student, MS CLAP's teacher, or an export through its `student.onnx`), see `tinyclap.timeline`.
+
+This module imports torch only for PyTorch models: `from_export` works where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tinyclap._util import l2_normalize
+from tinyclap.audio import (
+    RESAMPLE_QUALITY,
+    AudioError,
+    eval_windows,
+    fit_clip,
+    load_audio,
+    stream_audio,
+)
+from tinyclap.timeline import Timeline, TimelineRow, array_chunks, collect_rows, iter_windows
+from tinyclap.zeroshot import ZeroShotClassifier
+
+__all__ = ["BatchResult", "Classifier", "FileResult"]
+
+CLIP_SECONDS = 5.0
+
+
+@dataclass
+class FileResult:
+    """One file's ranked (label, probability) list, or why it could not be read."""
+
+    path: str
+    ranked: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class BatchResult:
+    """Normalised embeddings of the files that worked (`embeddings[j]` is `paths[j]`, input index `kept[j]`)
+    and (path, reason) for those that did not."""
+
+    paths: list[str] = field(default_factory=list)
+    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------ engines
+
+
+class _TorchFrames:
+    """`tinyclap.audio.frontend.LogMel` behind the numpy interface `tinyclap.timeline.iter_windows` uses."""
+
+    def __init__(self, logmel: Any, device: Any) -> None:
+        self.logmel, self.device = logmel, device
+        self.hop_length, self.n_fft = int(logmel.hop_length), int(logmel.n_fft)
+
+    def frames(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.logmel.frames(torch.from_numpy(np.ascontiguousarray(x))[None].to(self.device))[0].cpu().numpy()
+
+    def __call__(self, wave: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.logmel(torch.from_numpy(np.ascontiguousarray(wave))[None].to(self.device))[0].cpu().numpy()
+
+
+class _TorchEngine:
+    """A PyTorch model (`tinyclap.models.load_model`): waveforms, and log-mels when it has a CLAP front end."""
+
+    def __init__(self, model: Any, device: Any = None) -> None:
+        import torch
+
+        from tinyclap.audio.frontend import LogMel
+
+        self.model = model
+        if isinstance(model, torch.nn.Module):
+            model.eval()
+            p = next(model.parameters(), None)
+            self.device = torch.device(device) if device is not None else (p.device if p is not None else "cpu")
+            model.to(self.device)
+        else:
+            self.device = torch.device("cpu")
+        self.sample_rate, self.embed_dim = int(model.sample_rate), int(model.embed_dim)
+        self.clip_samples = int(getattr(model, "clip_samples", round(CLIP_SECONDS * self.sample_rate)))
+        fe = getattr(model, "frontend", None)
+        sliceable = isinstance(fe, LogMel) and hasattr(model, "encode_audio")
+        self.frontend = _TorchFrames(fe, self.device) if sliceable else None
+
+    def embed_waves(self, waves: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(self.device)
+            return self.model.embed_waveform(x).float().cpu().numpy()
+
+    def embed_logmels(self, logmels: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(logmels, dtype=np.float32)).to(self.device)
+            return self.model.encode_audio(x, normalize=True).float().cpu().numpy()
+
+
+class _ExportEngine:
+    """An export folder on ONNX Runtime (`tinyclap.deploy.runtime.Runtime`); `student.onnx` (log-mel in, loaded
+    on first use, hash-checked like every exported file) with `NumpyLogMel` for timelines."""
+
+    def __init__(self, runtime: Any, int8: bool, threads: int | None) -> None:
+        from tinyclap.audio.mel import NumpyLogMel
+
+        self.rt, self.int8, self.threads = runtime, int8, threads
+        self.sample_rate, self.embed_dim = runtime.sample_rate, runtime.embed_dim
+        self.clip_samples = runtime.clip_samples
+        self._student: Any = None
+        self.student_batch = 1
+        try:
+            self.frontend: Any = NumpyLogMel(runtime.manifest.get("frontend") or {})
+        except (TypeError, ValueError):
+            self.frontend = None  # an odd manifest: timelines fall back to whole windows through model.onnx
+        if self.frontend is not None and self.frontend.sample_rate != self.sample_rate:
+            self.frontend = None
+
+    def embed_waves(self, waves: np.ndarray) -> np.ndarray:
+        return self.rt.embed(waves)
+
+    def embed_logmels(self, logmels: np.ndarray) -> np.ndarray:
+        from tinyclap.deploy.runtime import (
+            STUDENT_FILE,
+            STUDENT_INT8_FILE,
+            ExportError,
+            ort_session,
+            read_verified,
+        )
+
+        if self._student is None:
+            name = STUDENT_INT8_FILE if self.int8 else STUDENT_FILE
+            data = read_verified(self.rt.export_dir, name, self.rt.manifest)
+            try:
+                self._student = ort_session(data, self.threads)
+            except Exception as e:  # onnxruntime's own exception types
+                raise ExportError(f"{self.rt.export_dir / name}: ONNX Runtime cannot load it ({e})") from e
+        sess, name = self._student, self._student.get_inputs()[0].name
+        x = np.ascontiguousarray(logmels, dtype=np.float32)
+        # one window per run: on one CPU thread the student is ~25 % faster per window at batch 1 than at 16
+        # (its activations stay in cache; `python bench/timeline_speed.py`)
+        out = [sess.run(None, {name: x[i : i + self.student_batch]})[0] for i in range(0, len(x), self.student_batch)]
+        return l2_normalize(np.concatenate(out).astype(np.float32))
+
+
+# ------------------------------------------------------------------------------------------------ the class
+
+
+class Classifier:
+    """A model (PyTorch or an export) + a class matrix; see the module docstring. Build it with `from_model`
+    or `from_export`."""
+
+    def __init__(self, engine: Any, classes: ZeroShotClassifier | None = None, *, text: Any = None,
+                 model_info: dict[str, Any] | None = None, batch_size: int = 16, workers: int | None = None
+                 ) -> None:
+        self.engine = engine
+        self.sample_rate: int = int(engine.sample_rate)
+        self.clip_seconds: float = engine.clip_samples / self.sample_rate
+        self.embed_dim: int = int(engine.embed_dim)
+        self.model_info: dict[str, Any] = dict(model_info or {})
+        self.batch_size = int(batch_size)
+        self.workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+        self._text = text  # (resolve() -> text model, templates) or None
+        self.classes: ZeroShotClassifier | None = None
+        if classes is not None:
+            self.set_classes(classes)
+
+    # -- construction --
+    @classmethod
+    def from_model(cls, model: Any, classes: Any = None, *, teacher: Any = None, tokenizer: Any = None,
+                   templates: Sequence[str] | None = None, device: Any = None, **kw: Any) -> Classifier:
+        """`model`: a `tinyclap.models.load_model` spec (student name, run folder, checkpoint, MS CLAP .pth,
+        export folder) or a loaded model; `classes`: a class-matrix .npz, a list of labels (encoded with the
+        text side: `teacher`, else the model's own text tower, else the teacher recorded in its run), a
+        `ZeroShotClassifier`, or None (labels later with `set_labels`; an export's own classes.npz)."""
+        from tinyclap.models import load_model
+        from tinyclap.models.exported import ExportedModel
+
+        spec = model if isinstance(model, (str, os.PathLike)) else None
+        loaded = load_model(spec, tokenizer_dir=tokenizer) if spec is not None else model
+        info = {"spec": os.fspath(spec) if spec is not None else None, "kind": getattr(loaded, "kind", None),
+                "name": getattr(loaded, "name", type(loaded).__name__)}
+        if isinstance(loaded, ExportedModel):
+            clf = cls(_ExportEngine(loaded.runtime, loaded.runtime.model_file.endswith("int8.onnx"), None),
+                      loaded.classifier, model_info={**info, "export": True}, **kw)
+        else:
+            clf = cls(_TorchEngine(loaded, device), model_info=info, **kw)
+        clf._text = _TextSide(loaded, spec, teacher, tokenizer, templates)
+        if isinstance(classes, (list, tuple)):
+            clf.set_labels(list(classes))
+        elif classes is not None:
+            clf.set_classes(classes)
+        return clf
+
+    @classmethod
+    def from_export(cls, export_dir: str | os.PathLike, *, int8: bool = False, classes: Any = None,
+                    threads: int | None = None, **kw: Any) -> Classifier:
+        """An export folder through ONNX Runtime (no torch); `classes` (a .npz or a `ZeroShotClassifier`)
+        replaces the export's own classes.npz."""
+        from tinyclap.deploy.runtime import Runtime
+
+        rt = Runtime(export_dir, int8=int8, threads=threads, batch_size=kw.get("batch_size", 16))
+        info = {"export_dir": os.fspath(export_dir), "kind": "export", "int8": bool(int8),
+                "name": rt.manifest.get("student", {}).get("name") if isinstance(rt.manifest.get("student"), dict)
+                else rt.manifest.get("student")}
+        return cls(_ExportEngine(rt, int8, threads), classes if classes is not None else rt.classifier,
+                   model_info=info, **kw)
+
+    # -- classes --
+    @property
+    def labels(self) -> list[str]:
+        return list(self.classes.labels) if self.classes is not None else []
+
+    @property
+    def can_encode_text(self) -> bool:
+        """Whether `set_labels` can encode new class names (a text side was found)."""
+        return self._text is not None and self._text.available()
+
+    def set_classes(self, classes: ZeroShotClassifier | str | os.PathLike) -> None:
+        """Use a class matrix (a `ZeroShotClassifier` or a .npz saved by tinyclap)."""
+        clf = classes if isinstance(classes, ZeroShotClassifier) else ZeroShotClassifier.load(classes)
+        if clf.embed_dim != self.embed_dim:
+            where = "" if isinstance(classes, ZeroShotClassifier) else f"{os.fspath(classes)}: "
+            raise ValueError(f"{where}class matrix has {clf.embed_dim} dims but the audio model gives {self.embed_dim}")
+        self.classes = clf
+
+    def set_labels(self, labels: Sequence[str]) -> None:
+        """Encode `labels` with the text side; ValueError when there is none (use `set_classes`)."""
+        if self._text is None:
+            raise ValueError("this classifier has no text side (an export): give a class matrix (.npz) instead")
+        self.set_classes(self._text.encode(list(labels)))
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), D) normalised text embeddings of free text (no template), for text queries."""
+        if self._text is None:
+            raise ValueError("this classifier has no text side (an export)")
+        return self._text.embed(list(texts))
+
+    def _need_classes(self) -> ZeroShotClassifier:
+        if self.classes is None:
+            raise ValueError("no classes yet: give labels (set_labels) or a class matrix (set_classes)")
+        return self.classes
+
+    # -- embedding --
+    def _windows(self, path: str | os.PathLike, long_clip: str) -> np.ndarray:
+        wave = load_audio(path, self.sample_rate)
+        if long_clip == "centre":
+            return fit_clip(wave, self.engine.clip_samples, policy="eval")[None]
+        return eval_windows(wave, self.engine.clip_samples)
+
+    def embed_files(self, paths: Sequence[str | os.PathLike], progress: bool = False, *,
+                    long_clip: str = "windows") -> BatchResult:
+        """Normalised (n_ok, D) embeddings (a long file: the renormalised mean of its 5 s windows, or with
+        `long_clip="centre"` its centre crop); unreadable files are listed in `failed`. Decoding runs in
+        `workers` threads ahead of the model; windows of several files share a batch."""
+        from tinyclap._util import progress as progress_bar
+
+        if long_clip not in ("windows", "centre"):
+            raise ValueError(f"long_clip must be 'windows' or 'centre', got {long_clip!r}")
+
+        res = BatchResult(embeddings=np.zeros((0, self.embed_dim), np.float32))
+        queue: list[tuple[int, np.ndarray]] = []
+        parts: dict[int, np.ndarray] = {}
+
+        def flush() -> None:
+            if queue:
+                emb = self._embed_batched(np.concatenate([w for _, w in queue]))
+                at = 0
+                for i, w in queue:
+                    parts[i] = l2_normalize(l2_normalize(emb[at : at + len(w)]).mean(0))
+                    at += len(w)
+                queue.clear()
+
+        with progress_bar(total=len(paths), desc="embed", unit="file", enabled=progress) as bar:
+            decode = functools.partial(self._windows, long_clip=long_clip)
+            for i, (wins, problem) in enumerate(_decode_ahead(decode, paths, self.workers)):
+                bar.update(1)
+                if wins is None:
+                    res.failed.append((os.fsdecode(paths[i]), str(problem)))
+                    continue
+                res.kept.append(i)
+                queue.append((i, wins))
+                if sum(len(w) for _, w in queue) >= self.batch_size:
+                    flush()
+            flush()
+        res.paths = [os.fsdecode(paths[i]) for i in res.kept]
+        if res.kept:
+            res.embeddings = np.stack([parts[i] for i in res.kept]).astype(np.float32)
+        return res
+
+    def _embed_batched(self, waves: np.ndarray) -> np.ndarray:
+        bs = self.batch_size
+        return np.concatenate([self.engine.embed_waves(waves[i : i + bs]) for i in range(0, len(waves), bs)])
+
+    def embed_arrays(self, waves: Sequence[np.ndarray] | np.ndarray, sample_rate: int) -> np.ndarray:
+        """(n, D) normalised embeddings of 1-D waveforms at `sample_rate` (resampled with soxr when needed)."""
+        out = []
+        for w in _as_waves(waves):
+            w = self._resample(w, sample_rate)
+            emb = self._embed_batched(eval_windows(w, self.engine.clip_samples))
+            out.append(l2_normalize(l2_normalize(emb).mean(0)))
+        return np.stack(out).astype(np.float32) if out else np.zeros((0, self.embed_dim), np.float32)
+
+    def _resample(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        import soxr
+
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+        if not np.isfinite(wave).all():
+            raise ValueError("waveform has non-finite (NaN/inf) samples")
+        if sample_rate == self.sample_rate:
+            return wave
+        out = soxr.resample(wave, int(sample_rate), self.sample_rate, quality=RESAMPLE_QUALITY)
+        if out.shape[0] == 0:
+            raise ValueError(f"waveform too short: {wave.shape[0]} samples at {sample_rate} Hz")
+        return out.astype(np.float32, copy=False)
+
+    # -- classification --
+    def classify_files(self, paths: Sequence[str | os.PathLike], top: int | None = 5, *,
+                       long_clip: str = "windows", progress: bool = False) -> list[FileResult]:
+        """One `FileResult` per path, in order: ranked (label, probability) or the reason it failed."""
+        clf = self._need_classes()
+        res = self.embed_files(paths, progress=progress, long_clip=long_clip)
+        ranked = clf.rank(res.embeddings, top) if res.kept else []
+        out = [FileResult(os.fsdecode(p)) for p in paths]
+        for i, r in zip(res.kept, ranked):
+            out[i].ranked = r
+        for i, (_, why) in zip(sorted(set(range(len(paths))) - set(res.kept)), res.failed):
+            out[i].error = why
+        return out
+
+    def classify_arrays(self, waves: Sequence[np.ndarray] | np.ndarray, sample_rate: int,
+                        top: int | None = 5) -> list[list[tuple[str, float]]]:
+        """Ranked (label, probability) lists for 1-D waveforms at `sample_rate`."""
+        clf = self._need_classes()
+        emb = self.embed_arrays(waves, sample_rate)
+        return clf.rank(emb, top) if len(emb) else []
+
+    # -- timelines --
+    def iter_timeline(self, source: Any, window: float = 5.0, hop: float = 1.0, sample_rate: int | None = None,
+                      *, block_seconds: float = 10.0) -> Iterator[TimelineRow]:
+        """Rows of `timeline`, streamed (bounded memory: one block of audio and one batch of windows)."""
+        clf = self._need_classes()
+        if not (window > 0 and hop > 0):
+            raise ValueError(f"window and hop must be > 0, got {window} and {hop}")
+        sr = self.sample_rate
+        win_n, hop_n = int(round(window * sr)), int(round(hop * sr))
+        if win_n < 1 or hop_n < 1:
+            raise ValueError(f"window and hop must be at least one sample at {sr} Hz")
+        if isinstance(source, (str, bytes, os.PathLike)):
+            chunks = stream_audio(source, sr, block_seconds)
+        else:
+            if sample_rate is None:
+                raise ValueError("a waveform source needs its sample_rate")
+            wave = np.asarray(source, dtype=np.float32)
+            if wave.ndim != 1 or wave.shape[0] == 0:
+                raise ValueError(f"a waveform source must be non-empty and 1-D (mono), got shape {wave.shape}")
+            wave = self._resample(wave, sample_rate)
+            chunks = array_chunks(wave, max(1, int(block_seconds * sr)))
+        frontend = self.engine.frontend if win_n == self.engine.clip_samples else None
+        if frontend is not None:
+            embed = self.engine.embed_logmels
+        elif win_n == self.engine.clip_samples:
+            embed = self.engine.embed_waves
+        else:  # windows of another length are embedded like clips (padded, or the mean of their 5 s windows)
+            def embed(waves: np.ndarray) -> np.ndarray:
+                return np.stack([l2_normalize(l2_normalize(self.engine.embed_waves(
+                    eval_windows(w, self.engine.clip_samples))).mean(0)) for w in waves])
+
+        def score(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            emb = l2_normalize(np.asarray(emb, dtype=np.float32))
+            return clf.predict_proba(emb), emb @ clf.weights.T
+
+        items = iter_windows(chunks, win_n, hop_n, frontend)
+        return collect_rows(items, embed, score, sr, self.batch_size)
+
+    def timeline(self, source: Any, window: float = 5.0, hop: float = 1.0, sample_rate: int | None = None
+                 ) -> Timeline:
+        """Per-window class scores over a recording of any length (a path, or a 1-D waveform with its
+        `sample_rate`); `.segments(threshold, min_similarity=...)` merges them. Raises AudioError for a file
+        that cannot be read."""
+        rows = list(self.iter_timeline(source, window, hop, sample_rate))
+        return Timeline(self.labels, rows, float(window), float(hop))
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+class _TextSide:
+    """The text encoder of a PyTorch model, found on first use (`evaluation.run.resolve_text_model`)."""
+
+    def __init__(self, model: Any, spec: Any, teacher: Any, tokenizer: Any, templates: Sequence[str] | None):
+        self.model, self.spec, self.teacher, self.tokenizer = model, spec, teacher, tokenizer
+        self.templates = templates
+        self._resolved: Any = None
+        self._error: str | None = None
+
+    def resolve(self) -> Any:
+        from tinyclap.evaluation.run import resolve_text_model
+
+        if self._resolved is None and self._error is None:
+            try:
+                self._resolved = resolve_text_model(self.model, self.spec, teacher=self.teacher,
+                                                    tokenizer=self.tokenizer)[0]
+            except (ValueError, OSError) as e:
+                self._error = str(e)
+        if self._resolved is None:
+            raise ValueError(self._error or "no text encoder")
+        return self._resolved
+
+    def available(self) -> bool:
+        try:
+            self.resolve()
+        except ValueError:
+            return False
+        return True
+
+    def encode(self, labels: list[str]) -> ZeroShotClassifier:
+        from tinyclap.evaluation.run import build_classifier
+
+        return build_classifier(labels, text_model=self.resolve(), templates=self.templates)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            emb = self.resolve().encode_text(texts, normalize=True)
+        return l2_normalize(emb.float().cpu().numpy())
+
+
+def _as_waves(waves: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+    if isinstance(waves, np.ndarray) and waves.ndim == 2:
+        waves = list(waves)
+    out = []
+    for w in waves if not (isinstance(waves, np.ndarray) and waves.ndim == 1) else [waves]:
+        a = np.asarray(w, dtype=np.float32)
+        if a.ndim != 1 or a.shape[0] == 0:
+            raise ValueError(f"expected non-empty 1-D waveforms, got shape {a.shape}")
+        out.append(a)
+    return out
+
+
+def _decode_ahead(fn: Any, items: Sequence[Any], workers: int) -> Iterator[tuple[Any, str | None]]:
+    """(fn(item), None) or (None, problem) for each item in order, `workers` threads decoding ahead
+    (libsndfile and soxr release the GIL)."""
+
+    def safe(x: Any) -> tuple[Any, str | None]:
+        try:
+            return fn(x), None
+        except AudioError as e:
+            return None, e.problem
+
+    if workers <= 1:
+        yield from map(safe, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures: list[Any] = []
+        it = iter(items)
+        for x in it:
+            futures.append(pool.submit(safe, x))
+            if len(futures) > 2 * workers:
+                yield futures.pop(0).result()
+        for f in futures:
+            yield f.result()

@@ -1,0 +1,67 @@
+"""`tinyclap serve`: a local web page and JSON API for a student (upload or record a sound, type labels).
+
+Listens on 127.0.0.1 unless --host says otherwise. The page, its script and style are served from the
+package (no CDN, no network). Needs the optional extra: pip install 'tinyclap[serve]'. The API is in
+README.md ("A web page: tinyclap serve"); stop the server with Ctrl-C or SIGTERM (graceful).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tinyclap.cli._common import add_command, add_templates_arg
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from tinyclap.serve.limits import MB, ServeConfig
+
+    d = ServeConfig()
+    p = add_command(sub, "serve", "a local web page + JSON API: classify uploads, search an index",
+                    description=__doc__.split("\n\n", 1)[1].strip())
+    g = p.add_argument_group("model (one of)")
+    g.add_argument("--model", help="student checkpoint, run folder, student name or any model spec")
+    g.add_argument("--export-dir", help="folder written by `tinyclap export` (torch-free unless --teacher)")
+    g.add_argument("--int8", action="store_true", help="with --export-dir: serve model.int8.onnx")
+    p.add_argument("--teacher", help="teacher whose text tower encodes free-text labels (default: the teacher "
+                   "recorded with the model, if any)")
+    p.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt (a BERT teacher)")
+    p.add_argument("--classes", help="class-matrix file (.npz): the fixed classes shown when no labels are typed")
+    add_templates_arg(p)
+    p.add_argument("--index", help="folder written by `tinyclap embed`: adds the search panel")
+    n = p.add_argument_group("network")
+    n.add_argument("--host", default="127.0.0.1", help="address to listen on (anything but loopback warns)")
+    n.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / MB, help="largest upload")
+    lim.add_argument("--max-seconds", type=float, default=d.max_seconds, help="longest audio accepted")
+    lim.add_argument("--workers", type=int, default=d.workers, help="threads running the model")
+    lim.add_argument("--queue", type=int, default=d.queue, help="requests waiting beyond the running ones "
+                     "(more get HTTP 503)")
+    lim.add_argument("--window", type=float, default=d.window, help="timeline window (s) for long audio")
+    lim.add_argument("--hop", type=float, default=d.hop, help="timeline hop (s)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise ValueError(f"tinyclap serve needs the serve extra: pip install 'tinyclap[serve]' ({e})") from None
+    from tinyclap.serve.app import create_app
+    from tinyclap.serve.limits import MB, ServeConfig
+    from tinyclap.serve.server import build_engine, run_server
+
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be 0..65535, got {args.port}")
+    cfg = ServeConfig(max_upload_bytes=int(args.max_upload_mb * MB), max_seconds=args.max_seconds,
+                      workers=args.workers, queue=args.queue, window=args.window, hop=args.hop)
+    engine = build_engine(cfg, model=args.model, export_dir=args.export_dir, int8=args.int8, teacher=args.teacher,
+                          tokenizer=args.tokenizer, classes=args.classes, templates=args.templates, index=args.index)
+    ms = engine.measure_latency()
+    facts = engine.info()["model"]
+    print(f"model {facts.get('name', '?')}: {ms:.1f} ms per 5 s clip (measured now)", flush=True)
+    run_server(create_app(engine, cfg), args.host, args.port, cfg, log_level=args.log_level)
+    return 0

@@ -1,0 +1,367 @@
+"""`embed_sources` (CLI: `tinyclap embed`): every audio file under the sources, as windows, into an index.
+
+Steps: list the files (audio files, folders scanned recursively, manifests and dataset specs through
+`tinyclap.data.parse_data_spec`), drop from the index the files that no longer exist, plan (a file whose
+size and mtime are unchanged is skipped; one whose size or mtime changed is hashed, and re-embedded only if
+its SHA-256 changed), then decode the planned files in worker threads and embed their windows in batches,
+committing every batch (see `tinyclap.index.store` for why a kill loses at most one batch).
+
+Decoding runs in threads, not processes: libsndfile and soxr release the GIL while they decode and
+resample, so threads decode in parallel without pickling megabytes of samples between processes, and the
+same code runs torch-free with an export folder (ONNX Runtime also releases the GIL). Under `torchrun`
+(RANK/WORLD_SIZE set) each rank embeds every WORLD_SIZE-th file and appends under the folder's lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyclap._util import atomic_write_text, folder_lock, l2_normalize, sha256_file
+from tinyclap._util import progress as progress_display
+from tinyclap.audio import AudioError, eval_windows, stream_windows
+from tinyclap.index.ann import ANN_FILE, ANN_META
+from tinyclap.index.model import IndexModel, load_index_model
+from tinyclap.index.store import DB, MANIFEST, MATRIX_FILES, Index, IndexFolderError, read_manifest
+
+__all__ = ["EmbedReport", "embed_sources", "list_sources"]
+
+LONG_FILE_WINDOWS = 64  # a file with more windows is embedded in pieces (bounded memory), not decoded whole
+REPORT = "report.json"
+MAX_WINDOW_S = 600.0  # a window is decoded whole: 10 minutes at 44.1 kHz is 106 MB
+
+
+@dataclass
+class EmbedReport:
+    """What one run (one rank) did: files seen, embedded, unchanged, removed, failed, windows, speed."""
+
+    index: str
+    rank: int = 0
+    world_size: int = 1
+    files_listed: int = 0
+    files_assigned: int = 0
+    embedded: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    windows: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    clips_per_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (f"{self.index}: {self.embedded} file(s) embedded ({self.windows} windows, "
+                f"{self.clips_per_s:.1f} files/s), {self.unchanged} unchanged, {self.removed} removed, "
+                f"{len(self.failed)} unreadable, {self.files_listed} listed")
+
+
+def list_sources(sources: Iterable[str | os.PathLike]) -> list[str]:
+    """Absolute paths of the unique audio files the sources name (first occurrence of a real path wins)."""
+    from tinyclap.data import AUDIO_EXTENSIONS, parse_data_spec
+
+    out: list[str] = []
+    seen: set[str] = set()
+    entries = [os.fspath(s) for s in sources]
+    if not entries:
+        raise ValueError("no sources given: pass audio files, folders, manifests or KIND:PATH specs")
+    for entry in entries:
+        plain = Path(os.path.abspath(os.path.expanduser(entry)))
+        listed = [plain] if plain.is_file() and plain.suffix.lower() in AUDIO_EXTENSIONS else parse_data_spec(entry)
+        for p in listed:
+            p = Path(os.path.abspath(p))
+            real = os.path.realpath(p)
+            if real not in seen:
+                seen.add(real)
+                out.append(str(p))
+    return sorted(out)
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return int(st.st_size), int(st.st_mtime_ns)
+
+
+def _plan(index: Index, files: Sequence[str], report: EmbedReport) -> list[str]:
+    """The files to (re-)embed: new ones, and known ones whose content hash changed."""
+    known = {r.path: r for r in index.files()}
+    todo = []
+    for path in files:
+        rec, st = known.get(path), _stat(path)
+        if rec is None or st is None:
+            todo.append(path)  # new (or vanished meanwhile: its error is recorded)
+        elif (rec.size, rec.mtime_ns) == st or (rec.sha256 is not None and _hash(path) == rec.sha256):
+            if (rec.size, rec.mtime_ns) != st:
+                index.touch(path, *st)
+            report.unchanged += 1
+            if rec.status != "ok":  # still unreadable: listed again
+                report.failed.append({"path": path, "error": str(rec.error)})
+        else:
+            todo.append(path)
+    return todo
+
+
+def _hash(path: str) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
+def _windows(path: str, model: IndexModel, window: float, hop: float) -> Iterator[tuple[float, np.ndarray]]:
+    """(start, waveform of `window` seconds) for every window of a file (`tinyclap.audio.stream_windows`)."""
+    return stream_windows(path, window=window, hop=hop, sample_rate=model.sample_rate)
+
+
+def _decode(path: str, model: IndexModel, window: float, hop: float) -> dict[str, Any]:
+    """Worker: a file's record and its first LONG_FILE_WINDOWS + 1 windows (more: embedded in pieces)."""
+    st = _stat(path)
+    rec = {"path": path, "size": st[0] if st else None, "mtime_ns": st[1] if st else None, "sha256": None,
+           "duration": None, "status": "ok", "error": None}
+    try:
+        from tinyclap.audio import audio_info
+
+        rec["duration"] = audio_info(path).duration
+        rec["sha256"] = sha256_file(path)
+        it = _windows(path, model, window, hop)
+        first = [sw for _, sw in zip(range(LONG_FILE_WINDOWS + 1), it)]  # (start, wave) pairs
+        return {"rec": rec, "windows": first}
+    except AudioError as e:
+        rec.update(status="error", error=e.problem)
+    except (OSError, ValueError, RuntimeError, MemoryError) as e:  # one file never ends a long run
+        rec.update(status="error", error=f"{type(e).__name__}: {e}")
+    return {"rec": rec, "windows": []}
+
+
+class _Writer:
+    """Batches windows, embeds them, and appends whole files to the index (under the folder lock)."""
+
+    def __init__(self, index: Index, model: IndexModel, window: float, batch_size: int, report: EmbedReport,
+                 locked: bool) -> None:
+        self.index, self.model, self.window, self.batch_size = index, model, window, batch_size
+        self.report, self.locked = report, locked
+        self.files: list[tuple[dict[str, Any], list[tuple[float, float]]]] = []
+        self.waves: list[np.ndarray] = []
+
+    def embed(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """Windows of `window` seconds -> (n, D); a window of another length than the model's clip is
+        embedded as the renormalised mean of its clip-length windows (as `classify --window` does)."""
+        clip = self.model.clip_samples
+        if all(w.shape[0] == clip for w in waves):
+            return l2_normalize(self.model.embed(np.stack(waves)))
+        return np.stack([l2_normalize(l2_normalize(self.model.embed(eval_windows(w, clip))).mean(0)) for w in waves])
+
+    def add(self, rec: dict[str, Any], windows: list[tuple[float, np.ndarray]]) -> None:
+        dur = rec["duration"] or 0.0
+        spans = [(s, min(s + self.window, dur) if dur > 0 else s + self.window) for s, _ in windows]
+        self.files.append((rec, spans))
+        self.waves.extend(w for _, w in windows)
+        if rec["status"] != "ok":
+            self.report.failed.append({"path": rec["path"], "error": rec["error"]})
+        if len(self.waves) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.files:
+            return
+        emb = [self.embed(self.waves[a : a + self.batch_size]) for a in range(0, len(self.waves), self.batch_size)]
+        matrix = np.concatenate(emb) if emb else np.zeros((0, self.index.embed_dim), np.float32)
+        self.files, matrix = _drop_unusable(self.files, matrix, self.report)
+        if self.locked:
+            with folder_lock(self.index.folder):
+                self.index.reopen_for_append()
+                self.index.append(self.files, matrix)
+        else:
+            self.index.append(self.files, matrix)
+        self.report.embedded += sum(r["status"] == "ok" for r, _ in self.files)
+        self.report.windows += matrix.shape[0]
+        self.files, self.waves = [], []
+
+
+def _drop_unusable(files: list[tuple[dict[str, Any], list[tuple[float, float]]]], matrix: np.ndarray,
+                   report: EmbedReport) -> tuple[list[tuple[dict[str, Any], list[tuple[float, float]]]], np.ndarray]:
+    """Files whose embeddings are not finite unit vectors become errors without windows (rows dropped)."""
+    norms = np.linalg.norm(matrix, axis=1)
+    ok_rows = np.isfinite(norms) & (np.abs(norms - 1.0) <= 1e-3)
+    if ok_rows.all():
+        return files, matrix
+    keep, out, row = [], [], 0
+    for rec, spans in files:
+        rows = slice(row, row + len(spans))
+        row += len(spans)
+        if spans and not ok_rows[rows].all():
+            rec = {**rec, "status": "error", "error": "the model gave a non-finite or zero embedding"}
+            report.failed.append({"path": rec["path"], "error": rec["error"]})
+            spans = []
+        else:
+            keep.append(np.arange(rows.start, rows.stop))
+        out.append((rec, spans))
+    idx = np.concatenate(keep) if keep else np.zeros(0, np.int64)
+    return out, matrix[idx]
+
+
+def _long_file(writer: _Writer, item: dict[str, Any], window: float, hop: float) -> None:
+    """A file with more than LONG_FILE_WINDOWS windows: streamed again and embedded piece by piece, then
+    appended whole (its windows are embedded first, so memory holds embeddings, not audio)."""
+    rec = item["rec"]
+    writer.flush()
+    embs, spans, piece = [], [], []
+    dur = rec["duration"] or 0.0
+    try:
+        for s, w in _windows(rec["path"], writer.model, window, hop):
+            piece.append(w)
+            spans.append((s, min(s + window, dur) if dur > 0 else s + window))
+            if len(piece) == writer.batch_size:
+                embs.append(writer.embed(piece))
+                piece = []
+        if piece:
+            embs.append(writer.embed(piece))
+    except AudioError as e:
+        rec.update(status="error", error=e.problem)
+        writer.add(rec, [])
+        return
+    files, matrix = _drop_unusable([(rec, spans)], np.concatenate(embs), writer.report)
+    with folder_lock(writer.index.folder) if writer.locked else contextlib.nullcontext():
+        if writer.locked:
+            writer.index.reopen_for_append()
+        writer.index.append(files, matrix)
+    writer.report.embedded += int(files[0][0]["status"] == "ok")
+    writer.report.windows += matrix.shape[0]
+
+
+LOCKS = (".lock", ".embed.lock")  # the ranks' append lock, and the one-writer lock of a plain run
+
+
+def _refuse_foreign(out: Path) -> None:
+    """A folder that exists, is not empty and holds no index is someone else's: never written into."""
+    if out.exists() and not (out / MANIFEST).exists():
+        if not out.is_dir() or any(p.name not in LOCKS for p in out.iterdir()):
+            raise IndexFolderError(f"{out}: exists and is not an index; refusing to write into it")
+
+
+def _open_or_create(out: Path, manifest: dict[str, Any], overwrite: bool) -> Index:
+    """The index at `out`, created if absent; refused if it was built with another model or settings."""
+    if (out / MANIFEST).exists():
+        old = read_manifest(out)
+        keys = ("embed_dim", "window", "hop", "sample_rate", "clip_samples")
+        differ = [k for k in keys if old.get(k) != manifest.get(k)]
+        if (old.get("model") or {}).get("fingerprint") != manifest["model"]["fingerprint"]:
+            differ.append("model fingerprint")
+        if differ and not overwrite:
+            raise IndexFolderError(f"{out}: this index was built with other settings ({', '.join(differ)}); "
+                                   "use another --out, or --overwrite to start it again")
+        if not differ:
+            return Index.open(out, readonly=False)
+        for name in (MANIFEST, DB, *MATRIX_FILES, REPORT, ANN_FILE, ANN_META):  # --overwrite: start again
+            (out / name).unlink(missing_ok=True)
+    _refuse_foreign(out)
+    return Index.create(out, manifest)
+
+
+def embed_sources(
+    sources: Iterable[str | os.PathLike],
+    model: str | os.PathLike | Any,
+    out: str | os.PathLike,
+    *,
+    window: float = 5.0,
+    hop: float | None = None,
+    batch_size: int = 16,
+    workers: int = 2,
+    int8: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> EmbedReport:
+    """Embed every audio file under `sources` into the index folder `out` (created or updated).
+
+    `model` is a spec (student name/run/checkpoint, teacher, or export folder: ONNX Runtime, no torch) or an
+    `IndexModel`. Files are cut into `window`-second windows every `hop` seconds (default: `window`). A rerun
+    embeds only new or changed files and drops files that no longer exist; unreadable files are recorded
+    with their error (`report.failed`), not fatal. One plain run writes an index at a time (a second one
+    gets `FolderBusy` naming the first); `torchrun` ranks share it, appending under the folder lock.
+    """
+    if not (0 < window <= MAX_WINDOW_S and (hop is None or 0 < hop <= MAX_WINDOW_S)):
+        raise ValueError(f"--window and --hop must be > 0 and <= {MAX_WINDOW_S:g} s, got {window} and {hop}")
+    if batch_size < 1 or workers < 0:
+        raise ValueError(f"need batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
+    hop = window if hop is None else hop
+    rank = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
+    files = list_sources(sources)  # bad sources fail here, before any folder is created
+    imodel = model if isinstance(model, IndexModel) else load_index_model(model, int8=int8)
+    out = Path(os.path.abspath(os.fspath(out)))
+    single = world_size == 1
+    if single:
+        _refuse_foreign(out)  # before the lock file is created in it (ranks check under the lock)
+    t0 = time.perf_counter()
+    report = EmbedReport(index=str(out), rank=rank, world_size=world_size, files_listed=len(files))
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, blocking=False, name=LOCKS[1], what="this index") if single else contextlib.nullcontext():
+        with contextlib.nullcontext() if single else folder_lock(out):
+            index = _open_or_create(out, imodel.manifest(window, hop), overwrite)
+            try:
+                if rank == 0:
+                    gone = [r.path for r in index.files() if _stat(r.path) is None and r.path not in set(files)]
+                    report.removed = index.remove(gone)
+                mine = [f for i, f in enumerate(files) if i % world_size == rank]
+                report.files_assigned = len(mine)
+                todo = _plan(index, mine, report)
+            except BaseException:
+                index.close()
+                raise
+        try:
+            _run(index, imodel, todo, (window, hop, batch_size, workers), progress and rank == 0, report, not single)
+        finally:
+            index.close()
+        report.seconds = time.perf_counter() - t0
+        report.clips_per_s = report.embedded / max(report.seconds, 1e-9)
+        atomic_write_text(out / (REPORT if single else f"report.rank{rank}.json"),
+                          json.dumps(report.to_dict(), indent=2) + "\n")
+    return report
+
+
+def _run(index: Index, model: IndexModel, todo: list[str], settings: tuple[float, float, int, int], show: bool,
+         report: EmbedReport, locked: bool) -> None:
+    """Decode `todo` in worker threads (in order, a bounded number ahead) and append them in batches."""
+    window, hop, batch_size, workers = settings
+    writer = _Writer(index, model, window, batch_size, report, locked)
+    bar = progress_display(total=len(todo), desc="embed", unit="file", enabled=show)
+
+    def decoded() -> Iterator[dict[str, Any]]:
+        if workers == 0:
+            yield from (_decode(p, model, window, hop) for p in todo)
+            return
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            ahead = max(2 * workers, batch_size)
+            futures = [pool.submit(_decode, p, model, window, hop) for p in todo[:ahead]]
+            for i in range(len(todo)):
+                item = futures[i].result()
+                futures[i] = None  # type: ignore[call-overload]
+                if i + ahead < len(todo):
+                    futures.append(pool.submit(_decode, todo[i + ahead], model, window, hop))
+                yield item
+
+    try:
+        for item in decoded():
+            if len(item["windows"]) > LONG_FILE_WINDOWS:
+                _long_file(writer, item, window, hop)
+            else:
+                writer.add(item["rec"], item["windows"])
+            bar.update(1)
+        writer.flush()
+    finally:
+        bar.close()

@@ -1,0 +1,110 @@
+"""Query vectors for an index: text (a teacher's text tower) and audio (the index's own model).
+
+Text queries need a text side: `teacher=` (a checkpoint path or a loaded model with `encode_text`), else
+the teacher recorded with the index's model (the model itself when it is a teacher, the teacher in a
+student's run config, or the one recorded by the run an export came from). Audio queries are embedded by
+the index's model (checked against the fingerprint in the manifest) or a given one, as the renormalised
+mean of the clip's 5 s windows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tinyclap._util import l2_normalize
+
+if TYPE_CHECKING:
+    from tinyclap.index.store import Index
+
+__all__ = ["audio_query", "index_model", "text_query", "text_side"]
+
+
+def text_side(index: Index, teacher: Any = None, tokenizer: str | os.PathLike | None = None) -> Any:
+    """The model whose `encode_text` embeds text queries for `index` (see module doc)."""
+    if teacher is not None and not isinstance(teacher, (str, os.PathLike)):
+        return teacher
+    info = index.manifest.get("model") or {}
+    spec = teacher or info.get("teacher")
+    if spec is None and info.get("source"):
+        from tinyclap.models.fingerprint import recorded_teacher
+
+        rec = recorded_teacher(info["source"]) if Path(info["source"]).exists() else None
+        spec, tokenizer = (rec[0], tokenizer or rec[1]) if rec else (None, tokenizer)
+    if spec is None:
+        raise ValueError(f"{index.folder}: the index's model ({info.get('name')}) records no teacher, so text "
+                         "cannot be embedded: pass --teacher CKPT (the teacher it was distilled from)")
+    if not Path(spec).exists():
+        raise ValueError(f"{index.folder}: the teacher {spec} does not exist; pass --teacher CKPT")
+    from tinyclap.models import load_model
+
+    model = load_model(spec, tokenizer_dir=tokenizer)
+    if not hasattr(model, "encode_text"):
+        raise ValueError(f"{spec}: this model has no text tower; pass a teacher with --teacher")
+    if getattr(model, "tokenizer", "n/a") is None:
+        raise ValueError(f"{spec}: a BERT teacher needs --tokenizer DIR (a folder with BERT's uncased vocab.txt)")
+    return model
+
+
+def text_query(index: Index, text: str, *, teacher: Any = None, tokenizer: str | os.PathLike | None = None,
+               template: str | None = None) -> np.ndarray:
+    """(D,) unit vector of `text` (optionally put into `template`, e.g. "this is the sound of {}")."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("the text query is empty")
+    if template is not None:
+        if template.count("{}") != 1:
+            raise ValueError(f"template {template!r} must contain exactly one '{{}}'")
+        text = template.format(text.strip())
+    model = text_side(index, teacher, tokenizer)
+    import torch
+
+    with torch.inference_mode():
+        emb = model.encode_text([text], normalize=True).float().cpu().numpy()[0]
+    if emb.shape[0] != index.embed_dim:
+        raise ValueError(f"the text side gives {emb.shape[0]}-d embeddings but the index holds "
+                         f"{index.embed_dim}-d ones (another teacher, or a pruned student?)")
+    return l2_normalize(emb).astype(np.float32)
+
+
+def index_model(index: Index, model: Any = None) -> Any:
+    """The `IndexModel` that embeds audio queries: `model` (a spec or loaded model), else the index's own,
+    refused when its weights no longer match the fingerprint the index was built with."""
+    from tinyclap.index.model import load_index_model
+
+    info = index.manifest.get("model") or {}
+    if model is not None:
+        m = load_index_model(model)
+    else:
+        if not info.get("spec"):
+            raise ValueError(f"{index.folder}: the index records no model spec; pass the model (--model)")
+        m = load_index_model(info["spec"], int8=bool(info.get("int8")))
+        if m.info["fingerprint"] != info.get("fingerprint"):
+            raise ValueError(f"{info['spec']}: the model's weights changed since the index was built "
+                             f"({m.info['fingerprint']} != {info.get('fingerprint')}); re-run tinyclap embed")
+    if m.embed_dim != index.embed_dim:
+        raise ValueError(f"the model gives {m.embed_dim}-d embeddings but the index holds {index.embed_dim}-d")
+    return m
+
+
+def audio_query(index: Index, source: Any, *, sample_rate: int | None = None, model: Any = None) -> np.ndarray:
+    """(D,) unit vector of an audio file (path) or a 1-D waveform at `sample_rate`."""
+    from tinyclap.audio import eval_windows, load_audio
+
+    m = index_model(index, model)
+    if isinstance(source, (str, bytes, os.PathLike)):
+        wave = load_audio(source, m.sample_rate)
+    else:
+        wave = np.asarray(source, dtype=np.float32)
+        if wave.ndim != 1 or wave.size == 0 or not np.isfinite(wave).all():
+            raise ValueError(f"expected a non-empty, finite 1-D waveform, got shape {wave.shape}")
+        if sample_rate is None:
+            raise ValueError("a waveform query needs its sample_rate")
+        if int(sample_rate) != m.sample_rate:
+            import soxr
+
+            wave = soxr.resample(wave, int(sample_rate), m.sample_rate, quality="HQ").astype(np.float32)
+    emb = l2_normalize(m.embed(eval_windows(wave, m.clip_samples)))
+    return l2_normalize(emb.mean(0)).astype(np.float32)

@@ -1,0 +1,372 @@
+"""The index folder written by `tinyclap embed`: SQLite tables + append-only memory-mapped matrices.
+
+Layout of INDEX/ (format `tinyclap-index/1`):
+
+- `manifest.json`: the model (spec, kind, name, fingerprint, recorded teacher), front-end settings, sample
+  rate, clip length, `window`, `hop`, `embed_dim`, `kind` ("audio").
+- `index.sqlite`: `files(id, path, size, mtime_ns, sha256, duration, status, error)` (status "ok" or
+  "error"; an unreadable file is listed with its error and has no windows), `windows(id, file_id, start,
+  end, row)`, and `meta(key, value)` whose `rows` is the number of committed matrix rows.
+- `embeddings.f16`: (rows, D) float16, the normalised embeddings, row-major, raw (no header);
+  `embeddings.u8` + `scales.f32`: the same rows as int8 q with one float32 scale per row (x ~ scale * q,
+  round-to-nearest), stored as the bytes q + 128 (uint8: what ONNX Runtime's integer product reads without
+  a conversion pass), the copy that exact search streams first (see `tinyclap.index.search`).
+
+Crash safety: rows are appended to the three matrix files and fsynced *before* the SQLite transaction that
+references them (and raises `rows`) commits. A writer opening the folder truncates the files back to the
+committed `rows`, and a reader only maps that many, so a SIGKILL at any point loses at most the batch in
+flight and never leaves a window pointing at a row that was not written. Rows of deleted or changed files
+stay in the files (append-only) but no window references them; search masks them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyclap._util import atomic_write_text
+
+__all__ = ["FORMAT", "Index", "IndexFolderError", "FileRecord", "Hit", "MANIFEST", "quantize_rows"]
+
+FORMAT = "tinyclap-index/1"
+MANIFEST = "manifest.json"
+DB = "index.sqlite"
+F16 = "embeddings.f16"
+U8 = "embeddings.u8"
+SCALES = "scales.f32"
+MATRIX_FILES = (F16, U8, SCALES)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, size INTEGER, mtime_ns INTEGER, sha256 TEXT,
+    duration REAL, status TEXT NOT NULL, error TEXT);
+CREATE TABLE IF NOT EXISTS windows (
+    id INTEGER PRIMARY KEY, file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    start REAL NOT NULL, "end" REAL NOT NULL, row INTEGER NOT NULL UNIQUE);
+CREATE INDEX IF NOT EXISTS windows_file ON windows(file_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class IndexFolderError(ValueError):
+    """A folder that is not a usable index (missing or damaged files, another model, bad settings)."""
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One file as the index knows it (what a rerun compares against the disk)."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    duration: float | None
+    status: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: an indexed file, the window [start, end) seconds and its cosine score."""
+
+    file_id: int
+    path: str
+    start: float
+    end: float
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file_id": self.file_id, "path": self.path, "start": round(self.start, 3),
+                "end": round(self.end, 3), "score": round(self.score, 6)}
+
+
+def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, D) float -> int8 (n, D) and float32 scales (n,): x ~ scale * q, round to nearest, |q| <= 127.
+
+    The rounding error of every entry is at most scale / 2 (what exact search's bound relies on)."""
+    x = np.asarray(x, dtype=np.float32)
+    scale = (np.abs(x).max(axis=1) / 127.0).astype(np.float32)
+    safe = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    q = np.clip(np.rint(x / safe[:, None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise IndexFolderError(f"{folder}: not an index folder (no such directory)")
+    if not path.is_file():
+        raise IndexFolderError(f"{path}: missing; not an index written by `tinyclap embed`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IndexFolderError(f"{path}: unreadable manifest ({e})") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        fmt = manifest.get("format") if isinstance(manifest, dict) else None
+        raise IndexFolderError(f"{path}: unknown index format {fmt!r} (expected {FORMAT!r})")
+    dim = manifest.get("embed_dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= 1 << 16:
+        raise IndexFolderError(f"{path}: invalid embed_dim {dim!r}")
+    return manifest
+
+
+def _connect(db_path: Path, readonly: bool) -> sqlite3.Connection:
+    """A connection (read-only for readers) that has read the committed row count once."""
+    if readonly:
+        db = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        db = sqlite3.connect(db_path, check_same_thread=False)
+    try:
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute("SELECT value FROM meta WHERE key = 'rows'").fetchone()
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_text(folder / MANIFEST, json.dumps({"format": FORMAT, **manifest}, indent=2) + "\n")
+
+
+class Index:
+    """An index folder: its manifest, its SQLite tables and its memory-mapped embedding rows.
+
+    `Index.open(folder)` for searching (read-only); `tinyclap.index.build` opens it for writing.
+    """
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], db: sqlite3.Connection, readonly: bool) -> None:
+        self.folder, self.manifest, self.db, self.readonly = folder, manifest, db, readonly
+        self.embed_dim = int(manifest["embed_dim"])
+        self._maps: dict[str, np.ndarray] | None = None
+        self._windows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._lookup: tuple[np.ndarray, np.ndarray] | None = None
+        self.cache: dict[str, Any] = {}  # helpers' per-index state (the loaded approximate index)
+
+    # ----------------------------------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike, *, readonly: bool = True) -> Index:
+        """Open an index folder written by `tinyclap embed` (IndexFolderError naming the file if it is not one)."""
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        db_path = folder / DB
+        if not db_path.is_file():
+            raise IndexFolderError(f"{db_path}: missing; the index is incomplete")
+        try:
+            db = _connect(db_path, readonly)
+        except sqlite3.Error as e:
+            if not (readonly and os.access(folder, os.W_OK) and (folder / f"{DB}-journal").exists()):
+                raise IndexFolderError(f"{db_path}: not a readable index database ({e})") from e
+            try:  # a killed writer's hot journal: a read-write connection rolls it back, then read again
+                _connect(db_path, readonly=False).close()
+                db = _connect(db_path, readonly)
+            except sqlite3.Error as e2:
+                raise IndexFolderError(f"{db_path}: not a readable index database ({e2})") from e2
+        index = cls(folder, manifest, db, readonly)
+        index._check_matrix_files()
+        return index
+
+    @classmethod
+    def create(cls, folder: Path, manifest: dict[str, Any]) -> Index:
+        """A new, empty index at `folder` (created), with `manifest` written last."""
+        folder.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(folder / DB, check_same_thread=False)
+        db.executescript(_SCHEMA)
+        with db:
+            db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('rows', '0')")
+        for name in MATRIX_FILES:
+            (folder / name).touch()
+        db.close()
+        write_manifest(folder, manifest)
+        return cls.open(folder, readonly=False)
+
+    def _check_matrix_files(self) -> None:
+        """Every matrix file holds at least the committed rows; a writer truncates any extra (uncommitted)."""
+        rows = self.rows
+        for name, width in self._row_bytes().items():
+            path = self.folder / name
+            try:
+                size = path.stat().st_size
+            except OSError as e:
+                raise IndexFolderError(f"{path}: missing or unreadable ({e.strerror or e})") from e
+            if size < rows * width:
+                raise IndexFolderError(f"{path}: holds {size // width} rows but the database references {rows}")
+            if size > rows * width and not self.readonly:
+                os.truncate(path, rows * width)  # rows of a batch that never committed (a kill)
+
+    def _row_bytes(self) -> dict[str, int]:
+        return {F16: 2 * self.embed_dim, U8: self.embed_dim, SCALES: 4}
+
+    # ------------------------------------------------------------------------------------------- reading
+
+    @property
+    def rows(self) -> int:
+        """Committed matrix rows (including rows no window references any more)."""
+        return int(self.db.execute("SELECT value FROM meta WHERE key = 'rows'").fetchone()[0])
+
+    def __len__(self) -> int:
+        """The number of indexed windows."""
+        return int(self.db.execute("SELECT COUNT(*) FROM windows").fetchone()[0])
+
+    def matrices(self) -> dict[str, np.ndarray]:
+        """The committed rows, memory-mapped: `f16` (rows, D), `u8` (rows, D: int8 + 128), `scales` (rows,)."""
+        if self._maps is None:
+            n, d = self.rows, self.embed_dim
+            shapes = {F16: (np.float16, (n, d)), U8: (np.uint8, (n, d)), SCALES: (np.float32, (n,))}
+            maps = {}
+            for name, (dtype, shape) in shapes.items():
+                if n == 0:
+                    maps[name] = np.zeros(shape, dtype)
+                else:
+                    maps[name] = np.memmap(self.folder / name, dtype=dtype, mode="r", shape=shape)
+            self._maps = {"f16": maps[F16], "u8": maps[U8], "scales": maps[SCALES]}
+        return self._maps
+
+    def window_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, file_ids, starts, ends) of every indexed window, sorted by row."""
+        if self._windows is None:
+            cur = self.db.execute('SELECT row, file_id, start, "end" FROM windows ORDER BY row')
+            data = np.array(cur.fetchall(), dtype=np.float64).reshape(-1, 4)
+            if data.size and not (0 <= data[:, 0].min() and data[:, 0].max() < self.rows):
+                raise IndexFolderError(f"{self.folder / DB}: a window refers to a row past the {self.rows} "
+                                       "committed ones; the database is damaged (re-run tinyclap embed --overwrite)")
+            self._windows = (data[:, 0].astype(np.int64), data[:, 1].astype(np.int64), data[:, 2], data[:, 3])
+        return self._windows
+
+    def row_lookup(self) -> tuple[np.ndarray, np.ndarray]:
+        """(live (rows,) bool: the row belongs to an indexed window, window position of each row or -1)."""
+        if self._lookup is None:
+            rows = self.window_table()[0]
+            live = np.zeros(self.rows, dtype=bool)
+            live[rows] = True
+            where = np.full(self.rows, -1, dtype=np.int64)
+            where[rows] = np.arange(rows.size)
+            self._lookup = (live, where)
+        return self._lookup
+
+    def file_path(self, file_id: int) -> Path:
+        """The path of an indexed file, by id (KeyError for an id the index does not hold)."""
+        row = self.db.execute("SELECT path FROM files WHERE id = ?", (int(file_id),)).fetchone()
+        if row is None:
+            raise KeyError(f"no file with id {file_id} in {self.folder}")
+        return Path(row[0])
+
+    def paths(self, file_ids: Iterable[int]) -> dict[int, str]:
+        ids = sorted({int(i) for i in file_ids})
+        out: dict[int, str] = {}
+        for a in range(0, len(ids), 500):
+            chunk = ids[a : a + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update(self.db.execute(f"SELECT id, path FROM files WHERE id IN ({marks})", chunk).fetchall())
+        return out
+
+    def files(self, status: str | None = None) -> list[FileRecord]:
+        """Every file record (or those of one status: "ok", "error"), by path."""
+        sql = "SELECT id, path, size, mtime_ns, sha256, duration, status, error FROM files"
+        args: tuple[Any, ...] = ()
+        if status is not None:
+            sql, args = sql + " WHERE status = ?", (status,)
+        return [FileRecord(*r) for r in self.db.execute(sql + " ORDER BY path", args).fetchall()]
+
+    def search(self, query: np.ndarray, k: int = 10, *, min_score: float | None = None,
+               dedupe: bool = True, approximate: bool = False) -> list[Hit]:
+        """The top-`k` windows (or merged runs of adjacent windows, `dedupe`) by cosine to `query` (D,).
+
+        Exact by default; `approximate=True` takes candidates from the FAISS graph (`tinyclap.index.ann`)."""
+        from tinyclap.index.search import search_index
+
+        return search_index(self, np.asarray(query)[None], k, min_score=min_score, dedupe=dedupe,
+                            approximate=approximate)[0]
+
+    def search_batch(self, queries: np.ndarray, k: int = 10, *, min_score: float | None = None,
+                     dedupe: bool = True, approximate: bool = False) -> list[list[Hit]]:
+        """`search` for (Q, D) queries at once: the matrix is streamed once for all of them."""
+        from tinyclap.index.search import search_index
+
+        return search_index(self, np.asarray(queries), k, min_score=min_score, dedupe=dedupe,
+                            approximate=approximate)
+
+    # ------------------------------------------------------------------------------------------- writing
+
+    def append(self, records: Sequence[tuple[dict[str, Any], list[tuple[float, float]]]],
+               embeddings: np.ndarray) -> None:
+        """Add files (their record dict and windows) with their windows' embeddings (n, D), in order.
+
+        The rows are written and fsynced first; one transaction then replaces any previous entry of each
+        path, inserts the files and windows and raises `rows`. A kill before the commit leaves the index as
+        it was (the extra rows are truncated on the next writable open)."""
+        if self.readonly:
+            raise IndexFolderError(f"{self.folder}: opened read-only")
+        emb = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.embed_dim)
+        n_windows = sum(len(w) for _, w in records)
+        if emb.shape[0] != n_windows:
+            raise ValueError(f"{n_windows} windows but {emb.shape[0]} embeddings")
+        norms = np.linalg.norm(emb, axis=1)
+        if not (np.isfinite(norms).all() and np.all(np.abs(norms - 1.0) <= 1e-3)):
+            raise ValueError("embeddings must be finite and L2-normalised (search's error bound relies on it)")
+        start = self.rows
+        f16 = emb.astype(np.float16)
+        q, scales = quantize_rows(f16)  # from the stored fp16 values: search's error bound is exact for them
+        u8 = q.view(np.uint8) ^ np.uint8(0x80)  # q + 128
+        for name, data in ((F16, f16), (U8, u8), (SCALES, scales)):
+            with open(self.folder / name, "r+b") as f:
+                f.seek(start * self._row_bytes()[name])
+                f.write(np.ascontiguousarray(data).tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+        row = start
+        with self.db:
+            for rec, windows in records:
+                self.db.execute("DELETE FROM files WHERE path = ?", (rec["path"],))
+                cur = self.db.execute(
+                    "INSERT INTO files(path, size, mtime_ns, sha256, duration, status, error) "
+                    "VALUES (:path, :size, :mtime_ns, :sha256, :duration, :status, :error)", rec)
+                fid = cur.lastrowid
+                for s, e in windows:
+                    self.db.execute('INSERT INTO windows(file_id, start, "end", row) VALUES (?, ?, ?, ?)',
+                                    (fid, float(s), float(e), row))
+                    row += 1
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'rows'", (str(row),))
+        self._maps = self._windows = self._lookup = None
+        self.cache.clear()
+
+    def reopen_for_append(self) -> None:
+        """Before appending under the folder lock (several writers): forget cached maps and truncate rows
+        that a killed writer left uncommitted."""
+        self._maps = self._windows = self._lookup = None
+        self._check_matrix_files()
+
+    def remove(self, paths: Iterable[str]) -> int:
+        """Drop files (and their windows) from the index; returns how many were there."""
+        n = 0
+        with self.db:
+            for p in paths:
+                n += self.db.execute("DELETE FROM files WHERE path = ?", (p,)).rowcount
+        self._windows = self._lookup = None
+        self.cache.clear()
+        return n
+
+    def touch(self, path: str, size: int, mtime_ns: int) -> None:
+        """Record a new size/mtime for a file whose content hash did not change."""
+        with self.db:
+            self.db.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, path))
+
+    def close(self) -> None:
+        self._maps = self._windows = self._lookup = None
+        self.cache.clear()
+        self.db.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,181 @@
+"""The FastAPI application of `tinyclap serve`: one page (served from the package) and a small JSON API.
+
+| route | what |
+|---|---|
+| `GET /` | the page (`static/index.html`; its JS and CSS under `/static/`, no CDN) |
+| `GET /healthz` | `{"status": "ok", ...}` while the server serves |
+| `GET /api/info` | the model's facts, labels, start-up latency, limits, whether search is on |
+| `POST /api/classify` | multipart `audio` (+ `labels`, `top`) -> ranked labels, and a timeline for long audio |
+| `GET /api/search?q=TEXT&k=N` | text -> indexed audio (needs `--index` and a text side) |
+| `POST /api/search` | multipart `audio` (+ `k`) -> indexed audio like it ("more like this") |
+| `GET /api/audio/{file_id}` | an indexed file's audio, by its integer id only |
+
+Every error is JSON `{"error": message, "status": code}`, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tinyclap.serve.engine import Engine, parse_labels
+from tinyclap.serve.limits import ApiError, ServeConfig, WorkerPool
+from tinyclap.serve.uploads import receive_upload
+
+STATIC = Path(__file__).resolve().parent / "static"
+log = logging.getLogger("tinyclap.serve")
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
+                               "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'",
+}
+AUDIO_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".mp3": "audio/mpeg",
+               ".aif": "audio/aiff", ".aiff": "audio/aiff"}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+def _int_field(value: str | None, name: str, default: int, high: int) -> int:
+    if value is None or value == "":
+        return default
+    if not value.strip().isdigit() or not 1 <= int(value) <= high:
+        raise ApiError(400, f"'{name}' must be an integer from 1 to {high}, got {value[:20]!r}")
+    return int(value)
+
+
+def create_app(engine: Engine, cfg: ServeConfig | None = None, *, temp_root: str | Path | None = None) -> FastAPI:
+    """The app for `engine`. Uploads go to private folders (0700) under `temp_root` (default: a new folder
+    in the system temp dir), one per request, deleted when the request ends; the root goes at shutdown."""
+    cfg = cfg or engine.cfg
+    pool = WorkerPool(cfg.workers, cfg.queue)
+    root = Path(tempfile.mkdtemp(prefix="tinyclap-serve-", dir=temp_root))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            pool.shutdown()
+            shutil.rmtree(root, ignore_errors=True)
+
+    app = FastAPI(title="tinyclap", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.engine, app.state.pool, app.state.upload_root, app.state.config = engine, pool, root, cfg
+    _add_handlers(app)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        return response
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "running_or_queued": pool.admitted, "capacity": pool.capacity,
+                "rejected": pool.rejected}
+
+    @app.get("/api/info")
+    async def info() -> dict[str, Any]:
+        return engine.info()
+
+    _add_upload_routes(app, engine, cfg, pool, root)
+    _add_search_routes(app, engine, cfg, pool)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _request_folder(root: Path) -> AsyncIterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="req-", dir=root))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _add_upload_routes(app: FastAPI, engine: Engine, cfg: ServeConfig, pool: WorkerPool, root: Path) -> None:
+    @app.post("/api/classify")
+    async def classify(request: Request) -> dict[str, Any]:
+        pool.check()
+        async with _request_folder(root) as folder:
+            up = await receive_upload(request, folder, cfg.max_upload_bytes)
+            if up.path is None:
+                raise ApiError(400, "no audio: send the file in a form field named 'audio'")
+            labels = parse_labels(up.fields.get("labels"), cfg)
+            top = _int_field(up.fields.get("top"), "top", cfg.top, cfg.top)
+            result = await pool.run(engine.classify, up.path, labels, top)
+        result.update({"file": up.filename, "format": up.format, "bytes": up.size})
+        return result
+
+    @app.post("/api/search")
+    async def search_audio(request: Request) -> dict[str, Any]:
+        engine.require_index()
+        pool.check()
+        async with _request_folder(root) as folder:
+            up = await receive_upload(request, folder, cfg.max_upload_bytes)
+            if up.path is None:
+                raise ApiError(400, "no audio: send the file in a form field named 'audio'")
+            k = _int_field(up.fields.get("k"), "k", cfg.search_k, cfg.max_search_k)
+            hits = await pool.run(engine.search_audio, up.path, k)
+        return {"query": {"file": up.filename}, "hits": hits}
+
+
+def _add_search_routes(app: FastAPI, engine: Engine, cfg: ServeConfig, pool: WorkerPool) -> None:
+    @app.get("/api/search")
+    async def search_text(q: str = "", k: str | None = None) -> dict[str, Any]:
+        engine.require_index()
+        kk = _int_field(k, "k", cfg.search_k, cfg.max_search_k)
+        hits = await pool.run(engine.search_text, q, kk)
+        return {"query": {"text": q}, "hits": hits}
+
+    @app.get("/api/audio/{file_id}")
+    async def audio(file_id: str) -> FileResponse:
+        if not file_id.isdigit() or len(file_id) > 12:  # an id, never a name or a path
+            raise ApiError(404, "no indexed file with that id (ids are non-negative integers)")
+        path = engine.audio_file(int(file_id))
+        media = AUDIO_TYPES.get(path.suffix.lower(), "application/octet-stream")
+        return FileResponse(path, media_type=media, headers={"Cache-Control": "no-store"})
+
+
+def _add_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if exc.status_code == 404:
+            message = f"not found: {request.url.path[:200]}"
+        return _error(exc.status_code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return _error(422, f"invalid request: {where}: {first.get('msg', 'invalid value')}")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s", request.url.path)
+        return _error(500, f"internal error ({type(exc).__name__}); the server keeps serving")

@@ -1,0 +1,275 @@
+"""The model side of `tinyclap serve`: one `Engine` over a `tinyclap.Classifier` and, optionally, an
+`tinyclap.index.Index`. Everything here is synchronous and runs on the worker pool's threads.
+
+The engine never touches a path the client chose: uploads arrive as files in a private temporary folder
+the server made, and indexed audio is reached only through `Index.file_path(file_id)`.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyclap.audio import AudioError, audio_info
+from tinyclap.serve.limits import ApiError, ServeConfig
+
+LABEL_CACHE = 32  # label sets whose text embeddings are kept
+
+
+def parse_labels(text: str | None, cfg: ServeConfig) -> list[str]:
+    """Comma-separated free-text labels: stripped, de-duplicated (order kept), bounded in count and length."""
+    labels: list[str] = []
+    for part in (text or "").split(","):
+        label = " ".join(part.split())
+        if label and label not in labels:
+            labels.append(label)
+    if len(labels) > cfg.max_labels:
+        raise ApiError(400, f"too many labels: {len(labels)} (the limit is {cfg.max_labels})")
+    long = [lb for lb in labels if len(lb) > cfg.max_label_chars]
+    if long:
+        raise ApiError(400, f"label too long ({len(long[0])} characters, the limit is {cfg.max_label_chars})")
+    return labels
+
+
+def _ranked(pairs: Any) -> list[dict[str, Any]]:
+    return [{"label": str(lb), "score": round(float(s), 6)} for lb, s in pairs]
+
+
+class Engine:
+    """Classify uploads, search an index, and describe the model (`info`)."""
+
+    def __init__(self, classifier: Any, cfg: ServeConfig, *, index: Any = None, teacher: Any = None,
+                 tokenizer: Any = None, query_model: Any = None) -> None:
+        self.clf = classifier
+        self.cfg = cfg
+        self.index = index
+        self.teacher = teacher
+        self.tokenizer = tokenizer
+        self.query_model = query_model
+        self._label_cache: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self.latency_ms: float | None = None
+        self.text_model: Any = None
+        self.text_unavailable = "no index"
+        if index is not None:
+            self._prepare_search()
+
+    def _prepare_search(self) -> None:
+        """Load the query models once (not per request): the index's own audio model (refused if its weights
+        changed since the index was built) and, where there is one, the text side."""
+        from tinyclap.index.query import index_model, text_side
+
+        self.query_model = index_model(self.index, self.query_model)
+        try:
+            self.text_model = text_side(self.index, self.teacher, self.tokenizer)
+            self.text_unavailable = ""
+        except ValueError as e:
+            self.text_unavailable = str(e)
+
+    # ---------------------------------------------------------------------------------------- the model
+    def measure_latency(self, runs: int = 5) -> float:
+        """Median wall time (ms) of one 5 s clip through `classify_arrays`, measured once at start-up."""
+        n = int(round(self.clf.clip_seconds * self.clf.sample_rate))
+        wave = (0.1 * np.random.default_rng(0).standard_normal(n)).astype(np.float32)
+        # a model with a text side but no classes yet is timed with one label (its audio side dominates)
+        clf = self.clf if self.clf.labels or not self.clf.can_encode_text else self.classifier_for(["a sound"])
+        clf.classify_arrays([wave], self.clf.sample_rate, top=1)  # warm-up
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            clf.classify_arrays([wave], self.clf.sample_rate, top=1)
+            times.append((time.perf_counter() - t0) * 1000)
+        self.latency_ms = round(statistics.median(times), 2)
+        return self.latency_ms
+
+    def model_facts(self) -> dict[str, Any]:
+        """Name, kind, parameters and MACs per 5 s clip of the audio model (computed once)."""
+        if getattr(self, "_facts", None) is None:
+            self._facts = model_facts(self.clf)
+        return self._facts
+
+    def info(self) -> dict[str, Any]:
+        facts = self.model_facts()
+        out: dict[str, Any] = {
+            "model": facts,
+            "sample_rate": int(self.clf.sample_rate),
+            "clip_seconds": float(self.clf.clip_seconds),
+            "free_text_labels": bool(self.clf.can_encode_text),
+            "labels": list(self.clf.labels or []),
+            "latency_ms": self.latency_ms,
+            "search": self.index is not None,
+            "limits": {"max_upload_bytes": self.cfg.max_upload_bytes, "max_seconds": self.cfg.max_seconds,
+                       "max_labels": self.cfg.max_labels, "window": self.cfg.window, "hop": self.cfg.hop},
+        }
+        if self.index is not None:
+            out["index"] = {"windows": len(self.index), "text_search": self.text_model is not None,
+                            "model": (self.index.manifest.get("model") or {}).get("name")}
+        return out
+
+    def classifier_for(self, labels: list[str]) -> Any:
+        """The classifier for these labels: the model's own classes when none are given, else a copy whose
+        labels are encoded by the text side (cached per label set; the shared classifier is never changed)."""
+        if not labels:
+            if not self.clf.labels:
+                raise ApiError(400, "no labels: type some (comma-separated) labels")
+            return self.clf
+        if list(labels) == list(self.clf.labels or []):
+            return self.clf
+        if not self.clf.can_encode_text:
+            raise ApiError(400, "this model has fixed classes and no text side to encode free-text labels "
+                                "(start the server with --teacher); leave the labels empty to use its classes")
+        key = tuple(labels)
+        with self._lock:
+            hit = self._label_cache.get(key)
+            if hit is not None:
+                self._label_cache.move_to_end(key)
+                return hit
+            clf = copy.copy(self.clf)
+            clf.set_labels(list(labels))
+            self._label_cache[key] = clf
+            while len(self._label_cache) > LABEL_CACHE:
+                self._label_cache.popitem(last=False)
+            return clf
+
+    # ---------------------------------------------------------------------------------------- classify
+    def check_audio(self, path: Path) -> Any:
+        """Header checks before any decoding: readable as audio, and not longer than the limit."""
+        try:
+            info = audio_info(path)
+        except AudioError as e:
+            raise ApiError(422, f"cannot read the audio: {e.problem}") from None
+        if info.duration > self.cfg.max_seconds:
+            raise ApiError(413, f"audio too long: {info.duration:.1f} s (the limit is {self.cfg.max_seconds:g} s)")
+        return info
+
+    def classify(self, path: Path, labels: list[str], top: int | None = None) -> dict[str, Any]:
+        """Ranked labels for one uploaded file; for audio longer than one clip, also the timeline."""
+        top = min(top or self.cfg.top, self.cfg.top)
+        info = self.check_audio(path)
+        clf = self.classifier_for(labels)
+        t0 = time.perf_counter()
+        out: dict[str, Any] = {"duration": round(info.duration, 3), "timeline": None}
+        try:
+            if info.duration <= self.clf.clip_seconds + 1e-6:
+                res = clf.classify_files([path], top=top)[0]
+                if res.error:
+                    raise ApiError(422, f"cannot use the audio: {_problem(res.error)}")
+                out["labels"] = _ranked(res.ranked)
+            else:
+                out.update(self._timeline(clf, path, top))
+        except AudioError as e:
+            raise ApiError(422, f"cannot use the audio: {e.problem}") from None
+        out["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        return out
+
+    def _timeline(self, clf: Any, path: Path, top: int) -> dict[str, Any]:
+        tl = clf.timeline(path, window=self.cfg.window, hop=self.cfg.hop)
+        rows = list(tl.rows)
+        if not rows:
+            raise ApiError(422, "cannot use the audio: no complete window")
+        scores = np.stack([np.asarray(r.scores, dtype=np.float64) for r in rows])  # (W, C)
+        mean = scores.mean(axis=0)
+        order = np.argsort(-mean)[:top]
+        labels = list(tl.labels)
+        return {
+            "labels": _ranked((labels[i], mean[i]) for i in order),
+            "timeline": {
+                "window": self.cfg.window,
+                "hop": self.cfg.hop,
+                "labels": labels,
+                "rows": [{"start": round(float(r.start), 3), "end": round(float(r.end), 3),
+                          "scores": [round(float(s), 5) for s in r.scores]} for r in rows],
+            },
+        }
+
+    # ---------------------------------------------------------------------------------------- search
+    def require_index(self) -> Any:
+        if self.index is None:
+            raise ApiError(404, "no index: start the server with --index FOLDER to search")
+        return self.index
+
+    def search_text(self, text: str, k: int) -> list[dict[str, Any]]:
+        from tinyclap.index import text_query
+
+        index = self.require_index()
+        text = " ".join(text.split())
+        if not text or len(text) > self.cfg.max_label_chars * 4:
+            raise ApiError(400, f"the query must be 1 to {self.cfg.max_label_chars * 4} characters")
+        if self.text_model is None:
+            raise ApiError(400, f"text search is not available: {self.text_unavailable}")
+        try:
+            query = text_query(index, text, teacher=self.text_model)
+        except ValueError as e:
+            raise ApiError(400, f"cannot search by text: {e}") from None
+        return self._hits(query, k)
+
+    def search_audio(self, path: Path, k: int) -> list[dict[str, Any]]:
+        from tinyclap.index import audio_query
+
+        index = self.require_index()
+        self.check_audio(path)
+        try:
+            query = audio_query(index, path, model=self.query_model)
+        except AudioError as e:
+            raise ApiError(422, f"cannot use the audio: {e.problem}") from None
+        except ValueError as e:
+            raise ApiError(422, f"cannot use the audio: {e}") from None
+        return self._hits(query, k)
+
+    def _hits(self, query: np.ndarray, k: int) -> list[dict[str, Any]]:
+        with self._index_lock:
+            hits = self.index.search(np.asarray(query, dtype=np.float32), k=k)
+        return [{"file_id": int(h.file_id), "name": Path(h.path).name, "start": round(float(h.start), 3),
+                 "end": round(float(h.end), 3), "score": round(float(h.score), 5),
+                 "audio_url": f"/api/audio/{int(h.file_id)}"} for h in hits]
+
+    def audio_file(self, file_id: int) -> Path:
+        """An indexed file by id (never a client path): ApiError(404) for an unknown id or a vanished file."""
+        index = self.require_index()
+        try:
+            with self._index_lock:
+                path = Path(index.file_path(int(file_id)))
+        except (IndexError, KeyError, ValueError, TypeError):
+            raise ApiError(404, f"no indexed file with id {file_id}") from None
+        if not path.is_file():
+            raise ApiError(404, f"indexed file {file_id} is no longer available")
+        return path
+
+
+def _problem(error: Any) -> str:
+    """The cause of a FileResult error without the server-side temp path it names."""
+    text = str(getattr(error, "problem", error))
+    return text.split(": ", 1)[1] if "upload.audio: " in text else text
+
+
+def model_facts(clf: Any) -> dict[str, Any]:
+    """`clf.model_info` plus `params` and `macs`: from the loaded PyTorch model, or for an export from its
+    student's configuration (this needs torch; without it they stay None and the page shows '?')."""
+    facts = {k: v for k, v in dict(clf.model_info or {}).items() if k in ("name", "kind", "int8", "spec")}
+    facts.setdefault("params", None)
+    facts.setdefault("macs", None)
+    engine = getattr(clf, "engine", None)
+    try:
+        if getattr(engine, "model", None) is not None:
+            from tinyclap.models.fingerprint import describe_model
+
+            d = describe_model(engine.model)
+            facts.update(name=d.get("name") or facts.get("name"), params=d.get("audio_params"), macs=d.get("macs"))
+        elif getattr(engine, "rt", None) is not None:
+            config = (engine.rt.manifest.get("student") or {}).get("config") or {}
+            if config.get("name"):
+                from tinyclap.models.students import count_macs, count_params, create_student
+
+                student = create_student(config["name"], embed_dim=int(config.get("embed_dim", 1024)))
+                facts.update(name=config["name"], params=count_params(student), macs=count_macs(student))
+    except ImportError:  # a torch-free machine: the export still serves
+        pass
+    return facts

@@ -1,0 +1,79 @@
+"""Named distillation recipes: which loss terms a run uses and with what weights (torch-free, so
+`tinyclap distill --help` lists them without importing torch).
+
+A recipe is a `LossWeights`: the weight of each term of `tinyclap.train.losses.DistillLoss` and the text-KL
+temperature. `paper` is exactly the paper's Eq. 7 (minus the cosine, nothing else) and stays the default;
+`plus` adds the text-anchored KL and the relational term. Each value of a preset can be overridden
+(`resolve_recipe("plus", kl_weight=0.5)`, `tinyclap distill --recipe plus --kl-weight 0.5`).
+
+The `plus` weights are placeholders, not tuned: the ablation that would choose them (and decide whether
+`plus` should become the default) has not been run yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["RECIPES", "LossWeights", "resolve_recipe"]
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the loss terms (0 = off) and the text-KL temperature.
+
+    - `cos_weight`: Eq. 7, minus the mean cosine between student and teacher embeddings;
+    - `kl_weight`, `kl_temperature`: KL(teacher || student) of the softmaxes of the similarities to a bank of
+      the teacher's text embeddings, at that temperature (needs a cache with a text bank);
+    - `rel_weight`: the in-batch relational term (student's cosine-similarity matrix vs the teacher's, MSE).
+    """
+
+    cos_weight: float = 1.0
+    kl_weight: float = 0.0
+    kl_temperature: float = 0.1
+    rel_weight: float = 0.0
+
+    @property
+    def is_paper(self) -> bool:
+        """True when the loss is exactly Eq. 7 (cosine weight 1, every other term off)."""
+        return self.cos_weight == 1.0 and self.kl_weight == 0.0 and self.rel_weight == 0.0
+
+    @property
+    def needs_text_bank(self) -> bool:
+        return self.kl_weight > 0.0
+
+    def check(self) -> None:
+        """Raise ValueError (worded for the CLI) on weights no run can use."""
+        for name in ("cos_weight", "kl_weight", "rel_weight"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and 0.0 <= v <= 1e4):
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 10000], got {v}")
+        if not (math.isfinite(self.kl_temperature) and 1e-4 <= self.kl_temperature <= 100):
+            raise ValueError(f"--kl-temperature must be in [0.0001, 100], got {self.kl_temperature}")
+        if self.cos_weight == 0.0 and self.kl_weight == 0.0 and self.rel_weight == 0.0:
+            raise ValueError("every loss weight is 0: nothing to train (--cos-weight, --kl-weight, --rel-weight)")
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+RECIPES: dict[str, LossWeights] = {
+    "paper": LossWeights(),  # tinyCLAP Eq. 7, bit for bit
+    "plus": LossWeights(kl_weight=1.0, kl_temperature=0.1, rel_weight=1.0),  # untuned; ablation pending
+}
+
+
+def resolve_recipe(name: str, **overrides: Any) -> LossWeights:
+    """The weights of recipe `name` with the given fields replaced (None values keep the preset's)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
+    known = {f.name for f in dataclasses.fields(LossWeights)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown loss settings {unknown}; known: {sorted(known)}")
+    given = {k: float(v) for k, v in overrides.items() if v is not None}
+    weights = dataclasses.replace(RECIPES[name], **given)
+    weights.check()
+    return weights
