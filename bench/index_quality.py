@@ -32,7 +32,7 @@ def precision_at_10(index_dir: Path, labels: dict[str, str], classes: list[str],
     out = {}
     with Index.open(index_dir) as ix:
         for c in classes:
-            q = text_query(ix, c.replace("_", " "), teacher=teacher, template="this is the sound of {}")
+            q = text_query(ix, c.replace("_", " "), teacher=teacher, templates=["this is the sound of {}"])
             hits = ix.search(q, k=10)
             out[c] = sum(labels[h.path] == c for h in hits) / 10
     return out

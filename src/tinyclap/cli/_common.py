@@ -147,11 +147,12 @@ def require(func: Callable[[argparse.Namespace], int], *names: str) -> Callable[
     return checked
 
 
-def add_templates_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+def add_templates_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                      default: str = 'default "this is the sound of {}"') -> None:
     """`--templates`: prompt templates with {} (repeatable, or files of them), the one spelling everywhere."""
     parser.add_argument("--templates", action="append", metavar="TEMPLATE|FILE",
-                        help="prompt template with {} (repeatable, or a file with one per line): prompt "
-                        'ensembling; default "this is the sound of {}"')
+                        help=f"prompt template with {{}} (repeatable, or a file with one per line): prompt "
+                        f"ensembling; {default}")
 
 
 def classifier_from_args(args: argparse.Namespace, model: Any, spec: Any) -> Any:

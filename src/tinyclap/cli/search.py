@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from tinyclap.cli._common import add_command
+from tinyclap.cli._common import add_command, add_templates_arg, int_in
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,9 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--like", metavar="AUDIO", help="query by example: an audio file")
     p.add_argument("--teacher", help="teacher checkpoint for text queries (default: recorded with the model)")
     p.add_argument("--tokenizer", help="folder with BERT's uncased vocab.txt (a BERT teacher)")
-    p.add_argument("--template", help='put the text into a prompt template, e.g. "this is the sound of {}"')
+    add_templates_arg(p, default="none given: the text as typed")
     p.add_argument("--model", help="model for --like (default: the index's own, checked by fingerprint)")
-    p.add_argument("-k", "--top", type=int, default=10, help="hits shown")
+    p.add_argument("-k", "--top", type=int_in(1, 10_000), default=10, help="hits shown")
     p.add_argument("--min-score", type=float, help="only hits with a cosine at least this")
     p.add_argument("--approximate", action="store_true",
                    help="candidates from the FAISS graph built by `embed --ann` (faster on huge indexes; exact scores)")
@@ -42,11 +42,9 @@ def run(args: argparse.Namespace) -> int:
     text = " ".join(args.text).strip()
     if bool(text) == bool(args.like):
         raise ValueError('give either a text query or --like AUDIO (not both, not neither)')
-    if args.top < 1:
-        raise ValueError(f"--top must be >= 1, got {args.top}")
     with Index.open(args.index) as index:
         if text:
-            q = text_query(index, text, teacher=args.teacher, tokenizer=args.tokenizer, template=args.template)
+            q = text_query(index, text, teacher=args.teacher, tokenizer=args.tokenizer, templates=args.templates)
         else:
             q = audio_query(index, args.like, model=args.model)
         hits = index.search(q, args.top, min_score=args.min_score, dedupe=not args.no_dedupe,

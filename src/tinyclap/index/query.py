@@ -10,6 +10,7 @@ mean of the clip's 5 s windows.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,19 +51,21 @@ def text_side(index: Index, teacher: Any = None, tokenizer: str | os.PathLike | 
 
 
 def text_query(index: Index, text: str, *, teacher: Any = None, tokenizer: str | os.PathLike | None = None,
-               template: str | None = None) -> np.ndarray:
-    """(D,) unit vector of `text` (optionally put into `template`, e.g. "this is the sound of {}")."""
+               templates: Sequence[str] | None = None) -> np.ndarray:
+    """(D,) unit vector of `text`, or of the mean of its prompts when `templates` are given (each a template
+    with one {} or a file of them, as `--templates` everywhere, e.g. "this is the sound of {}")."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError("the text query is empty")
-    if template is not None:
-        if template.count("{}") != 1:
-            raise ValueError(f"template {template!r} must contain exactly one '{{}}'")
-        text = template.format(text.strip())
+    prompts = [text.strip()]
+    if templates:
+        from tinyclap.evaluation.run import read_templates
+
+        prompts = [t.format(text.strip()) for t in read_templates(templates)]
     model = text_side(index, teacher, tokenizer)
     import torch
 
     with torch.inference_mode():
-        emb = model.encode_text([text], normalize=True).float().cpu().numpy()[0]
+        emb = model.encode_text(prompts, normalize=True).float().cpu().numpy().mean(axis=0)
     if emb.shape[0] != index.embed_dim:
         raise ValueError(f"the text side gives {emb.shape[0]}-d embeddings but the index holds "
                          f"{index.embed_dim}-d ones (another teacher, or a pruned student?)")
