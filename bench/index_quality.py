@@ -8,8 +8,8 @@
 2. For each of the ten class names, queries both indexes with the teacher's text embedding of
    "this is the sound of {class}" (the zero-shot prompt) and counts how many of the top 10 files carry
    that label: precision@10, averaged over the classes; the student's figure relative to the teacher's.
-3. Times `embed` with `--export` (its model.int8.onnx, ONNX Runtime) into a fresh index, 2 decoding
-   threads: clips per second, decoding and the model included.
+3. Times `embed` with `--export` (its model.int8.onnx, ONNX Runtime) into a fresh index, 2 threads that
+   each decode a file and embed its windows: clips per second, decoding and the model included.
 Prints the numbers (and `--json`); asserts nothing.
 """
 
@@ -97,7 +97,7 @@ def report(args: argparse.Namespace, res: dict, classes: list[str]) -> None:
         t, st = res["teacher_p10_per_class"][c], res["student_p10_per_class"][c]
         print(f"    {c:18s} teacher {t:.1f}  student {st:.1f}")
     if args.export:
-        print(f"  embed with {args.export} (int8, ONNX Runtime, 2 decoding threads): "
+        print(f"  embed with {args.export} (int8, ONNX Runtime, 2 decode+embed threads): "
               f"{res['int8_embed_clips_per_s']} clips/s ({res['int8_embed_wall_s']} s, decoding included)")
 
 

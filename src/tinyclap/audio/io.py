@@ -10,6 +10,7 @@ Bad input never surfaces as a libsndfile/OS traceback: every problem with a file
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Iterator
@@ -106,11 +107,12 @@ def _check_path(path: PathLike) -> bytes:
     return bpath
 
 
-def _open(path: PathLike) -> sf.SoundFile:
-    """Open for reading with libsndfile, turning every failure into an AudioError."""
-    bpath = _check_path(path)
+def _open(path: PathLike, data: bytes | None = None) -> sf.SoundFile:
+    """Open for reading with libsndfile, turning every failure into an AudioError. `data`: the file's bytes,
+    already read by the caller (decoded from memory: the file is not opened again)."""
+    source: io.BytesIO | bytes = io.BytesIO(data) if data is not None else _check_path(path)
     try:
-        return sf.SoundFile(bpath)
+        return sf.SoundFile(source)
     except PermissionError as e:
         raise AudioError(path, "permission denied (file is not readable)") from e
     except (sf.SoundFileError, RuntimeError, OSError) as e:
@@ -189,10 +191,10 @@ def _check_rate(sample_rate: int) -> int:
     return int(sample_rate)
 
 
-def audio_info(path: PathLike) -> AudioInfo:
+def audio_info(path: PathLike, *, data: bytes | None = None) -> AudioInfo:
     """Header metadata without decoding the samples (same errors as `load_audio`, including an implausible
-    declared sample rate; the declared length is not bounded here)."""
-    with _open(path) as f:
+    declared sample rate; the declared length is not bounded here). `data`: the file's bytes, if read."""
+    with _open(path, data) as f:
         rate = _check_header(path, f)
         frames, channels = int(f.frames), int(f.channels)
         fmt = f"{f.format}/{f.subtype}"
@@ -357,6 +359,8 @@ def stream_windows(
     hop: float = 1.0,
     sample_rate: int = SAMPLE_RATE,
     block_seconds: float = 30.0,
+    *,
+    data: bytes | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Stream a file of any length as (start_seconds, (round(window*sample_rate),) float32) windows.
 
@@ -380,8 +384,9 @@ def stream_windows(
         raise ValueError(f"window and hop must be at least one sample at {sample_rate} Hz")
 
     # fail here, at the call, for a bad path or format, rather than at the first next()
-    audio_info(path)
-    return _stream(path, win_n, hop_n, sample_rate, block_seconds)
+    # (`data`: the file's bytes, already read by the caller; decoded from memory, the file is not reopened)
+    audio_info(path, data=data)
+    return _stream(path, win_n, hop_n, sample_rate, block_seconds, data)
 
 
 def stream_audio(
@@ -401,9 +406,11 @@ def stream_audio(
     return _chunks(path, sample_rate, block_seconds)
 
 
-def _chunks(path: PathLike, sample_rate: int, block_seconds: float) -> Iterator[np.ndarray]:
+def _chunks(
+    path: PathLike, sample_rate: int, block_seconds: float, data: bytes | None = None
+) -> Iterator[np.ndarray]:
     """The generator behind `stream_audio` (arguments already validated)."""
-    with _open(path) as f:
+    with _open(path, data) as f:
         rate = _check_header(path, f, sample_rate)
         block_n = _block_frames(f, block_seconds)
         max_frames = int(MAX_STREAM_SECONDS * rate)
@@ -442,14 +449,14 @@ def _chunks(path: PathLike, sample_rate: int, block_seconds: float) -> Iterator[
 
 
 def _stream(
-    path: PathLike, win_n: int, hop_n: int, sample_rate: int, block_seconds: float
+    path: PathLike, win_n: int, hop_n: int, sample_rate: int, block_seconds: float, data: bytes | None = None
 ) -> Iterator[tuple[float, np.ndarray]]:
     """The generator behind `stream_windows` (arguments already validated): windows cut from `_chunks`."""
     buf = np.zeros(0, dtype=np.float32)  # resampled audio from absolute sample index buf_start on
     buf_start = 0
     next_start = 0  # absolute index (at sample_rate) of the next window to yield
     last_full_end = 0  # end of the last full window yielded (0 = none yet)
-    for chunk in _chunks(path, sample_rate, block_seconds):
+    for chunk in _chunks(path, sample_rate, block_seconds, data):
         buf = np.concatenate([buf, chunk])
         while next_start + win_n <= buf_start + buf.shape[0]:
             lo = next_start - buf_start

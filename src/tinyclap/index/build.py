@@ -3,8 +3,10 @@
 Steps: list the files (audio files, folders scanned recursively, manifests and dataset specs through
 `tinyclap.data.parse_data_spec`), drop from the index the files that no longer exist, plan (a file whose
 size and mtime are unchanged is skipped; one whose size or mtime changed is hashed, and re-embedded only if
-its SHA-256 changed), then decode the planned files in worker threads and embed their windows in batches,
-committing every batch (see `tinyclap.index.store` for why a kill loses at most one batch).
+its SHA-256 changed), then decode the planned files in worker threads and embed their windows (an export
+folder: in the same worker threads, one single-threaded ONNX Runtime call per file; a torch model: in
+batches on the calling thread), committing every batch of files (see `tinyclap.index.store` for why a kill
+loses at most one batch). A small file is read once, and hashed and decoded from the same bytes.
 
 Decoding runs in threads, not processes: libsndfile and soxr release the GIL while they decode and
 resample, so threads decode in parallel without pickling megabytes of samples between processes, and the
@@ -15,8 +17,10 @@ same code runs torch-free with an export folder (ONNX Runtime also releases the 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +41,7 @@ __all__ = ["EmbedReport", "embed_sources", "list_sources"]
 
 LONG_FILE_WINDOWS = 64  # a file with more windows is embedded in pieces (bounded memory), not decoded whole
 REPORT = "report.json"
+READ_WHOLE_BYTES = 16 << 20  # a file up to this size is read once, hashed and decoded from memory
 MAX_WINDOW_S = 600.0  # a window is decoded whole: 10 minutes at 44.1 kHz is 106 MB
 
 
@@ -121,22 +126,58 @@ def _hash(path: str) -> str | None:
         return None
 
 
-def _windows(path: str, model: IndexModel, window: float, hop: float) -> Iterator[tuple[float, np.ndarray]]:
-    """(start, waveform of `window` seconds) for every window of a file (`tinyclap.audio.stream_windows`)."""
-    return stream_windows(path, window=window, hop=hop, sample_rate=model.sample_rate)
+def _windows(path: str, model: IndexModel, window: float, hop: float,
+             data: bytes | None = None) -> Iterator[tuple[float, np.ndarray]]:
+    """(start, waveform of `window` seconds) for every window of a file (`tinyclap.audio.stream_windows`;
+    `data`: the file's bytes when already read, decoded from memory)."""
+    return stream_windows(path, window=window, hop=hop, sample_rate=model.sample_rate, data=data)
+
+
+def _read_small(path: str, st: tuple[int, int] | None) -> bytes | None:
+    """The bytes of a readable regular file of at most READ_WHOLE_BYTES, read once (hashed and decoded from
+    memory); None for anything else (decoded from the path, which reports the precise problem)."""
+    if st is None or st[0] > READ_WHOLE_BYTES:
+        return None
+    try:
+        with open(path, "rb", buffering=0) as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
+            data = f.read(READ_WHOLE_BYTES + 1)
+    except OSError:
+        return None
+    return data if len(data) <= READ_WHOLE_BYTES else None
+
+
+def _decode_embed(path: str, model: IndexModel, window: float, hop: float, embed: Any) -> dict[str, Any]:
+    """Worker (a model that takes concurrent calls): `_decode`, then the file's windows embedded right there
+    (`embed`: `_Writer.embed`), so decoding and the model run side by side in every thread."""
+    item = _decode(path, model, window, hop)
+    if item["windows"] and len(item["windows"]) <= LONG_FILE_WINDOWS:
+        item["emb"] = embed([w for _, w in item["windows"]])
+        item["windows"] = [(s, None) for s, _ in item["windows"]]  # the audio is not needed any more
+    return item
 
 
 def _decode(path: str, model: IndexModel, window: float, hop: float) -> dict[str, Any]:
-    """Worker: a file's record and its first LONG_FILE_WINDOWS + 1 windows (more: embedded in pieces)."""
+    """Worker: a file's record and its first LONG_FILE_WINDOWS + 1 windows (more: embedded in pieces).
+
+    A small file is read once: its hash and its audio both come from the same bytes (no second open, and
+    the hash is that of exactly what was decoded)."""
     st = _stat(path)
     rec = {"path": path, "size": st[0] if st else None, "mtime_ns": st[1] if st else None, "sha256": None,
            "duration": None, "status": "ok", "error": None}
     try:
         from tinyclap.audio import audio_info
 
-        rec["duration"] = audio_info(path).duration
-        rec["sha256"] = sha256_file(path)
-        it = _windows(path, model, window, hop)
+        data = _read_small(path, st)
+        if data is not None:
+            rec["duration"] = audio_info(path, data=data).duration
+            rec["sha256"] = hashlib.sha256(data).hexdigest()
+            it = _windows(path, model, window, hop, data)
+        else:
+            rec["duration"] = audio_info(path).duration
+            rec["sha256"] = sha256_file(path)
+            it = _windows(path, model, window, hop)
         first = [sw for _, sw in zip(range(LONG_FILE_WINDOWS + 1), it)]  # (start, wave) pairs
         return {"rec": rec, "windows": first}
     except AudioError as e:
@@ -154,7 +195,8 @@ class _Writer:
         self.index, self.model, self.window, self.batch_size = index, model, window, batch_size
         self.report, self.locked = report, locked
         self.files: list[tuple[dict[str, Any], list[tuple[float, float]]]] = []
-        self.waves: list[np.ndarray] = []
+        self.parts: list[Any] = []  # per file: its (n, D) embeddings, or its list of n waveforms to embed
+        self.pending = 0  # windows held
 
     def embed(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Windows of `window` seconds -> (n, D); a window of another length than the model's clip is
@@ -164,21 +206,32 @@ class _Writer:
             return l2_normalize(self.model.embed(np.stack(waves)))
         return np.stack([l2_normalize(l2_normalize(self.model.embed(eval_windows(w, clip))).mean(0)) for w in waves])
 
-    def add(self, rec: dict[str, Any], windows: list[tuple[float, np.ndarray]]) -> None:
+    def add(self, rec: dict[str, Any], windows: list[tuple[float, Any]], emb: np.ndarray | None = None) -> None:
+        """A file and its windows (waveforms, or None each when `emb` holds their embeddings already)."""
         dur = rec["duration"] or 0.0
         spans = [(s, min(s + self.window, dur) if dur > 0 else s + self.window) for s, _ in windows]
         self.files.append((rec, spans))
-        self.waves.extend(w for _, w in windows)
+        self.parts.append(emb if emb is not None else [w for _, w in windows])
+        self.pending += len(windows)
         if rec["status"] != "ok":
             self.report.failed.append({"path": rec["path"], "error": rec["error"]})
-        if len(self.waves) >= self.batch_size:
+        if self.pending >= self.batch_size:
             self.flush()
 
     def flush(self) -> None:
         if not self.files:
             return
-        emb = [self.embed(self.waves[a : a + self.batch_size]) for a in range(0, len(self.waves), self.batch_size)]
-        matrix = np.concatenate(emb) if emb else np.zeros((0, self.index.embed_dim), np.float32)
+        empty = np.zeros((0, self.index.embed_dim), np.float32)
+        waves = [w for part in self.parts if isinstance(part, list) for w in part]
+        batches = [self.embed(waves[a : a + self.batch_size]) for a in range(0, len(waves), self.batch_size)]
+        batched, out, at = (np.concatenate(batches) if batches else empty), [], 0
+        for part in self.parts:  # file order: embedded by a worker already, or in this thread's batches
+            if isinstance(part, np.ndarray):
+                out.append(part)
+            else:
+                out.append(batched[at : at + len(part)])
+                at += len(part)
+        matrix = np.concatenate(out) if out else empty
         self.files, matrix = _drop_unusable(self.files, matrix, self.report)
         if self.locked:
             with folder_lock(self.index.folder):
@@ -188,7 +241,7 @@ class _Writer:
             self.index.append(self.files, matrix)
         self.report.embedded += sum(r["status"] == "ok" for r, _ in self.files)
         self.report.windows += matrix.shape[0]
-        self.files, self.waves = [], []
+        self.files, self.parts, self.pending = [], [], 0
 
 
 def _drop_unusable(files: list[tuple[dict[str, Any], list[tuple[float, float]]]], matrix: np.ndarray,
@@ -302,7 +355,9 @@ def embed_sources(
     rank = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
     files = list_sources(sources)  # bad sources fail here, before any folder is created
-    imodel = model if isinstance(model, IndexModel) else load_index_model(model, int8=int8)
+    # an export run by the decoding threads themselves: one ONNX Runtime thread per call (no oversubscription)
+    threads = 1 if workers > 0 else None
+    imodel = model if isinstance(model, IndexModel) else load_index_model(model, int8=int8, threads=threads)
     out = Path(os.path.abspath(os.fspath(out)))
     single = world_size == 1
     if single:
@@ -345,14 +400,16 @@ def _run(index: Index, model: IndexModel, todo: list[str], settings: tuple[float
         if workers == 0:
             yield from (_decode(p, model, window, hop) for p in todo)
             return
+        job = _decode_embed if getattr(model, "thread_safe", False) else _decode
+        extra = (writer.embed,) if job is _decode_embed else ()
         with ThreadPoolExecutor(max_workers=workers) as pool:
             ahead = max(2 * workers, batch_size)
-            futures = [pool.submit(_decode, p, model, window, hop) for p in todo[:ahead]]
+            futures = [pool.submit(job, p, model, window, hop, *extra) for p in todo[:ahead]]
             for i in range(len(todo)):
                 item = futures[i].result()
                 futures[i] = None  # type: ignore[call-overload]
                 if i + ahead < len(todo):
-                    futures.append(pool.submit(_decode, todo[i + ahead], model, window, hop))
+                    futures.append(pool.submit(job, todo[i + ahead], model, window, hop, *extra))
                 yield item
 
     try:
@@ -360,7 +417,7 @@ def _run(index: Index, model: IndexModel, todo: list[str], settings: tuple[float
             if len(item["windows"]) > LONG_FILE_WINDOWS:
                 _long_file(writer, item, window, hop)
             else:
-                writer.add(item["rec"], item["windows"])
+                writer.add(item["rec"], item["windows"], item.get("emb"))
             bar.update(1)
         writer.flush()
     finally:

@@ -27,6 +27,9 @@ class IndexModel:
         self.clip_samples = int(clip_samples)
         self.frontend = frontend
         self._torch = getattr(model, "kind", None) != "export"
+        # ONNX Runtime sessions take concurrent calls (and release the GIL): an export is run by the decoding
+        # threads themselves, one file's windows per call; torch models stay batched on the calling thread
+        self.thread_safe = not self._torch
 
     def embed(self, waves: np.ndarray) -> np.ndarray:
         waves = np.ascontiguousarray(waves, dtype=np.float32)
@@ -51,12 +54,12 @@ class IndexModel:
         }
 
 
-def _export_model(path: Path, int8: bool) -> IndexModel:
+def _export_model(path: Path, int8: bool, threads: int | None = None) -> IndexModel:
     from tinyclap.models.exported import INT8_MODEL, ExportedModel
 
     folder = path.parent if path.suffix == ".onnx" else path
     int8 = int8 or path.name == INT8_MODEL
-    model = ExportedModel(folder, int8=int8)
+    model = ExportedModel(folder, int8=int8, threads=threads)
     man = model.runtime.manifest
     source = (man.get("student") or {}).get("source")
     info = {
@@ -71,16 +74,18 @@ def _export_model(path: Path, int8: bool) -> IndexModel:
     return IndexModel(model, info, model.clip_samples, man.get("frontend"))
 
 
-def load_index_model(spec: str | os.PathLike | Any, *, int8: bool = False, seed: int = 0) -> IndexModel:
+def load_index_model(spec: str | os.PathLike | Any, *, int8: bool = False, seed: int = 0,
+                     threads: int | None = None) -> IndexModel:
     """The model of `spec` (an export folder: torch-free; anything `load_model` takes), or a loaded model
-    (its fingerprint is then its weights' hash)."""
+    (its fingerprint is then its weights' hash). `threads`: ONNX Runtime's intra-op threads for an export
+    folder (None: its default; `embed_sources` runs one single-threaded call per decoding thread)."""
     if not isinstance(spec, (str, os.PathLike)):
         return _loaded_model(spec)
     from tinyclap.models.exported import is_export
 
     path = Path(spec)
     if path.exists() and is_export(path):
-        return _export_model(path, int8)
+        return _export_model(path, int8, threads)
     if int8:
         raise ValueError(f"{spec}: --int8 needs an export folder (int8 models exist only in exports)")
     from tinyclap.models.fingerprint import load_model_for_eval, model_kind, recorded_teacher

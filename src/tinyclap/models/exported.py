@@ -37,10 +37,10 @@ class ExportedModel:
 
     kind = "export"
 
-    def __init__(self, export_dir: str | os.PathLike, int8: bool = False) -> None:
+    def __init__(self, export_dir: str | os.PathLike, int8: bool = False, threads: int | None = None) -> None:
         from tinyclap.deploy.runtime import Runtime
 
-        self.runtime = Runtime(export_dir, int8=int8)
+        self.runtime = Runtime(export_dir, int8=int8, threads=threads)
         self.sample_rate = self.runtime.sample_rate
         self.embed_dim = self.runtime.embed_dim
         self.clip_samples = self.runtime.clip_samples
