@@ -21,6 +21,7 @@ __all__ = [
     "add_command",
     "add_device_arg",
     "add_embedding_run_args",
+    "embedding_run_kwargs",
     "add_templates_arg",
     "classifier_from_args",
     "float_in",
@@ -101,6 +102,12 @@ def add_embedding_run_args(parser: argparse.ArgumentParser) -> argparse._Argumen
     r.add_argument("--no-progress", action="store_true", help="no progress display")
     r.add_argument("--debug", action="store_true", help="show tracebacks")
     return r
+
+
+def embedding_run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The library keywords of the options `add_embedding_run_args` adds (`run_eval`, `run_prune` take them)."""
+    return {"embed_cache": args.embed_cache, "no_cache": args.no_cache, "seed": args.seed, "device": args.device,
+            "progress": not args.no_progress}
 
 
 def add_device_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -11,6 +11,7 @@ from tinyclap.cli._common import (
     add_command,
     add_embedding_run_args,
     add_templates_arg,
+    embedding_run_kwargs,
     require,
 )
 
@@ -97,13 +98,9 @@ def run(args: argparse.Namespace) -> int:
         subset=args.subset,
         limit=args.limit,
         long_clip=args.long_clip,
-        embed_cache=args.embed_cache,
-        no_cache=args.no_cache,
-        seed=args.seed,
-        device=args.device,
         batch_size=args.batch_size,
-        progress=not args.no_progress,
         against_teacher=args.against_teacher,
+        **embedding_run_kwargs(args),
     )
     ds = report["dataset"]
     for s in ds["skipped"]:

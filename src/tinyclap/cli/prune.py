@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from tinyclap.cli._common import EPOCHS, add_command, add_embedding_run_args, add_templates_arg, float_in
+from tinyclap.cli._common import (
+    EPOCHS,
+    add_command,
+    add_embedding_run_args,
+    add_templates_arg,
+    embedding_run_kwargs,
+    float_in,
+)
 
 
 def _dims(text: str) -> list[int]:
@@ -78,14 +85,10 @@ def run(args: argparse.Namespace) -> int:
         calibration_audio=args.calibration_audio,
         templates=args.templates,
         long_clip=args.long_clip,
-        embed_cache=args.embed_cache,
-        no_cache=args.no_cache,
-        seed=args.seed,
-        device=args.device,
         finetune_epochs=args.finetune_epochs,
         cache=args.cache,
         lr=args.lr,
         eval_small=args.eval_small,
-        progress=not args.no_progress,
+        **embedding_run_kwargs(args),
     )
     return 0

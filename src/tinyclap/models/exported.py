@@ -16,7 +16,6 @@ import numpy as np
 
 __all__ = ["ExportedModel", "is_export"]
 
-INT8_MODEL = "model.int8.onnx"
 
 
 def is_export(path: str | os.PathLike) -> bool:
@@ -50,9 +49,11 @@ class ExportedModel:
     @classmethod
     def load(cls, path: str | os.PathLike) -> ExportedModel:
         """An export folder (its fp32 model), or the `model.onnx` / `model.int8.onnx` file inside one."""
+        from tinyclap.deploy.runtime import MODEL_INT8_FILE
+
         path = Path(path)
         if path.suffix == ".onnx":
-            return cls(path.parent, int8=path.name == INT8_MODEL)
+            return cls(path.parent, int8=path.name == MODEL_INT8_FILE)
         return cls(path)
 
     @property
