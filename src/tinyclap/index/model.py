@@ -55,10 +55,11 @@ class IndexModel:
 
 
 def _export_model(path: Path, int8: bool, threads: int | None = None) -> IndexModel:
-    from tinyclap.models.exported import INT8_MODEL, ExportedModel
+    from tinyclap.deploy.runtime import MODEL_INT8_FILE
+    from tinyclap.models.exported import ExportedModel
 
     folder = path.parent if path.suffix == ".onnx" else path
-    int8 = int8 or path.name == INT8_MODEL
+    int8 = int8 or path.name == MODEL_INT8_FILE
     model = ExportedModel(folder, int8=int8, threads=threads)
     man = model.runtime.manifest
     source = (man.get("student") or {}).get("source")
