@@ -8,7 +8,7 @@ cost), then times, single-threaded (ONNX Runtime intra-op threads 1, BLAS/OpenMP
 - `sliced`: `tinyclap.Classifier.timeline`, the front end run once over the streamed audio (numpy FFT) and
   each window's log-mel sliced from it into `student.onnx` (what `tinyclap classify --window` runs);
 - `per-window`: the previous way, every 5 s window through `model.onnx` (front end included) on its own
-  (`tinyclap.runtime.Runtime.timeline`);
+  (the same `Classifier.iter_timeline` with the sliced front end switched off);
 - the parts of `sliced`: decoding + resampling alone, and the front end alone.
 
 Real-time factor = seconds of audio / seconds of wall time (best of `--repeats`).
@@ -64,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from tinyclap.audio import stream_audio
-    from tinyclap.audio.mel import NumpyLogMel
     from tinyclap.classifier import Classifier
-    from tinyclap.runtime import Runtime
     from tinyclap.timeline import iter_windows
 
     seconds = int(args.minutes * 60)
@@ -75,16 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         wav = write_recording(Path(tmp) / "long.wav", seconds)
         short = write_recording(Path(tmp) / "short.wav", int(args.per_window_minutes * 60))
         clf = Classifier.from_export(args.export, int8=args.int8, threads=1)
-        rt = Runtime(args.export, int8=args.int8, threads=1, batch_size=16)
+        per_window = Classifier.from_export(args.export, int8=args.int8, threads=1, batch_size=16)
+        per_window.engine.frontend = None  # each window's waveform through model.onnx, front end included
         decode = lambda: sum(c.shape[0] for c in stream_audio(wav, 44100, 10.0))  # noqa: E731
         out["decode_s"], out["decode_cpu_s"] = best_of(decode, args.repeats)
-        fe = NumpyLogMel(rt.manifest.get("frontend"))
+        fe = clf.engine.frontend  # NumpyLogMel, from the manifest's front-end settings
         out["frontend_s"], out["frontend_cpu_s"] = best_of(
             lambda: sum(1 for _ in iter_windows(stream_audio(wav, 44100, 10.0), 220500, 220500, fe)), args.repeats)
         for hop in (float(h) for h in args.hops.split(",")):
             t_sl, c_sl = best_of(lambda hop=hop: sum(1 for _ in clf.iter_timeline(wav, 5.0, hop)), args.repeats)
             scale = seconds / int(args.per_window_minutes * 60)
-            t_pw, c_pw = best_of(lambda hop=hop: sum(1 for _ in rt.timeline(short, 5.0, hop)), 1)
+            t_pw, c_pw = best_of(lambda hop=hop: sum(1 for _ in per_window.iter_timeline(short, 5.0, hop)), 1)
             out["hops"][f"{hop:g}"] = {
                 "windows": int(np.ceil(seconds / hop)), "sliced_s": t_sl, "sliced_cpu_s": c_sl,
                 "sliced_x_realtime": seconds / t_sl, "sliced_x_realtime_cpu": seconds / c_sl,

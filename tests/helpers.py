@@ -245,3 +245,18 @@ def small_export(folder: Path, us8k_root: Path, student_name: str, labels: list[
     clf = ZeroShotClassifier(list(labels), matrix, float(np.log(50)))
     export(student, folder, clf, parity_audio=pick(find_audio(us8k_root / "audio" / "fold1"), 1))
     return folder
+
+
+def load_bench(name: str) -> Any:
+    """The script bench/NAME.py as a module (loaded once; registered in sys.modules, where dataclasses look their
+    module up by name)."""
+    import importlib.util
+
+    key = f"tinyclap_bench_{name}"
+    if key not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(key, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[key] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[key]

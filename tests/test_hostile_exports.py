@@ -310,23 +310,24 @@ def test_nan_weights_in_onnx_are_an_error_naming_the_model(copy: Path, tmp_path:
 def test_numbers_are_bounded_and_ctrl_c_exits_130(
     export_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from tinyclap.classifier import Classifier
     from tinyclap.cli import main as cli
-    from tinyclap.runtime import Runtime, main
+    from tinyclap.runtime import main
 
     good = str(write_wav(tmp_path / "good.wav", tone(1.0)))
     for argv in (["--top", "0"], ["--window", "1e9"], ["--hop", "-1"], ["--threads", "100000"]):
         with pytest.raises(SystemExit) as e:
             main([str(export_dir), good, *argv])
-        assert e.value.code == 2 and "outside" in capsys.readouterr().err
+        assert e.value.code == 2 and "out of range" in capsys.readouterr().err
     for argv in (["--top", "0"], ["--batch-size", "100000"], ["--window", "inf"]):
         with pytest.raises(SystemExit):
             cli(["classify", good, "--export-dir", str(export_dir), *argv])
-        assert "outside" in capsys.readouterr().err
+        assert "out of range" in capsys.readouterr().err
 
     def interrupted(*a: object, **k: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Runtime, "classify", interrupted)
+    monkeypatch.setattr(Classifier, "classify_files", interrupted)
     assert main([str(export_dir), good]) == 130
     assert capsys.readouterr().err.strip() == "interrupted"
 

@@ -22,7 +22,7 @@ from helpers import calibrated_models, distinct_sound, tinyclap_argv, us8k_clips
 
 from tinyclap.cli import main as cli_main
 from tinyclap.index import Index, audio_query, embed_sources, text_query
-from tinyclap.index.search import merge_adjacent
+from tinyclap.index.search import ROUNDING_MARGIN, merge_adjacent
 
 STUDENT = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"
 NO_TORCH = "import sys; sys.modules['torch'] = None\n"
@@ -153,6 +153,66 @@ def test_search_matches_bruteforce(tmp_path: Path) -> None:
     ix.remove([h.path for h in deduped[:3]])
     assert not {h.path for h in deduped[:3]} & {h.path for h in ix.search(q, k=20)}
     ix.close()
+
+
+def test_error_bound_holds() -> None:
+    """|approximate - exact| <= alpha * scale_r + beta for every row and query (`bound_coefficients`), on
+    dense, spiky and sign-adversarial unit vectors; exact = the fp16 rows times the query in float64."""
+    from tinyclap.index.search import approximate_scores, bound_coefficients
+    from tinyclap.index.store import quantize_rows
+
+    rng = np.random.default_rng(7)
+    dim = 1024
+    rows = rng.standard_normal((600, dim))
+    rows[200:400, :3] += 40.0  # spiky rows: a large scale, coarse steps elsewhere
+    rows[400:] = np.sign(rows[400:]) + 0.01 * rng.standard_normal((200, dim))  # flat rows: many entries at 127
+    rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float16)
+    q8, scales = quantize_rows(rows.astype(np.float32))
+    u8 = (q8.astype(np.int16) + 128).astype(np.uint8)
+    queries = np.concatenate([rng.standard_normal((6, dim)), np.sign(rows[400:403].astype(np.float64)),
+                              rows[[0, 250]].astype(np.float64)])
+    queries[3, :2] += 30.0
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    approx, q_err = approximate_scores(u8, scales, queries)
+    alpha, beta = bound_coefficients(queries, q_err)
+    exact = queries.astype(np.float64) @ rows.astype(np.float64).T
+    slack = alpha[:, None].astype(np.float64) * scales[None].astype(np.float64) + beta[:, None] - ROUNDING_MARGIN
+    assert (np.abs(approx - exact) <= slack + 1e-6).all()  # the bound holds without most of its fp32 margin
+
+
+def test_resident_rows_score_like_the_streamed_path(tmp_path: Path, monkeypatch) -> None:
+    """`Index.load_resident` (the int8 rows packed once into ONNX Runtime) gives bit-identical approximate
+    scores, hence identical results; rows appended after packing are streamed; a removed file stays masked."""
+    from tinyclap.index import search as search_mod
+
+    monkeypatch.setattr(search_mod, "RESIDENT_CHUNK_ROWS", 300)  # several packed sessions and a partial one
+    ix, f16, windows = _random_index(tmp_path / "ix", 300, 48, seed=5)
+    rng = np.random.default_rng(6)
+    queries = np.concatenate([rng.standard_normal((5, 48)), f16[[0, 7, len(f16) - 1]]])
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    mats = ix.matrices()
+    streamed = search_mod.approximate_scores(mats["u8"], mats["scales"], queries.astype(np.float32))
+    before = ix.search_batch(queries, k=25, dedupe=False)
+    ix.load_resident()
+    assert ix.resident.rows == len(f16) and len(ix.resident.sessions) == -(-len(f16) // 300)
+    resident = search_mod.approximate_scores(mats["u8"], mats["scales"], queries.astype(np.float32), ix.resident)
+    assert np.array_equal(streamed[0], resident[0]) and np.array_equal(streamed[1], resident[1])
+    key = [[(h.path, h.start, h.score) for h in hits] for hits in before]
+    assert [[(h.path, h.start, h.score) for h in hits] for hits in ix.search_batch(queries, k=25, dedupe=False)] == key
+    # rows appended after packing: the packed prefix plus the streamed tail, still equal to brute force
+    extra = rng.standard_normal((4, 48))
+    extra /= np.linalg.norm(extra, axis=1, keepdims=True)
+    ix.append([({"path": "/music/new.wav", "size": 1, "mtime_ns": 1, "sha256": None, "duration": 20.0,
+                 "status": "ok", "error": None}, [(5.0 * j, 5.0 * j + 5.0) for j in range(4)])], extra)
+    assert ix.rows == len(f16) + 4 and ix.resident.rows == len(f16)
+    hits = ix.search(extra[2], k=3, dedupe=False)
+    assert (hits[0].path, hits[0].start) == ("/music/new.wav", 10.0)
+    everything = ix.matrices()["f16"].astype(np.float32)
+    np.testing.assert_allclose([h.score for h in hits], np.sort(everything @ extra[2])[::-1][:3], atol=1e-5)
+    ix.remove(["/music/new.wav"])
+    assert "/music/new.wav" not in {h.path for h in ix.search(extra[2], k=10)}
+    ix.close()
+    assert ix.resident is None
 
 
 def test_approximate_index(tmp_path: Path) -> None:
@@ -386,3 +446,22 @@ def test_readme_index_block(models: dict[str, Path], tmp_path: Path, monkeypatch
             words += ["--tokenizer", str(bundled_tokenizer_dir())]
         assert cli_main(words) == 0, line
     assert "s1.wav" in capsys.readouterr().out
+
+
+def test_cpu_without_vnni_streams_with_7_bit_queries(tmp_path: Path, monkeypatch) -> None:
+    """Where MLAS's u8 x s8 sums could saturate (x86 without VNNI), queries are quantised to |q8| <= 64 (no
+    pairwise sum can exceed 32767), results stay equal to brute force, and packing is declined."""
+    from tinyclap.index import search as search_mod
+
+    monkeypatch.setattr(search_mod, "int8_sums_may_saturate", lambda: True)
+    assert search_mod.query_levels() == 64
+    ix, f16, _ = _random_index(tmp_path / "ix", 400, 32, seed=9)
+    rng = np.random.default_rng(10)
+    q = rng.standard_normal(32)
+    q /= np.linalg.norm(q)
+    hits = ix.search(q, k=15, dedupe=False)
+    np.testing.assert_allclose([h.score for h in hits], np.sort(f16.astype(np.float32) @ q)[::-1][:15], atol=1e-5)
+    with pytest.warns(RuntimeWarning, match="no VNNI"):
+        ix.load_resident()
+    assert ix.resident is None
+    ix.close()

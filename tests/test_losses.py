@@ -143,7 +143,7 @@ def test_paper_loss_is_eq7_bit_for_bit_and_plus_is_the_weighted_sum(tensors) -> 
 
 def test_recipes_resolve_with_overrides_and_refuse_bad_values() -> None:
     assert resolve_recipe("paper").is_paper and not resolve_recipe("plus").is_paper
-    assert resolve_recipe("plus").needs_text_bank and not resolve_recipe("plus", kl_weight=0).needs_text_bank
+    assert not resolve_recipe("plus").needs_text_bank and resolve_recipe("plus", kl_weight=1).needs_text_bank
     w = resolve_recipe("plus", kl_temperature=0.05, rel_weight=None)
     assert (w.kl_temperature, w.rel_weight) == (0.05, RECIPES["plus"].rel_weight)
     with pytest.raises(ValueError, match="unknown recipe"):

@@ -4,24 +4,15 @@ distilled student must sit closer to the teacher than an untrained one of the sa
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "real_retention.py"
+from helpers import load_bench
 
 
 def _bench():
-    name = "tinyclap_bench_real_retention"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, BENCH)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod  # dataclasses look their module up by name
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+    return load_bench("real_retention")
 
 
 def test_knn_accuracy_on_separated_clusters() -> None:

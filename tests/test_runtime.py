@@ -1,4 +1,5 @@
-"""The torch-free runtime (`tinyclap.runtime`) and long-audio timelines (`tinyclap classify --window`)."""
+"""The torch-free runtime (`tinyclap.runtime`: `Classifier.from_export` behind its own command line) and
+long-audio timelines (`tinyclap classify --window`, `python -m tinyclap.runtime --window`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tinyclap.deploy.quantize import Int8Options
 from tinyclap.models import save_student
 from tinyclap.models.students import create_student
 from tinyclap.runtime import ExportError, Runtime
+from tinyclap.runtime import main as runtime_main
 from tinyclap.zeroshot import ZeroShotClassifier
 
 NAME = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"
@@ -69,11 +71,12 @@ def test_runtime_classifies_without_torch(
     bad.write_text("not audio")
     files = [str(animals_dir / "cat.mp3"), str(bad), str(animals_dir / "owl.mp3")]
     code = NO_TORCH + (
-        "from tinyclap.runtime import main, Runtime\n"
+        "from tinyclap.runtime import main\n"
+        "from tinyclap.classifier import Classifier\n"
         "rc = main(sys.argv[1:])\n"
-        "rt = Runtime(sys.argv[1], int8=True, threads=1)\n"
-        "rows = list(rt.timeline(sys.argv[4], window=2.0, hop=1.5))\n"
-        "print('ROWS', len(rows), rows[-1].end, rows[0].top_label in rt.labels, file=sys.stderr)\n"
+        "clf = Classifier.from_export(sys.argv[1], int8=True, threads=1)\n"
+        "rows = list(clf.iter_timeline(sys.argv[4], window=2.0, hop=1.5))\n"
+        "print('ROWS', len(rows), rows[-1].end, abs(rows[0].scores.sum() - 1) < 1e-4, file=sys.stderr)\n"
         "assert sys.modules['torch'] is None\n"
         "sys.exit(rc)\n"
     )
@@ -111,6 +114,33 @@ def test_python_m_runtime_timeline_without_torch(
     assert blocked.returncode != 0
 
 
+def test_runtime_timeline_is_the_classifier_timeline(
+    exported: tuple[Path, Path, Path], animals_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m tinyclap.runtime --window` and `tinyclap classify --export-dir --window` are one implementation
+    (`Classifier.iter_timeline`): the same rows to the bit; the runtime keeps its own output format."""
+    folder, _, _ = exported
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    files = [str(animals_dir / "owl.mp3"), str(bad)]
+    assert runtime_main([str(folder), *files, "--window", "5", "--hop", "2", "--json"]) == 0
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    assert out["failed"][0]["file"] == str(bad) and f"skipped {bad}:" in cap.err
+    (res,) = out["results"]
+    assert (res["file"], res["window"], res["hop"]) == (files[0], 5.0, 2.0)
+    assert main(["classify", *files, "--export-dir", str(folder), "--window", "5", "--hop", "2", "--json"]) == 0
+    assert res["timeline"] == json.loads(capsys.readouterr().out)["timelines"][0]["rows"]
+    # owl.mp3 is 8.5 s: full windows at 0 and 2 s, then a padded one from 4 s to the end
+    assert [(r["start"], round(r["end"], 1)) for r in res["timeline"]] == [(0.0, 5.0), (2.0, 7.0), (4.0, 8.5)]
+    assert runtime_main([str(folder), files[0], "--window", "5", "--hop", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = res["timeline"][1]
+    p = row["probabilities"][row["top_label"]]
+    assert lines[2] == f"  {2.0:9.2f} {row['end']:9.2f}  {p:6.3f}  {row['top_label']}"
+    assert runtime_main([str(folder), str(bad), "--window", "5"]) == 1  # nothing readable
+
+
 def test_runtime_matches_torch(
     exported: tuple[Path, Path, Path], us8k_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -134,11 +164,9 @@ def test_runtime_matches_torch(
     torch_labels = json.loads(capsys.readouterr().out)["results"][0]["labels"]
     assert main(["classify", f, "--export-dir", str(folder), "--json", "--top", "4"]) == 0
     onnx_labels = json.loads(capsys.readouterr().out)["results"][0]["labels"]
-    assert (
-        [d["label"] for d in torch_labels]
-        == [d["label"] for d in onnx_labels]
-        == [lb for lb, _ in rt.classify(f, 4)]
-    )
+    assert runtime_main([str(folder), f, "--json", "--top", "4"]) == 0  # the same code: the same output
+    assert json.loads(capsys.readouterr().out)["results"][0]["labels"] == onnx_labels
+    assert [d["label"] for d in torch_labels] == [d["label"] for d in onnx_labels]
     assert np.allclose([d["score"] for d in torch_labels], [d["score"] for d in onnx_labels], atol=1e-4)
 
 

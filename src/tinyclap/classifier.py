@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyclap._util import l2_normalize
+from tinyclap._util import display_path, l2_normalize
 from tinyclap.audio import (
     RESAMPLE_QUALITY,
     AudioError,
@@ -39,7 +39,7 @@ from tinyclap.audio import (
 from tinyclap.timeline import Timeline, TimelineRow, array_chunks, collect_rows, iter_windows
 from tinyclap.zeroshot import ZeroShotClassifier
 
-__all__ = ["BatchResult", "Classifier", "FileResult"]
+__all__ = ["BatchResult", "Classifier", "FileResult", "format_failed", "format_ranked", "ranked_json"]
 
 CLIP_SECONDS = 5.0
 
@@ -66,6 +66,30 @@ class BatchResult:
     embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     failed: list[tuple[str, str]] = field(default_factory=list)
     kept: list[int] = field(default_factory=list)
+
+
+def ranked_json(results: Sequence[FileResult]) -> dict[str, Any]:
+    """Ranked results as `tinyclap classify --json` and `python -m tinyclap.runtime --json` print them."""
+    return {"results": [{"file": r.path, "labels": [{"label": lb, "score": s} for lb, s in r.ranked]}
+                        for r in results if r.ok],
+            "failed": [{"file": r.path, "error": r.error} for r in results if not r.ok]}
+
+
+def format_ranked(results: Sequence[FileResult]) -> Iterator[str]:
+    """The text view of ranked results: each readable file's name (control characters escaped, so a name
+    cannot forge lines), then one `  score  label` line per label."""
+    for r in results:
+        if r.ok:
+            yield display_path(r.path)
+            yield from (f"  {s:7.4f}  {lb}" for lb, s in r.ranked)
+
+
+def format_failed(failed: Sequence[tuple[str, str]], total: int) -> Iterator[str]:
+    """The stderr lines for files that could not be read: one `skipped FILE: why` each, then a count."""
+    for path, why in failed:
+        yield f"skipped {display_path(path)}: {why}"
+    if failed:
+        yield f"{len(failed)} of {total} files could not be read"
 
 
 # ------------------------------------------------------------------------------------------------ engines

@@ -297,9 +297,9 @@ def _prune_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _export_and_classify(run_dir: Path, teacher: Any, root: str, dataset: str, out: Path,
                          log: Callable[[str], None], eval_folds: list[int] | None) -> dict[str, Any]:
+    from tinyclap.classifier import Classifier
     from tinyclap.data import load_dataset
     from tinyclap.deploy.export import export
-    from tinyclap.deploy.runtime import Runtime
     from tinyclap.models import load_model
     from tinyclap.zeroshot import ZeroShotClassifier
 
@@ -308,9 +308,8 @@ def _export_and_classify(run_dir: Path, teacher: Any, root: str, dataset: str, o
     files = [str(it.path) for it in ds.items]
     manifest = export(load_model(str(run_dir)), out / "export", clf, parity_audio=files[:: max(1, len(files) // 6)][:6],
                       source=str(run_dir))
-    rt = Runtime(out / "export")
     clip = str((ds.select_folds(eval_folds) if eval_folds else ds).items[0].path)  # a held-out clip
-    ranked = rt.classify(clip, top=3)
+    ranked = Classifier.from_export(out / "export").classify_files([clip], top=3)[0].ranked
     log(f"  runtime (onnxruntime, no torch) on {Path(clip).name}: " + ", ".join(f"{lb} {p:.2f}" for lb, p in ranked))
     parity = manifest.get("parity", {})
     return {"dir": str(out / "export"), "parity": parity, "classified": clip, "top3": ranked}

@@ -1,33 +1,126 @@
-"""`python -m tinyclap.runtime EXPORT_DIR FILE...`: the torch-free runtime (`tinyclap.deploy.runtime`), re-exported
-under its short name for devices that install only onnxruntime, numpy, soundfile and soxr."""
+"""`python -m tinyclap.runtime EXPORT_DIR FILE...`: zero-shot classification with an export folder where torch
+is not installed (onnxruntime, numpy, soundfile and soxr only).
 
+    python -m tinyclap.runtime EXPORT_DIR FILE... [--top K] [--json] [--int8] [--threads N] [--window 5 --hop 1]
+
+Each file gets a ranked label list (a clip longer than 5 s: the renormalised mean of its window embeddings),
+or with --window a per-window timeline, streamed with bounded memory, the log-mel computed once and each
+window sliced from it. Both are `tinyclap.Classifier.from_export` and `tinyclap.timeline`, the code
+`tinyclap classify --export-dir` runs, behind a parser of its own. This module also re-exports the export
+folder's reader (`tinyclap.deploy.runtime`) under a short, torch-free name.
+"""
+
+from __future__ import annotations
+
+import json
 import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+from tinyclap._util import display_path
+from tinyclap.audio import AudioError
+from tinyclap.audio.io import MAX_WINDOW_SECONDS
+from tinyclap.classifier import Classifier, format_failed, format_ranked, ranked_json
+from tinyclap.cli._common import float_in, int_in, make_parser
 from tinyclap.deploy.runtime import (
     EXPORT_FORMAT,
     MANIFEST_FILE,
+    MAX_THREADS,
+    MAX_TOP,
     ExportError,
     Runtime,
-    TimelineRow,
-    iter_timeline,
-    main,
     ort_session,
     read_manifest,
     read_verified,
 )
+from tinyclap.timeline import TimelineRow
 
 __all__ = [
     "EXPORT_FORMAT",
     "MANIFEST_FILE",
     "ExportError",
     "Runtime",
-    "TimelineRow",
-    "iter_timeline",
+    "build_parser",
     "main",
     "ort_session",
     "read_manifest",
     "read_verified",
 ]
+
+
+def build_parser() -> Any:
+    p = make_parser(
+        "python -m tinyclap.runtime",
+        "Zero-shot audio classification with an exported tinyclap model (no torch needed).",
+    )
+    p.add_argument("export_dir", help="folder written by `tinyclap export`")
+    p.add_argument("files", nargs="+", help="audio files")
+    p.add_argument("--top", type=int_in(1, MAX_TOP), default=5, help="labels shown per file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--int8", action="store_true", help="use model.int8.onnx")
+    p.add_argument("--threads", type=int_in(1, MAX_THREADS), help="ONNX Runtime intra-op threads")
+    seconds = float_in(0, MAX_WINDOW_SECONDS, low_open=True)
+    p.add_argument("--window", type=seconds, help="timeline mode: window length in seconds (e.g. 5)")
+    p.add_argument("--hop", type=seconds, default=1.0, help="timeline hop in seconds")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; exit status 0 (something classified), 1 (an error, or no file readable), 2 (bad
+    arguments), 130 (Ctrl-C). Errors are one line on stderr, never a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        clf = Classifier.from_export(args.export_dir, int8=args.int8, threads=args.threads)
+        if args.window:
+            timelines, failed = _timelines(clf, args.files, args.window, args.hop)
+            lines = _timeline_view(timelines, failed, clf.labels, args)
+            ok = bool(timelines)
+        else:
+            ranked = clf.classify_files(args.files, args.top, progress=len(args.files) > 20)
+            failed = [(r.path, r.error or "") for r in ranked if not r.ok]
+            lines = [json.dumps(ranked_json(ranked), indent=2)] if args.json else list(format_ranked(ranked))
+            ok = len(failed) < len(ranked)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, MemoryError) as e:  # ExportError, and a broken model's non-finite output
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(line)
+    for line in format_failed(failed, len(args.files)):
+        print(line, file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _timelines(clf: Classifier, files: Sequence[str], window: float, hop: float
+               ) -> tuple[list[tuple[str, list[TimelineRow]]], list[tuple[str, str]]]:
+    """Each readable file's rows (`Classifier.iter_timeline`); a file that cannot be read is listed and skipped."""
+    out: list[tuple[str, list[TimelineRow]]] = []
+    failed: list[tuple[str, str]] = []
+    for f in files:
+        try:
+            out.append((f, list(clf.iter_timeline(f, window, hop))))
+        except AudioError as e:
+            failed.append((f, e.problem))
+    return out, failed
+
+
+def _timeline_view(timelines: list[tuple[str, list[TimelineRow]]], failed: list[tuple[str, str]],
+                   labels: list[str], args: Any) -> Iterator[str]:
+    """JSON (`{"results": [{"file", "window", "hop", "timeline": [row, ...]}], "failed": [{"file", "error"}]}`,
+    a row as `TimelineRow.to_dict`), or per file its name and one `start end probability top-label` line per
+    window."""
+    if args.json:
+        results = [{"file": f, "window": args.window, "hop": args.hop, "timeline": [r.to_dict(labels) for r in rows]}
+                   for f, rows in timelines]
+        yield json.dumps({"results": results, "failed": [{"file": f, "error": e} for f, e in failed]}, indent=2)
+        return
+    for f, rows in timelines:
+        yield display_path(f)
+        for r in rows:
+            yield f"  {r.start:9.2f} {r.end:9.2f}  {float(r.scores[r.top()]):6.3f}  {labels[r.top()]}"
+
 
 if __name__ == "__main__":
     sys.exit(main())

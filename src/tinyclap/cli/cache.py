@@ -7,7 +7,7 @@ import json
 import sys
 
 from tinyclap.cli._common import BATCH, WORKERS, add_command, add_device_arg, float_in, int_in
-from tinyclap.train.cache.options import CROP_MODES, CacheOptions
+from tinyclap.train.cache.options import CROP_MODES, VIEW_AUGMENT, VIEW_MAX, CacheOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crops-per-clip", type=int_in(1, 1000), default=d.crops_per_clip, metavar="K",
                    help="crops per long clip")
     p.add_argument("--crop", choices=CROP_MODES, default=d.crop, help="crop placement: even or seeded random")
+    a = VIEW_AUGMENT
+    p.add_argument("--views", type=int_in(0, VIEW_MAX), default=d.views, metavar="K",
+                   help="also store K augmented views of each crop of a train-split file, each with the teacher's "
+                   f"embedding of exactly that view (seeded): a random {a['keep_fraction'][0] * 100:g}-"
+                   f"{a['keep_fraction'][1] * 100:g} %% segment at a random offset, "
+                   f"{a['gain_db'][0]:+g}..{a['gain_db'][1]:+g} dB gain, and with probability "
+                   f"{a['mix_probability']} mixup with a train-split clip (lam "
+                   f"{a['mix_lambda'][0]}-{a['mix_lambda'][1]}); validation files keep their clean rows only. "
+                   "`tinyclap distill --views` trains on them")
     p.add_argument("--val-fraction", type=float_in(0, 0.9), default=d.val_fraction,
                    help="share of source files held out")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds the split and random crops")
@@ -53,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_text_bank_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
-        "text bank (for the text-KL term of `tinyclap distill --recipe plus`; see tinyclap.train.cache.textbank)")
+        "text bank (for the text-KL term, `tinyclap distill --kl-weight W`; see tinyclap.train.cache.textbank)")
     g.add_argument("--text-bank", default="none", metavar="default|FILE|none",
                    help="after the audio, embed a vocabulary with the teacher's text tower: default (tinyclap's 384 "
                    "everyday sound labels, shipped) or a FILE of labels, plus captions of the cached audio "
@@ -108,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     options = CacheOptions(
         crops_per_clip=args.crops_per_clip, val_fraction=args.val_fraction, seed=args.seed,
         batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size, device=args.device,
-        progress=not args.no_progress, crop=args.crop, overwrite=args.overwrite,
+        progress=not args.no_progress, crop=args.crop, overwrite=args.overwrite, views=args.views,
         strict=False,  # decided below, after the summary is printed
     )  # fmt: skip
     report = build_cache(args.teacher, args.data, args.out, options)

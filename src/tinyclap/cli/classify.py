@@ -24,8 +24,9 @@ from typing import Any, TextIO
 import numpy as np
 
 from tinyclap.audio import display_path
-from tinyclap.cli._common import add_command, add_templates_arg
-from tinyclap.deploy.runtime import MAX_BATCH, MAX_TOP, MAX_WINDOW_SECONDS, bounded
+from tinyclap.audio.io import MAX_WINDOW_SECONDS
+from tinyclap.cli._common import add_command, add_templates_arg, float_in, int_in
+from tinyclap.deploy.runtime import MAX_BATCH, MAX_TOP
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,22 +47,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_templates_arg(p)
     p.add_argument("--long-clip", choices=("windows", "centre"), default="windows",
                    help="clips longer than 5 s: mean of all window embeddings, or the centre crop")
-    p.add_argument("--top", type=bounded(int, 1, MAX_TOP), default=5, help="labels shown per file")
+    p.add_argument("--top", type=int_in(1, MAX_TOP), default=5, help="labels shown per file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file could not be read")
     t = p.add_argument_group("timeline (long audio)")
-    seconds = bounded(float, 0, MAX_WINDOW_SECONDS, low_open=True)
+    seconds = float_in(0, MAX_WINDOW_SECONDS, low_open=True)
     t.add_argument("--window", type=seconds, help="per-window timeline with windows of SEC seconds (e.g. 5)")
     t.add_argument("--hop", type=seconds, default=1.0, help="hop between windows in seconds")
     t.add_argument("--segments", action="store_true", help="print segments: consecutive windows with one label "
                    "merged (each window stands for one hop around its centre)")
-    t.add_argument("--threshold", type=bounded(float, 0, 1), default=0.0, help="with --segments: a window counts "
+    t.add_argument("--threshold", type=float_in(0, 1), default=0.0, help="with --segments: a window counts "
                    "for its top label only with at least this probability, else as '(none)'")
-    t.add_argument("--none-below", type=bounded(float, -1, 1), metavar="COS", help="with --segments: a window whose "
+    t.add_argument("--none-below", type=float_in(-1, 1), metavar="COS", help="with --segments: a window whose "
                    "best cosine similarity to any class is below COS counts as '(none)' (none of these)")
     t.add_argument("--timeline-csv", help="write the timeline as CSV to PATH ('-' for stdout)")
     t.add_argument("--plot", help="PNG of class probability over time (one file per input: PATH, or PATH_<n>_<stem>)")
-    t.add_argument("--batch-size", type=bounded(int, 1, MAX_BATCH), default=8, help="windows embedded together")
+    t.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=8, help="windows embedded together")
     p.set_defaults(func=run)
 
 
@@ -90,10 +91,6 @@ def _classifier(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.window is not None and not (args.window > 0 and args.hop > 0):
-        raise ValueError(f"--window and --hop must be > 0, got {args.window} and {args.hop}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if (args.timeline_csv or args.plot or args.segments) and args.window is None:
         raise ValueError("--timeline-csv, --plot and --segments need --window SEC (timeline mode)")
     clf = _classifier(args)
@@ -103,33 +100,20 @@ def run(args: argparse.Namespace) -> int:
         results = clf.classify_files(args.files, args.top, long_clip=args.long_clip, progress=len(args.files) > 20)
     except ValueError as e:  # non-finite embeddings: the model is broken, not the audio
         raise ValueError(f"{args.export_dir or args.student or args.model or args.teacher}: {e}") from e
-    ranked = [(r.path, r.ranked) for r in results if r.ok]
-    return _report_ranked(args, ranked, [(r.path, r.error or "") for r in results if not r.ok])
+    from tinyclap.classifier import format_ranked, ranked_json
 
-
-def _report_ranked(
-    args: argparse.Namespace, ranked: list[tuple[str, list[tuple[str, float]]]], failed: list[tuple[str, str]]
-) -> int:
-    if args.json:
-        out = {
-            "results": [{"file": p, "labels": [{"label": lb, "score": s} for lb, s in r]} for p, r in ranked],
-            "failed": [{"file": p, "error": e} for p, e in failed],
-        }
-        print(json.dumps(out, indent=2))
-    else:
-        for p, r in ranked:
-            print(display_path(p))
-            for lb, s in r:
-                print(f"  {s:7.4f}  {lb}")
+    for line in [json.dumps(ranked_json(results), indent=2)] if args.json else format_ranked(results):
+        print(line)
+    failed = [(r.path, r.error or "") for r in results if not r.ok]
     _report_failed(failed, len(args.files))
-    return 1 if (failed and args.strict) or not ranked else 0
+    return 1 if (failed and args.strict) or len(failed) == len(results) else 0
 
 
 def _report_failed(failed: list[tuple[str, str]], total: int) -> None:
-    for p, e in failed:
-        print(f"skipped {display_path(p)}: {e}", file=sys.stderr)
-    if failed:
-        print(f"{len(failed)} of {total} files could not be read", file=sys.stderr)
+    from tinyclap.classifier import format_failed
+
+    for line in format_failed(failed, total):
+        print(line, file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------------------

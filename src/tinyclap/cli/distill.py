@@ -65,9 +65,11 @@ def _add_loss(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
 
     g = p.add_argument_group(
         "loss (a recipe; each flag overrides the recipe's value)",
-        "paper: the paper's Eq. 7 (minus the cosine), exactly. plus: + text-anchored KL over the cache's text "
-        "bank (tinyclap cache --text-bank) + in-batch relational MSE; its weights are untuned until the "
-        "ablation is run. " + "; ".join(f"{k}: {v.to_dict()}" for k, v in RECIPES.items()),
+        "paper: the paper's Eq. 7 (minus the cosine), exactly, no augmentation. plus: + in-batch relational MSE "
+        "(what bench/ablation.py kept). Left out of plus, as flags: --kl-weight W, the text-anchored KL over the "
+        "cache's text bank (tinyclap cache --text-bank); --views, the cache's augmented views (tinyclap cache "
+        "--views K); --spec-augment, masks on the student's input. "
+        + "; ".join(f"{k}: {v.to_dict()}" for k, v in RECIPES.items()),
     )
     g.add_argument("--recipe", choices=sorted(RECIPES), default=d["recipe"], help="loss preset" + _D)
     weight = float_in(0, 1e4)
@@ -76,6 +78,13 @@ def _add_loss(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     g.add_argument("--kl-temperature", type=float_in(1e-4, 100), metavar="TAU",
                    help="temperature of the text-KL softmaxes")
     g.add_argument("--rel-weight", type=weight, metavar="W", help="weight of the relational term (0: off)")
+    g.add_argument("--views", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on the cache's augmented views (tinyclap cache --views K), each with the teacher's "
+                   "embedding of that view; an error on a cache without views (default: the recipe's)")
+    g.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="SpecAugment masks (2 time masks of up to 10%% of the frames, 2 of up to 8 mel bands, "
+                   "filled with the clip's mean) on the student's training log-mels only; the target stays the "
+                   "teacher's embedding of the unmasked clip (default: the recipe's)")
 
 
 def _add_run(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:

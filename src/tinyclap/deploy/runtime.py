@@ -1,32 +1,26 @@
-"""Torch-free inference on an export folder (`tinyclap export`): onnxruntime + numpy + soundfile + soxr.
-
-    python -m tinyclap.runtime EXPORT_DIR FILE... [--top K] [--json] [--int8] [--window 5 --hop 1]
+"""Torch-free loading of an export folder (`tinyclap export`): onnxruntime + numpy, every file hash-checked.
 
 `Runtime` loads `model.onnx` (or `model.int8.onnx`) and `classes.npz`, after checking each file's SHA-256
-against `manifest.json` (a modified or corrupted file is refused). Clips longer than the model's 5 s are
-classified by the mean of their window embeddings (`tinyclap.audio.eval_windows`), exactly as
-`tinyclap classify` does; `timeline` streams a file of any length window by window with bounded memory.
+against `manifest.json` (a modified or corrupted file is refused), and embeds 5 s waveforms. Files, long
+clips and timelines go through `tinyclap.Classifier.from_export` (`tinyclap.classifier`, `tinyclap.timeline`),
+the one path `tinyclap classify`, `tinyclap serve` and `python -m tinyclap.runtime` (`tinyclap.runtime`) run.
 This module must never import torch (tests run it with torch made unimportable).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import re
-import sys
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tinyclap._util import display_path, l2_normalize, read_regular_file
-from tinyclap.audio import AudioError, audio_info, eval_windows, fit_clip, load_audio, stream_windows
-from tinyclap.audio.io import MAX_SAMPLE_RATE, MAX_WINDOW_SECONDS, MIN_SAMPLE_RATE
+from tinyclap._util import display_path, read_regular_file
+from tinyclap.audio.io import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from tinyclap.zeroshot import MAX_CLASSES_FILE_BYTES, MAX_EMBED_DIM, ZeroShotClassifier
 
 # the export folder's layout, written by `tinyclap.deploy.export` and read here (one definition, torch-free)
@@ -42,7 +36,7 @@ CLASSES_FILE = "classes.npz"
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_ONNX_BYTES = 2 << 30
 MAX_CLIP_SECONDS = 60
-# Sane upper bounds on the numbers a user types (here and in `tinyclap classify`)
+# Sane upper bounds on the numbers a user types (here, `tinyclap classify`, `python -m tinyclap.runtime`)
 MAX_TOP = 100_000
 MAX_BATCH = 1024  # windows embedded together: 1024 x 5 s x 44.1 kHz float32 is 0.9 GB
 MAX_THREADS = 1024
@@ -242,73 +236,6 @@ def ort_session(path: str | os.PathLike | bytes, threads: int | None = None) -> 
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-@dataclass(frozen=True)
-class TimelineRow:
-    """One window of a timeline: [start, end) seconds, the top label and every class's probability."""
-
-    start: float
-    end: float
-    top_label: str
-    probabilities: np.ndarray  # (C,) float32, in the classifier's label order
-
-    def to_dict(self, labels: Sequence[str]) -> dict[str, Any]:
-        return {
-            "start": round(self.start, 6),
-            "end": round(self.end, 6),
-            "top_label": self.top_label,
-            "probabilities": {lb: float(p) for lb, p in zip(labels, self.probabilities)},
-        }
-
-
-def iter_timeline(
-    embed: Callable[[np.ndarray], np.ndarray],
-    path: str | os.PathLike,
-    classifier: ZeroShotClassifier,
-    *,
-    window: float = 5.0,
-    hop: float = 1.0,
-    sample_rate: int = 44100,
-    clip_samples: int = 220500,
-    batch_size: int = 8,
-    block_seconds: float = 10.0,
-) -> Iterator[TimelineRow]:
-    """Stream `path` as windows (`tinyclap.audio.stream_windows`) and yield one TimelineRow per window.
-
-    `embed` maps (B, clip_samples) waveforms to (B, D) embeddings (torch or ONNX, the caller decides).
-    A window of another length than the model's clip is fitted like any clip (`eval_windows`: padded, or
-    the mean of its 5 s windows). Memory: one streaming block (`block_seconds` of audio) plus `batch_size`
-    windows, never the whole file.
-    """
-    check_count("batch_size", batch_size, MAX_BATCH)
-    info = audio_info(path)  # raises AudioError for a bad file before anything is yielded
-    duration = info.duration if info.duration > 0 else float("inf")
-    win_n = int(round(window * sample_rate))
-    pending: list[tuple[float, np.ndarray]] = []
-
-    def flush() -> Iterator[TimelineRow]:
-        if win_n == clip_samples:
-            emb = embed(np.stack([w for _, w in pending]))  # (b, D)
-        else:  # windows of another length: each one is embedded like a clip
-            embs = []
-            for _, w in pending:
-                sub = eval_windows(w, clip_samples)  # (K, clip_samples)
-                embs.append(l2_normalize(l2_normalize(embed(sub)).mean(0)))
-            emb = np.stack(embs)
-        probs = classifier.predict_proba(np.asarray(emb, dtype=np.float32))  # (b, C)
-        for (start, _), p in zip(pending, probs):
-            yield TimelineRow(start, min(start + window, duration), classifier.labels[int(np.argmax(p))], p)
-        pending.clear()
-
-    for start, wave in stream_windows(
-        path, window=window, hop=hop, sample_rate=sample_rate, block_seconds=block_seconds
-    ):
-        pending.append((start, wave))
-        if len(pending) == batch_size:
-            yield from flush()
-    if pending:
-        yield from flush()
-
-
 class Runtime:
     """An exported student + class matrix on ONNX Runtime (CPU), without torch.
 
@@ -383,137 +310,9 @@ class Runtime:
             )
         return emb
 
-    def embed_file(self, path: str | os.PathLike, mode: str = "windows") -> np.ndarray:
-        """One file -> (D,): the renormalised mean of its window embeddings (or its centre crop)."""
-        wave = load_audio(path, self.sample_rate)
-        if mode == "windows":
-            windows = eval_windows(wave, self.clip_samples)
-        elif mode == "centre":
-            windows = fit_clip(wave, self.clip_samples, policy="eval")[None]
-        else:
-            raise ValueError(f"mode must be 'windows' or 'centre', got {mode!r}")
-        return l2_normalize(self.embed(windows).mean(0))
-
-    def classify(
-        self, path: str | os.PathLike, top: int | None = 5, mode: str = "windows"
-    ) -> list[tuple[str, float]]:
-        """Ranked (label, probability) for one file; raises AudioError for a bad file."""
-        return self.classifier.rank(self.embed_file(path, mode)[None], top)[0]
-
-    def timeline(
-        self, path: str | os.PathLike, window: float = 5.0, hop: float = 1.0
-    ) -> Iterator[TimelineRow]:
-        """Per-window predictions over a file of any length, streamed (bounded memory)."""
-        return iter_timeline(
-            self.embed,
-            path,
-            self.classifier,
-            window=window,
-            hop=hop,
-            sample_rate=self.sample_rate,
-            clip_samples=self.clip_samples,
-            batch_size=self.batch_size,
-        )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# command line
-# ---------------------------------------------------------------------------------------------------------
-
 
 def check_count(name: str, value: Any, most: int) -> int:
     """`value` as an int in 1..most, else a ValueError naming the option."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= most:
         raise ValueError(f"{name} must be an integer from 1 to {most}, got {value!r}")
     return int(value)
-
-
-def bounded(kind: type, low: float, high: float, *, low_open: bool = False) -> Callable[[str], Any]:
-    """An argparse `type=`: a number of `kind` in [low, high] ((low, high] with `low_open`), else a clear
-    usage error. The one way the runtime and `tinyclap classify` bound the numbers a user types."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
-        if not (low < value if low_open else low <= value) or not value <= high:
-            interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-            raise argparse.ArgumentTypeError(f"{value:g} is outside {interval}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its message
-    return parse
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m tinyclap.runtime",
-        description="Zero-shot audio classification with an exported tinyclap model (no torch needed).",
-    )
-    p.add_argument("export_dir", help="folder written by `tinyclap export`")
-    p.add_argument("files", nargs="+", help="audio files")
-    p.add_argument("--top", type=bounded(int, 1, MAX_TOP), default=5, help="labels shown per file (default 5)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--int8", action="store_true", help="use model.int8.onnx")
-    p.add_argument("--threads", type=bounded(int, 1, MAX_THREADS), help="ONNX Runtime intra-op threads")
-    p.add_argument("--window", type=bounded(float, 0, MAX_WINDOW_SECONDS, low_open=True),
-                   help="timeline mode: window length in seconds (e.g. 5)")
-    p.add_argument("--hop", type=bounded(float, 0, MAX_WINDOW_SECONDS, low_open=True), default=1.0,
-                   help="timeline hop in seconds (default 1)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; exit status 0 (something classified), 1 (an error, or no file readable), 2 (bad
-    arguments), 130 (Ctrl-C). Errors are one line on stderr, never a traceback."""
-    args = build_parser().parse_args(argv)
-    try:
-        rt = Runtime(args.export_dir, int8=args.int8, threads=args.threads)
-        results, failed = _classify_all(rt, args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (ExportError, OSError, MemoryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(
-            json.dumps({"results": results, "failed": [{"file": f, "error": e} for f, e in failed]}, indent=2)
-        )
-    else:
-        for r in results:
-            print(display_path(r["file"]))
-            if "labels" in r:
-                for item in r["labels"]:
-                    print(f"  {item['score']:7.4f}  {item['label']}")
-            else:
-                for row in r["timeline"]:
-                    p = row["probabilities"][row["top_label"]]
-                    print(f"  {row['start']:9.2f} {row['end']:9.2f}  {p:6.3f}  {row['top_label']}")
-    for f, e in failed:
-        print(f"skipped {display_path(f)}: {e}", file=sys.stderr)
-    if failed:
-        print(f"{len(failed)} of {len(args.files)} files could not be read", file=sys.stderr)
-    return 0 if results else 1
-
-
-def _classify_all(rt: Runtime, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    """Every file's result; a file that cannot be read (an AudioError, and only that) is listed and skipped."""
-    results: list[dict[str, Any]] = []
-    failed: list[tuple[str, str]] = []
-    for f in args.files:
-        try:
-            if args.window:
-                rows = [r.to_dict(rt.labels) for r in rt.timeline(f, args.window, args.hop)]
-                results.append({"file": f, "window": args.window, "hop": args.hop, "timeline": rows})
-            else:
-                ranked = rt.classify(f, args.top)
-                results.append({"file": f, "labels": [{"label": lb, "score": s} for lb, s in ranked]})
-        except AudioError as e:
-            failed.append((f, e.problem))
-    return results, failed
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -62,7 +62,9 @@ def build_engine(cfg: ServeConfig, *, model: str | None = None, export_dir: str 
     if index is not None:
         from tinyclap.index import Index
 
-        idx = Index.open(index, readonly=True)
+        # a server answers many single queries: pack the int8 rows once (identical results, ~3x faster per
+        # query, about twice the int8 matrix in RAM; declined with a warning on CPUs without VNNI)
+        idx = Index.open(index, readonly=True).load_resident()
     # the index's own audio model embeds "more like this" queries (loaded once, checked against the index)
     return Engine(clf, cfg, index=idx, teacher=teacher, tokenizer=tokenizer)
 

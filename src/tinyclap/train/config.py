@@ -66,12 +66,17 @@ class DistillConfig:
     kl_weight: float | None = None
     kl_temperature: float | None = None
     rel_weight: float | None = None
+    # augmentations (None: the recipe's): the cache's augmented views (tinyclap cache --views K; asked for on
+    # a cache without views: an error naming it) and SpecAugment masks on the student's training log-mels
+    views: bool | None = None
+    spec_augment: bool | None = None
 
     def loss_weights(self) -> LossWeights:
-        """The recipe's loss weights with this config's overrides (ValueError on an unknown recipe or bad value)."""
+        """The recipe's settings with this config's overrides (ValueError on an unknown recipe or bad value)."""
         return resolve_recipe(
             self.recipe, cos_weight=self.cos_weight, kl_weight=self.kl_weight,
-            kl_temperature=self.kl_temperature, rel_weight=self.rel_weight,
+            kl_temperature=self.kl_temperature, rel_weight=self.rel_weight, views=self.views,
+            spec_augment=self.spec_augment,
         )  # fmt: skip
 
     def validate(self) -> None:
@@ -89,6 +94,8 @@ class DistillConfig:
             raise ValueError("--stages 2 alone needs --init CKPT (the stage-1 student to start from)")
         if self.train_crop_seconds is not None and (self.cache is None or self.train_crop_seconds <= 0):
             raise ValueError("--train-crop-seconds needs --cache and a positive length")
+        if self.views and self.cache is None:
+            raise ValueError("--views trains on a cache's augmented views: give --cache DIR (tinyclap cache --views K)")
         if not self.student and not self.init:
             raise ValueError("give --student NAME (or --init CKPT to start from a trained student)")
         if self.loss_weights().needs_text_bank and self.cache is None:
@@ -118,7 +125,8 @@ class StageOptions:
     metrics; `amp`/`channels_last` None mean "on for CUDA"; `batch_fn(batch, device) -> (logmel, target)`
     None means `cached_batch`; `tag_epoch` hands `(epoch, index)` keys to the dataset (WaveformDataset);
     `step_hook(global_step)` runs after each optimiser step (and its checkpoint), e.g. to stop a test run.
-    `loss` is the recipe's `DistillLoss`; None is the paper's Eq. 7 (minus the cosine).
+    `loss` is the recipe's `DistillLoss`; None is the paper's Eq. 7 (minus the cosine). `spec_augment` masks
+    the student's training log-mels (`tinyclap.train.targets.spec_augment`; never in validation).
     """
 
     stage: int
@@ -146,6 +154,7 @@ class StageOptions:
     save_extra: Mapping[str, Any] = field(default_factory=dict)
     step_hook: Callable[[int], None] | None = None
     loss: DistillLoss | None = None
+    spec_augment: bool = False
 
     @classmethod
     def for_run(cls, config: DistillConfig, stage: int, **kw: Any) -> StageOptions:

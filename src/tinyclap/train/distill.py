@@ -112,6 +112,17 @@ class _Targets:
     tag_epoch: bool = False
     text_bank: torch.Tensor | None = None  # (K, D) the cache's text bank, when the recipe needs it
     text_bank_sha256: str | None = None
+    views: bool = False  # training on the cache's augmented views
+
+
+def _views(config: DistillConfig, store: Any) -> bool:
+    """Train on the cache's augmented views? Views asked for on a cache without them is an error naming it."""
+    if not config.loss_weights().views:
+        return False
+    if store.views == 0:
+        raise ValueError(f"--views: the cache {config.cache} has no augmented views; build them with "
+                         "tinyclap cache --views K, or drop --views")  # fmt: skip
+    return True
 
 
 def _cache_targets(config: DistillConfig) -> _Targets:
@@ -127,6 +138,7 @@ def _cache_targets(config: DistillConfig) -> _Targets:
     teacher_info = cache_cfg.get("teacher", {}) if isinstance(cache_cfg, dict) else {}
     if not isinstance(teacher_info, dict):
         teacher_info = {"teacher": teacher_info}
+    views = _views(config, store)
     bank = bank_sha = None
     if config.loss_weights().needs_text_bank:
         from tinyclap.train.cache.textbank import read_text_bank
@@ -134,8 +146,8 @@ def _cache_targets(config: DistillConfig) -> _Targets:
         array, bank_info = read_text_bank(config.cache)
         bank, bank_sha = torch.from_numpy(array), bank_info["npy_sha256"]
     return _Targets(
-        text_bank=bank, text_bank_sha256=bank_sha,
-        train_ds=CachedDataset(store, split="train", crop_frames=crop_frames),
+        text_bank=bank, text_bank_sha256=bank_sha, views=views,
+        train_ds=CachedDataset(store, split="train", crop_frames=crop_frames, views=views),
         val_ds=CachedDataset(store, split="val"),
         embed_dim=int(store.embed_dim),
         teacher_info=teacher_info,
@@ -219,6 +231,8 @@ def _resume_diffs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     a run written before identities were recorded falls back to the cache's absolute path."""
     keys = list(_RESUME_KEYS)
     old = {**_OLD_RUN_DEFAULTS, **old}
+    if isinstance(old.get("loss"), Mapping):  # written before the recipes had augmentations: none was used
+        old["loss"] = {"views": False, "spec_augment": False, **old["loss"]}
     if "cache_id" not in old:
         keys[keys.index("cache_id")] = "cache_dir"
         old = {**old, "cache_dir": (old.get("cache_info") or {}).get("dir")}
@@ -268,6 +282,7 @@ def _run_stages(
                 config, stage, device=dev, out_dir=stage_dir, batch_fn=targets.batch_fn, tag_epoch=targets.tag_epoch,
                 metrics=metrics, save_extra={"teacher": targets.teacher_info}, step_hook=hook,
                 loss=DistillLoss(config.loss_weights(), targets.text_bank),
+                spec_augment=config.loss_weights().spec_augment,
             )  # fmt: skip
             results[stage] = train_stage(student, targets.train_ds, targets.val_ds, opts)
     finally:
@@ -326,7 +341,9 @@ def _distill(config: DistillConfig, dev: torch.device, step_hook: Callable[[int,
         "student": student.name, "embed_dim": embed_dim, "device": str(dev), "world_size": d.world,
         "train_clips": len(targets.train_ds), "val_clips": len(targets.val_ds), "cache_info": targets.cache_info,
         "teacher_info": targets.teacher_info, "cache_id": (targets.cache_info or {}).get("id"),
-        "loss": config.loss_weights().to_dict(), "text_bank_sha256": targets.text_bank_sha256,
+        "text_bank_sha256": targets.text_bank_sha256,
+        # what the run actually uses: `views` is false when the recipe asked for views the cache does not have
+        "loss": {**config.loss_weights().to_dict(), "views": targets.views},
     }  # fmt: skip
     with folder_lock(run, blocking=False, name=f".lock-r{d.rank:02d}", what="this run folder"):
         return _locked_run(config, run, facts, student, targets, dev, step_hook, t0)

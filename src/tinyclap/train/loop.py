@@ -45,7 +45,7 @@ from tinyclap.train.state import (
     run_scope,
     save_state,
 )
-from tinyclap.train.targets import BatchFn, cached_batch, distill_loss, select_targets
+from tinyclap.train.targets import BatchFn, cached_batch, distill_loss, select_targets, spec_augment
 
 __all__ = ["train_stage", "train_step"]
 
@@ -319,6 +319,8 @@ def _train_epoch(st: _Stage, epoch: int) -> None:
     )  # fmt: skip
     for batch in st.train_loader:
         logmel, target = st.batch_fn(batch, st.dev)
+        if o.spec_augment:  # the student's input only: the target stays the unmasked row's
+            logmel = spec_augment(logmel)
         terms: dict[str, torch.Tensor] = {}
         loss = train_step(
             st.model, st.objs.optimizer, logmel, target, amp=st.amp, dims=st.dims, loss_fn=st.loss_fn, terms=terms

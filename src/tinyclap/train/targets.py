@@ -4,7 +4,8 @@ Targets come either from a cache written by `tinyclap.train.cache.build_cache` (
 target per clip, `cached_batch`: the fast path) or are computed on the fly from waveforms (`WaveformDataset`
 + `TeacherTargets`: the log-mel and the teacher's embedding are computed on the training device, under
 no_grad). `select_targets` restricts targets to some entries (pruned students), `distill_loss` is minus the
-cosine between student and teacher embeddings, `split_paths` the seeded train/val split of a file list.
+cosine between student and teacher embeddings, `split_paths` the seeded train/val split of a file list,
+`spec_augment` the student-side masking of training log-mels.
 """
 
 from __future__ import annotations
@@ -27,8 +28,13 @@ __all__ = [
     "cached_batch",
     "distill_loss",
     "select_targets",
+    "spec_augment",
     "split_paths",
 ]
+
+# SpecAugment (student side only): masks per clip and their widest extent
+SPEC_TIME_MASKS, SPEC_TIME_MAX = 2, 0.10  # time masks, each up to 10 % of the frames
+SPEC_FREQ_MASKS, SPEC_FREQ_MAX = 2, 8  # frequency masks, each up to 8 mel bands (of 64)
 
 # batch, device -> (logmel (B, T, M), target (B, D)) on the device
 BatchFn = Callable[[Any, torch.device], tuple[torch.Tensor, torch.Tensor]]
@@ -48,6 +54,32 @@ def distill_loss(student_out: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     """Eq. 7 of the paper: -mean_b cos(student_b, teacher_b). Inputs (B, D); computed in float32."""
     return -F.cosine_similarity(student_out.float(), target.float(), dim=-1).mean()
 
+
+
+def _mask_rows(b: int, n: int, width_max: int, size: int, generator: torch.Generator | None) -> torch.Tensor:
+    """(b, size) bool: the union of `n` bands per row, each of a uniform width 0..width_max at a uniform start."""
+    width = torch.randint(0, width_max + 1, (b, n), generator=generator)
+    start = (torch.rand(b, n, generator=generator) * (size - width + 1)).floor().long()  # start in 0..size - width
+    pos = torch.arange(size)
+    return ((pos >= start[..., None]) & (pos < (start + width)[..., None])).any(dim=1)
+
+
+def spec_augment(logmel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """SpecAugment-style masks on a training batch of student log-mels (B, T, M) -> a masked copy.
+
+    Each clip gets `SPEC_TIME_MASKS` time masks of up to `SPEC_TIME_MAX` of its frames and `SPEC_FREQ_MASKS`
+    frequency masks of up to `SPEC_FREQ_MAX` bands, filled with the clip's mean log-mel value (a neutral
+    level: neither silence, which the log floor would be, nor energy the clip does not have). Only the student
+    sees it: the target stays the teacher's embedding of the unmasked row. The draws are on the CPU, from
+    `generator` or torch's global RNG (which a training stage seeds and checkpoints), so they do not depend
+    on the device and a resumed run draws the same masks.
+    """
+    b, t, m = logmel.shape
+    time_mask = _mask_rows(b, SPEC_TIME_MASKS, int(SPEC_TIME_MAX * t), t, generator)  # (B, T)
+    freq_mask = _mask_rows(b, SPEC_FREQ_MASKS, min(SPEC_FREQ_MAX, m), m, generator)  # (B, M)
+    mask = (time_mask[:, :, None] | freq_mask[:, None, :]).to(logmel.device, non_blocking=True)  # (B, T, M)
+    fill = logmel.mean(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+    return torch.where(mask, fill.to(logmel.dtype), logmel)
 
 
 # ---------------------------------------------------------------------------------------- batches / data

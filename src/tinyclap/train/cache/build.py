@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -26,7 +27,7 @@ from tinyclap._util import progress as progress_display
 from tinyclap._util import resolve_device, state_sha256
 from tinyclap.audio import CLIP_SAMPLES, CLIP_SECONDS, SAMPLE_RATE
 from tinyclap.audio.frontend import FFTLogMel, LogMel
-from tinyclap.train.cache.options import CacheOptions
+from tinyclap.train.cache.options import VIEW_AUGMENT, CacheOptions
 from tinyclap.train.cache.sources import DecodeSet, SourceFile, keep_item, resolve_sources, split_of
 from tinyclap.train.cache.store import FORMAT, CacheError, PathLike
 from tinyclap.train.cache.write import (
@@ -151,6 +152,9 @@ class _RankBuild:
             "val_fraction": float(self.opts.val_fraction),
             "seed": int(self.opts.seed),
             "sources": specs,
+            # only with views: a cache without them keeps the exact cache.json (and identity) it always had
+            **({"views": int(self.opts.views), "view_augment": json.loads(json.dumps(VIEW_AUGMENT))}
+               if self.opts.views else {}),
         }
 
     def prepare(self, config: dict[str, Any]) -> None:
@@ -180,6 +184,13 @@ class _RankBuild:
         done = scan_done(self.out, config, self.report)
         mine = [f for f in files if f.index % self.world_size == self.rank]
         todo = [f for f in mine if f.path not in done]
+        opts = self.opts
+        # views: partners come from the whole list's train split; files are computed in fixed blocks of
+        # consecutive files of this rank's list (shards hold whole blocks), so a resumed build batches
+        # every row as an uninterrupted one does and writes the same floats
+        self.partners = [f for f in files if split_of(f.rel, opts.seed, opts.val_fraction) == "train"]
+        per_block = max(1, opts.batch_size // (opts.crops_per_clip * (opts.views + 1)))
+        self.block = {f.path: pos // per_block for pos, f in enumerate(mine)}
         self.report.files_assigned = len(mine)
         self.report.files_cached_before = len(mine) - len(todo)
         return todo
@@ -189,7 +200,8 @@ class _RankBuild:
         teacher_rate = SAMPLE_RATE if self.use_logmel else int(self.teacher.sample_rate)
         opts = self.opts
         loader = torch.utils.data.DataLoader(
-            DecodeSet(todo, opts.crops_per_clip, opts.crop, opts.seed, teacher_rate),
+            DecodeSet(todo, opts.crops_per_clip, opts.crop, opts.seed, teacher_rate, opts.views,
+                      self.partners if opts.views else (), opts.val_fraction),
             batch_size=None,
             shuffle=False,
             num_workers=opts.workers if todo else 0,
@@ -203,17 +215,24 @@ class _RankBuild:
             with torch.inference_mode():
                 for d in loader:
                     bar.update(1)
-                    if self.decoded(todo[d["index"]], d, pending) >= opts.batch_size:
-                        self.compute(pending)
-                        pending = []
-                        self.writer.flush()
-                        wall = time.perf_counter() - self.t_start
-                        bar.set_postfix_str(f"clips/s={self.report.crops_written / max(wall, 1e-9):.1f}")
+                    src = todo[d["index"]]
+                    if opts.views and pending and self.block[src.path] != self.block[pending[0][0].path]:
+                        pending = self.write_pending(pending, bar)  # a block is complete
+                    if self.decoded(src, d, pending) >= opts.batch_size and not opts.views:
+                        pending = self.write_pending(pending, bar)
                 if pending:
                     self.compute(pending)
                 self.writer.flush(final=True)
         finally:
             bar.close()
+
+    def write_pending(self, pending: list[tuple[SourceFile, dict[str, Any]]], bar: Any) -> list:
+        """Compute the pending files, write the shards that filled up; returns the new (empty) pending list."""
+        self.compute(pending)
+        self.writer.flush()
+        wall = time.perf_counter() - self.t_start
+        bar.set_postfix_str(f"clips/s={self.report.crops_written / max(wall, 1e-9):.1f}")
+        return []
 
     def decoded(self, src: SourceFile, d: dict[str, Any], pending: list[tuple[SourceFile, dict[str, Any]]]
                 ) -> int:  # fmt: skip
@@ -237,11 +256,18 @@ class _RankBuild:
             mels.append(mel)
             tgts.append(tgt)
         mel_all, tgt_all = np.concatenate(mels), np.concatenate(tgts)
-        row = 0
+        row, units = 0, []
         for src, d in batch:
             k = d["crops"].shape[0]
-            self.accept(src, d["offsets"], mel_all[row : row + k], tgt_all[row : row + k])
+            unit = self.accept(src, d, mel_all[row : row + k], tgt_all[row : row + k])
             row += k
+            if unit is not None and not self.opts.views:
+                self.writer.add(*unit)
+            elif unit is not None:
+                units.append(unit)
+        if units:  # views: one block, written as one unit (shards hold whole blocks)
+            self.writer.add(np.concatenate([u[0] for u in units]), np.concatenate([u[1] for u in units]),
+                            [it for u in units for it in u[2]])  # fmt: skip
 
     def embed(self, wave: torch.Tensor, t_wave: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
         """(B, L) crops (and the same crops at the teacher's rate) -> log-mel (B, T, 64) f16, target (B, D) f32."""
@@ -259,20 +285,28 @@ class _RankBuild:
         self.timings["teacher_s"] += time.perf_counter() - t1
         return mel, tgt
 
-    def accept(self, src: SourceFile, offsets: list[float], mel: np.ndarray, tgt: np.ndarray) -> None:
-        """Hand one file's rows to the writer, or skip the file if its values are unusable."""
+    def accept(self, src: SourceFile, d: dict[str, Any], mel: np.ndarray, tgt: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]] | None:  # fmt: skip
+        """One file's rows (log-mel, target, items) for the writer, or None (skipped) if its values are unusable."""
         if not (np.isfinite(mel).all() and np.isfinite(tgt).all()):
             self.report.skipped.append({"path": src.path, "problem": "non-finite log-mel or teacher embedding"})
-            return
+            return None
         if np.any(np.abs(np.linalg.norm(tgt, axis=1) - 1.0) > 1e-3):
             problem = "teacher embedding is not unit-norm (zero vector?)"
             self.report.skipped.append({"path": src.path, "problem": problem})
-            return
+            return None
         split = split_of(src.rel, self.opts.seed, self.opts.val_fraction)
-        items = [dict(zip(ITEM_KEYS, (src.path, src.rel, off, j, split, src.index))) for j, off in enumerate(offsets)]
-        self.writer.add(mel, tgt, items)
+        offsets = d["offsets"]
+        if d.get("rows") is None:  # no views: exactly the items a cache always had
+            items = [dict(zip(ITEM_KEYS, (src.path, src.rel, off, j, split, src.index)))
+                     for j, off in enumerate(offsets)]  # fmt: skip
+        else:
+            items = [{**dict(zip(ITEM_KEYS, (src.path, src.rel, offsets[j], j, split, src.index))),
+                      "view": v, "aug": aug} for j, v, aug in d["rows"]]  # fmt: skip
+            self.report.views_written += sum(v > 0 for _, v, _ in d["rows"])
         self.report.files_read += 1
         self.report.crops_written += len(items)
+        return mel, tgt, items
 
     def finish(self) -> CacheReport:
         """Timings, the report files (under the folder lock), and the strict verdict."""

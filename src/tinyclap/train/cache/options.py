@@ -11,6 +11,16 @@ if TYPE_CHECKING:
 
 CROP_MODES = ("even", "random")
 
+# Augmented views (`tinyclap cache --views K`): the ranges every view's draw comes from, in ONE place (each
+# view's `aug` record in items.json says what was drawn; cache.json records these under "view_augment").
+VIEW_MAX = 64  # views per (file, crop), at most
+VIEW_AUGMENT = {
+    "keep_fraction": (0.5, 1.0),  # the sub-segment kept: this share of the crop's audible length, uniform
+    "gain_db": (-12.0, 6.0),  # gain in dB, uniform; the result is clipped to [-1, 1]
+    "mix_probability": 0.5,  # chance of mixup with a partner clip from the train split
+    "mix_lambda": (0.1, 0.5),  # mixture = (1 - lam) * view + lam * partner, lam uniform; peak-normalised if > 1
+}
+
 
 @dataclass(frozen=True)
 class CacheOptions:
@@ -28,6 +38,7 @@ class CacheOptions:
     strict: bool = False
     crop: Literal["even", "random"] = "even"
     overwrite: bool = False
+    views: int = 0  # augmented views per (file, crop) of the train split, 0..VIEW_MAX (0: the clean rows only)
 
     def check(self) -> None:
         """Raise ValueError naming the first setting out of range."""
@@ -38,5 +49,7 @@ class CacheOptions:
             )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if isinstance(self.views, bool) or not isinstance(self.views, int) or not 0 <= self.views <= VIEW_MAX:
+            raise ValueError(f"views must be an integer in 0..{VIEW_MAX}, got {self.views!r}")
         if self.crop not in CROP_MODES:
             raise ValueError(f"crop must be one of {CROP_MODES}, got {self.crop!r}")

@@ -20,6 +20,7 @@ from tinyclap.audio import CLIP_SAMPLES, SAMPLE_RATE, AudioError, load_audio
 from tinyclap.data import AUDIO_EXTENSIONS, DATA_KINDS, parse_data_spec
 from tinyclap.train.cache.options import CROP_MODES
 from tinyclap.train.cache.store import PathLike
+from tinyclap.train.cache.views import file_views
 
 
 def crop_starts(
@@ -126,11 +127,18 @@ class DecodeSet(torch.utils.data.Dataset):
     """Worker side: decode one file at 44.1 kHz, cut its crops, resample them for the teacher if needed.
 
     An item is a dict: `index`, `error` (None, or why the file was skipped), `seconds` (decode time) and,
-    without error, `crops` (k, L) at 44.1 kHz, `teacher` (k, L_t) at the teacher's rate or None, `offsets`.
+    without error, `crops` (n, L) at 44.1 kHz, `teacher` (n, L_t) at the teacher's rate or None, `offsets`
+    (one per crop) and `rows`: None without views (the n = k rows are the crops), else (crop, view, aug) per
+    row (`tinyclap.train.cache.views.file_views`).
     """
 
-    def __init__(self, files: Sequence[SourceFile], k: int, crop: str, seed: int, teacher_rate: int) -> None:
+    def __init__(self, files: Sequence[SourceFile], k: int, crop: str, seed: int, teacher_rate: int,
+                 views: int = 0, partners: Sequence[SourceFile] = (), val_fraction: float = 0.0) -> None:
         self.files, self.k, self.crop, self.seed, self.teacher_rate = list(files), k, crop, seed, teacher_rate
+        # augmented views (train-split files only): `partners` are the source list's train-split files
+        self.views, self.val_fraction = int(views), float(val_fraction)
+        self.partners = [(p.rel, p.path) for p in partners]
+        self.partner_pos = {p.path: i for i, p in enumerate(partners)}
 
     def __len__(self) -> int:
         return len(self.files)
@@ -153,13 +161,19 @@ class DecodeSet(torch.utils.data.Dataset):
         for i, s in enumerate(starts):
             piece = wave[s : s + CLIP_SAMPLES]
             crops[i, : piece.shape[0]] = piece
+        offsets = [s / SAMPLE_RATE for s in starts]
+        rows = None
+        if self.views > 0:  # rows in (crop, view) order; a val-split file keeps its clean rows only
+            rows = [(j, 0, None) for j in range(len(starts))]
+            if split_of(src.rel, self.seed, self.val_fraction) == "train":
+                crops, rows = file_views(wave, starts, crops, src.rel, self.seed, self.views, self.partners,
+                                         self.partner_pos.get(src.path))  # fmt: skip
         teacher = None
         if self.teacher_rate != SAMPLE_RATE:
             # the same crops at the teacher's rate: soxr takes (frames, channels), one channel per crop
             teacher = soxr.resample(np.ascontiguousarray(crops.T), SAMPLE_RATE, self.teacher_rate, quality="HQ")
             teacher = torch.from_numpy(np.ascontiguousarray(teacher.T, dtype=np.float32))  # (k, L_t)
-        offsets = [s / SAMPLE_RATE for s in starts]
-        return {"crops": torch.from_numpy(crops), "teacher": teacher, "offsets": offsets}
+        return {"crops": torch.from_numpy(crops), "teacher": teacher, "offsets": offsets, "rows": rows}
 
 
 def keep_item(item: Any) -> Any:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from tinyclap._util import JSONFileError, read_json
+from tinyclap.train.cache.options import VIEW_MAX
 
 FORMAT = "tinyclap-cache/1"
 SPLITS = ("train", "val")
@@ -57,6 +58,9 @@ def read_config(root: PathLike) -> dict[str, Any]:
            if not isinstance(config[k], int) or isinstance(config[k], bool) or not 1 <= config[k] <= hi}
     if bad:
         raise CacheError(f"{path}: sizes out of range {bad} (bounds {bounds})")
+    views = config.get("views", 0)
+    if not isinstance(views, int) or isinstance(views, bool) or not 0 <= views <= VIEW_MAX:
+        raise CacheError(f"{path}: views {views!r} is not an integer in 0..{VIEW_MAX}")
     return config
 
 
@@ -79,6 +83,7 @@ class Shard:
     n: int
     splits: np.ndarray  # (n,) bool, True = val
     paths: list[str]  # (n,) source path per row (for resume and verify)
+    views: np.ndarray  # (n,) int16 view of each row (0: the clean crop; none recorded: all 0)
 
 
 def load_items(path: Path) -> list[dict[str, Any]]:
@@ -122,7 +127,20 @@ def open_shard(path: Path, n_frames: int, n_mels: int, embed_dim: int) -> Shard:
         raise CacheError(f"{path / 'items.json'}: a row has no {e} field") from e
     if bad:
         raise CacheError(f"{path / 'items.json'}: invalid split {bad[0]!r} (expected 'train' or 'val')")
-    return Shard(path=path, n=n, splits=splits, paths=paths)
+    return Shard(path=path, n=n, splits=splits, paths=paths, views=_row_views(path, items))
+
+
+def _row_views(path: Path, items: list[dict[str, Any]]) -> np.ndarray:
+    """The view of each row, checked: an integer in 0..VIEW_MAX, a view v > 0 right after view v - 1 of the
+    same (path, crop), so each (file, crop) is one run of rows starting with its clean row."""
+    views = [it.get("view", 0) for it in items]
+    for r, v in enumerate(views):
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= VIEW_MAX:
+            raise CacheError(f"{path / 'items.json'}: row {r} has view {v!r}, not an integer in 0..{VIEW_MAX}")
+        if v > 0 and (r == 0 or views[r - 1] != v - 1 or items[r - 1].get("path") != items[r].get("path")
+                      or items[r - 1].get("crop") != items[r].get("crop")):  # fmt: skip
+            raise CacheError(f"{path / 'items.json'}: row {r} (view {v}) does not follow view {v - 1} of its crop")
+    return np.asarray(views, dtype=np.int16)
 
 
 class CacheStore:
@@ -152,6 +170,8 @@ class CacheStore:
             np.int32
         )
         self._is_val = np.concatenate([s.splits for s in shards]) if shards else np.zeros(0, bool)
+        self.views = int(self.config.get("views", 0))  # augmented views per (file, crop) of the train split
+        self._view = np.concatenate([s.views for s in shards]) if shards else np.zeros(0, np.int16)
         self._mmaps: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(shards)
         self._items: list[dict[str, Any]] | None = None
 
@@ -201,13 +221,27 @@ class CacheStore:
         i %= n
         return int(self._shard_of[i]), int(self._row_in[i])
 
-    def indices(self, split: Literal["train", "val", "all"] = "all") -> np.ndarray:
-        """Global row indices (int64, ascending) of a split: "train", "val" or "all"."""
-        if split == "all":
-            return np.arange(len(self), dtype=np.int64)
-        if split not in SPLITS:
+    @property
+    def row_views(self) -> np.ndarray:
+        """(rows,) int16: the view of each row, 0 = the clean crop, 1..views = its augmented views."""
+        return self._view
+
+    def indices(self, split: Literal["train", "val", "all"] = "all", view: int | None = None) -> np.ndarray:
+        """Global row indices (int64, ascending) of a split: "train", "val" or "all"; only the rows of
+        `view` when given (0: the clean rows, what a cache without views holds)."""
+        if split not in (*SPLITS, "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
-        return np.flatnonzero(self._is_val == (split == "val")).astype(np.int64)
+        keep = np.ones(len(self), bool) if split == "all" else self._is_val == (split == "val")
+        if view is not None:
+            keep &= self._view == view
+        return np.flatnonzero(keep).astype(np.int64)
+
+    def groups(self, split: Literal["train", "val", "all"] = "all") -> tuple[np.ndarray, np.ndarray]:
+        """(first row, rows) of each (file, crop) of a split: its clean row and the views that follow it."""
+        clean = np.flatnonzero(self._view == 0)
+        ends = np.append(clean[1:], len(self))
+        keep = np.isin(clean, self.indices(split))
+        return clean[keep].astype(np.int64), (ends - clean)[keep].astype(np.int64)
 
     def logmel(self, i: int) -> np.ndarray:
         """Row i's log-mel: a read-only (n_frames, n_mels) float16 view into the memory map."""
@@ -244,6 +278,8 @@ class CacheStore:
                 prev = split_of.setdefault(str(it.get("path")), str(it.get("split")))
                 if prev != it.get("split"):
                     problems.append(f"{path}: {it.get('path')} has crops in both splits")
+                if it.get("split") == "val" and it.get("view", 0):
+                    problems.append(f"{path}: {it.get('path')} is in the val split but has an augmented view")
         if problems:
             shown = "\n  ".join(problems[:20])
             more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -282,6 +318,11 @@ class CachedDataset(torch.utils.data.Dataset):
 
     `__getitem__` is two memory-map reads and two copies (torch needs writable memory): no JSON, no
     decoding, so a DataLoader delivers far more clips/s than a training step consumes.
+
+    Items are the clean rows (view 0) only, unless `views=True` on the train split of a cache built with
+    `--views K`: then an item is a (file, crop) and each access draws one of its K + 1 rows (the clean crop
+    or an augmented view, with the teacher's target of that view) uniformly with torch's global RNG, which
+    a training stage seeds: an epoch is still one pass over the clips. Validation always uses view 0.
     """
 
     def __init__(
@@ -289,10 +330,13 @@ class CachedDataset(torch.utils.data.Dataset):
         store_or_dir: CacheStore | PathLike,
         split: Literal["train", "val", "all"] = "train",
         crop_frames: int | None = None,
+        views: bool = False,
     ) -> None:
         self.store = store_or_dir if isinstance(store_or_dir, CacheStore) else CacheStore(store_or_dir)
         self.split = split
-        self.rows = self.store.indices(split)  # (n,) global row indices
+        self.views = bool(views) and split == "train" and self.store.views > 0
+        # (n,) global row indices of the clean rows, and with views each one's number of rows (clean + views)
+        self.rows, self.group_rows = self.store.groups(split) if self.views else (self.store.indices(split, 0), None)
         self.embed_dim = self.store.embed_dim
         self.n_frames = self.store.n_frames
         if crop_frames is not None and not 1 <= crop_frames:
@@ -305,6 +349,8 @@ class CachedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = int(self.rows[k])
+        if self.group_rows is not None and self.group_rows[k] > 1:  # one of the (file, crop)'s rows, uniformly
+            row += int(torch.randint(0, int(self.group_rows[k]), ()).item())
         mel = self.store.logmel(row)  # (T, 64) float16, read-only view
         if self.crop_frames is not None:
             mel = mel[random_crop_start(mel, self.crop_frames) :][: self.crop_frames]  # (crop_frames, 64)

@@ -36,7 +36,8 @@ class CacheReport:
     files_assigned: int = 0  # this rank's share
     files_cached_before: int = 0  # already in finished shards (resumed)
     files_read: int = 0  # decoded and written by this run
-    crops_written: int = 0
+    crops_written: int = 0  # rows: clean crops and augmented views
+    views_written: int = 0  # of which augmented views (tinyclap cache --views K)
     shards_written: list[str] = field(default_factory=list)
     corrupt_shards: list[str] = field(default_factory=list)  # moved aside and recomputed
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "problem"}
@@ -53,7 +54,9 @@ class CacheReport:
         t = self.timings
         lines = [
             f"cache {self.out} (rank {self.rank}/{self.world_size}): {self.files_read} files read, "
-            f"{self.crops_written} crops written in {len(self.shards_written)} shards, "
+            f"{self.crops_written} rows written"
+            + (f" ({self.views_written} of them augmented views)" if self.views_written else "")
+            + f" in {len(self.shards_written)} shards, "
             f"{self.files_cached_before} files already cached, {len(self.skipped)} skipped",
             f"  {self.clips_per_s:.1f} clips/s; wall {t.get('wall_s', 0):.1f} s "
             f"(decode {t.get('decode_cpu_s', 0):.1f} cpu-s, log-mel {t.get('logmel_s', 0):.1f} s, "
@@ -217,7 +220,7 @@ def merge_reports(out: Path, world_size: int, store_rows: int) -> dict[str, Any]
                 ranks.append(read_json(p))
             except JSONFileError:
                 continue
-    keys = ("files_assigned", "files_cached_before", "files_read", "crops_written")
+    keys = ("files_assigned", "files_cached_before", "files_read", "crops_written", "views_written")
     merged: dict[str, Any] = {k: sum(int(r.get(k, 0)) for r in ranks) for k in keys}
     merged.update(
         out=str(out),
