@@ -269,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             a.epochs2  # fmt: skip
         opt.crop_seconds, opt.eval_limit = a.crop_seconds or None, a.eval_limit
         opt.students = a.student or opt.students
+        unknown = [r for r in opt.rows if r not in ROWS]
+        if unknown:
+            ap.error(f"unknown rows {unknown}; known: {list(ROWS)}")
     import torch
 
     torch.set_num_threads(opt.threads)

@@ -66,7 +66,8 @@ def _add_loss(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     g = p.add_argument_group(
         "loss (a recipe; each flag overrides the recipe's value)",
         "paper: the paper's Eq. 7 (minus the cosine), exactly, no augmentation. plus: + in-batch relational MSE "
-        "(what bench/ablation.py kept). Left out of plus, as flags: --kl-weight W, the text-anchored KL over the "
+        "(unproven: no term beat paper in bench/ablation.py at CPU budgets). Off in both, as flags: "
+        "--kl-weight W, the text-anchored KL over the "
         "cache's text bank (tinyclap cache --text-bank); --views, the cache's augmented views (tinyclap cache "
         "--views K); --spec-augment, masks on the student's input. "
         + "; ".join(f"{k}: {v.to_dict()}" for k, v in RECIPES.items()),
