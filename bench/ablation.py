@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinyclap._util import atomic_write_text, read_json
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -147,7 +149,7 @@ def run_row(opt: Options, student: str, row: str, seed: int, caches: dict[str, P
     out = Path(opt.out) / student / f"{row}-s{seed}"
     record = out / "record.json"
     if record.is_file():
-        return json.loads(record.read_text())
+        return read_json(record)
     overrides = dict(ROWS[row])
     cache = caches[overrides.pop("bank", "")]
     log(f"{student} {row} seed {seed}: distilling")
@@ -168,7 +170,7 @@ def run_row(opt: Options, student: str, row: str, seed: int, caches: dict[str, P
            "accuracy": agree["student_accuracy"], "teacher_accuracy": agree["teacher_accuracy"],
            "retention": agree["retention"], "agreement": agree["top1_agreement"], "cosine": agree["mean_cosine"],
            "clips": agree["n_clips"], "val_cosine": _val_cosine(out)}  # fmt: skip
-    record.write_text(json.dumps(rec, indent=1) + "\n")
+    atomic_write_text(record, json.dumps(rec, indent=1) + "\n")  # a killed row leaves no half record
     log(f"{student} {row} seed {seed}: agreement {100 * rec['agreement']:.1f} %, cosine {rec['cosine']:.3f}, "
         f"accuracy {100 * rec['accuracy']:.1f} % ({train_s:.0f} s)")  # fmt: skip
     return rec
@@ -176,8 +178,8 @@ def run_row(opt: Options, student: str, row: str, seed: int, caches: dict[str, P
 
 def _val_cosine(run: Path) -> float | None:
     try:
-        info = json.loads((run / "student.json").read_text())
-    except (OSError, ValueError):
+        info = read_json(run / "student.json")
+    except (OSError, ValueError):  # JSONFileError is a ValueError
         return None
     val = info.get("val_cosine") if isinstance(info, dict) else None
     return float(val) if isinstance(val, (int, float)) else None
@@ -236,11 +238,11 @@ def run(opt: Options, log: Callable[[str], None] = _log) -> dict[str, Any]:
             for seed in range(1, (opt.seeds if row in SEEDED_ROWS else 1) + 1):
                 run_row(opt, student, row, seed, caches, teacher, log)
     # every finished row under OUT, also those of another process running other students into the same OUT
-    records = [json.loads(p.read_text()) for p in sorted(out.glob("*/*-s*/record.json"))]
+    records = [read_json(p) for p in sorted(out.glob("*/*-s*/record.json"))]
     lines = summarise(records)
     summary = {"options": asdict(opt), "records": records, "summary": lines}
-    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (out / "table.md").write_text(format_table(lines) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out / "table.md", format_table(lines) + "\n")
     return summary
 
 
