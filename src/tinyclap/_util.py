@@ -348,12 +348,16 @@ class FolderBusy(BlockingIOError):
     """Another process holds a folder's lock; the message names the folder and the holder."""
 
 
+def _command() -> str:
+    return " ".join(sys.argv)[:300]
+
+
 def _holder_text() -> str:
     import json
     import socket
 
     return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-                       "command": " ".join(sys.argv)[:300]}) + "\n"
+                       "command": _command()}) + "\n"
 
 
 def _holder(fd: int) -> str:
@@ -363,6 +367,19 @@ def _holder(fd: int) -> str:
         return f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')} ({info.get('command')!s:.120})"
     except (OSError, ValueError):
         return "a process that has not written its name yet"
+
+
+def _held_before_by_us(fd: int) -> bool:
+    """True when the lock file already names this process (pid, host and command): taking the lock again
+    leaves the file as it is, so a refused second attempt of one process changes no byte of the folder."""
+    import socket
+
+    try:
+        info = loads_json(os.pread(fd, 4096, 0), "lock")
+    except (OSError, ValueError):
+        return False
+    return (info.get("pid"), info.get("host"), info.get("command")) == (
+        os.getpid(), socket.gethostname(), _command())
 
 
 @contextlib.contextmanager
@@ -389,7 +406,7 @@ def folder_lock(folder: str | os.PathLike, *, blocking: bool = True, name: str =
         except BlockingIOError:
             raise FolderBusy(f"{folder}: {what} is in use by another tinyclap process ({_holder(fd)}); wait for "
                              f"it to finish or stop it (a killed holder's lock is released by itself)") from None
-        if not blocking:
+        if not blocking and not _held_before_by_us(fd):
             os.ftruncate(fd, 0)
             os.pwrite(fd, _holder_text().encode(), 0)
         yield path
