@@ -15,7 +15,8 @@ passes and optimiser steps; with views an epoch still visits each clip once, dra
 
 `paper` and `plus` run with `--seeds` seeds (95 % t-interval over seeds), the others with the first seed. Every
 stage is reused from `--out` (teacher, caches, finished rows), so an interrupted run resumes; `--quick` is the
-CI size (tests/test_ablation.py). Results: OUT/results.json (one record per row and seed) and OUT/table.md.
+CI size (tests/test_ablation.py). Results: OUT/results.json (one record per row and seed), OUT/table.md and
+OUT/ablation.png (agreement per row: seeds, mean, 95 % interval).
 
     python bench/ablation.py --out runs/ablation --teacher runs/i13-proxy --views 2 \\
         --student phinet_alpha_0.75_beta_0.75_t0_4_N_4 --student phinet_alpha_1.50_beta_0.75_t0_6_N_7
@@ -35,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinyclap._util import atomic_write_text, read_json
+from tinyclap._util import atomic_write_bytes, atomic_write_text, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -45,12 +46,13 @@ ROWS: dict[str, dict[str, Any]] = {
     "paper": {"recipe": "paper"},
     "+kl": {"recipe": "paper", "kl_weight": 1.0},
     "+views": {"recipe": "paper", "views": True, "spec_augment": True},
+    "+cosine": {"recipe": "paper", "schedule": "cosine"},
     "plus": {"recipe": "plus"},  # = paper + the relational term (the "+rel" row)
     "plus+views": {"recipe": "plus", "views": True, "spec_augment": True},
     "plus+kl": {"recipe": "plus", "views": True, "spec_augment": True, "kl_weight": 1.0},  # every term
     "plus+kl-x": {"recipe": "plus", "views": True, "spec_augment": True, "kl_weight": 1.0, "bank": "x"},
 }
-SEEDED_ROWS = ("paper", "plus")
+SEEDED_ROWS = ("paper", "plus", "+cosine")
 # plus-x's bank: texts naming a US8K class (`us8k`), and also their near-synonyms and head words, which the
 # whole-phrase match of the class names alone keeps ("dog barking", "a power drill", "a gunshot", "a truck horn")
 EXCLUDE = ["us8k", "dog,barking,drill,engine,gun,gunshot,horn,siren,jackhammer,children,child,music,conditioner"]
@@ -225,6 +227,39 @@ def format_table(lines: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def plot_agreement(records: list[dict[str, Any]], path: Path) -> Path:
+    """ablation.png: top-1 agreement with the teacher per row, one panel per student: every seed as a dot, the
+    mean with its 95 % interval as a bar, `paper`'s mean as a dashed line (written atomically)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    lines = summarise(records)
+    students = list(dict.fromkeys(ln["student"] for ln in lines))
+    fig = Figure(figsize=(7.5, 1.2 + 0.35 * len(ROWS) * len(students)), dpi=110)
+    FigureCanvasAgg(fig)
+    for i, student in enumerate(students):
+        ax = fig.add_subplot(len(students), 1, i + 1)
+        mine = [ln for ln in lines if ln["student"] == student]
+        for y, ln in enumerate(mine):
+            seeds = [100 * r["agreement"] for r in records if r["student"] == student and r["row"] == ln["row"]]
+            mean, half = (100 * v for v in ln["agreement"])
+            ax.errorbar(mean, y, xerr=half or None, fmt="s", color="C0", capsize=3)
+            ax.plot(seeds, [y] * len(seeds), "o", color="C1", alpha=0.6, markersize=4)
+            if ln["row"] == "paper":
+                ax.axvline(mean, color="grey", linestyle="--", linewidth=1)
+        ax.set_yticks(range(len(mine)), [f"{ln['row']} ({ln['seeds']})" for ln in mine], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(student, fontsize=9)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.axes[-1].set_xlabel("top-1 agreement with the teacher on held-out clips (%): seeds (dots), mean ± 95 % CI")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
 def run(opt: Options, log: Callable[[str], None] = _log) -> dict[str, Any]:
     """Every row of every student (reusing what OUT holds); writes results.json and table.md."""
     unknown = [r for r in opt.rows if r not in ROWS]
@@ -243,6 +278,7 @@ def run(opt: Options, log: Callable[[str], None] = _log) -> dict[str, Any]:
     summary = {"options": asdict(opt), "records": records, "summary": lines}
     atomic_write_text(out / "results.json", json.dumps(summary, indent=1) + "\n")
     atomic_write_text(out / "table.md", format_table(lines) + "\n")
+    plot_agreement(records, out / "ablation.png")
     return summary
 
 

@@ -28,7 +28,7 @@ def test_mean_and_95_percent_interval() -> None:
     assert mean == pytest.approx(2.0) and half == pytest.approx(4.303 / 3**0.5)
 
 
-def test_summary_and_table() -> None:
+def test_summary_table_and_plot(tmp_path: Path) -> None:
     ab = _bench()
     recs = [{"student": "s", "row": row, "seed": seed, "accuracy": acc, "teacher_accuracy": 0.5,
              "retention": acc / 0.5, "agreement": acc, "cosine": 0.7, "train_s": 10.0}
@@ -38,6 +38,8 @@ def test_summary_and_table() -> None:
     assert lines[0]["seeds"] == 2 and lines[0]["agreement"][0] == pytest.approx(0.35)
     table = ab.format_table(lines)
     assert "| s | paper | 2 | 35.0 ± " in table and "| s | plus | 1 | 45.0 |" in table
+    png = ab.plot_agreement(recs, tmp_path / "ablation.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in tmp_path.iterdir()] == [png.name]
 
 
 def test_unknown_row_is_refused(tmp_path: Path) -> None:
@@ -69,3 +71,4 @@ def test_quick_ablation_runs_paper_and_plus_on_held_out_clips(us8k_root: Path, t
     assert loss["paper"]["rel_weight"] == 0.0 and loss["plus"]["rel_weight"] > 0.0
     table = (tmp_path / "abl" / "table.md").read_text()
     assert table.startswith("| student | row |") and "| plus | 2 |" in table
+    assert (tmp_path / "abl" / "ablation.png").stat().st_size > 1000

@@ -259,7 +259,7 @@ def test_cli_flags_and_views_on_a_viewless_cache(teacher_ckpt, clips, work, tmp_
     assert config_from_args(parse(base)).views is None  # the recipe's
     assert config_from_args(parse([*base, "--views", "--no-spec-augment"])).views is True
     c = config_from_args(parse([*base, "--no-views", "--spec-augment"]))
-    assert c.views is False and c.spec_augment is True and not c.loss_weights().views
+    assert c.views is False and c.spec_augment is True and not c.resolved_recipe().views
     assert parse(["cache", "--teacher", "t", "--data", "d", "--out", "o", "--views", "4"]).views == 4
     with pytest.raises(SystemExit):
         parse(["cache", "--teacher", "t", "--data", "d", "--out", "o", "--views", "65"])

@@ -231,9 +231,33 @@ def test_best_checkpoint_is_chosen_on_validation_loss(setup: dict, tmp_path: Pat
     assert load_student(tmp_path / "best.json").name == STUDENT  # best is a loadable student
 
 
-def test_resume_mid_epoch_gives_identical_weights(setup: dict, tmp_path: Path) -> None:
+def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    from tinyclap.train.config import StageOptions
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([param], lr=0.01)
+    sched = loop_mod._scheduler(opt, StageOptions(stage=1, epochs=5, lr=0.01, schedule="cosine"), 200)
+    lrs = []
+    for _ in range(200):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    warmup = round(loop_mod.WARMUP * 200)  # 10 steps
+    assert lrs[0] == pytest.approx(0.01 / warmup) and lrs[warmup - 1] == pytest.approx(0.01)
+    assert all(a < b for a, b in zip(lrs[:warmup - 1], lrs[1:warmup]))  # rising, then falling
+    assert all(a >= b for a, b in zip(lrs[warmup - 1:], lrs[warmup:]))
+    assert lrs[warmup + 95] == pytest.approx(0.005, rel=0.02)  # half-way through the decay: half the peak
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # 0 after the stage's last step
+    plateau = loop_mod._scheduler(opt, StageOptions(stage=1, epochs=5, lr=0.01), 200)
+    assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)  # the paper's, the default
+    with pytest.raises(ValueError, match="--schedule must be one of plateau, cosine"):
+        DistillConfig(out="x", student=STUDENT, cache="c", schedule="linear").resolved_recipe()
+
+
+@pytest.mark.parametrize("schedule", ["plateau", "cosine"])
+def test_resume_mid_epoch_gives_identical_weights(setup: dict, tmp_path: Path, schedule: str) -> None:
     train, val = short_splits(setup)  # 11 train items, batch 4: 3 steps per epoch
-    kw = dict(stage=1, epochs=2, lr=0.012, batch_size=4, ckpt_every=2, progress=False)
+    kw = dict(stage=1, epochs=2, lr=0.012, batch_size=4, ckpt_every=2, progress=False, schedule=schedule)
 
     def fresh() -> torch.nn.Module:
         torch.manual_seed(3)
@@ -266,6 +290,9 @@ def test_resume_mid_epoch_gives_identical_weights(setup: dict, tmp_path: Path) -
     assert [r["val_loss"] for r in res.history] == [r["val_loss"] for r in res_ref.history]
     assert [r["train_loss"] for r in res.history] == pytest.approx([r["train_loss"] for r in res_ref.history])
     assert res.steps == res_ref.steps == 6
+    assert [r["lr"] for r in res.history] == [r["lr"] for r in res_ref.history]
+    if schedule == "cosine":  # stepped per optimiser step, resumed where it stopped: 0 after the last step
+        assert res.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12) and res.history[0]["lr"] < 0.012
     rows = (tmp_path / "b" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3  # header + one row per epoch, no duplicate from the killed run
 

@@ -28,7 +28,7 @@ from tinyclap.train.cache.textbank import (
     read_text_bank,
 )
 from tinyclap.train.losses import DistillLoss, cosine_term, relational_term, text_kl_term
-from tinyclap.train.recipes import RECIPES, LossWeights, resolve_recipe
+from tinyclap.train.recipes import RECIPES, Recipe, resolve_recipe
 from tinyclap.train.targets import distill_loss
 
 B, D, K, TAU = 5, 6, 7, 0.3
@@ -126,7 +126,7 @@ def test_paper_loss_is_eq7_bit_for_bit_and_plus_is_the_weighted_sum(tensors) -> 
     s, t, bank = (torch.tensor(a, dtype=torch.float32) for a in tensors)
     total, parts = DistillLoss(RECIPES["paper"])(s, t)
     assert torch.equal(total, distill_loss(s, t)) and list(parts) == ["cosine"]
-    w = LossWeights(cos_weight=0.5, kl_weight=2.0, kl_temperature=TAU, rel_weight=3.0)
+    w = Recipe(cos_weight=0.5, kl_weight=2.0, kl_temperature=TAU, rel_weight=3.0)
     total, parts = DistillLoss(w, bank)(s, t)
     assert list(parts) == ["cosine", "text_kl", "relational"]
     expected = 0.5 * parts["cosine"] + 2.0 * parts["text_kl"] + 3.0 * parts["relational"]

@@ -52,6 +52,10 @@ def _add_schedule(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     s.add_argument("--seed", type=int, default=d["seed"], help="seeds the student's init, the split and the order" + _D)
     s.add_argument("--patience", type=int_in(0, 100_000), default=d["plateau_patience"],
                    help="ReduceLROnPlateau patience" + _D)
+    s.add_argument("--schedule", choices=("plateau", "cosine"), default=None,
+                   help="learning rate: plateau (the paper's ReduceLROnPlateau on the validation loss) or cosine "
+                   "(5%% linear warm-up, then a per-step cosine decay to 0 at each stage's last step); default: "
+                   "the recipe's")
     s.add_argument("--factor", type=float_in(0, 0.99, low_open=True), default=d["plateau_factor"],
                    help="ReduceLROnPlateau factor" + _D)
     s.add_argument("--val-every", type=int_in(1, 100_000), default=d["val_every"], help="validate every N epochs" + _D)
@@ -64,12 +68,13 @@ def _add_loss(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     from tinyclap.train.recipes import RECIPES
 
     g = p.add_argument_group(
-        "loss (a recipe; each flag overrides the recipe's value)",
-        "paper: the paper's Eq. 7 (minus the cosine), exactly, no augmentation. plus: + in-batch relational MSE "
+        "recipe (the loss and augmentations; each flag, and --schedule above, overrides the recipe's value)",
+        "paper: the paper's Eq. 7 (minus the cosine), exactly, no augmentation, the plateau schedule. plus: + "
+        "in-batch relational MSE "
         "(unproven: no term beat paper in bench/ablation.py at CPU budgets). Off in both, as flags: "
         "--kl-weight W, the text-anchored KL over the "
         "cache's text bank (tinyclap cache --text-bank); --views, the cache's augmented views (tinyclap cache "
-        "--views K); --spec-augment, masks on the student's input. "
+        "--views K); --spec-augment, masks on the student's input; --schedule cosine. "
         + "; ".join(f"{k}: {v.to_dict()}" for k, v in RECIPES.items()),
     )
     g.add_argument("--recipe", choices=sorted(RECIPES), default=d["recipe"], help="loss preset" + _D)

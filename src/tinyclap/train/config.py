@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # annotations only: this module stays importable without torc
 
     BatchFn = Callable[[Any, torch.device], tuple[torch.Tensor, torch.Tensor]]
 
-from tinyclap.train.recipes import LossWeights, resolve_recipe
+from tinyclap.train.recipes import Recipe, resolve_recipe
 
 __all__ = ["DistillConfig", "StageOptions"]
 
@@ -70,13 +70,14 @@ class DistillConfig:
     # a cache without views: an error naming it) and SpecAugment masks on the student's training log-mels
     views: bool | None = None
     spec_augment: bool | None = None
+    schedule: str | None = None  # the learning-rate schedule (None: the recipe's): plateau or cosine
 
-    def loss_weights(self) -> LossWeights:
+    def resolved_recipe(self) -> Recipe:
         """The recipe's settings with this config's overrides (ValueError on an unknown recipe or bad value)."""
         return resolve_recipe(
             self.recipe, cos_weight=self.cos_weight, kl_weight=self.kl_weight,
             kl_temperature=self.kl_temperature, rel_weight=self.rel_weight, views=self.views,
-            spec_augment=self.spec_augment,
+            spec_augment=self.spec_augment, schedule=self.schedule,
         )  # fmt: skip
 
     def validate(self) -> None:
@@ -98,7 +99,7 @@ class DistillConfig:
             raise ValueError("--views trains on a cache's augmented views: give --cache DIR (tinyclap cache --views K)")
         if not self.student and not self.init:
             raise ValueError("give --student NAME (or --init CKPT to start from a trained student)")
-        if self.loss_weights().needs_text_bank and self.cache is None:
+        if self.resolved_recipe().needs_text_bank and self.cache is None:
             raise ValueError(
                 "the text-KL term needs --cache with a text bank (tinyclap cache --text-bank); on-the-fly "
                 "targets have none: use --kl-weight 0"
@@ -155,6 +156,7 @@ class StageOptions:
     step_hook: Callable[[int], None] | None = None
     loss: DistillLoss | None = None
     spec_augment: bool = False
+    schedule: str = "plateau"
 
     @classmethod
     def for_run(cls, config: DistillConfig, stage: int, **kw: Any) -> StageOptions:

@@ -117,7 +117,7 @@ class _Targets:
 
 def _views(config: DistillConfig, store: Any) -> bool:
     """Train on the cache's augmented views? Views asked for on a cache without them is an error naming it."""
-    if not config.loss_weights().views:
+    if not config.resolved_recipe().views:
         return False
     if store.views == 0:
         raise ValueError(f"--views: the cache {config.cache} has no augmented views; build them with "
@@ -140,7 +140,7 @@ def _cache_targets(config: DistillConfig) -> _Targets:
         teacher_info = {"teacher": teacher_info}
     views = _views(config, store)
     bank = bank_sha = None
-    if config.loss_weights().needs_text_bank:
+    if config.resolved_recipe().needs_text_bank:
         from tinyclap.train.cache.textbank import read_text_bank
 
         array, bank_info = read_text_bank(config.cache)
@@ -232,7 +232,7 @@ def _resume_diffs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     keys = list(_RESUME_KEYS)
     old = {**_OLD_RUN_DEFAULTS, **old}
     if isinstance(old.get("loss"), Mapping):  # written before the recipes had augmentations: none was used
-        old["loss"] = {"views": False, "spec_augment": False, **old["loss"]}
+        old["loss"] = {"views": False, "spec_augment": False, "schedule": "plateau", **old["loss"]}
     if "cache_id" not in old:
         keys[keys.index("cache_id")] = "cache_dir"
         old = {**old, "cache_dir": (old.get("cache_info") or {}).get("dir")}
@@ -281,8 +281,8 @@ def _run_stages(
             opts = StageOptions.for_run(
                 config, stage, device=dev, out_dir=stage_dir, batch_fn=targets.batch_fn, tag_epoch=targets.tag_epoch,
                 metrics=metrics, save_extra={"teacher": targets.teacher_info}, step_hook=hook,
-                loss=DistillLoss(config.loss_weights(), targets.text_bank),
-                spec_augment=config.loss_weights().spec_augment,
+                loss=DistillLoss(config.resolved_recipe(), targets.text_bank),
+                spec_augment=config.resolved_recipe().spec_augment, schedule=config.resolved_recipe().schedule,
             )  # fmt: skip
             results[stage] = train_stage(student, targets.train_ds, targets.val_ds, opts)
     finally:
@@ -343,7 +343,7 @@ def _distill(config: DistillConfig, dev: torch.device, step_hook: Callable[[int,
         "teacher_info": targets.teacher_info, "cache_id": (targets.cache_info or {}).get("id"),
         "text_bank_sha256": targets.text_bank_sha256,
         # what the run actually uses: `views` is false when the recipe asked for views the cache does not have
-        "loss": {**config.loss_weights().to_dict(), "views": targets.views},
+        "loss": {**config.resolved_recipe().to_dict(), "views": targets.views},
     }  # fmt: skip
     with folder_lock(run, blocking=False, name=f".lock-r{d.rank:02d}", what="this run folder"):
         return _locked_run(config, run, facts, student, targets, dev, step_hook, t0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import time
 import warnings
@@ -48,6 +49,8 @@ from tinyclap.train.state import (
 from tinyclap.train.targets import BatchFn, cached_batch, distill_loss, select_targets, spec_augment
 
 __all__ = ["train_stage", "train_step"]
+
+WARMUP = 0.05  # the `cosine` schedule's linear warm-up, as a share of the stage's optimiser steps
 
 
 # --------------------------------------------------------------------------------------------- one step
@@ -246,11 +249,8 @@ def _set_up(st: _Stage, train_ds: Dataset, val_ds: Dataset) -> None:
     else:
         params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=o.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=o.plateau_factor, patience=o.plateau_patience
-    )
     # the loader's own generator: creating an iterator then never draws from the global RNG (dropout's)
-    st.objs = Trainables(student, optimizer, scheduler, torch.Generator().manual_seed(o.seed))
+    st.objs = Trainables(student, optimizer, None, torch.Generator().manual_seed(o.seed))
     st.loss_fn = o.loss.to(st.dev, st.dims) if o.loss is not None and not o.loss.is_paper else None
     st.terms_used = st.loss_fn.active_terms if st.loss_fn is not None else ("cosine",)
     st.sampler = EpochSampler(
@@ -266,6 +266,29 @@ def _set_up(st: _Stage, train_ds: Dataset, val_ds: Dataset) -> None:
         train_ds, batch_size=o.batch_size, sampler=st.sampler, generator=st.objs.loader_gen, **common
     )
     st.val_loader = DataLoader(ValShard(val_ds, d.rank, d.world, o.tag_epoch), batch_size=o.batch_size, **common)
+    st.objs.scheduler = _scheduler(optimizer, o, o.epochs * len(st.train_loader))
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, o: StageOptions, total_steps: int) -> Any:
+    """`plateau` (the paper's): ReduceLROnPlateau on the validation loss, stepped after each validation;
+    `cosine`: a linear warm-up over the first `WARMUP` of the steps, then a cosine decay to 0 at the last step,
+    stepped after each optimiser step (`is_per_step`)."""
+    if o.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=o.plateau_factor, patience=o.plateau_patience
+        )
+    warmup = max(1, round(WARMUP * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _is_per_step(scheduler: Any) -> bool:
+    return not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
 def _resume(st: _Stage) -> None:
@@ -325,6 +348,8 @@ def _train_epoch(st: _Stage, epoch: int) -> None:
         loss = train_step(
             st.model, st.objs.optimizer, logmel, target, amp=st.amp, dims=st.dims, loss_fn=st.loss_fn, terms=terms
         )
+        if _is_per_step(st.objs.scheduler):
+            st.objs.scheduler.step()
         sums.add(loss, logmel.shape[0], terms)
         shown.add(loss, logmel.shape[0])
         prog.step_in_epoch += 1
@@ -349,7 +374,8 @@ def _validate_epoch(st: _Stage, epoch: int) -> tuple[float | None, float | None]
     if (epoch + 1) % o.val_every != 0 and epoch + 1 != o.epochs:
         return None, None
     val_loss, val_cos = _validate(st.student, st.val_loader, st.batch_fn, st.dev, st.amp, st.dims, st.d)
-    st.objs.scheduler.step(val_loss)
+    if not _is_per_step(st.objs.scheduler):
+        st.objs.scheduler.step(val_loss)
     if val_loss < prog.best_val_loss:
         prog.best_val_loss, prog.best_val_cosine, prog.best_epoch = val_loss, val_cos, epoch + 1
         st.best_state = {k: v.detach().clone() for k, v in st.student.state_dict().items()}

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tinyclap.train.recipes import LossWeights
+from tinyclap.train.recipes import Recipe
 from tinyclap.train.targets import distill_loss, select_targets
 
 __all__ = ["TERMS", "DistillLoss", "cosine_term", "relational_term", "text_kl_term"]
@@ -71,8 +71,8 @@ class DistillLoss:
     (`dims`), restricted to those entries and renormalised as the targets are (`select_targets`).
     """
 
-    def __init__(self, weights: LossWeights | None = None, bank: torch.Tensor | None = None) -> None:
-        self.weights = weights or LossWeights()
+    def __init__(self, weights: Recipe | None = None, bank: torch.Tensor | None = None) -> None:
+        self.weights = weights or Recipe()
         self.weights.check()
         if self.weights.needs_text_bank and bank is None:
             raise ValueError("the text-KL term (kl_weight > 0) needs a text bank")
@@ -82,7 +82,7 @@ class DistillLoss:
 
     @property
     def is_paper(self) -> bool:
-        return self.weights.is_paper
+        return self.weights.paper_loss
 
     @property
     def active_terms(self) -> tuple[str, ...]:
@@ -110,7 +110,7 @@ class DistillLoss:
         """(total loss, {term name: its unweighted value}) for student (B, D) and target (B, D)."""
         w = self.weights
         cos = distill_loss(student_out, target)
-        if w.is_paper:
+        if w.paper_loss:
             return cos, {"cosine": cos}
         parts = {"cosine": cos}
         total = w.cos_weight * cos
