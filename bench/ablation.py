@@ -9,11 +9,13 @@ passes and optimiser steps; with views an epoch still visits each clip once, dra
 
     paper       Eq. 7 only (the paper)             +kl         paper + text-anchored KL over the cache's text bank
     +views      paper + augmented views (the teacher embedded the same view) + SpecAugment on the student's input
+    +cosine     paper with `--schedule cosine` (warm-up, then a per-step cosine decay to 0) for the plateau schedule
     plus        the `plus` recipe: paper + the in-batch relational term (what this ablation kept)
     plus+views  plus + views + SpecAugment          plus+kl     every term: plus + views + SpecAugment + text KL
     plus+kl-x   plus+kl with the bank's texts naming the evaluation's classes, or a near-synonym, removed (`EXCLUDE`)
 
-`paper` and `plus` run with `--seeds` seeds (95 % t-interval over seeds), the others with the first seed. Every
+`paper`, `plus` and `+cosine` run with `--seeds` seeds (95 % t-interval over seeds; each against `paper` paired
+by seed too), the others with the first seed. Every
 stage is reused from `--out` (teacher, caches, finished rows), so an interrupted run resumes; `--quick` is the
 CI size (tests/test_ablation.py). Results: OUT/results.json (one record per row and seed), OUT/table.md and
 OUT/ablation.png (agreement per row: seeds, mean, 95 % interval).
@@ -213,6 +215,23 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return lines
 
 
+def paired_differences(records: list[dict[str, Any]], base: str = "paper", key: str = "agreement") -> list[str]:
+    """For each student and seeded row other than `base`: the mean and 95 % interval of the per-seed differences
+    row - base of `key` (a seed fixes the initial weights and the batch order, so the pairs share them), as
+    table lines for the seeds both rows ran."""
+    out = []
+    for student in dict.fromkeys(r["student"] for r in records):
+        by = {(r["row"], r["seed"]): float(r[key]) for r in records if r["student"] == student}
+        for row in SEEDED_ROWS:
+            seeds = sorted(sd for (rw, sd) in by if rw == row and (base, sd) in by)
+            if row == base or len(seeds) < 2:
+                continue
+            m, h = mean_ci([by[(row, sd)] - by[(base, sd)] for sd in seeds])
+            out.append(f"{student}: {row} - {base}, {key} paired by seed ({len(seeds)} seeds): "
+                       f"{100 * m:+.1f} ± {100 * h:.1f} points")  # fmt: skip
+    return out
+
+
 def format_table(lines: list[dict[str, Any]]) -> str:
     def cell(key: str, line: dict[str, Any], scale: float, digits: int) -> str:
         m, h = line[key]
@@ -275,9 +294,10 @@ def run(opt: Options, log: Callable[[str], None] = _log) -> dict[str, Any]:
     # every finished row under OUT, also those of another process running other students into the same OUT
     records = [read_json(p) for p in sorted(out.glob("*/*-s*/record.json"))]
     lines = summarise(records)
-    summary = {"options": asdict(opt), "records": records, "summary": lines}
+    paired = paired_differences(records)
+    summary = {"options": asdict(opt), "records": records, "summary": lines, "paired": paired}
     atomic_write_text(out / "results.json", json.dumps(summary, indent=1) + "\n")
-    atomic_write_text(out / "table.md", format_table(lines) + "\n")
+    atomic_write_text(out / "table.md", format_table(lines) + "\n" + "".join(f"\n{ln}" for ln in paired) + "\n")
     plot_agreement(records, out / "ablation.png")
     return summary
 
@@ -314,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(opt.threads)
     summary = run(opt)
-    print(format_table(summary["summary"]))
+    print("\n".join([format_table(summary["summary"]), *summary["paired"]]))
     return 0
 
 

@@ -38,6 +38,8 @@ def test_summary_table_and_plot(tmp_path: Path) -> None:
     assert lines[0]["seeds"] == 2 and lines[0]["agreement"][0] == pytest.approx(0.35)
     table = ab.format_table(lines)
     assert "| s | paper | 2 | 35.0 ± " in table and "| s | plus | 1 | 45.0 |" in table
+    paired = ab.paired_differences(recs + [dict(recs[2], seed=2, agreement=0.6)])  # plus: seeds 1, 2
+    assert paired == ["s: plus - paper, agreement paired by seed (2 seeds): +17.5 ± 31.8 points"]  # +15, +20
     png = ab.plot_agreement(recs, tmp_path / "ablation.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in tmp_path.iterdir()] == [png.name]
 
