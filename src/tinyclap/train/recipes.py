@@ -10,10 +10,10 @@ no augmentation, ReduceLROnPlateau) and stays the default; `plus`
 adds the relational term. In the ablation (`bench/ablation.py`, bench/REPORT.md) no term beat `paper` at CPU
 budgets; the relational term tied with it on the 0.75 student (below it on the 1.50), and trained 3.3x longer
 (5 seeds) it was +1.9 +- 5.6 points of agreement over `paper`, paired by seed: `plus` is the cheapest candidate to
-carry into long runs, not a proven improvement. The cosine schedule did not help either and is a flag. The text-anchored KL
-(weight 1 at temperature 0.1: lower top-1 agreement and a much lower cosine to the teacher, though a higher
-zero-shot accuracy) and the augmented views with SpecAugment (no gain at a few epochs; "patient" distillation
-needs long schedules) are left out of `plus` and stay flags.
+carry into long runs, not a proven improvement. The cosine schedule did not help either and is a flag. The
+text-anchored KL (weight 1 at temperature 0.1: lower top-1 agreement and a much lower cosine to the teacher,
+though a higher zero-shot accuracy) and the augmented views with SpecAugment (no gain at a few epochs; "patient"
+distillation needs long schedules) are left out of `plus` and stay flags.
 Each value of a preset can be overridden (`resolve_recipe("plus", kl_weight=0.5)`, `tinyclap distill --recipe
 plus --kl-weight 0.5`).
 
