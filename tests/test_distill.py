@@ -438,9 +438,15 @@ def test_plus_recipe_trains_end_to_end_and_logs_its_terms(setup: dict, tmp_path:
         assert float(row["train_loss"]) == pytest.approx(weighted, rel=1e-6, abs=1e-6)
     model = load_model(run)
     assert model.name == STUDENT
-    for change in (["--recipe", "paper"], ["--kl-weight", "0.5"]):  # the loss may not change on resume
+    changes = {
+        "loss.rel_weight: 1.0 -> 0.0": ["--recipe", "paper"],
+        "loss.kl_weight: 1.0 -> 0.5": ["--kl-weight", "0.5"],
+        "loss.schedule: 'plateau' -> 'cosine'": ["--schedule", "cosine"],
+    }
+    for named, change in changes.items():  # the recipe may not change on resume; the error names what changed
         assert cli_main([*argv, *change, "--resume"]) == 1
-        assert "cannot resume with different settings" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "cannot resume with different settings" in err and named in err
 
 
 # --------------------------------------------------------------------------------------------- DDP

@@ -237,7 +237,14 @@ def _resume_diffs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
         keys[keys.index("cache_id")] = "cache_dir"
         old = {**old, "cache_dir": (old.get("cache_info") or {}).get("dir")}
         new = {**new, "cache_dir": (new.get("cache_info") or {}).get("dir")}
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    diffs = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):  # name the entries that changed, e.g. loss.schedule
+            diffs += [f"{k}.{s}: {a.get(s)!r} -> {b.get(s)!r}" for s in sorted({*a, *b}) if a.get(s) != b.get(s)]
+        elif a != b:
+            diffs.append(f"{k}: {a!r} -> {b!r}")
+    return diffs
 
 
 def _write_config(config: DistillConfig, run: Path, facts: Mapping[str, Any], d: Dist) -> None:
