@@ -12,6 +12,7 @@ from typing import Any
 
 from tinyclap.cli._common import BATCH, EPOCHS, WORKERS, add_command, float_in, int_in
 from tinyclap.train.config import DistillConfig
+from tinyclap.train.recipes import SCHEDULES
 
 # DistillConfig field -> option dest, where the names differ (the rest are spelled alike)
 _DEST = {"plateau_factor": "factor", "plateau_patience": "patience"}
@@ -52,7 +53,7 @@ def _add_schedule(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     s.add_argument("--seed", type=int, default=d["seed"], help="seeds the student's init, the split and the order" + _D)
     s.add_argument("--patience", type=int_in(0, 100_000), default=d["plateau_patience"],
                    help="ReduceLROnPlateau patience" + _D)
-    s.add_argument("--schedule", choices=("plateau", "cosine"), default=None,
+    s.add_argument("--schedule", choices=SCHEDULES, default=None,
                    help="learning rate: plateau (the paper's ReduceLROnPlateau on the validation loss) or cosine "
                    "(5%% linear warm-up, then a per-step cosine decay to 0 at each stage's last step); default: "
                    "the recipe's")

@@ -272,7 +272,7 @@ def _set_up(st: _Stage, train_ds: Dataset, val_ds: Dataset) -> None:
 def _scheduler(optimizer: torch.optim.Optimizer, o: StageOptions, total_steps: int) -> Any:
     """`plateau` (the paper's): ReduceLROnPlateau on the validation loss, stepped after each validation;
     `cosine`: a linear warm-up over the first `WARMUP` of the steps, then a cosine decay to 0 at the last step,
-    stepped after each optimiser step (`is_per_step`)."""
+    stepped after each optimiser step (`_is_per_step`)."""
     if o.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=o.plateau_factor, patience=o.plateau_patience

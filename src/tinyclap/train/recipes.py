@@ -106,7 +106,7 @@ def resolve_recipe(name: str, **overrides: Any) -> Recipe:
     known = {f.name for f in dataclasses.fields(Recipe)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise TypeError(f"unknown loss settings {unknown}; known: {sorted(known)}")
+        raise TypeError(f"unknown recipe settings {unknown}; known: {sorted(known)}")
     flags = ("views", "spec_augment")
     given = {k: (bool(v) if k in flags else v if k == "schedule" else float(v))
              for k, v in overrides.items() if v is not None}  # fmt: skip
