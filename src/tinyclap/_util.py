@@ -305,6 +305,11 @@ def state_sha256(model: Any) -> str | None:
     return h.hexdigest()
 
 
+def is_int_in(value: Any, lo: int, hi: int) -> bool:
+    """True for a Python int (not a bool) in lo..hi: the check of a count read from a JSON file or a config."""
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Rows (along `axis`) scaled to unit L2 norm; an all-zero row stays zero."""
     import numpy as np

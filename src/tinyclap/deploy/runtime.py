@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyclap._util import display_path, read_regular_file
+from tinyclap._util import display_path, is_int_in, read_regular_file
 from tinyclap.audio.io import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from tinyclap.zeroshot import MAX_CLASSES_FILE_BYTES, MAX_EMBED_DIM, ZeroShotClassifier
 
@@ -71,21 +71,17 @@ def read_manifest(export_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def _int_in(value: Any, lo: int, hi: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
-
-
 def _manifest_problem(m: dict[str, Any]) -> str | None:
     """What is wrong with a manifest's fields (None: nothing the runtime relies on)."""
     for key in ("sample_rate", "clip_samples", "embed_dim", "files"):
         if key not in m:
             return f"lacks {key!r}"
     rate, clip, dim = m["sample_rate"], m["clip_samples"], m["embed_dim"]
-    if not _int_in(rate, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE):
+    if not is_int_in(rate, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE):
         return f"sample_rate {rate!r:.40} is not an integer in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}"
-    if not _int_in(clip, 1, MAX_CLIP_SECONDS * rate):
+    if not is_int_in(clip, 1, MAX_CLIP_SECONDS * rate):
         return f"clip_samples {clip!r:.40} is not an integer in 1..{MAX_CLIP_SECONDS * rate} ({MAX_CLIP_SECONDS} s)"
-    if not _int_in(dim, 1, MAX_EMBED_DIM):
+    if not is_int_in(dim, 1, MAX_EMBED_DIM):
         return f"embed_dim {dim!r:.40} is not an integer in 1..{MAX_EMBED_DIM}"
     files = m["files"]
     if not isinstance(files, dict):
@@ -97,7 +93,7 @@ def _manifest_problem(m: dict[str, Any]) -> str | None:
             r"[0-9a-f]{64}", entry["sha256"]
         ):
             return f"files[{name!r}] lacks a hex SHA-256"
-        if not _int_in(entry.get("bytes"), 0, MAX_ONNX_BYTES):
+        if not is_int_in(entry.get("bytes"), 0, MAX_ONNX_BYTES):
             return f"files[{name!r}] lacks a size in bytes (0..{MAX_ONNX_BYTES})"
     classes = m.get("classes", {})
     if not isinstance(classes, dict) or not _plain_name(classes.get("file", CLASSES_FILE)):

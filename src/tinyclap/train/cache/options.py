@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from tinyclap._util import is_int_in
+
 if TYPE_CHECKING:
     import torch
 
@@ -49,7 +51,7 @@ class CacheOptions:
             )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if isinstance(self.views, bool) or not isinstance(self.views, int) or not 0 <= self.views <= VIEW_MAX:
+        if not is_int_in(self.views, 0, VIEW_MAX):
             raise ValueError(f"views must be an integer in 0..{VIEW_MAX}, got {self.views!r}")
         if self.crop not in CROP_MODES:
             raise ValueError(f"crop must be one of {CROP_MODES}, got {self.crop!r}")

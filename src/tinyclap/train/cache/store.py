@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from tinyclap._util import JSONFileError, read_json
+from tinyclap._util import JSONFileError, is_int_in, read_json
 from tinyclap.train.cache.options import VIEW_MAX
 
 FORMAT = "tinyclap-cache/1"
@@ -54,12 +54,11 @@ def read_config(root: PathLike) -> dict[str, Any]:
     if missing:
         raise CacheError(f"{path}: missing keys {missing}")
     bounds = {"n_frames": 1 << 20, "n_mels": 4096, "embed_dim": 1 << 16, "sample_rate": 768_000}
-    bad = {k: config[k] for k, hi in bounds.items()
-           if not isinstance(config[k], int) or isinstance(config[k], bool) or not 1 <= config[k] <= hi}
+    bad = {k: config[k] for k, hi in bounds.items() if not is_int_in(config[k], 1, hi)}
     if bad:
         raise CacheError(f"{path}: sizes out of range {bad} (bounds {bounds})")
     views = config.get("views", 0)
-    if not isinstance(views, int) or isinstance(views, bool) or not 0 <= views <= VIEW_MAX:
+    if not is_int_in(views, 0, VIEW_MAX):
         raise CacheError(f"{path}: views {views!r} is not an integer in 0..{VIEW_MAX}")
     return config
 
@@ -135,7 +134,7 @@ def _row_views(path: Path, items: list[dict[str, Any]]) -> np.ndarray:
     same (path, crop), so each (file, crop) is one run of rows starting with its clean row."""
     views = [it.get("view", 0) for it in items]
     for r, v in enumerate(views):
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= VIEW_MAX:
+        if not is_int_in(v, 0, VIEW_MAX):
             raise CacheError(f"{path / 'items.json'}: row {r} has view {v!r}, not an integer in 0..{VIEW_MAX}")
         if v > 0 and (r == 0 or views[r - 1] != v - 1 or items[r - 1].get("path") != items[r].get("path")
                       or items[r - 1].get("crop") != items[r].get("crop")):  # fmt: skip
