@@ -191,17 +191,15 @@ def exact_top(index: Index, queries: np.ndarray, m: int, live: np.ndarray) -> li
         block = queries[a : a + QUERY_BLOCK]
         scores, q_err = approximate_scores(u8, scales, block, index.resident)  # (Q, rows)
         alpha, beta = bound_coefficients(block, q_err)
+        if dead is not None:
+            scores[:, dead] = -np.inf  # so both of a dead row's bounds are -inf
         for j, q in enumerate(block):
             np.multiply(scales, alpha[j], out=bound)
             bound += beta[j]
             np.subtract(scores[j], bound, out=edge)  # lower bounds
-            if dead is not None:
-                np.copyto(edge, -np.inf, where=dead)
             edge.partition(n - m)
             level = edge[n - m]  # the m-th largest lower bound
             np.add(scores[j], bound, out=edge)  # upper bounds
-            if dead is not None:
-                np.copyto(edge, -np.inf, where=dead)
             cand = np.flatnonzero(edge >= level)
             exact = np.asarray(f16[cand], dtype=np.float32) @ q.astype(np.float32)
             top = np.argsort(-exact, kind="stable")[:m]
