@@ -158,14 +158,14 @@ def run_row(opt: Options, student: str, row: str, seed: int, caches: dict[str, P
     cache = caches[overrides.pop("bank", "")]
     log(f"{student} {row} seed {seed}: distilling")
     t0 = time.perf_counter()
-    if out.exists() and not (out / "student.safetensors").is_file():
-        shutil.rmtree(out)  # an interrupted row starts again (rows are short)
     if not (out / "student.safetensors").is_file():
+        # resume=True: an interrupted row continues from its last epoch, exactly (a fresh folder starts fresh);
+        # the run's lock refuses a second process on the same row
         distill(DistillConfig(out=str(out), student=student, cache=str(cache), epochs1=opt.epochs1,
                               epochs2=opt.epochs2, lr1=opt.lr1, lr2=opt.lr2, batch_size=opt.batch_size, seed=seed,
                               workers=0, ckpt_every=0, device=opt.device, progress=False, tensorboard=False,
-                              train_crop_seconds=opt.crop_seconds, **overrides))  # fmt: skip
-    train_s = time.perf_counter() - t0
+                              train_crop_seconds=opt.crop_seconds, resume=True, **overrides))  # fmt: skip
+    train_s = time.perf_counter() - t0  # this process's share of a resumed row
     report = run_eval(str(out), "us8k", opt.us8k, out / "eval", folds=[3], limit=opt.eval_limit,
                       embed_cache=Path(opt.out) / "embeddings", device=opt.device, progress=False, verbose=False,
                       against_teacher=True, teacher=str(teacher))  # fmt: skip
