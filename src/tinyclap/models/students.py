@@ -92,10 +92,12 @@ def parse_student_name(name: str) -> StudentSpec:
     """Parse a PhiNet student name strictly; raises ValueError (with the valid form) on anything else.
 
     The name must be canonical, i.e. exactly `StudentSpec(...).name` (no leading zeros, two decimals).
-    'cnn14' is a valid student but not a PhiNet, so it is refused here too.
+    'cnn14' is a valid student but not a PhiNet, so it is refused here too. An MCU preset (`mcu-s`) parses as
+    its student's name.
     """
     if not isinstance(name, str):
         raise _bad_name(name, "not a string")
+    name = resolve_preset(name)
     if is_mcu_name(name):
         return _parse_mcu_name(name)
     m = _PHINET_RE.fullmatch(name)

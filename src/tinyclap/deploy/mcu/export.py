@@ -219,6 +219,7 @@ def _build(student: nn.Module, clf: ZeroShotClassifier, lm: LogMel, out: Path, s
         "student": {"name": student.name, "preset": preset_of(student.name), "config": student.config(),
                     "source": source},
         "window": {"seconds": window, "samples": samples, "frames": frames}, "latent_dims": keep,
+        "features": info["features"], "embed_dim": info["embed_dim"],
         "frontend": lm.config(), "io": {"backbone": info["backbone_io"], "head": info["head_io"]},
         "classes": {"labels": clf.labels, "num_classes": clf.num_classes, "int8_file": CLASSES_INT8_FILE,
                     "scale": classes_scale, "logit_scale": clf.logit_scale, "templates": clf.templates},

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from tinyclap.audio.frontend import LogMel
-from tinyclap.models.mcu import bn0_affine, is_mcu_name, min_frames
+from tinyclap.models.mcu import is_mcu_name, min_frames
 
 
 class Backbone(nn.Module):
@@ -80,7 +80,7 @@ def window_frames(student: nn.Module, lm: LogMel, window: float) -> tuple[int, i
     if not 0 < window <= 10:
         raise ValueError(f"--window must be in (0, 10] seconds, got {window}")
     frames = lm.n_frames(samples)
-    need = min_frames(student, lm.n_mels)
+    need = min_frames(student)
     if frames < need:
         raise ValueError(f"a {window} s window gives {frames} log-mel frames; {student.name} needs at least {need}")
     return samples, frames

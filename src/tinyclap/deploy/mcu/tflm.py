@@ -29,7 +29,7 @@ _ARENA_RE = re.compile(r"Arena allocation total (\d+) bytes")
 _TYPES = {0: "float32", 2: "int32", 3: "uint8", 4: "int64", 7: "int16", 9: "int8"}
 
 
-class McuExtraMissing(RuntimeError):
+class McuExtraMissing(ValueError):
     """The converter or the TFLM interpreter is not installed."""
 
 
