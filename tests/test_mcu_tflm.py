@@ -140,7 +140,7 @@ def test_info_fit_and_profile_mcu(capsys) -> None:
     assert "no MCU student fits" in capsys.readouterr().out
     assert main(["profile", "--target", "mcu", "--window", "1"]) == 0
     text = capsys.readouterr().out
-    assert "ESTIMATE" in text and "mcu_alpha_0.50" in text
+    assert "ESTIMATE" in text and "mcu_alpha_0.35" in text
     assert main(["profile", "--target", "mcu", "--model", "mcu-s", "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert lines and all(x["preset"] == "mcu-s" and x["latency_estimate"]["note"].startswith("ESTIMATE")

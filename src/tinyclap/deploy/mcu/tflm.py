@@ -47,6 +47,22 @@ def _quiet_converter() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+@contextlib.contextmanager
+def _converter_silent() -> Iterator[None]:
+    """No progress lines from the converter on stdout (a `--json` report must stay parseable)."""
+    import sys
+
+    from litert_torch import progress
+
+    quiet = progress.console.quiet
+    progress.console.quiet = True
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        progress.console.quiet = quiet
+
+
 def convert_int8(module: Any, sample: Any, calibration: Iterable[Any]) -> bytes:
     """A torch module (eval) -> full-int8 .tflite bytes, activation ranges observed on `calibration` inputs
     (tensors shaped like `sample`)."""
@@ -55,15 +71,16 @@ def convert_int8(module: Any, sample: Any, calibration: Iterable[Any]) -> bytes:
     import torch
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    with torch.no_grad():
+    with _converter_silent(), torch.no_grad():
         graph = torch.export.export(module.eval(), (sample,)).module()
         graph = prepare_pt2e(graph, quantizer)
         for x in calibration:
             graph(x)
-        graph = convert_pt2e(graph, fold_quantize=False)
+        graph = move_exported_model_to_eval(convert_pt2e(graph, fold_quantize=False))
         edge = litert_torch.convert(graph, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.tflite")
