@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from tinyclap._util import atomic_write_bytes, atomic_write_text, sha256_file, versions
@@ -49,9 +48,11 @@ def _quiet(msg: str) -> None:
 
 def is_tflm_export(folder: Path) -> bool:
     """True when `folder` holds a TFLM export's manifest."""
+    from tinyclap._util import read_json
+
     try:
-        return json.loads((folder / MANIFEST_FILE).read_text()).get("format") == TFLM_FORMAT
-    except (OSError, ValueError, AttributeError):
+        return read_json(folder / MANIFEST_FILE).get("format") == TFLM_FORMAT
+    except (OSError, ValueError):
         return False
 
 
@@ -163,11 +164,9 @@ def check_tflm_out(out: Path, overwrite: bool) -> None:
         check_out_dir(out, overwrite)
 
 
-def _convert(student: nn.Module, frames: int, cal: list[np.ndarray], say: Callable[[str], None]
-             ) -> tuple[bytes, bytes]:
+def _convert(student: nn.Module, cal: list[np.ndarray], say: Callable[[str], None]) -> tuple[bytes, bytes]:
     say(f"converting to int8 TFLite ({len(cal)} calibration clips)")
     wins, feats = graphs.calibration_sets(student, cal)
-    torch.manual_seed(0)
     backbone = convert_int8(graphs.Backbone(student).eval(), wins[0], wins)
     head = convert_int8(student.projection.eval(), feats[0], feats)
     return backbone, head
@@ -190,7 +189,7 @@ def _build(student: nn.Module, clf: ZeroShotClassifier, lm: LogMel, out: Path, s
            opts: tuple, cal: list[np.ndarray], par: tuple[list[np.ndarray], list[str]]) -> dict[str, Any]:
     window, samples, frames, norm, keep, source = opts
     t0 = time.perf_counter()
-    backbone_bytes, head_bytes = _convert(student, frames, cal, say)
+    backbone_bytes, head_bytes = _convert(student, cal, say)
     atomic_write_bytes(out / BACKBONE_FILE, backbone_bytes)
     atomic_write_bytes(out / HEAD_FILE, head_bytes)
     backbone, head = TflmGraph(backbone_bytes), TflmGraph(head_bytes)
