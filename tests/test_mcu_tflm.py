@@ -190,10 +190,11 @@ def test_tflm_export_parity_and_budget(mcu_py: str, trained, work: Path, us8k_ro
                          str(classes), "--calibration", str(cal), "--parity-audio", f"us8k:{us8k_root}#folds=2",
                          "--eval-size", "30", "--window", "1", "--dims", "48", "--out", str(out)])
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.startswith("exported ") and "LiteRT" not in r.stdout  # the converter's progress stays off stdout
     m = json.loads((out / "manifest.json").read_text())
     assert len(m["latent_dims"]) == 48 == m["embed_dim"]  # pruned on the calibration clips (64 -> 48)
     par = m["parity"]
-    # issue 19's targets: mean cosine >= 0.99 (met: 0.997), top-1 agreement >= 97 % (measured 96.7 %, one clip of
+    # issue 19's targets: mean cosine >= 0.99 (met: 0.998), top-1 agreement >= 97 % (measured 96.7 %, one clip of
     # 30 on this quickly distilled student and its toy class matrix: asserted with one more clip of slack)
     assert par["clips"] == 30 and par["mean_cosine"] >= 0.99 and par["top1_agreement"] >= 0.93, par
     assert par["top1_agreement_int8_classes"] >= 0.93

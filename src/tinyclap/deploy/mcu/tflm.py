@@ -82,11 +82,11 @@ def convert_int8(module: Any, sample: Any, calibration: Iterable[Any]) -> bytes:
             graph(x)
         graph = move_exported_model_to_eval(convert_pt2e(graph, fold_quantize=False))
         edge = litert_torch.convert(graph, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.tflite")
-        edge.export(path)
-        with open(path, "rb") as f:
-            return f.read()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.tflite")
+            edge.export(path)
+            with open(path, "rb") as f:
+                return f.read()
 
 
 def op_list(data: bytes) -> list[dict[str, Any]]:
