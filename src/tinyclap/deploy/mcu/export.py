@@ -61,6 +61,8 @@ def _latent(student: nn.Module, classifier: ZeroShotClassifier, dims: int | None
     """Prune the latent space to `dims` entries (default: the preset's k) chosen on the calibration clips."""
     from tinyclap.evaluation.prune import dim_scores, select_dims, shrink_student
 
+    if dims is not None and not 1 <= dims <= student.embed_dim:
+        raise ValueError(f"--dims must be in 1..{student.embed_dim} (the latent entries of {student.name}), got {dims}")
     preset = preset_of(student.name)
     k = dims if dims is not None else (PRESETS[preset].k if preset else None)
     if k is None or k >= student.embed_dim:
