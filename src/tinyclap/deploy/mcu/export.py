@@ -82,13 +82,13 @@ def _frontend_files(out: Path, lm: LogMel, norm: np.ndarray, window: float, samp
     atomic_write_bytes(out / MEL_FILE, _npy(mel_filterbank(lm.sample_rate, lm.n_fft, lm.n_mels, lm.f_min,
                                                            lm.f_max).astype(np.float32)))
     atomic_write_bytes(out / NORM_FILE, _npy(norm))
-    write_c_frontend(out, settings)
+    write_c_frontend(out, lm.config())
 
 
 def write_c_frontend(out: Path, settings: dict[str, Any]) -> list[Path]:
-    """The hook for the C log-mel front end (`tinyclap.deploy.mcu.frontend.write_frontend_sources`): its
-    sources go to `out/frontend/` when that module is installed; without it, nothing (the .npy/JSON
-    constants above describe the front end)."""
+    """The hook for the C log-mel front end (`tinyclap.deploy.mcu.frontend.write_frontend_sources`, given the
+    student's `LogMel.config()`): its sources go to `out/frontend/` when that module is present; without it,
+    nothing (the .npy/JSON constants above describe the front end)."""
     try:
         from tinyclap.deploy.mcu.frontend import write_frontend_sources  # type: ignore[import-not-found]
     except ImportError:
@@ -211,7 +211,7 @@ def _build(student: nn.Module, clf: ZeroShotClassifier, lm: LogMel, out: Path, s
             "head_io": head.quantisation(), "classes_scale": classes_scale}
     firmware.write_sources(out, info, backbone_bytes, head_bytes, classes_int8, norm, clf.labels,
                            sorted(summary["counts"]))
-    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    files = {p.relative_to(out).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
              for p in sorted(out.rglob("*")) if p.is_file()}
     flash = {"backbone": len(backbone_bytes), "head": len(head_bytes), "classes": int(classes_int8.size)}
     flash["total"] = sum(flash.values())
