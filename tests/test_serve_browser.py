@@ -171,7 +171,7 @@ def test_oversize_stream_refused_early(server: dict[str, Any]) -> None:
     """A body whose Content-Length hides nothing but which grows past the 2 MB limit: 413 arrives while the
     client is still sending, and the server keeps serving."""
     total = 20 * (1 << 20)
-    head = (b"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    head = (b"POST /api/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n")
     part = b'--b\r\nContent-Disposition: form-data; name="audio"; filename="a.wav"\r\n\r\nRIFF\x00\x00\x00\x00WAVE'
     sent = 0
