@@ -112,7 +112,8 @@ def test_long_clip_gets_timeline(client: Any) -> None:
 def test_refusals_are_json(client: Any) -> None:
     assert_json_error(client.post("/api/classify", content=b"x", headers={"content-type": "audio/wav"}), 415,
                       "multipart")
-    assert_json_error(client.post("/api/classify", data={"labels": "a"}, files={"x": ("a", b"b")}), 400, "'audio' or 'file'")
+    assert_json_error(client.post("/api/classify", data={"labels": "a"}, files={"x": ("a", b"b")}), 400,
+                      "'audio' or 'file'")
     assert_json_error(post(client, b"this is not audio\n" * 50, "text.wav"), 415, "not a recognised audio")
     assert_json_error(post(client, b"\x00\x00\x00\x20ftypM4A " + bytes(64), "a.m4a"), 415, "MP4/M4A")
     assert_json_error(post(client, b""), 400, "0 bytes")

@@ -87,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
                           tokenizer=args.tokenizer, classes=args.classes, templates=args.templates, index=args.index)
     ms = engine.measure_latency()
     facts = engine.info()["model"]
-    print(f"model {facts.get('name', '?')}: {ms:.1f} ms per 5 s clip (measured now)", flush=True)
+    lat = engine.latency or {}
+    print(f"model {facts.get('name', '?')}: {ms:.1f} ms per {lat.get('clip_seconds', 5):g} s clip (median of "
+          f"{lat.get('runs', '?')} warm runs, measured now)", flush=True)
     app = create_app(engine, cfg, hosts=HostCheck(args.host, args.allowed_host))
     run_server(app, args.host, args.port, cfg, log_level=args.log_level)
     running = app.state.pool.admitted

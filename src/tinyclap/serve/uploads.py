@@ -126,6 +126,8 @@ class _Collector:
             self._fd = os.open(self.upload.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.error is not None:  # the first error is the one answered; the rest is not kept
+            return
         chunk = data[start:end]
         if not self._is_file:
             self._buf += chunk
