@@ -123,6 +123,7 @@ def test_page_classifies_and_searches(server: dict[str, Any], browser: Any, anim
     page.goto(server["url"] + "/")
     page.wait_for_selector("#facts dd")
     assert NAME in page.inner_text("#facts")
+    assert "median of 10 warm runs" in page.inner_text("#facts").lower()  # a warm median, labelled (issue 21, item 9)
     page.set_input_files("#file", str(animals_dir / "dog.mp3"))
     page.fill("#labels", LABELS)
     page.click("#classify")

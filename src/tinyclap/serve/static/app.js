@@ -42,7 +42,7 @@ function latencyFact(info) {
   const lat = info.latency || {};
   const clip = (lat.clip_seconds || info.clip_seconds || 5) + " s clip";
   if (lat.median_ms == null) return ["latency (" + clip + ")", "?"];
-  return ["latency (" + clip + ", median of " + lat.runs + " warm runs)", lat.median_ms.toFixed(1) + " ms"];
+  return ["latency (" + clip + ")", lat.median_ms.toFixed(1) + " ms, median of " + lat.runs + " warm runs"];
 }
 
 function showFacts(info) {
