@@ -344,9 +344,35 @@ def test_nan_upload_limit_one_line_error(work: Path) -> None:
     assert "argument --max-upload-mb: nan is out of range" in out.stderr.strip().splitlines()[-1]
 
 
+def slow_upload(port: int, total: int, result: dict[str, Any], stop_at: float) -> None:
+    """POST a WAV-looking body of `total` bytes at ~1.3 MB/s (above any minimum rate); keep the reply."""
+    head = (b"POST /api/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            + f"Content-Length: {total}\r\n\r\n".encode())
+    part = b'--b\r\nContent-Disposition: form-data; name="audio"; filename="a.wav"\r\n\r\nRIFF\0\0\0\0WAVE'
+    reply = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head + part)
+        sent = len(part)
+        s.settimeout(0.05)
+        try:
+            while sent < total - 65536 and not reply and time.monotonic() < stop_at:
+                s.sendall(bytes(65536))
+                sent += 65536
+                result["sent"] = sent
+                try:
+                    reply += s.recv(65536)
+                except TimeoutError:
+                    pass
+        except OSError:
+            pass
+        reply += recv_all(s, 10)
+    result["reply"] = reply
+
+
 def test_sigterm_during_long_request(work: Path, export_dir: Path) -> None:
-    """SIGTERM while a 600 s clip is being classified (hundreds of windows): the request is answered in JSON
-    (finished, or 503 once the 1 s grace is over), and the server exits promptly with status 0."""
+    """SIGTERM while a 600 s clip is being classified (hundreds of windows) and another clip is uploading:
+    both are answered in JSON (finished, or 503 once the 1 s grace is over), and the server exits at once with
+    status 0 (the model thread is not waited for)."""
     srv = start_server(work, "sigterm", "--export-dir", str(export_dir), "--grace", "1", "--max-upload-mb", "12",
                        "--max-seconds", "600")
     try:
@@ -354,6 +380,7 @@ def test_sigterm_during_long_request(work: Path, export_dir: Path) -> None:
             np.float32), 8000)
         body, headers = multipart({}, {"audio": ("long.wav", Path(wav).read_bytes())})
         result: dict[str, Any] = {}
+        upload: dict[str, Any] = {}
 
         def post() -> None:
             try:
@@ -361,22 +388,28 @@ def test_sigterm_during_long_request(work: Path, export_dir: Path) -> None:
             except OSError as e:
                 result["error"] = e
 
-        t = threading.Thread(target=post, daemon=True)
-        t.start()
+        threads = [threading.Thread(target=post, daemon=True),
+                   threading.Thread(target=slow_upload, args=(srv["port"], 11 << 20, upload, time.monotonic() + 60),
+                                    daemon=True)]
+        for t in threads:
+            t.start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and "reply" not in result:
-            if json.loads(request(srv, "GET", "/healthz")[1])["running_or_queued"] >= 1:
+            if json.loads(request(srv, "GET", "/healthz")[1])["running_or_queued"] >= 1 and upload.get("sent"):
                 break
             time.sleep(0.05)
-        assert "reply" not in result, "the request finished before SIGTERM could be sent"
+        assert "reply" not in result and "reply" not in upload, "a request finished before SIGTERM could be sent"
         srv["proc"].send_signal(signal.SIGTERM)
-        t.join(60)
+        for t in threads:
+            t.join(60)
         assert "reply" in result, result.get("error")
         status, reply, _ = result["reply"]
         assert status in (200, 503) and b"Traceback" not in reply
         if status == 503:
             json_error(status, reply, 503, "shutting down")
-        assert srv["proc"].wait(30) == 0  # the running model job is not waited for
+        assert upload["reply"].startswith(b"HTTP/1.1 503"), upload["reply"][:300]  # cancelled while uploading
+        assert b'"status":503' in upload["reply"] and b"shutting down" in upload["reply"]
+        assert srv["proc"].wait(30) == 0
         assert list(srv["tmp"].glob("tinyclap-serve-*")) == []
     finally:
         log = stop(srv)

@@ -17,6 +17,7 @@ security headers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -57,6 +58,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 DIGITS = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() also takes '²', which int() refuses
+SHUTTING_DOWN = "server is shutting down: the request was cancelled before it finished"
 NO_AUDIO = f"no audio: send the file in a form field named {' or '.join(repr(f) for f in FILE_FIELDS)}"
 
 
@@ -69,8 +71,9 @@ def _int_field(value: str | None, name: str, default: int, high: int) -> int:
 
 
 class _Guard:
-    """Plain ASGI middleware (no task of its own, so a request cancelled at shutdown still answers): refuse a
-    `Host` the HostCheck does not allow (421, JSON), and add the security headers to every answer."""
+    """Plain ASGI middleware, outside every route: refuse a `Host` the HostCheck does not allow (421, JSON), add
+    the security headers to every answer, and answer a request that uvicorn cancels when its shutdown grace
+    period ends (uploading or waiting for the model) with a JSON 503 instead of a plain-text 500."""
 
     def __init__(self, app: Any, hosts: HostCheck) -> None:
         self.app, self.hosts = app, hosts
@@ -79,19 +82,26 @@ class _Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = False
 
         async def send_secured(message: Any) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = MutableHeaders(scope=message)
                 for k, v in SECURITY_HEADERS.items():
                     headers.setdefault(k, v)
             await send(message)
 
         host = Headers(scope=scope).get("host")
-        if not self.hosts.allows(host):
-            await _error(421, self.hosts.refusal(host))(scope, receive, send_secured)
-            return
-        await self.app(scope, receive, send_secured)
+        try:
+            if not self.hosts.allows(host):
+                await _error(421, self.hosts.refusal(host))(scope, receive, send_secured)
+                return
+            await self.app(scope, receive, send_secured)
+        except asyncio.CancelledError:  # only uvicorn's shutdown cancels a request; the answer ends it
+            if not started:
+                await _error(503, SHUTTING_DOWN)(scope, receive, send_secured)
 
 
 def create_app(engine: Engine, cfg: ServeConfig | None = None, *, temp_root: str | Path | None = None,

@@ -171,10 +171,8 @@ class WorkerPool:
         try:
             return await asyncio.wrap_future(job)
         except asyncio.CancelledError:
-            # uvicorn cancels the requests still running when its shutdown grace period ends: answer them
-            # (a JSON 503) instead of letting the cancellation become a plain-text 500
-            job.cancel()
-            raise ApiError(503, "server is shutting down: the request was cancelled before it finished") from None
+            job.cancel()  # a queued job never starts (a running one cannot be stopped; it is not waited for)
+            raise
 
     def shutdown(self) -> None:
         """Refuse new jobs and drop queued ones; a job already running is not waited for (the caller decides
