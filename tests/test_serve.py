@@ -47,7 +47,7 @@ def engine(export_dir: Path) -> Engine:
 @pytest.fixture(scope="module")
 def client(engine: Engine, work: Path) -> Any:
     (work / "tmp").mkdir(exist_ok=True)
-    with TestClient(create_app(engine, CFG, temp_root=work / "tmp")) as c:
+    with TestClient(create_app(engine, CFG, temp_root=work / "tmp"), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -112,7 +112,8 @@ def test_long_clip_gets_timeline(client: Any) -> None:
 def test_refusals_are_json(client: Any) -> None:
     assert_json_error(client.post("/api/classify", content=b"x", headers={"content-type": "audio/wav"}), 415,
                       "multipart")
-    assert_json_error(client.post("/api/classify", data={"labels": "a"}, files={"x": ("a", b"b")}), 400, "no audio")
+    assert_json_error(client.post("/api/classify", data={"labels": "a"}, files={"x": ("a", b"b")}), 400,
+                      "'audio' or 'file'")
     assert_json_error(post(client, b"this is not audio\n" * 50, "text.wav"), 415, "not a recognised audio")
     assert_json_error(post(client, b"\x00\x00\x00\x20ftypM4A " + bytes(64), "a.m4a"), 415, "MP4/M4A")
     assert_json_error(post(client, b""), 400, "0 bytes")
@@ -186,7 +187,7 @@ def test_queue_limit_gives_503(engine: Engine, work: Path) -> None:
     real = slow.classify
     slow.classify = lambda *a: (gate.wait(30), real(*a))[1]  # type: ignore[method-assign]
     data = wav_bytes(tone(1.0))
-    with TestClient(create_app(slow, cfg, temp_root=work / "tmp")) as c:
+    with TestClient(create_app(slow, cfg, temp_root=work / "tmp"), base_url="http://localhost:8000") as c:
         results: list[int] = []
         threads = [threading.Thread(target=lambda: results.append(post(c, data).status_code)) for _ in range(2)]
         for t in threads:

@@ -37,13 +37,21 @@ function fmtCount(n) {
   return String(n);
 }
 
+function latencyFact(info) {
+  // a warm median measured at start-up (never one cold run): say so next to the number
+  const lat = info.latency || {};
+  const clip = (lat.clip_seconds || info.clip_seconds || 5) + " s clip";
+  if (lat.median_ms == null) return ["latency (" + clip + ")", "?"];
+  return ["latency (" + clip + ")", lat.median_ms.toFixed(1) + " ms, median of " + lat.runs + " warm runs"];
+}
+
 function showFacts(info) {
   const m = info.model || {};
   const facts = [
     ["student", m.name || m.student || m.kind || "?"],
     ["parameters", fmtCount(m.params)],
     ["MACs / clip", fmtCount(m.macs)],
-    ["latency (5 s clip)", info.latency_ms == null ? "?" : info.latency_ms.toFixed(1) + " ms"],
+    latencyFact(info),
   ];
   const dl = $("facts");
   dl.replaceChildren();
