@@ -1,13 +1,13 @@
 """The C log-mel front end for a microcontroller: its constants as C, its sources, its memory needs (torch-free).
 
 `write_frontend_sources(out_dir)` writes what a firmware compiles to get the features a tinyclap student
-expects: `tinyclap_logmel.h/.c` (the code, copied from `c/`: C99, static buffers, no malloc, float32, an FFT
-of its own or CMSIS-DSP's `arm_rfft_fast_f32` with `-DTINYCLAP_USE_CMSIS_DSP`) and
-`tinyclap_logmel_tables.h/.c` (generated here from the `LogMel` settings: the analysis window, a cosine
-table for the FFT's twiddles, the Slaney mel filterbank stored as bands (first bin, width, weights) instead
-of a dense (n_mels, n_fft / 2 + 1) matrix: 2.8 KB instead of 131 KB for MS CLAP's settings, and the log
-floor). Floats are written as C99 hexadecimal literals: the compiler reads back exactly the float32 values
-computed here.
+expects: `tinyclap_logmel.h/.c` (the code, copied from `c/`: C99, static buffers, no malloc, float32 in and out, an
+FFT of its own in 32-bit block floating point, or CMSIS-DSP's `arm_rfft_fast_f32` with
+`-DTINYCLAP_USE_CMSIS_DSP`) and `tinyclap_logmel_tables.h/.c` (generated here from the `LogMel` settings:
+the analysis window and a cosine table for the FFT's twiddles as integers in units of 2^-30, the Slaney mel
+filterbank stored as bands (first bin, width, weights) instead of a dense (n_mels, n_fft / 2 + 1) matrix:
+2.8 KB instead of 131 KB for MS CLAP's settings, and the log floor). Floats are written as C99 hexadecimal
+literals: the compiler reads back exactly the float32 values computed here.
 
 `frontend_memory()` gives the static needs: table flash and the one work buffer in RAM. Measured code
 size, stack and RAM of a Cortex-M4 build are in bench/mcu_frontend.py (and the README).
@@ -37,12 +37,13 @@ class FrontendTables:
     """The constants of the C front end, as the float32/uint16 arrays the C tables hold."""
 
     settings: dict[str, Any]  # the LogMel config (CONFIG_KEYS), defaults filled in
-    window: np.ndarray  # (n_fft,) float32: periodic Hann, centred in the frame
-    cos: np.ndarray  # (n_fft // 2,) float32: cos(2 pi k / n_fft), the FFT's twiddles (sines read from it)
+    window: np.ndarray  # (n_fft,) int32: periodic Hann, centred in the frame, in units of 2^-30
+    cos: np.ndarray  # (n_fft // 2,) int32: cos(2 pi k / n_fft) in units of 2^-30 (the FFT's twiddles)
     band_start: np.ndarray  # (n_mels,) uint16: first FFT bin of each mel band
     band_size: np.ndarray  # (n_mels,) uint16: bins in each band (0 for an empty band)
     weights: np.ndarray  # (sum of band_size,) float32: the bands' filterbank rows, one after the other
     amin: float
+    floor_db: float  # 10 log10(amin), float32
     db_offset: float  # 10 log10(max(amin, ref)), subtracted from every value (0 for ref 1)
 
     def table_bytes(self) -> int:
@@ -73,23 +74,29 @@ def frontend_tables(settings: dict[str, Any] | None = None) -> FrontendTables:
         rows.append(row[first:last])
     k = np.arange(n_fft // 2)
     cos = np.cos(2.0 * np.pi * k / n_fft)
-    cos[k == n_fft // 4] = 0.0  # exactly: sin(pi / 2 - a) is read from this table
     return FrontendTables(
         settings={key: cfg[key] for key in CONFIG_KEYS},
-        window=numpy_logmel.window.astype(np.float32),
-        cos=cos.astype(np.float32),
+        window=_q30(numpy_logmel.window),
+        cos=_q30(cos),
         band_start=np.asarray(starts, np.uint16),
         band_size=np.asarray(sizes, np.uint16),
         weights=np.concatenate(rows).astype(np.float32),
         amin=numpy_logmel.amin,
+        floor_db=float(np.float32(10.0 * math.log10(float(np.float32(numpy_logmel.amin))))),
         db_offset=10.0 * math.log10(max(numpy_logmel.amin, numpy_logmel.ref)),
     )
 
 
+def _q30(values: np.ndarray) -> np.ndarray:
+    """Values in [-1, 1] as int32 in units of 2^-30 (1.0 fits: 2^30 < 2^31)."""
+    return np.round(np.asarray(values, np.float64) * 2.0**30).astype(np.int32)
+
+
 def frontend_memory(settings: dict[str, Any] | None = None) -> dict[str, int]:
     """Static needs in bytes: `flash_tables` (the generated tables), `ram_work` (the one static buffer of the
-    own FFT: n_fft floats), `ram_work_cmsis` (with CMSIS-DSP: a second n_fft-float buffer; CMSIS's instance
-    struct not counted), `frame_out` (one frame of features). Code size is measured, not computed here."""
+    own FFT: n_fft 32-bit words), `ram_work_cmsis` (with CMSIS-DSP: a second n_fft-float buffer; CMSIS's
+    instance struct and twiddle tables not counted), `frame_out` (one frame of features). Code size is
+    measured, not computed here (bench/mcu_frontend.py)."""
     tables = frontend_tables(settings)
     n_fft = tables.window.size
     return {
@@ -112,16 +119,16 @@ def write_frontend_sources(out_dir: Path, settings: dict[str, Any] | None = None
     return atomic_write_files(files)
 
 
-def _hex(value: float) -> str:
+def c_float(value: float) -> str:
     """A float32 as an exact C99 hexadecimal float literal: 0.75 -> 0x1.8p-1f."""
     mantissa, exponent = float(np.float32(value)).hex().split("p")
     mantissa = mantissa.rstrip("0")
     return f"{mantissa}0p{exponent}f" if mantissa.endswith(".") else f"{mantissa}p{exponent}f"
 
 
-def _array(ctype: str, name: str, values: np.ndarray, per_line: int = 6) -> str:
+def c_array(ctype: str, name: str, values: np.ndarray, per_line: int = 6) -> str:
     """`const ctype name[n] = {...};` with floats as hexadecimal literals."""
-    items = [_hex(v) if values.dtype == np.float32 else str(int(v)) for v in values]
+    items = [c_float(v) if values.dtype == np.float32 else str(int(v)) for v in values]
     lines = [", ".join(items[i : i + per_line]) for i in range(0, len(items), per_line)]
     body = ",\n    ".join(lines)
     return f"const {ctype} {name}[{len(items)}] = {{\n    {body}\n}};\n"
@@ -147,11 +154,13 @@ def _tables_header(tables: FrontendTables) -> str:
 #define TINYCLAP_LOGMEL_HOP {int(s["hop_length"])}
 #define TINYCLAP_LOGMEL_N_MELS {tables.band_start.size}
 #define TINYCLAP_LOGMEL_N_WEIGHTS {tables.weights.size}
-#define TINYCLAP_LOGMEL_AMIN {_hex(tables.amin)} /* {tables.amin!r}: the power floor before the log */
-#define TINYCLAP_LOGMEL_DB_OFFSET {_hex(tables.db_offset)} /* 10 log10(max(amin, ref)) */
+#define TINYCLAP_LOGMEL_AMIN {c_float(tables.amin)} /* {tables.amin!r}: the power floor before the log */
+#define TINYCLAP_LOGMEL_FLOOR_DB {c_float(tables.floor_db)} /* 10 log10(amin) */
+#define TINYCLAP_LOGMEL_DB_OFFSET {c_float(tables.db_offset)} /* 10 log10(max(amin, ref)) */
 
-extern const float tinyclap_logmel_window[TINYCLAP_LOGMEL_N_FFT];
-extern const float tinyclap_logmel_cos[TINYCLAP_LOGMEL_N_FFT / 2];
+/* window and cosines in units of 2^-30 */
+extern const int32_t tinyclap_logmel_window[TINYCLAP_LOGMEL_N_FFT];
+extern const int32_t tinyclap_logmel_cos[TINYCLAP_LOGMEL_N_FFT / 2];
 extern const uint16_t tinyclap_logmel_band_start[TINYCLAP_LOGMEL_N_MELS];
 extern const uint16_t tinyclap_logmel_band_size[TINYCLAP_LOGMEL_N_MELS];
 extern const float tinyclap_logmel_weights[TINYCLAP_LOGMEL_N_WEIGHTS];
@@ -164,14 +173,14 @@ def _tables_source(tables: FrontendTables) -> str:
     return "".join([
         _banner(tables),
         '#include "tinyclap_logmel_tables.h"\n\n',
-        "/* periodic Hann window, centred in the frame */\n",
-        _array("float", "tinyclap_logmel_window", tables.window),
-        "\n/* cos(2 pi k / n_fft), k < n_fft / 2 */\n",
-        _array("float", "tinyclap_logmel_cos", tables.cos),
+        "/* periodic Hann window, centred in the frame, times 2^30 */\n",
+        c_array("int32_t", "tinyclap_logmel_window", tables.window, 8),
+        "\n/* cos(2 pi k / n_fft) times 2^30, k < n_fft / 2 */\n",
+        c_array("int32_t", "tinyclap_logmel_cos", tables.cos, 8),
         "\n/* Slaney mel band m covers FFT bins band_start[m] .. band_start[m] + band_size[m] - 1 */\n",
-        _array("uint16_t", "tinyclap_logmel_band_start", tables.band_start, 16),
+        c_array("uint16_t", "tinyclap_logmel_band_start", tables.band_start, 16),
         "\n",
-        _array("uint16_t", "tinyclap_logmel_band_size", tables.band_size, 16),
+        c_array("uint16_t", "tinyclap_logmel_band_size", tables.band_size, 16),
         "\n/* the bands' weights, band after band */\n",
-        _array("float", "tinyclap_logmel_weights", tables.weights),
+        c_array("float", "tinyclap_logmel_weights", tables.weights),
     ])

@@ -13,8 +13,19 @@
 #error "TINYCLAP_LOGMEL_N_FFT must be a power of two >= 16"
 #endif
 
-/* the windowed frame in, the power spectrum out (layout in rfft_power) */
-static float work[N];
+#define Q30 1073741824.0f /* the window and the twiddles are integers in units of 2^-30 */
+/* FFT values stay below this before every butterfly pass: (1 + sqrt 2) * LIMIT < 2^31 */
+#define LIMIT 0x34000000u
+
+/* the frame's samples in (float), the power spectrum out (float, layout in rfft_power); in between, the
+ * own FFT's integers (q) */
+static union {
+    float f[N];
+    int32_t q[N];
+} work;
+
+/* returns 0 when the frame holds NaN or infinity */
+static int rfft_power(int *exp2);
 
 #ifdef TINYCLAP_USE_CMSIS_DSP
 #include "arm_math.h"
@@ -23,109 +34,195 @@ static arm_rfft_fast_instance_f32 rfft;
 static int rfft_ready;
 static float spectrum[N];
 
-/* arm_rfft_fast_f32 packs X[0].re, X[N/2].re, then X[k].re, X[k].im at 2k, 2k + 1 */
-static void rfft_power(float *x)
+/* float32 throughout; arm_rfft_fast_f32 packs X[0].re, X[N/2].re, then X[k].re, X[k].im at 2k, 2k + 1 */
+static int rfft_power(int *exp2)
 {
     int k;
     if (!rfft_ready) {
         arm_rfft_fast_init_f32(&rfft, N);
         rfft_ready = 1;
     }
-    arm_rfft_fast_f32(&rfft, x, spectrum, 0);
-    x[0] = spectrum[0] * spectrum[0];
-    x[1] = spectrum[1] * spectrum[1];
+    for (k = 0; k < N; k++)
+        work.f[k] *= (float)tinyclap_logmel_window[k] * (1.0f / Q30);
+    arm_rfft_fast_f32(&rfft, work.f, spectrum, 0);
+    work.f[0] = spectrum[0] * spectrum[0];
+    work.f[1] = spectrum[1] * spectrum[1];
     for (k = 1; k < M; k++)
-        x[2 * k] = spectrum[2 * k] * spectrum[2 * k] + spectrum[2 * k + 1] * spectrum[2 * k + 1];
+        work.f[2 * k] = spectrum[2 * k] * spectrum[2 * k] + spectrum[2 * k + 1] * spectrum[2 * k + 1];
+    *exp2 = 0;
+    return 1;
 }
 
-#else /* our own FFT */
+#else /* our own FFT, in 32-bit block floating point */
 
-/* sin(2 pi k / N) for 0 <= k < N / 2, from the cosine table: sin(a) = cos(pi / 2 - a) */
-static float sin_at(int k)
+/* Why integers: a float32 FFT adds rounding noise of about 1e-7 of the frame's whole energy to every bin,
+ * which is a few percent of the weakest mel bands of a loud frame (0.05 dB). Here the samples share one
+ * exponent, additions are exact and products are rounded to 2^-30 of the frame's peak. */
+
+/* v / 2^30, rounded (arithmetic shifts, as gcc and clang do) */
+static int32_t round30(int64_t v)
 {
-    int d = N / 4 - k;
-    return tinyclap_logmel_cos[d < 0 ? -d : d];
+    return (int32_t)((v + ((int64_t)1 << 29)) >> 30);
 }
 
-/* x: M complex values (re, im interleaved) -> their DFT, in place (radix-2, decimation in time) */
-static void complex_fft(float *x)
+/* cos and sin(2 pi k / N), 0 <= k < N / 2, in units of 2^-30: sin(a) = cos(pi / 2 - a) */
+#define COS(k) (tinyclap_logmel_cos[k])
+#define SIN(k) (tinyclap_logmel_cos[(k) <= N / 4 ? N / 4 - (k) : (k) - N / 4])
+
+/* |v| or |v| - 1: enough to bound the largest |v| (LIMIT leaves room for the one) */
+#define ABS_BOUND(v) ((uint32_t)((v) ^ ((v) >> 31)))
+#define RAISE(bound, v) ((bound) = ABS_BOUND(v) > (bound) ? ABS_BOUND(v) : (bound))
+
+/* halvings that bring values bounded by `bound` below limit */
+static int halvings_for(uint32_t bound, uint32_t limit)
 {
-    int i, j = 0, bit, len, half, step, a, b;
-    for (i = 1; i < M; i++) { /* bit-reversed order */
+    int bits = 0;
+    while ((bound >> bits) >= limit)
+        bits++;
+    return bits;
+}
+
+static void bit_reverse(int32_t *x) /* M complex values */
+{
+    int i, j = 0, bit;
+    for (i = 1; i < M; i++) {
         for (bit = M >> 1; j & bit; bit >>= 1)
             j ^= bit;
         j ^= bit;
         if (i < j) {
-            float re = x[2 * i], im = x[2 * i + 1];
+            int32_t re = x[2 * i], im = x[2 * i + 1];
             x[2 * i] = x[2 * j];
             x[2 * i + 1] = x[2 * j + 1];
             x[2 * j] = re;
             x[2 * j + 1] = im;
         }
     }
-    for (len = 2; len <= M; len <<= 1) {
-        half = len >> 1;
-        step = N / len; /* W_len^j = W_N^(j * step) */
-        for (i = 0; i < M; i += len) {
-            for (j = 0; j < half; j++) {
-                float c = tinyclap_logmel_cos[j * step], s = sin_at(j * step);
-                a = 2 * (i + j);
-                b = a + 2 * half;
-                {
-                    float br = x[b] * c + x[b + 1] * s, bi = x[b + 1] * c - x[b] * s;
-                    x[b] = x[a] - br;
-                    x[b + 1] = x[a + 1] - bi;
-                    x[a] += br;
-                    x[a + 1] += bi;
-                }
-            }
-        }
-    }
 }
 
-/* x: N real samples -> power spectrum in place: x[0] = |X[0]|^2, x[1] = |X[N/2]|^2, x[2k] = |X[k]|^2.
- * The N reals are read as M complex values z[n] = x[2n] + i x[2n+1]; with Z = DFT(z),
- * X[k] = E[k] + W_N^k O[k] and X[M-k] = conj(E[k] - W_N^k O[k]), where E[k] = (Z[k] + conj Z[M-k]) / 2
- * and O[k] = (Z[k] - conj Z[M-k]) / 2i are the DFTs of the even and the odd samples. */
-static void rfft_power(float *x)
+/* x: M complex values (re, im interleaved), all bounded by *bound -> their DFT, in place (radix-2,
+ * decimation in time), times 2^-halvings (returned); *bound then bounds the output. Before a pass whose
+ * inputs could reach LIMIT they are halved (rounded), so that |a + W b| <= (1 + sqrt 2) LIMIT < 2^31. */
+static int complex_fft(int32_t *x, uint32_t *bound)
 {
-    int k;
-    float r0, i0;
-    complex_fft(x);
-    r0 = x[0];
-    i0 = x[1];
-    x[0] = (r0 + i0) * (r0 + i0);
-    x[1] = (r0 - i0) * (r0 - i0);
-    for (k = 1; k <= M / 2; k++) {
-        float ar = x[2 * k], ai = x[2 * k + 1], br = x[2 * (M - k)], bi = x[2 * (M - k) + 1];
-        float er = 0.5f * (ar + br), ei = 0.5f * (ai - bi);
-        float or_ = 0.5f * (ai + bi), oi = 0.5f * (br - ar);
-        float c = tinyclap_logmel_cos[k], s = sin_at(k);
-        float tr = or_ * c + oi * s, ti = oi * c - or_ * s;
-        x[2 * k] = (er + tr) * (er + tr) + (ei + ti) * (ei + ti);
-        x[2 * (M - k)] = (er - tr) * (er - tr) + (ei - ti) * (ei - ti);
+    int i, j, len, step, bits, halvings = 0;
+    bit_reverse(x);
+    for (len = 1; len < M; len <<= 1) { /* butterflies of 2 len values */
+        uint32_t peak = 0;
+        int32_t r;
+        bits = halvings_for(*bound, LIMIT);
+        r = bits ? (int32_t)1 << (bits - 1) : 0;
+        halvings += bits;
+        step = M / len; /* W_(2 len)^j = W_N^(j * step) */
+        for (j = 0; j < len; j++) {
+            int32_t c = COS(j * step), s = SIN(j * step);
+            for (i = 2 * j; i < 2 * M; i += 4 * len) {
+                int32_t b0 = x[i + 2 * len], b1 = x[i + 2 * len + 1];
+                int32_t br = (round30((int64_t)b0 * c + (int64_t)b1 * s) + r) >> bits;
+                int32_t bi = (round30((int64_t)b1 * c - (int64_t)b0 * s) + r) >> bits;
+                int32_t ar = (x[i] + r) >> bits, ai = (x[i + 1] + r) >> bits;
+                int32_t o0 = ar + br, o1 = ai + bi, o2 = ar - br, o3 = ai - bi;
+                x[i] = o0;
+                x[i + 1] = o1;
+                x[i + 2 * len] = o2;
+                x[i + 2 * len + 1] = o3;
+                RAISE(peak, o0);
+                RAISE(peak, o1);
+                RAISE(peak, o2);
+                RAISE(peak, o3);
+            }
+        }
+        *bound = peak;
     }
+    return halvings;
+}
+
+/* the frame's largest |sample| (0 if it holds NaN or infinity, with *finite = 0) */
+static float frame_peak(int *finite)
+{
+    int i;
+    float peak = 0.0f;
+    *finite = 1;
+    for (i = 0; i < N; i++) {
+        float a = work.f[i] < 0.0f ? -work.f[i] : work.f[i];
+        if (!(a <= FLT_MAX))
+            *finite = 0;
+        else if (a > peak)
+            peak = a;
+    }
+    return peak;
+}
+
+/* work.f: N samples -> power spectrum in place: f[0] = |X[0]|^2, f[1] = |X[N/2]|^2, f[2k] = |X[k]|^2, each
+ * times 2^-exp2. The N reals are read as M complex values z[n] = x[2n] + i x[2n+1]; with Z = DFT(z),
+ * 2 X[k] = E[k] + W_N^k O[k] and 2 X[M-k] = conj(E[k] - W_N^k O[k]), where E[k] = Z[k] + conj Z[M-k] and
+ * O[k] = (Z[k] - conj Z[M-k]) / i are twice the DFTs of the even and the odd samples. */
+static int rfft_power(int *exp2)
+{
+    union {
+        float f;
+        uint32_t u;
+    } v;
+    int k, finite, shift, bits;
+    int32_t r;
+    uint32_t bound = 0;
+    float peak = frame_peak(&finite), scale;
+    if (!finite)
+        return 0;
+    v.f = peak; /* 2^shift brings the peak to [2^29, 2^30) (less for a near-silent frame) */
+    shift = 29 - ((int)(v.u >> 23) - 127);
+    shift = shift > 126 ? 126 : shift;
+    v.u = (uint32_t)(shift + 127) << 23;
+    scale = v.f;
+    for (k = 0; k < N; k++) {
+        work.q[k] = round30((int64_t)(int32_t)(work.f[k] * scale) * tinyclap_logmel_window[k]);
+        RAISE(bound, work.q[k]);
+    }
+    shift -= complex_fft(work.q, &bound);
+    bits = halvings_for(bound, LIMIT / 2); /* every value <= LIMIT / 2: no sum below leaves int32 */
+    r = bits ? (int32_t)1 << (bits - 1) : 0;
+    shift -= bits;
+    {
+        int32_t r0 = (work.q[0] + r) >> bits, i0 = (work.q[1] + r) >> bits;
+        work.f[0] = (float)(2 * (r0 + i0)) * (float)(2 * (r0 + i0));
+        work.f[1] = (float)(2 * (r0 - i0)) * (float)(2 * (r0 - i0));
+    }
+    for (k = 1; k <= M / 2; k++) {
+        int32_t ar = (work.q[2 * k] + r) >> bits, ai = (work.q[2 * k + 1] + r) >> bits;
+        int32_t br = (work.q[2 * (M - k)] + r) >> bits, bi = (work.q[2 * (M - k) + 1] + r) >> bits;
+        int32_t er = ar + br, ei = ai - bi, or_ = ai + bi, oi = br - ar, c = COS(k), s = SIN(k);
+        int32_t tr = round30((int64_t)or_ * c + (int64_t)oi * s);
+        int32_t ti = round30((int64_t)oi * c - (int64_t)or_ * s);
+        float pr = (float)(er + tr), pi = (float)(ei + ti), mr = (float)(er - tr), mi = (float)(ei - ti);
+        work.f[2 * k] = pr * pr + pi * pi;
+        work.f[2 * (M - k)] = mr * mr + mi * mi;
+    }
+    *exp2 = 2 * shift + 2; /* X = 2^-shift X_int / 2 */
+    return 1;
 }
 
 #endif /* TINYCLAP_USE_CMSIS_DSP */
 
-/* 10 log10(max(x, amin)) - db_offset with a series of our own (no libm: the host and the device builds
- * then print the same bits): x = m 2^e with m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh(s), s = (m-1)/(m+1),
- * |s| <= 0.172, so five terms leave a relative error below 1e-9. */
-static float to_db(float x)
+/* 10 log10(max(x 2^-exp2, amin)) - db_offset, with a series of our own (no libm: the host and the device
+ * builds print the same bits): x = m 2^e with m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh(s),
+ * s = (m-1)/(m+1), |s| <= 0.172, so five terms leave a relative error below 1e-9. */
+static float to_db(float x, int exp2)
 {
     union {
         float f;
         uint32_t u;
     } v;
     int e;
-    float m, s, s2, ln;
+    float m, s, s2, ln, db;
     if (!(x <= FLT_MAX))
         return x; /* NaN and +inf pass through, as log10 does */
-    if (x < TINYCLAP_LOGMEL_AMIN)
-        x = TINYCLAP_LOGMEL_AMIN;
+    if (x < FLT_MIN) { /* subnormal: scale up exactly */
+        x *= 16777216.0f;
+        exp2 += 24;
+    }
+    if (x <= 0.0f)
+        return TINYCLAP_LOGMEL_FLOOR_DB - TINYCLAP_LOGMEL_DB_OFFSET;
     v.f = x;
-    e = (int)(v.u >> 23) - 127;
+    e = (int)(v.u >> 23) - 127 - exp2;
     v.u = (v.u & 0x007fffffu) | 0x3f800000u; /* m in [1, 2) */
     m = v.f;
     if (m > 1.41421356f) {
@@ -135,22 +232,31 @@ static float to_db(float x)
     s = (m - 1.0f) / (m + 1.0f);
     s2 = s * s;
     ln = 2.0f * s * (1.0f + s2 * (1.0f / 3.0f + s2 * (1.0f / 5.0f + s2 * (1.0f / 7.0f + s2 * (1.0f / 9.0f)))));
-    return 4.34294482f * (ln + (float)e * 0.693147181f) - TINYCLAP_LOGMEL_DB_OFFSET;
+    db = 4.34294482f * (ln + (float)e * 0.693147181f);
+    return (db > TINYCLAP_LOGMEL_FLOOR_DB ? db : TINYCLAP_LOGMEL_FLOOR_DB) - TINYCLAP_LOGMEL_DB_OFFSET;
 }
 
-/* work holds a windowed frame -> out: n_mels values in dB */
+/* work.f holds a frame's samples -> out: n_mels values in dB */
 static void frame_to_mel(float *out)
 {
     const float *w = tinyclap_logmel_weights;
-    int band, j;
-    rfft_power(work);
+    int band, j, exp2;
+    if (!rfft_power(&exp2)) { /* NaN or infinity in the frame: NaN out */
+        union {
+            uint32_t u;
+            float f;
+        } nan = {0x7fc00000u};
+        for (band = 0; band < TINYCLAP_LOGMEL_N_MELS; band++)
+            out[band] = nan.f;
+        return;
+    }
     for (band = 0; band < TINYCLAP_LOGMEL_N_MELS; band++) {
         int k = tinyclap_logmel_band_start[band], size = tinyclap_logmel_band_size[band];
         float acc = 0.0f;
         for (j = 0; j < size; j++, k++)
-            acc += w[j] * (k == M ? work[1] : work[2 * k]);
+            acc += w[j] * (k == M ? work.f[1] : work.f[2 * k]);
         w += size;
-        out[band] = to_db(acc);
+        out[band] = to_db(acc, exp2);
     }
 }
 
@@ -163,7 +269,7 @@ void tinyclap_logmel_frame(const float *frame, float *out)
 {
     int j;
     for (j = 0; j < N; j++)
-        work[j] = tinyclap_logmel_window[j] * frame[j];
+        work.f[j] = frame[j];
     frame_to_mel(out);
 }
 
@@ -186,7 +292,7 @@ int tinyclap_logmel_compute(const float *wave, int n, float *out, int max_frames
                 i = -i;
             else if (i >= n)
                 i = 2 * ((long)n - 1) - i;
-            work[j] = tinyclap_logmel_window[j] * wave[i];
+            work.f[j] = wave[i];
         }
         frame_to_mel(out + (long)t * TINYCLAP_LOGMEL_N_MELS);
     }
