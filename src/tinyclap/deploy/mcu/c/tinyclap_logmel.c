@@ -99,14 +99,43 @@ static void bit_reverse(int32_t *x) /* M complex values */
     }
 }
 
-/* x: M complex values (re, im interleaved), all bounded by *bound -> their DFT, in place (radix-2,
- * decimation in time), times 2^-halvings (returned); *bound then bounds the output. Before a pass whose
- * inputs could reach LIMIT they are halved (rounded), so that |a + W b| <= (1 + sqrt 2) LIMIT < 2^31. */
+/* the first two radix-2 passes at once (twiddles 1 and -i: no products, no rounding) on values below 2^29 */
+static uint32_t first_passes(int32_t *x)
+{
+    int i;
+    uint32_t peak = 0;
+    for (i = 0; i < 2 * M; i += 8) {
+        int32_t sr = x[i] + x[i + 2], si = x[i + 1] + x[i + 3], dr = x[i] - x[i + 2], di = x[i + 1] - x[i + 3];
+        int32_t tr = x[i + 4] + x[i + 6], ti = x[i + 5] + x[i + 7], ur = x[i + 4] - x[i + 6], ui = x[i + 5] - x[i + 7];
+        x[i] = sr + tr; /* sums of 4 values below 2^29: below 2^31 */
+        x[i + 1] = si + ti;
+        x[i + 4] = sr - tr;
+        x[i + 5] = si - ti;
+        x[i + 2] = dr + ui; /* d - i u */
+        x[i + 3] = di - ur;
+        x[i + 6] = dr - ui;
+        x[i + 7] = di + ur;
+        RAISE(peak, x[i]);
+        RAISE(peak, x[i + 1]);
+        RAISE(peak, x[i + 2]);
+        RAISE(peak, x[i + 3]);
+        RAISE(peak, x[i + 4]);
+        RAISE(peak, x[i + 5]);
+        RAISE(peak, x[i + 6]);
+        RAISE(peak, x[i + 7]);
+    }
+    return peak;
+}
+
+/* x: M complex values (re, im interleaved), all below 2^29 -> their DFT, in place (radix-2, decimation in
+ * time), times 2^-halvings (returned); *bound then bounds the output. Before a pass whose inputs could
+ * reach LIMIT they are halved (rounded), so that |a + W b| <= (1 + sqrt 2) LIMIT < 2^31. */
 static int complex_fft(int32_t *x, uint32_t *bound)
 {
     int i, j, len, step, bits, halvings = 0;
     bit_reverse(x);
-    for (len = 1; len < M; len <<= 1) { /* butterflies of 2 len values */
+    *bound = first_passes(x);
+    for (len = 4; len < M; len <<= 1) { /* butterflies of 2 len values */
         uint32_t peak = 0;
         int32_t r;
         bits = halvings_for(*bound, LIMIT);
@@ -168,15 +197,13 @@ static int rfft_power(int *exp2)
     float peak = frame_peak(&finite), scale;
     if (!finite)
         return 0;
-    v.f = peak; /* 2^shift brings the peak to [2^29, 2^30) (less for a near-silent frame) */
-    shift = 29 - ((int)(v.u >> 23) - 127);
+    v.f = peak; /* 2^shift brings the peak to [2^28, 2^29) (less for a near-silent frame) */
+    shift = 28 - ((int)(v.u >> 23) - 127);
     shift = shift > 126 ? 126 : shift;
     v.u = (uint32_t)(shift + 127) << 23;
     scale = v.f;
-    for (k = 0; k < N; k++) {
+    for (k = 0; k < N; k++) /* |window| <= 1: below 2^29 */
         work.q[k] = round30((int64_t)(int32_t)(work.f[k] * scale) * tinyclap_logmel_window[k]);
-        RAISE(bound, work.q[k]);
-    }
     shift -= complex_fft(work.q, &bound);
     bits = halvings_for(bound, LIMIT / 2); /* every value <= LIMIT / 2: no sum below leaves int32 */
     r = bits ? (int32_t)1 << (bits - 1) : 0;
