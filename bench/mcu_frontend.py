@@ -11,6 +11,9 @@
 
     python bench/mcu_frontend.py                  # 100 UrbanSound8K clips + the 10 animals, Markdown table
     python bench/mcu_frontend.py --clips 20 --json
+    # also the -DTINYCLAP_USE_CMSIS_DSP build, from CMSIS-DSP's sources (e.g. the unpacked `cmsisdsp` sdist:
+    # pip download --no-deps --no-binary :all: --no-build-isolation cmsisdsp==1.10.3):
+    python bench/mcu_frontend.py --cmsis /tmp/cmsisdsp-1.10.3
 """
 
 from __future__ import annotations
@@ -37,6 +40,20 @@ QEMU = ["qemu-system-arm", "-M", "mps2-an386", "-display", "none", "-semihosting
 INSNS_PER_TICK = 40  # -icount shift=0: 1 ns per instruction; SysTick counts the 25 MHz CPU clock
 ARM_TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm")
 CLIP = ("UrbanSound8K/audio/fold1/101415-3-0-2.ogg", 1.0, 1.0)  # file, start (s), length (s) for qemu
+CMSIS_SOURCES = ("TransformFunctions/arm_rfft_fast_f32.c", "TransformFunctions/arm_rfft_fast_init_f32.c",
+                 "TransformFunctions/arm_cfft_f32.c", "TransformFunctions/arm_cfft_init_f32.c",
+                 "TransformFunctions/arm_cfft_radix8_f32.c", "TransformFunctions/arm_bitreversal2.c",
+                 "CommonTables/arm_common_tables.c", "CommonTables/arm_const_structs.c")
+
+
+def cmsis_build(root: Path | None) -> list[str]:
+    """Compiler arguments that build the front end on CMSIS-DSP's arm_rfft_fast_f32 (its plain C path,
+    without CMSIS-Core: -D__GNUC_PYTHON__, as its Python wrapper builds); [] for our own FFT."""
+    if root is None:
+        return []
+    return ["-D__GNUC_PYTHON__", "-DTINYCLAP_USE_CMSIS_DSP", "-Wno-pedantic", "-Wno-error", "-w",
+            "-I", str(root / "Include"), "-I", str(root / "PrivateInclude"),
+            *(str(root / "Source" / f) for f in CMSIS_SOURCES)]
 
 
 def missing_tools(tools: tuple[str, ...] = ("cc", *ARM_TOOLS)) -> list[str]:
@@ -67,21 +84,22 @@ def write_clip_header(path: Path, wave: np.ndarray) -> Path:
     return path
 
 
-def build_host(src: Path, exe: Path, *, clip: bool = False) -> Path:
+def build_host(src: Path, exe: Path, *, clip: bool = False, cmsis: Path | None = None) -> Path:
     """The front end + bench/mcu/main.c with the host `cc`: with `clip`, prints src/clip.h's features as
     hex bits; without, reads float32 samples on stdin and writes float32 features to stdout."""
     flags = CFLAGS + ["-I", str(src)] + (["-DTINYCLAP_CLIP_HEADER"] if clip else [])
-    _run(["cc", *flags, "-o", str(exe), *(str(src / f) for f in FRONTEND_C), str(HARNESS / "main.c")])
+    sources = [*(str(src / f) for f in FRONTEND_C), str(HARNESS / "main.c")]
+    _run(["cc", *flags, "-o", str(exe), *sources, *cmsis_build(cmsis)])
     return exe
 
 
-def build_m4(src: Path, elf: Path) -> Path:
+def build_m4(src: Path, elf: Path, *, cmsis: Path | None = None) -> Path:
     """The front end + driver + start-up for qemu's mps2-an386, with src/clip.h embedded."""
     flags = CFLAGS + M4_FLAGS + ["-I", str(src), "-DTINYCLAP_CLIP_HEADER", "-DTINYCLAP_QEMU",
                                  "-ffunction-sections", "-fdata-sections"]
     link = ["--specs=rdimon.specs", "-nostartfiles", "-T", str(HARNESS / "mps2_an386.ld"), "-Wl,--gc-sections"]
     sources = [*(str(src / f) for f in FRONTEND_C), str(HARNESS / "main.c"), str(HARNESS / "startup.c")]
-    _run(["arm-none-eabi-gcc", *flags, *link, "-o", str(elf), *sources])
+    _run(["arm-none-eabi-gcc", *flags, *link, "-o", str(elf), *sources, *cmsis_build(cmsis)])
     return elf
 
 
@@ -168,7 +186,7 @@ def clip_errors(exe: Path, files: list[Path]) -> dict[str, Any]:
             "mean_db_vs_float64": sums["float64"] / max(count, 1)}
 
 
-def qemu_check(src: Path, work: Path) -> dict[str, Any]:
+def qemu_check(src: Path, work: Path, cmsis: Path | None = None) -> dict[str, Any]:
     """Embed the 1 s clip, build for the host and the M4, run both: bit-identical? instructions per frame."""
     from tinyclap.audio.io import load_audio
     from tinyclap.audio.mel import SAMPLE_RATE
@@ -176,39 +194,43 @@ def qemu_check(src: Path, work: Path) -> dict[str, Any]:
     name, start, seconds = CLIP
     wave = load_audio(DATA / name)[int(start * SAMPLE_RATE) : int((start + seconds) * SAMPLE_RATE)]
     write_clip_header(src / "clip.h", wave)
-    host = _run([str(build_host(src, work / "logmel_clip", clip=True))], text=True).stdout
-    device, insns = run_qemu(build_m4(src, work / "logmel_m4.elf"))
+    host = _run([str(build_host(src, work / "logmel_clip", clip=True, cmsis=cmsis))], text=True).stdout
+    device, insns = run_qemu(build_m4(src, work / "logmel_m4.elf", cmsis=cmsis))
     frames = parse_features(device).shape[0]
     return {"clip": f"{name} [{start:g}, {start + seconds:g}) s", "frames": frames, "bit_identical": device == host,
             "instructions": insns, "instructions_per_frame": insns // max(frames, 1)}
 
 
-def measure(n_clips: int, work: Path) -> dict[str, Any]:
+def measure(n_clips: int, work: Path, cmsis: Path | None = None) -> dict[str, Any]:
     src = work / "src"
     write_sources(src)
-    result: dict[str, Any] = {"errors": clip_errors(build_host(src, work / "logmel"), real_clips(n_clips))}
+    exe = build_host(src, work / "logmel", cmsis=cmsis)
+    result: dict[str, Any] = {"fft": "CMSIS-DSP arm_rfft_fast_f32" if cmsis else "own (32-bit block floating point)",
+                              "errors": clip_errors(exe, real_clips(n_clips))}
     missing = missing_tools(ARM_TOOLS)
     if missing:
         result["qemu"] = f"skipped: {', '.join(missing)} not installed"
         return result
-    result["qemu"] = qemu_check(src, work)
-    result["footprint_m4_O2"] = footprint(src, work)
+    result["qemu"] = qemu_check(src, work, cmsis)
+    if cmsis is None:  # CMSIS-DSP's own code and tables are not counted by footprint()
+        result["footprint_m4_O2"] = footprint(src, work)
     return result
 
 
 def markdown(r: dict[str, Any]) -> str:
     e = r["errors"]
-    rows = [f"| clips (values) | {e['clips']} ({e['values']}) |",
+    rows = [f"| FFT | {r['fft']} |", f"| clips (values) | {e['clips']} ({e['values']}) |",
             f"| max / mean dB vs LogMel | {e['max_db_vs_logmel']:.4f} / {e['mean_db_vs_logmel']:.1e} |",
             f"| max / mean dB vs float64 | {e['max_db_vs_float64']:.4f} / {e['mean_db_vs_float64']:.1e} |"]
     q = r["qemu"]
     if isinstance(q, dict):
-        f = r["footprint_m4_O2"]
         rows += [f"| qemu mps2-an386 == host | {'bit-identical' if q['bit_identical'] else 'DIFFERENT'} "
                  f"({q['frames']} frames, {q['clip']}) |",
-                 f"| instructions per frame (qemu count) | {q['instructions_per_frame']:,} |",
-                 f"| code / tables (flash, bytes) | {f['code']:,} / {f['tables']:,} |",
-                 f"| static RAM / stack (bytes) | {f['ram_static']:,} / {f['stack']:,} |"]
+                 f"| instructions per frame (qemu count) | {q['instructions_per_frame']:,} |"]
+        if "footprint_m4_O2" in r:
+            f = r["footprint_m4_O2"]
+            rows += [f"| code / tables (flash, bytes) | {f['code']:,} / {f['tables']:,} |",
+                     f"| static RAM / stack (bytes) | {f['ram_static']:,} / {f['stack']:,} |"]
     else:
         rows.append(f"| qemu | {q} |")
     return "| C front end | value |\n|---|---|\n" + "\n".join(rows)
@@ -220,12 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=100, help="UrbanSound8K clips (the 10 animals are added)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
+    parser.add_argument("--cmsis", type=Path, help="CMSIS-DSP's source folder (Include/, Source/): measure "
+                        "the -DTINYCLAP_USE_CMSIS_DSP build instead of our own FFT")
     args = parser.parse_args(argv)
     if missing_tools(("cc",)):
         print("mcu_frontend: no host C compiler `cc`", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory() as tmp:
-        result = measure(args.clips, Path(tmp))
+        result = measure(args.clips, Path(tmp), args.cmsis)
     print(json.dumps(result, indent=2) if args.json else markdown(result))
     return 0
 

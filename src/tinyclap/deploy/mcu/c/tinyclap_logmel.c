@@ -4,6 +4,9 @@
 #include <float.h>
 #include <stddef.h>
 #include <stdint.h>
+#ifdef TINYCLAP_USE_CMSIS_DSP
+#include "arm_math.h" /* before the short macro names below, which its headers use as field names */
+#endif
 
 #define N TINYCLAP_LOGMEL_N_FFT
 #define M (TINYCLAP_LOGMEL_N_FFT / 2) /* complex points of the half-size FFT */
@@ -28,8 +31,6 @@ static union {
 static int rfft_power(int *exp2);
 
 #ifdef TINYCLAP_USE_CMSIS_DSP
-#include "arm_math.h"
-
 static arm_rfft_fast_instance_f32 rfft;
 static int rfft_ready;
 static float spectrum[N];
