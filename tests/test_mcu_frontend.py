@@ -78,9 +78,12 @@ def test_tables_hold_logmel_settings(tmp_path: Path) -> None:
     header = (tmp_path / "fw" / "tinyclap_logmel_tables.h").read_text()
     assert "#define TINYCLAP_LOGMEL_N_FFT 1024" in header and "#define TINYCLAP_LOGMEL_HOP 320" in header
     for bad in ({"n_fft": 1000, "win_length": 1000}, {"n_fft": 8192, "win_length": 8192}, {"amin": 1e-45},
-                {"typo": 1}):
+                {"n_fft": 512, "hop": 160}):  # a typo in a partial config
         with pytest.raises(ValueError):
             frontend_tables(bad)
+    # a complete config may carry more (a TFLM export's front-end JSON): those keys are ignored
+    extra = frontend_tables({**DEFAULTS, "window_seconds": 1.0, "log": "10*log10(max(power, amin))"})
+    assert np.array_equal(extra.weights, t.weights) and extra.settings == t.settings
 
 
 def test_host_build_matches_logmel_on_real_clips(host_exe: Path, shared_data: Path) -> None:

@@ -52,11 +52,22 @@ class FrontendTables:
         return int(sum(a.nbytes for a in arrays))
 
 
+def logmel_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The `LogMel` config in `settings`, MS CLAP's defaults for missing keys. A complete config may carry more
+    keys (a TFLM export's front-end JSON adds its window and descriptions): they are ignored. In a partial
+    one an unknown key is an error: a typo must not silently leave a default in place."""
+    given = dict(settings or {})
+    unknown = sorted(set(given) - set(CONFIG_KEYS))
+    if unknown and not set(CONFIG_KEYS) <= set(given):
+        raise ValueError(f"unknown log-mel settings {unknown}; valid: {list(CONFIG_KEYS)}")
+    return {**DEFAULTS, **{key: given[key] for key in CONFIG_KEYS if key in given}}
+
+
 def frontend_tables(settings: dict[str, Any] | None = None) -> FrontendTables:
-    """The tables for `settings` (a `LogMel.config()`; None: MS CLAP's). ValueError for settings the C
-    code cannot run: n_fft must be a power of two in 16..4096, amin a normal float32."""
-    cfg = {**DEFAULTS, **(settings or {})}
-    numpy_logmel = NumpyLogMel(cfg)  # checks the keys and the bounds, builds the window
+    """The tables for `settings` (a `LogMel.config()`, see `logmel_settings`; None: MS CLAP's). ValueError
+    for settings the C code cannot run: n_fft must be a power of two in 16..4096, amin a normal float32."""
+    cfg = logmel_settings(settings)
+    numpy_logmel = NumpyLogMel(cfg)  # checks the bounds, builds the window
     n_fft, n_mels = numpy_logmel.n_fft, numpy_logmel.n_mels
     if n_fft < 16 or n_fft > MAX_N_FFT or n_fft & (n_fft - 1):
         raise ValueError(f"the C front end needs n_fft a power of two in 16..{MAX_N_FFT}, got {n_fft}")
