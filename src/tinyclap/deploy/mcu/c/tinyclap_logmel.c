@@ -17,8 +17,10 @@
 #endif
 
 #define Q30 1073741824.0f /* the window and the twiddles are integers in units of 2^-30 */
-/* FFT values stay below this before every butterfly pass: (1 + sqrt 2) * LIMIT < 2^31 */
-#define LIMIT 0x34000000u
+/* FFT values stay below these before a radix-2 / radix-4 pass: (1 + sqrt 2) LIMIT2 and (1 + 3 sqrt 2) LIMIT4
+ * stay below 2^31 */
+#define LIMIT2 0x34000000u
+#define LIMIT4 0x18000000u
 
 /* the frame's samples in (float), the power spectrum out (float, layout in rfft_power); in between, the
  * own FFT's integers (q) */
@@ -70,7 +72,7 @@ static int32_t round30(int64_t v)
 #define COS(k) (tinyclap_logmel_cos[k])
 #define SIN(k) (tinyclap_logmel_cos[(k) <= N / 4 ? N / 4 - (k) : (k) - N / 4])
 
-/* |v| or |v| - 1: enough to bound the largest |v| (LIMIT leaves room for the one) */
+/* |v| or |v| - 1: enough to bound the largest |v| (the limits leave room for the one) */
 #define ABS_BOUND(v) ((uint32_t)((v) ^ ((v) >> 31)))
 #define RAISE(bound, v) ((bound) = ABS_BOUND(v) > (bound) ? ABS_BOUND(v) : (bound))
 
@@ -128,40 +130,114 @@ static uint32_t first_passes(int32_t *x)
     return peak;
 }
 
-/* x: M complex values (re, im interleaved), all below 2^29 -> their DFT, in place (radix-2, decimation in
- * time), times 2^-halvings (returned); *bound then bounds the output. Before a pass whose inputs could
- * reach LIMIT they are halved (rounded), so that |a + W b| <= (1 + sqrt 2) LIMIT < 2^31. */
+/* W_N^k = c - i s for 0 <= k < 3N/4 */
+static void twiddle(int k, int32_t *c, int32_t *s)
+{
+    int32_t sign = 1;
+    if (k >= N / 2) { /* W_N^(k + N/2) = -W_N^k */
+        k -= N / 2;
+        sign = -1;
+    }
+    *c = sign * COS(k);
+    *s = sign * SIN(k);
+}
+
+/* b W_N^k for b = (re, im), rounded, then halved `bits` times (r = 2^(bits-1) or 0) */
+#define TWIDDLE_RE(re, im, c, s) ((round30((int64_t)(re) * (c) + (int64_t)(im) * (s)) + r) >> bits)
+#define TWIDDLE_IM(re, im, c, s) ((round30((int64_t)(im) * (c) - (int64_t)(re) * (s)) + r) >> bits)
+
+/* one radix-2 pass (butterflies of 2 len values) on values below LIMIT2 once halved `bits` times; returns
+ * the new bound */
+static uint32_t radix2_pass(int32_t *x, int len, int bits)
+{
+    int i, j, step = M / len; /* W_(2 len)^j = W_N^(j * step) */
+    int32_t r = bits ? (int32_t)1 << (bits - 1) : 0;
+    uint32_t peak = 0;
+    for (j = 0; j < len; j++) {
+        int32_t c, s;
+        twiddle(j * step, &c, &s);
+        for (i = 2 * j; i < 2 * M; i += 4 * len) {
+            int32_t *b = x + i + 2 * len;
+            int32_t br = TWIDDLE_RE(b[0], b[1], c, s), bi = TWIDDLE_IM(b[0], b[1], c, s);
+            int32_t ar = (x[i] + r) >> bits, ai = (x[i + 1] + r) >> bits;
+            int32_t o0 = ar + br, o1 = ai + bi, o2 = ar - br, o3 = ai - bi;
+            x[i] = o0;
+            x[i + 1] = o1;
+            b[0] = o2;
+            b[1] = o3;
+            RAISE(peak, o0);
+            RAISE(peak, o1);
+            RAISE(peak, o2);
+            RAISE(peak, o3);
+        }
+    }
+    return peak;
+}
+
+/* two radix-2 passes at once (len and 2 len) as one radix-4 pass: for the values x0..x3 at j, j + len,
+ * j + 2 len, j + 3 len and W = W_(4 len)^j, with b1 = W^2 x1, b2 = W x2, b3 = W^3 x3:
+ * y0 = x0 + b1 + (b2 + b3), y2 = x0 + b1 - (b2 + b3), y1 = x0 - b1 - i (b2 - b3), y3 = x0 - b1 + i (b2 - b3).
+ * Values below LIMIT4 once halved `bits` times; returns the new bound. */
+static uint32_t radix4_pass(int32_t *x, int len, int bits)
+{
+    int i, j, step = M / (2 * len); /* W_(4 len)^j = W_N^(j * step) */
+    int32_t r = bits ? (int32_t)1 << (bits - 1) : 0;
+    uint32_t peak = 0;
+    for (j = 0; j < len; j++) {
+        int32_t c1, s1, c2, s2, c3, s3;
+        twiddle(2 * j * step, &c1, &s1);
+        twiddle(j * step, &c2, &s2);
+        twiddle(3 * j * step, &c3, &s3);
+        for (i = 2 * j; i < 2 * M; i += 8 * len) {
+            int32_t *x1 = x + i + 2 * len, *x2 = x1 + 2 * len, *x3 = x2 + 2 * len;
+            int32_t b1r = TWIDDLE_RE(x1[0], x1[1], c1, s1), b1i = TWIDDLE_IM(x1[0], x1[1], c1, s1);
+            int32_t b2r = TWIDDLE_RE(x2[0], x2[1], c2, s2), b2i = TWIDDLE_IM(x2[0], x2[1], c2, s2);
+            int32_t b3r = TWIDDLE_RE(x3[0], x3[1], c3, s3), b3i = TWIDDLE_IM(x3[0], x3[1], c3, s3);
+            int32_t ar = (x[i] + r) >> bits, ai = (x[i + 1] + r) >> bits;
+            int32_t pr = ar + b1r, pi = ai + b1i, er = ar - b1r, ei = ai - b1i;
+            int32_t qr = b2r + b3r, qi = b2i + b3i, dr = b2r - b3r, di = b2i - b3i;
+            int32_t y0r = pr + qr, y0i = pi + qi, y2r = pr - qr, y2i = pi - qi;
+            int32_t y1r = er + di, y1i = ei - dr, y3r = er - di, y3i = ei + dr; /* e -/+ i d */
+            x[i] = y0r;
+            x[i + 1] = y0i;
+            x1[0] = y1r;
+            x1[1] = y1i;
+            x2[0] = y2r;
+            x2[1] = y2i;
+            x3[0] = y3r;
+            x3[1] = y3i;
+            RAISE(peak, y0r);
+            RAISE(peak, y0i);
+            RAISE(peak, y1r);
+            RAISE(peak, y1i);
+            RAISE(peak, y2r);
+            RAISE(peak, y2i);
+            RAISE(peak, y3r);
+            RAISE(peak, y3i);
+        }
+    }
+    return peak;
+}
+
+/* x: M complex values (re, im interleaved), all below 2^29 -> their DFT, in place (decimation in time:
+ * radix-4 passes, radix-2 for an odd last one), times 2^-halvings (returned); *bound then bounds the output.
+ * Before a pass whose inputs could overflow it, they are halved (rounded). */
 static int complex_fft(int32_t *x, uint32_t *bound)
 {
-    int i, j, len, step, bits, halvings = 0;
+    int len = 4, bits, halvings = 0;
     bit_reverse(x);
     *bound = first_passes(x);
-    for (len = 4; len < M; len <<= 1) { /* butterflies of 2 len values */
-        uint32_t peak = 0;
-        int32_t r;
-        bits = halvings_for(*bound, LIMIT);
-        r = bits ? (int32_t)1 << (bits - 1) : 0;
-        halvings += bits;
-        step = M / len; /* W_(2 len)^j = W_N^(j * step) */
-        for (j = 0; j < len; j++) {
-            int32_t c = COS(j * step), s = SIN(j * step);
-            for (i = 2 * j; i < 2 * M; i += 4 * len) {
-                int32_t b0 = x[i + 2 * len], b1 = x[i + 2 * len + 1];
-                int32_t br = (round30((int64_t)b0 * c + (int64_t)b1 * s) + r) >> bits;
-                int32_t bi = (round30((int64_t)b1 * c - (int64_t)b0 * s) + r) >> bits;
-                int32_t ar = (x[i] + r) >> bits, ai = (x[i + 1] + r) >> bits;
-                int32_t o0 = ar + br, o1 = ai + bi, o2 = ar - br, o3 = ai - bi;
-                x[i] = o0;
-                x[i + 1] = o1;
-                x[i + 2 * len] = o2;
-                x[i + 2 * len + 1] = o3;
-                RAISE(peak, o0);
-                RAISE(peak, o1);
-                RAISE(peak, o2);
-                RAISE(peak, o3);
-            }
+    while (len < M) {
+        if (4 * len <= M) {
+            bits = halvings_for(*bound, LIMIT4);
+            *bound = radix4_pass(x, len, bits);
+            len <<= 2;
+        } else {
+            bits = halvings_for(*bound, LIMIT2);
+            *bound = radix2_pass(x, len, bits);
+            len <<= 1;
         }
-        *bound = peak;
+        halvings += bits;
     }
     return halvings;
 }
@@ -206,7 +282,7 @@ static int rfft_power(int *exp2)
     for (k = 0; k < N; k++) /* |window| <= 1: below 2^29 */
         work.q[k] = round30((int64_t)(int32_t)(work.f[k] * scale) * tinyclap_logmel_window[k]);
     shift -= complex_fft(work.q, &bound);
-    bits = halvings_for(bound, LIMIT / 2); /* every value <= LIMIT / 2: no sum below leaves int32 */
+    bits = halvings_for(bound, LIMIT2 / 2); /* every value <= LIMIT2 / 2: no sum below leaves int32 */
     r = bits ? (int32_t)1 << (bits - 1) : 0;
     shift -= bits;
     {
