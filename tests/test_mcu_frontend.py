@@ -59,6 +59,7 @@ def host_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tables_hold_logmel_settings(tmp_path: Path) -> None:
     t = frontend_tables()
+    assert t.settings == LogMel().config()
     mel = mel_filterbank().astype(np.float32)  # (n_mels, n_bins), what LogMel multiplies by
     dense, offset = np.zeros_like(mel), 0
     for band, (start, size) in enumerate(zip(t.band_start, t.band_size)):
@@ -72,6 +73,8 @@ def test_tables_hold_logmel_settings(tmp_path: Path) -> None:
     assert mem["flash_tables"] == t.table_bytes() < 10_000 and mem["ram_work"] == 4096
     for value in (0.75, -1e-10, 0.0, 3.4e38, 1.4e-45):  # hex literals are exact, subnormals included
         assert np.float32(float.fromhex(c_float(value)[:-1])) == np.float32(value)
+    with pytest.raises(ValueError):
+        c_float(float("inf"))
 
     paths = write_frontend_sources(tmp_path / "fw")
     assert sorted(p.name for p in paths) == sorted(SOURCES + TABLES)

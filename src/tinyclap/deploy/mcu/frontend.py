@@ -34,9 +34,9 @@ _F32 = np.finfo(np.float32)
 
 @dataclass(frozen=True)
 class FrontendTables:
-    """The constants of the C front end, as the float32/uint16 arrays the C tables hold."""
+    """The constants of the C front end, as the int32/uint16/float32 arrays the C tables hold."""
 
-    settings: dict[str, Any]  # the LogMel config (CONFIG_KEYS), defaults filled in
+    settings: dict[str, Any]  # the LogMel config (CONFIG_KEYS), checked, defaults filled in, as LogMel.config()
     window: np.ndarray  # (n_fft,) int32: periodic Hann, centred in the frame, in units of 2^-30
     cos: np.ndarray  # (n_fft // 2,) int32: cos(2 pi k / n_fft) in units of 2^-30 (the FFT's twiddles)
     band_start: np.ndarray  # (n_mels,) uint16: first FFT bin of each mel band
@@ -85,8 +85,10 @@ def frontend_tables(settings: dict[str, Any] | None = None) -> FrontendTables:
         rows.append(row[first:last])
     k = np.arange(n_fft // 2)
     cos = np.cos(2.0 * np.pi * k / n_fft)
+    values = (numpy_logmel.sample_rate, n_fft, numpy_logmel.hop_length, numpy_logmel.win_length, n_mels,
+              float(cfg["f_min"]), float(f_max), numpy_logmel.amin, numpy_logmel.ref)
     return FrontendTables(
-        settings={key: cfg[key] for key in CONFIG_KEYS},
+        settings=dict(zip(CONFIG_KEYS, values)),
         window=_q30(numpy_logmel.window),
         cos=_q30(cos),
         band_start=np.asarray(starts, np.uint16),
@@ -131,7 +133,9 @@ def write_frontend_sources(out_dir: Path, settings: dict[str, Any] | None = None
 
 
 def c_float(value: float) -> str:
-    """A float32 as an exact C99 hexadecimal float literal: 0.75 -> 0x1.8p-1f."""
+    """A float32 as an exact C99 hexadecimal float literal: 0.75 -> 0x1.8p-1f (C has none for inf or NaN)."""
+    if not np.isfinite(np.float32(value)):
+        raise ValueError(f"no C float literal for {value}")
     mantissa, exponent = float(np.float32(value)).hex().split("p")
     mantissa = mantissa.rstrip("0")
     return f"{mantissa}0p{exponent}f" if mantissa.endswith(".") else f"{mantissa}p{exponent}f"
