@@ -176,12 +176,13 @@ def client(work: Path, export_dir: Path, index: Path, teacher_ckpt: Path) -> Ite
         yield c
 
 
-def answer(r: Any, kind: str, status: int = 200) -> dict[str, Any]:
-    """A route's JSON answer, validated against `kind`'s schema; never a server-side path in it."""
+def answer(r: Any, kind: str, work: Path, status: int = 200) -> dict[str, Any]:
+    """A route's JSON answer, validated against `kind`'s schema; never a server-side path in it (the export,
+    the index, the indexed audio and the upload folders all lie under the test's work folder)."""
     assert r.status_code == status, r.text
     doc = r.json()
     schemas.validate(doc, kind)
-    assert str(ROOT) not in r.text and "/tmp" not in r.text, r.text[:300]
+    assert str(work) not in r.text and str(ROOT) not in r.text, r.text[:300]
     return doc
 
 
@@ -189,21 +190,22 @@ def upload(client: Any, route: str, path: Path, **fields: str) -> Any:
     return client.post(route, files={"audio": (path.name, path.read_bytes(), "audio/wav")}, data=fields)
 
 
-def test_api_answers(client: Any, audio: dict[str, Path], capsys: pytest.CaptureFixture[str], index: Path) -> None:
-    health = answer(client.get("/healthz"), "health")
+def test_api_answers(client: Any, audio: dict[str, Path], index: Path, work: Path,
+                     capsys: pytest.CaptureFixture[str]) -> None:
+    health = answer(client.get("/healthz"), "health", work)
     assert health["status"] == "ok"
-    info = answer(client.get("/api/info"), "info")
+    info = answer(client.get("/api/info"), "info", work)
     assert info["search"] is True and info["free_text_labels"] is True and info["index"]["text_search"] is True
-    short = answer(upload(client, "/api/classify", audio["short"]), "classify")
+    short = answer(upload(client, "/api/classify", audio["short"]), "classify", work)
     check_classify(short, 10)
     (res,) = short["results"]
     assert res["file"] == "short.wav" and "timeline" not in res and short["failed"] == []
     assert res["format"] == "WAV" and res["bytes"] == audio["short"].stat().st_size and res["duration"] == 2.0
-    long = answer(upload(client, "/api/classify", audio["long"], labels="a siren, rain", top="1"), "classify")
+    long = answer(upload(client, "/api/classify", audio["long"], labels="a siren, rain", top="1"), "classify", work)
     check_classify(long, 1)
     assert long["results"][0]["timeline"]["labels"] == ["a siren", "rain"]
-    text = answer(client.get("/api/search", params={"q": "a dog", "k": "2"}), "search")
-    like = answer(upload(client, "/api/search", index.parent / "source" / "clip1.wav", k="3"), "search")
+    text = answer(client.get("/api/search", params={"q": "a dog", "k": "2"}), "search", work)
+    like = answer(upload(client, "/api/search", index.parent / "source" / "clip1.wav", k="3"), "search", work)
     assert text["query"] == {"text": "a dog"} and like["query"] == {"like": "clip1.wav"}
     # the same hit fields as the CLI's, a name and an id where the CLI has the path
     assert main(["search", str(index), "--like", str(index.parent / "source" / "clip1.wav"), "--json", "-k", "3"]) == 0
@@ -216,7 +218,7 @@ def test_api_answers(client: Any, audio: dict[str, Path], capsys: pytest.Capture
         assert played.status_code == 200 and played.headers["content-type"] == "audio/wav"
 
 
-def test_api_errors(client: Any, audio: dict[str, Path]) -> None:
+def test_api_errors(client: Any, audio: dict[str, Path], work: Path) -> None:
     """Every refusal is the error document."""
     cases = [
         (client.get("/nope"), 404),
@@ -230,7 +232,7 @@ def test_api_errors(client: Any, audio: dict[str, Path]) -> None:
         (client.get("/api/audio/999999"), 404),
     ]
     for r, status in cases:
-        err = answer(r, "error", status)
+        err = answer(r, "error", work, status)
         assert err["status"] == status
 
 
