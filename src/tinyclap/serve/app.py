@@ -10,6 +10,7 @@
 | `POST /api/search` | multipart `audio` or `file` (+ `k`) -> indexed audio like it ("more like this") |
 | `GET /api/audio/{file_id}` | an indexed file's audio, by its integer id only, if it is still what was indexed |
 
+The JSON answers are the documents of docs/json.md, built by `tinyclap.schemas` (the CLI's, without paths).
 Every error is JSON `{"error": message, "status": code}`, never a traceback. Every request passes `_Guard`
 first: a `Host` the `HostCheck` does not allow gets 421 (the DNS-rebinding guard), and every answer gets the
 security headers.
