@@ -82,7 +82,7 @@ def check_classify(doc: dict[str, Any], top: int) -> None:
         assert res["labels"][0]["label"] == tl["labels"][int(np.argmax(mean))]  # ranked by mean probability
 
 
-def test_schema_files(tmp_path: Path) -> None:
+def test_schema_files() -> None:
     """Each kind has a valid draft 2020-12 schema naming its kind and version; docs/json.md names every field."""
     doc = (ROOT / "docs" / "json.md").read_text()
     names = {p.name.removesuffix(".schema.json") for p in (ROOT / "src/tinyclap/schemas").glob("*.schema.json")}
