@@ -116,7 +116,7 @@ def load(port: int, n: int, clients: int, deadline_s: float, pid: int) -> dict[s
                 conn.request("POST", "/api/classify", body=body, headers={"Content-Type": ctype})
                 r = conn.getresponse()
                 text = r.read()
-                ok = r.status == 200 and json.loads(text)["labels"]
+                ok = r.status == 200 and json.loads(text)["results"][0]["labels"]
                 err = None if ok else f"HTTP {r.status}: {text[:120]!r}"
             except (OSError, http.client.HTTPException, ValueError) as e:
                 err = f"{type(e).__name__}: {e}"

@@ -233,13 +233,13 @@ def test_classify_cli_segments_and_json(model_dir: dict[str, Path], capsys: pyte
     found = [line.split()[3] for line in out[2:]]
     assert found[0] == "low" and found[-1] == "noise" and all(len(line) <= 100 for line in out)
     assert main([*base, "--export-dir", str(model_dir["export"]), "--segments", "--json"]) == 0
-    tl = json.loads(capsys.readouterr().out)["timelines"][0]
-    assert len(tl["rows"]) == 11 and tl["segments"][0]["label"] == "low" and "similarity" in tl["rows"][0]
+    tl = json.loads(capsys.readouterr().out)["results"][0]["timeline"]
+    assert len(tl["rows"]) == 11 and tl["segments"][0]["label"] == "low" and "cosines" in tl["rows"][0]
     assert sum(s["windows"] for s in tl["segments"]) == 11
     # a score floor: windows whose best cosine is below it are "none of these"
     assert main([*base, "--export-dir", str(model_dir["export"]), "--segments", "--json", "--none-below", "0.9"]) == 0
-    tl = json.loads(capsys.readouterr().out)["timelines"][0]
-    below = sum(max(r["similarity"].values()) < 0.9 for r in tl["rows"])
+    tl = json.loads(capsys.readouterr().out)["results"][0]["timeline"]
+    below = sum(max(r["cosines"]) < 0.9 for r in tl["rows"])
     assert 0 < below == sum(s["windows"] for s in tl["segments"] if s["label"] == NONE_LABEL)
     assert main([*base[:2], "--export-dir", str(model_dir["export"]), "--segments"]) == 1
     assert "need --window" in capsys.readouterr().err

@@ -268,7 +268,7 @@ def test_like_returns_itself_first_and_text_search(models: dict[str, Path], tmp_
     assert cli_main(["search", str(tmp_path / "ix"), "a", "dog", "barking", "--tokenizer", tok, "--json",
                      "-k", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert len(out["hits"]) == 3 and out["hits"][0]["score"] >= out["hits"][-1]["score"]
+    assert len(out["hits"]) == 3 and out["hits"][0]["cosine"] >= out["hits"][-1]["cosine"]
     assert cli_main(["search", str(tmp_path / "ix"), "--like", str(files[5]), "-k", "2"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[2].split()[-1] == str(files[5])
@@ -292,7 +292,7 @@ def test_export_folder_as_model_without_torch(models: dict[str, Path], tmp_path:
     assert res.returncode == 0, res.stderr
     assert "4 file(s) embedded" in res.stdout and f"skipped {audio / 'bad.wav'}" in res.stderr
     hits = json.loads(res.stdout[res.stdout.index("{"):])["hits"]
-    assert hits[0]["path"] == str(files[2]) and hits[0]["score"] > 0.999
+    assert hits[0]["path"] == str(files[2]) and hits[0]["cosine"] > 0.999
     # the export embeds like the PyTorch student it came from
     embed_sources([audio], models["student"], tmp_path / "torch", progress=False)
     a, b = _content(tmp_path / "ix"), _content(tmp_path / "torch")

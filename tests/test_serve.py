@@ -91,21 +91,22 @@ def test_classify_real_clip(client: Any, us8k_root: Path) -> None:
     clip = sorted((us8k_root / "audio" / "fold1").glob("*.ogg"))[0]
     r = post(client, clip.read_bytes(), clip.name)
     assert r.status_code == 200, r.text
-    body = r.json()
+    (body,) = r.json()["results"]
     got = [x["label"] for x in body["labels"]]
-    assert sorted(got) == sorted(LABELS) and body["timeline"] is None and body["format"] == "Ogg"
-    scores = [x["score"] for x in body["labels"]]
-    assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-3
-    assert post(client, clip.read_bytes(), "x.bin", top="2").json()["labels"] == body["labels"][:2]
+    assert sorted(got) == sorted(LABELS) and "timeline" not in body and body["format"] == "Ogg"
+    probs = [x["probability"] for x in body["labels"]]
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-3
+    assert body["file"] == clip.name  # the client's name for its upload, never a server-side path
+    assert post(client, clip.read_bytes(), "x.bin", top="2").json()["results"][0]["labels"] == body["labels"][:2]
 
 
 def test_long_clip_gets_timeline(client: Any) -> None:
     r = post(client, wav_bytes(tone(12.0, 22050), 22050))
     assert r.status_code == 200, r.text
-    tl = r.json()["timeline"]
+    tl = r.json()["results"][0]["timeline"]
     assert tl["labels"] == LABELS and tl["window"] == 5.0 and tl["hop"] == 1.0
     assert len(tl["rows"]) == 8  # starts 0..7 s: the windows that fit in 12 s
-    assert all(len(row["scores"]) == 4 for row in tl["rows"])
+    assert all(len(row["probabilities"]) == len(row["cosines"]) == 4 for row in tl["rows"])
     assert [row["start"] for row in tl["rows"]] == [float(s) for s in range(8)]
 
 
@@ -158,7 +159,7 @@ def test_bad_audio_corpus(client: Any, tmp_path: Path, monkeypatch: pytest.Monke
         else:
             assert r.status_code in (200, 413), (case.id, r.text)
             if r.status_code == 200:
-                assert len(r.json()["labels"]) == 4, case.id
+                assert len(r.json()["results"][0]["labels"]) == 4, case.id
         assert client.get("/healthz").status_code == 200
     assert seen >= 40
 

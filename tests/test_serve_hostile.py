@@ -276,7 +276,7 @@ def test_integers_boundaries_and_fields(server: dict[str, Any], indexed: dict[st
     json_error(*request(server, "POST", "/api/classify", body, headers=headers)[:2], 400, "'audio' or 'file'")
     body, headers = multipart({}, {"file": ("a.wav", wav)})
     status, reply, _ = request(server, "POST", "/api/classify", body, headers=headers)
-    assert status == 200 and len(json.loads(reply)["labels"]) == len(LABELS), reply[:300]
+    assert status == 200 and len(json.loads(reply)["results"][0]["labels"]) == len(LABELS), reply[:300]
     healthy(server)
 
 

@@ -69,10 +69,11 @@ class BatchResult:
 
 
 def ranked_json(results: Sequence[FileResult]) -> dict[str, Any]:
-    """Ranked results as `tinyclap classify --json` and `python -m tinyclap.runtime --json` print them."""
-    return {"results": [{"file": r.path, "labels": [{"label": lb, "score": s} for lb, s in r.ranked]}
-                        for r in results if r.ok],
-            "failed": [{"file": r.path, "error": r.error} for r in results if not r.ok]}
+    """Ranked results as `tinyclap classify --json` and `python -m tinyclap.runtime --json` print them (the
+    `tinyclap.classify` document, `tinyclap.schemas.ranked_document`)."""
+    from tinyclap.schemas import ranked_document
+
+    return ranked_document(results)
 
 
 def format_ranked(results: Sequence[FileResult]) -> Iterator[str]:

@@ -33,6 +33,7 @@ from tinyclap.deploy.runtime import (
     read_manifest,
     read_verified,
 )
+from tinyclap.schemas import classify_document, timeline_result
 from tinyclap.timeline import TimelineRow
 
 __all__ = [
@@ -108,13 +109,11 @@ def _timelines(clf: Classifier, files: Sequence[str], window: float, hop: float
 
 def _timeline_view(timelines: list[tuple[str, list[TimelineRow]]], failed: list[tuple[str, str]],
                    labels: list[str], args: Any) -> Iterator[str]:
-    """JSON (`{"results": [{"file", "window", "hop", "timeline": [row, ...]}], "failed": [{"file", "error"}]}`,
-    a row as `TimelineRow.to_dict`), or per file its name and one `start end probability top-label` line per
-    window."""
+    """JSON (the `tinyclap.classify` document with a timeline per file, docs/json.md), or per file its name
+    and one `start end probability top-label` line per window."""
     if args.json:
-        results = [{"file": f, "window": args.window, "hop": args.hop, "timeline": [r.to_dict(labels) for r in rows]}
-                   for f, rows in timelines]
-        yield json.dumps({"results": results, "failed": [{"file": f, "error": e} for f, e in failed]}, indent=2)
+        results = [timeline_result(f, rows, labels, args.window, args.hop, args.top) for f, rows in timelines]
+        yield json.dumps(classify_document(results, failed), indent=2)
         return
     for f, rows in timelines:
         yield display_path(f)

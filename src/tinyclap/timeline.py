@@ -57,15 +57,10 @@ class TimelineRow:
         return int(np.argmax(self.scores))
 
     def to_dict(self, labels: Sequence[str]) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "start": round(self.start, 6),
-            "end": round(self.end, 6),
-            "top_label": labels[self.top()],
-            "probabilities": {lb: float(p) for lb, p in zip(labels, self.scores)},
-        }
-        if self.similarity is not None:
-            d["similarity"] = {lb: float(s) for lb, s in zip(labels, self.similarity)}
-        return d
+        """The row as JSON (`tinyclap.schemas.row`: probabilities and cosines in `labels` order)."""
+        from tinyclap.schemas import row
+
+        return row(self, labels)
 
 
 @dataclass(frozen=True)
@@ -80,8 +75,10 @@ class Segment:
     windows: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "start": round(self.start, 6), "end": round(self.end, 6),
-                "score": round(self.score, 6), "peak": round(self.peak, 6), "windows": self.windows}
+        """The segment as JSON (`tinyclap.schemas.segment`)."""
+        from tinyclap.schemas import segment
+
+        return segment(self)
 
 
 @dataclass
@@ -110,8 +107,10 @@ class Timeline:
                               keep_none=keep_none, none_label=none_label)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"window": self.window, "hop": self.hop, "labels": list(self.labels),
-                "rows": [r.to_dict(self.labels) for r in self.rows]}
+        """The timeline as JSON (`tinyclap.schemas.timeline`)."""
+        from tinyclap.schemas import timeline
+
+        return timeline(self.rows, self.labels, self.window, self.hop)
 
 
 def window_label(row: TimelineRow, labels: Sequence[str], threshold: float, min_similarity: float | None,

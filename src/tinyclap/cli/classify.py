@@ -193,17 +193,14 @@ def _run_timelines(args: argparse.Namespace, clf: Any) -> int:
                 out = _plot_path(args.plot, i, f, len(args.files))
                 plot_timeline(tl.rows, labels, out, title=os.path.basename(f))
                 print(f"wrote {out}", file=sys.stderr)
-    if args.json:
+    if args.json:  # the tinyclap.classify document (docs/json.md)
+        from tinyclap.schemas import classify_document, timeline_result
+
         timelines = []
         for f, tl in results:
-            item: dict[str, Any] = {"file": f, "rows": [row.to_dict(labels) for row in tl.rows]}
-            if args.segments:
-                segs = tl.segments(args.threshold, min_similarity=args.none_below)
-                item["segments"] = [seg.to_dict() for seg in segs]
-            timelines.append(item)
-        out_json = {"window": args.window, "hop": args.hop, "labels": labels, "timelines": timelines,
-                    "failed": [{"file": p, "error": e} for p, e in failed]}
-        print(json.dumps(out_json, indent=1))
+            segs = tl.segments(args.threshold, min_similarity=args.none_below) if args.segments else None
+            timelines.append(timeline_result(f, tl.rows, labels, args.window, args.hop, args.top, segs))
+        print(json.dumps(classify_document(timelines, failed), indent=1))
     _report_failed(failed, len(args.files))
     return 1 if (failed and args.strict) or not results else 0
 

@@ -50,10 +50,12 @@ def run(args: argparse.Namespace) -> int:
         hits = index.search(q, args.top, min_score=args.min_score, dedupe=not args.no_dedupe,
                             approximate=args.approximate)
         n = len(index)
-    if args.json:
+    if args.json:  # the tinyclap.search document (docs/json.md)
+        from tinyclap.schemas import hit, search_document
+
         query = {"text": text} if text else {"like": args.like}
-        print(json.dumps({"index": args.index, "query": query, "windows": n,
-                          "hits": [h.to_dict() for h in hits]}, indent=2))
+        print(json.dumps(search_document(query, [hit(h, path=True) for h in hits], index=args.index, windows=n),
+                         indent=2))
         return 0
     print(f"{len(hits)} hit(s) among {n} windows of {args.index}")
     print(f"  {'score':>7s}  {'start':>8s}  {'end':>8s}  file")

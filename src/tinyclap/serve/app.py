@@ -10,6 +10,7 @@
 | `POST /api/search` | multipart `audio` or `file` (+ `k`) -> indexed audio like it ("more like this") |
 | `GET /api/audio/{file_id}` | an indexed file's audio, by its integer id only, if it is still what was indexed |
 
+The JSON answers are the documents of docs/json.md, built by `tinyclap.schemas` (the CLI's, without paths).
 Every error is JSON `{"error": message, "status": code}`, never a traceback. Every request passes `_Guard`
 first: a `Host` the `HostCheck` does not allow gets 421 (the DNS-rebinding guard), and every answer gets the
 security headers.
@@ -35,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tinyclap import schemas
 from tinyclap.serve.engine import Engine, parse_labels
 from tinyclap.serve.limits import ApiError, HostCheck, ServeConfig, WorkerPool
 from tinyclap.serve.uploads import FILE_FIELDS, receive_upload
@@ -133,12 +135,12 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None, *, temp_root: str
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "running_or_queued": pool.admitted, "capacity": pool.capacity,
-                "rejected": pool.rejected}
+        return schemas.health_document(running_or_queued=pool.admitted, capacity=pool.capacity,
+                                       rejected=pool.rejected)
 
     @app.get("/api/info")
     async def info() -> dict[str, Any]:
-        return engine.info()
+        return schemas.info_document(engine.info())
 
     _add_upload_routes(app, engine, cfg, pool, root)
     _add_search_routes(app, engine, cfg, pool)
@@ -164,9 +166,9 @@ def _add_upload_routes(app: FastAPI, engine: Engine, cfg: ServeConfig, pool: Wor
                 raise ApiError(400, NO_AUDIO)
             labels = parse_labels(up.fields.get("labels"), cfg)
             top = _int_field(up.fields.get("top"), "top", cfg.top, cfg.top)
-            result = await pool.run(engine.classify, up.path, labels, top)
-        result.update({"file": up.filename, "format": up.format, "bytes": up.size})
-        return result
+            result = await pool.run(engine.classify, up.path, labels, top, up.filename)
+        result.update(format=up.format, bytes=up.size)
+        return schemas.classify_document([result])
 
     @app.post("/api/search")
     async def search_audio(request: Request) -> dict[str, Any]:
@@ -178,7 +180,7 @@ def _add_upload_routes(app: FastAPI, engine: Engine, cfg: ServeConfig, pool: Wor
                 raise ApiError(400, NO_AUDIO)
             k = _int_field(up.fields.get("k"), "k", cfg.search_k, cfg.max_search_k)
             hits = await pool.run(engine.search_audio, up.path, k)
-        return {"query": {"file": up.filename}, "hits": hits}
+        return schemas.search_document({"like": up.filename}, hits)
 
 
 def _add_search_routes(app: FastAPI, engine: Engine, cfg: ServeConfig, pool: WorkerPool) -> None:
@@ -187,7 +189,7 @@ def _add_search_routes(app: FastAPI, engine: Engine, cfg: ServeConfig, pool: Wor
         engine.require_index()
         kk = _int_field(k, "k", cfg.search_k, cfg.max_search_k)
         hits = await pool.run(engine.search_text, q, kk)
-        return {"query": {"text": q}, "hits": hits}
+        return schemas.search_document({"text": q}, hits)
 
     @app.get("/api/audio/{file_id}")
     async def audio(file_id: str) -> FileResponse:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from tinyclap import schemas
 from tinyclap.audio import AudioError, audio_info
 from tinyclap.serve.limits import ApiError, ServeConfig
 
@@ -56,10 +57,6 @@ def parse_labels(text: str | None, cfg: ServeConfig) -> list[str]:
     if long:
         raise ApiError(400, f"label too long ({len(long[0])} characters, the limit is {cfg.max_label_chars})")
     return labels
-
-
-def _ranked(pairs: Any) -> list[dict[str, Any]]:
-    return [{"label": str(lb), "score": round(float(s), 6)} for lb, s in pairs]
 
 
 class Engine:
@@ -179,45 +176,28 @@ class Engine:
             raise ApiError(413, f"audio too long: {info.duration:.1f} s (the limit is {self.cfg.max_seconds:g} s)")
         return info
 
-    def classify(self, path: Path, labels: list[str], top: int | None = None) -> dict[str, Any]:
-        """Ranked labels for one uploaded file; for audio longer than one clip, also the timeline."""
+    def classify(self, path: Path, labels: list[str], top: int | None = None, name: str = "") -> dict[str, Any]:
+        """One upload (`name`: the client's file name) as a `tinyclap.classify` result: ranked labels; for
+        audio longer than one clip, ranked by mean probability over the windows of its timeline."""
         top = min(top or self.cfg.top, self.cfg.top)
         info = self.check_audio(path)
         clf = self.classifier_for(labels)
         t0 = time.perf_counter()
-        out: dict[str, Any] = {"duration": round(info.duration, 3), "timeline": None}
         try:
             if info.duration <= self.clf.clip_seconds + 1e-6:
                 res = clf.classify_files([path], top=top)[0]
                 if res.error:
                     raise ApiError(422, f"cannot use the audio: {_problem(res.error)}")
-                out["labels"] = _ranked(res.ranked)
+                out = schemas.result(name, schemas.ranked(res.ranked))
             else:
-                out.update(self._timeline(clf, path, top))
+                tl = clf.timeline(path, window=self.cfg.window, hop=self.cfg.hop)
+                if not tl.rows:
+                    raise ApiError(422, "cannot use the audio: no complete window")
+                out = schemas.timeline_result(name, tl.rows, tl.labels, self.cfg.window, self.cfg.hop, top)
         except AudioError as e:
             raise ApiError(422, f"cannot use the audio: {e.problem}") from None
-        out["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        out.update(duration=round(info.duration, 3), elapsed_ms=round((time.perf_counter() - t0) * 1000, 2))
         return out
-
-    def _timeline(self, clf: Any, path: Path, top: int) -> dict[str, Any]:
-        tl = clf.timeline(path, window=self.cfg.window, hop=self.cfg.hop)
-        rows = list(tl.rows)
-        if not rows:
-            raise ApiError(422, "cannot use the audio: no complete window")
-        scores = np.stack([np.asarray(r.scores, dtype=np.float64) for r in rows])  # (W, C)
-        mean = scores.mean(axis=0)
-        order = np.argsort(-mean)[:top]
-        labels = list(tl.labels)
-        return {
-            "labels": _ranked((labels[i], mean[i]) for i in order),
-            "timeline": {
-                "window": self.cfg.window,
-                "hop": self.cfg.hop,
-                "labels": labels,
-                "rows": [{"start": round(float(r.start), 3), "end": round(float(r.end), 3),
-                          "scores": [round(float(s), 5) for s in r.scores]} for r in rows],
-            },
-        }
 
     # ---------------------------------------------------------------------------------------- search
     def require_index(self) -> Any:
@@ -256,9 +236,7 @@ class Engine:
     def _hits(self, query: np.ndarray, k: int) -> list[dict[str, Any]]:
         with self._index_lock:
             hits = self.index.search(np.asarray(query, dtype=np.float32), k=k)
-        return [{"file_id": int(h.file_id), "name": Path(h.path).name, "start": round(float(h.start), 3),
-                 "end": round(float(h.end), 3), "score": round(float(h.score), 5),
-                 "audio_url": f"/api/audio/{int(h.file_id)}"} for h in hits]
+        return [schemas.hit(h, audio_url=True) for h in hits]  # a name and an id, never a server-side path
 
     def audio_record(self, file_id: int) -> AudioRecord:
         """What the index recorded about file `file_id` (never a client path): ApiError(404) for an unknown id."""
