@@ -118,6 +118,7 @@ def _load_teacher_kind(path: Path, tokenizer_dir: str | os.PathLike | None) -> A
 _BY_KIND: dict[str, Callable[[Path, Any], Any]] = {
     "student": lambda path, tok: StudentEmbedder(load_student(path)).eval(),
     "teacher": _load_teacher_kind,
+    "teacher-2023": _load_teacher_kind,
     "proxy-teacher": _load_teacher_kind,
 }
 
