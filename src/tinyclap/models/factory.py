@@ -128,11 +128,15 @@ def load_model(spec: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | No
 
     `spec` is a registered or well-formed student name (random weights), an official MS CLAP `.pth`, one of
     our checkpoints (student, teacher or proxy teacher: a .safetensors/.json file or a run folder; a folder
-    with a student holds the student), or an export folder (or its `model.onnx`/`model.int8.onnx`).
+    with a student holds the student), a transformers ClapModel (`hf:REPO[@REVISION]` or its folder), or an
+    export folder (or its `model.onnx`/`model.int8.onnx`).
     `tokenizer_dir` is for a BERT (MS CLAP) teacher's text side; the proxy teacher brings its own.
     """
     from tinyclap.models.exported import ExportedModel, is_export
+    from tinyclap.models.hfclap import is_hf_spec
 
+    if is_hf_spec(spec):  # hf:REPO[@REVISION] or a transformers ClapModel folder
+        return _load_teacher_kind(spec, None)
     path = Path(spec)
     if not path.exists():
         return _random_student(str(spec))

@@ -495,12 +495,20 @@ def load_teacher(
     2023 as its tensors say, see `foreign_kind`; its config is `config` or else inferred from the shapes by
     `infer_config` or `tinyclap.models.msclap2023.infer_config`), one of ours written by `save_teacher`
     (`.safetensors`/`.json`/run folder; its config is stored with it), or a proxy teacher (`tinyclap teacher
-    build-proxy`; loaded by `tinyclap.models.proxy.load_proxy_teacher`, its tokenizer is its own). Only the
+    build-proxy`; loaded by `tinyclap.models.proxy.load_proxy_teacher`, its tokenizer is its own), or a
+    transformers ClapModel: `hf:REPO[@REVISION]` or a `save_pretrained` folder (`tinyclap.models.hfclap`,
+    its feature extractor and tokenizer are its own). Only the
     known extras of official files are dropped (torchlibrosa buffers, BERT position_ids); anything else that
     does not match raises `CheckpointError`, before the model is built where the config does not fit the
     tensors. Without `tokenizer_dir` (a folder with BERT's uncased vocab.txt; GPT-2's vocab.json + merges.txt
     for MS CLAP 2023) a CLAP teacher does audio only.
     """
+    from tinyclap.models.hfclap import is_hf_spec, load_hf_clap
+
+    if is_hf_spec(checkpoint):  # a transformers ClapModel brings its own config and tokenizer
+        if config is not None:
+            raise ValueError(f"{checkpoint}: config= is only for official .pth files; a ClapModel carries its own")
+        return load_hf_clap(checkpoint, device)
     path = Path(checkpoint)
     other = _other_kind(path, device, config)
     if other is not None:
