@@ -31,6 +31,8 @@ from tinyclap.models.checkpoint import CheckpointError
 
 KIND = "hf-clap"
 PREFIX = "hf:"
+# the prompt style of transformers' zero-shot-audio-classification pipeline (its default hypothesis_template)
+TEMPLATE = "This is a sound of {}."
 # the files a ClapModel folder needs; weights in safetensors first, a pickle only where that is all there is
 NEEDED = ["config.json", "*processor_config.json", "tokenizer*", "vocab.json", "merges.txt",
           "special_tokens_map.json"]
@@ -102,7 +104,10 @@ def check_clap_config(folder: Path) -> dict[str, Any]:
 def _load(folder: Path) -> tuple[Any, Any, Any]:
     """(ClapModel, feature extractor, tokenizer) from a checked folder, strictly."""
     from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
+    from transformers.utils import logging as hf_logging
 
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar on stderr
     try:
         model, info = ClapModel.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
         extractor = ClapFeatureExtractor.from_pretrained(str(folder), local_files_only=True)
@@ -110,6 +115,9 @@ def _load(folder: Path) -> tuple[Any, Any, Any]:
     except Exception as e:  # transformers raises OSError/ValueError/RuntimeError depending on what is wrong
         raise CheckpointError(f"{folder}: cannot load the ClapModel ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     checked = ("missing_keys", "unexpected_keys", "mismatched_keys")
     problems = {k: sorted(map(str, v)) for k, v in info.items() if k in checked and v}
     if problems:
@@ -121,6 +129,7 @@ class HFClapTeacher(nn.Module):
     """A transformers ClapModel behind the `Teacher` protocol (embed_waveform, encode_text, sample_rate, ...)."""
 
     kind = KIND
+    template = TEMPLATE  # the default prompt style for class names
 
     def __init__(self, model: Any, extractor: Any, tokenizer: Any, source: str = "") -> None:
         super().__init__()

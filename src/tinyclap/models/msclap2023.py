@@ -75,7 +75,8 @@ class Teacher2023Config:
         """A small random stand-in for tests: a 2-stage HTS-AT of width 16 on a 64 x 64 image, 2-layer GPT-2."""
         htsat = HTSATConfig(spec_size=64, patch=4, dim=8, depths=(2, 2), heads=(2, 4), window=4, n_mels=64,
                             classes=10)
-        text = dict(GPT2_SMALL, vocab_size=vocab_size, n_positions=128, n_embd=32, n_layer=2, n_head=4)
+        text = dict(GPT2_SMALL, vocab_size=vocab_size, n_positions=128, n_embd=32, n_layer=2, n_head=4,
+                    bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)
         return cls(htsat=htsat.to_dict(), d_proj=d_proj, text=text)
 
     @property
@@ -165,6 +166,7 @@ class CLAP2023Teacher(nn.Module):
     """
 
     kind = KIND
+    template = "this is the sound of {}"  # msclap's zero-shot examples: prompt "this is the sound of " + class
 
     def __init__(self, config: Teacher2023Config | None = None, tokenizer_dir: str | os.PathLike | None = None):
         super().__init__()
