@@ -89,6 +89,10 @@ def resolve_text_model(
 
 def _recorded_teacher_or_raise(spec: str | os.PathLike | None) -> tuple[str, str | None]:
     """(teacher path, tokenizer) recorded in a student's config; a ValueError saying what to pass if none."""
+    from tinyclap.models.pretrained import is_pretrained, pretrained_teacher
+
+    if is_pretrained(spec):  # a released student: MS CLAP 2022, where `tinyclap download` puts it
+        return pretrained_teacher(str(spec))
     rec = recorded_teacher(spec) if spec is not None else None
     if rec is None:
         raise ValueError(
