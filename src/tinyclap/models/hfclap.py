@@ -43,11 +43,20 @@ _SIZES = {"text_config": ("vocab_size", "hidden_size", "num_hidden_layers", "int
 
 
 def is_hf_spec(spec: str | os.PathLike) -> bool:
-    """True for `hf:REPO[@REVISION]`, or a local folder holding a transformers config with model_type "clap"."""
+    """True for `hf:REPO[@REVISION]`, or a local folder of a transformers model (a processor config, or a
+    `config.json` naming a model_type): it is then loaded as a ClapModel, or refused by `check_clap_config`
+    saying what was expected."""
     if isinstance(spec, str) and spec.startswith(PREFIX):
         return True
     path = Path(spec)
-    return path.is_dir() and (path / "config.json").is_file() and _has_processor(path)
+    if not path.is_dir() or not (path / "config.json").is_file() or (path / "student.safetensors").exists():
+        return False
+    if _has_processor(path):
+        return True
+    try:  # a transformers config.json always names its model_type; a tinyclap run's config.json never does
+        return "model_type" in read_json(path / "config.json")
+    except (ValueError, TypeError):
+        return False
 
 
 def _has_processor(folder: Path) -> bool:
@@ -83,8 +92,8 @@ def resolve_folder(spec: str | os.PathLike) -> Path:
 def check_clap_config(folder: Path) -> dict[str, Any]:
     """`config.json` of a ClapModel folder, refused (one line, saying what was expected) unless it is one."""
     expected = "expected a transformers ClapModel folder (config.json with model_type 'clap', and its processor's)"
-    if not (folder / "config.json").is_file() or not _has_processor(folder):
-        raise CheckpointError(f"{folder}: not a CLAP: {expected}")
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder}: not a CLAP (no config.json): {expected}")
     try:
         config = read_json(folder / "config.json")
     except ValueError as e:
@@ -92,6 +101,8 @@ def check_clap_config(folder: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("model_type") != "clap":
         kind = config.get("model_type") if isinstance(config, dict) else type(config).__name__
         raise CheckpointError(f"{folder}: not a CLAP (model_type {kind!r}); {expected}")
+    if not _has_processor(folder):
+        raise CheckpointError(f"{folder}: a CLAP without its processor (no preprocessor_config.json): {expected}")
     bad = {f"{part}.{k}": v for part, keys in _SIZES.items() for k in keys
            if (v := (config.get(part) or {}).get(k)) is not None and (not isinstance(v, int) or not 0 < v <= MAX_SIZE)}
     dim = config.get("projection_dim", 512)
