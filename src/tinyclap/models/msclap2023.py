@@ -84,6 +84,16 @@ class Teacher2023Config:
         return HTSATConfig.from_dict(self.htsat)
 
     def validate(self) -> None:
+        parts = {"htsat": self.htsat, "text": self.text, "frontend": self.frontend}
+        if not all(isinstance(v, dict) for v in parts.values()):
+            kinds = {k: type(v).__name__ for k, v in parts.items()}
+            raise ValueError(f"htsat, text and frontend must be objects, got {kinds}")
+        unknown = sorted(set(self.text) - set(GPT2_SMALL))
+        if unknown:
+            raise ValueError(f"unknown GPT-2 settings {unknown}; valid: {sorted(GPT2_SMALL)}")
+        inner = self.text.get("n_inner")
+        if inner is not None and (not isinstance(inner, int) or not 1 <= inner <= 4 * MAX_TEXT["n_embd"]):
+            raise ValueError(f"n_inner out of range: {inner}")
         self.audio.validate()
         bad = {k: self.text.get(k) for k in _TEXT_SIZES
                if not isinstance(self.text.get(k), int) or not 1 <= self.text[k] <= MAX_TEXT[k]}
