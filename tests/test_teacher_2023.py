@@ -176,20 +176,25 @@ def test_gpt2_tokenizer_refusals(tmp_path: Path) -> None:
         load_gpt2_tokenizer(folder, vocab_size=10)
 
 
+@pytest.fixture(scope="module")
+def tiny_2023(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    return save_teacher_2023(CLAP2023Teacher(Teacher2023Config.tiny()), tmp_path_factory.mktemp("t23") / "t")
+
+
 @pytest.mark.parametrize("change", [
     lambda c: c["text"].update(n_embd=10**9), lambda c: c["text"].update(n_inner=10**9),
     lambda c: c["text"].update(attn_implementation="x"), lambda c: c.update(text=[1]),
     lambda c: c["htsat"].update(dim=10**9), lambda c: c["htsat"].update(depths=["x"]),
     lambda c: c["htsat"].update(spec_size=65), lambda c: c.update(clip_seconds=1e9),
 ], ids=["width", "inner", "unknown-key", "text-list", "htsat-width", "depth-str", "spec", "window"])
-def test_hostile_2023_configs_are_refused_before_building(tmp_path: Path, change) -> None:
-    torch.manual_seed(0)
-    saved = save_teacher_2023(CLAP2023Teacher(Teacher2023Config.tiny()), tmp_path / "t")
-    meta = json.loads(saved.with_suffix(".json").read_text())
-    change(meta["teacher"])
+def test_hostile_2023_configs_are_refused_before_building(tiny_2023: Path, tmp_path: Path, change) -> None:
     from safetensors.torch import load_file, save_file
 
-    save_file(load_file(saved), saved, metadata={"tinyclap": json.dumps(meta)})
+    meta = json.loads(tiny_2023.with_suffix(".json").read_text())
+    change(meta["teacher"])
+    saved = tmp_path / "t.safetensors"
+    save_file(load_file(tiny_2023), saved, metadata={"tinyclap": json.dumps(meta)})
     saved.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="invalid MS CLAP 2023 teacher config"):
         load_teacher(saved)

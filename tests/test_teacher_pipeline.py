@@ -1,5 +1,6 @@
 """Every teacher kind through the pipeline: same audio for the teacher's target and the student's input,
-then cache -> distill 1+1 -> eval -> export with tiny random teachers (MS CLAP 2022, 2023, a ClapModel)."""
+then cache -> distill 1+1 -> eval -> export -> embed + search with tiny random teachers (MS CLAP 2022, 2023,
+a ClapModel)."""
 
 from __future__ import annotations
 
@@ -83,7 +84,11 @@ def test_end_to_end_per_teacher(work: dict, kind: str, capsys: pytest.CaptureFix
     assert main(["export", "--model", str(root / "run"), "--out", str(root / "export"), "--labels", "dog,rain",
                  "--parity-audio", str(work["root"] / "audio"), *tok_args]) == 0
     assert (root / "export" / "manifest.json").is_file()
+    assert main(["embed", "--model", str(root / "run"), "--out", str(root / "index"), str(work["root"] / "audio"),
+                 "--no-progress"]) == 0
     capsys.readouterr()
+    assert main(["search", str(root / "index"), "a dog", "--json", *tok_args]) == 0  # text via the recorded teacher
+    assert json.loads(capsys.readouterr().out)
 
 
 def test_info_teachers_lists_every_kind(capsys: pytest.CaptureFixture[str]) -> None:
