@@ -1,6 +1,6 @@
 """Every teacher kind through the pipeline: same audio for the teacher's target and the student's input,
-then cache -> distill 1+1 -> eval -> export -> embed + search with tiny random teachers (MS CLAP 2022, 2023,
-a ClapModel)."""
+then cache -> distill 1+1 -> eval -> export -> embed + search -> serve's engine, with tiny random teachers
+(MS CLAP 2022, 2023, a ClapModel)."""
 
 from __future__ import annotations
 
@@ -89,6 +89,13 @@ def test_end_to_end_per_teacher(work: dict, kind: str, capsys: pytest.CaptureFix
     capsys.readouterr()
     assert main(["search", str(root / "index"), "a dog", "--json", *tok_args]) == 0  # text via the recorded teacher
     assert json.loads(capsys.readouterr().out)
+    # serve: the page's engine classifies free-text labels and searches the index through the same teacher
+    from tinyclap.serve.limits import ServeConfig
+    from tinyclap.serve.server import build_engine
+
+    engine = build_engine(ServeConfig(), model=str(root / "run"), tokenizer=tok, index=str(root / "index"))
+    labels = engine.classify(work["files"][0], ["dog", "rain"])["labels"]
+    assert {r["label"] for r in labels} == {"dog", "rain"} and engine.search_text("a dog", 2)
 
 
 def test_info_teachers_lists_every_kind(capsys: pytest.CaptureFixture[str]) -> None:
