@@ -89,6 +89,10 @@ def resolve_text_model(
 
 def _recorded_teacher_or_raise(spec: str | os.PathLike | None) -> tuple[str, str | None]:
     """(teacher path, tokenizer) recorded in a student's config; a ValueError saying what to pass if none."""
+    from tinyclap.models.pretrained import is_pretrained, pretrained_teacher
+
+    if is_pretrained(spec):  # a released student: MS CLAP 2022, where `tinyclap download` puts it
+        return pretrained_teacher(str(spec))
     rec = recorded_teacher(spec) if spec is not None else None
     if rec is None:
         raise ValueError(
@@ -105,11 +109,12 @@ def _recorded_teacher_or_raise(spec: str | os.PathLike | None) -> tuple[str, str
     return rec
 
 
-def read_templates(values: Sequence[str] | None) -> list[str]:
+def read_templates(values: Sequence[str] | None, default: str = DEFAULT_TEMPLATE) -> list[str]:
     """Prompt templates from the command line: each value is a template or a file of templates (one a
-    line, blank lines and '#' comments skipped). Every template must contain one '{}'."""
+    line, blank lines and '#' comments skipped). Every template must contain one '{}'. None given: `default`
+    (a text model's own prompt style, its `template`, where it has one)."""
     if not values:
-        return [DEFAULT_TEMPLATE]
+        return [default]
     out: list[str] = []
     for v in values:
         p = Path(os.path.expanduser(v))
@@ -163,9 +168,9 @@ def build_classifier(
     - `classes_file` (a matrix saved by tinyclap): loaded, and reordered to `class_names` when given
       (labels match with or without underscores); as saved when `class_names` is None.
     - else the class names are encoded with prompt `templates` (templates or files of them, see
-      `read_templates`; default "this is the sound of {}") by `text_model` when given, else by the text
-      model `resolve_text_model(model, model_spec, teacher=, tokenizer=)` finds: `teacher`, else the
-      model's own text tower, else the teacher recorded in the run.
+      `read_templates`; default: the text model's `template`, else "this is the sound of {}") by
+      `text_model` when given, else by the text model `resolve_text_model(model, model_spec, teacher=,
+      tokenizer=)` finds: `teacher`, else the model's own text tower, else the teacher recorded in the run.
     """
     if classes_file is not None:
         clf = ZeroShotClassifier.load(classes_file)
@@ -177,7 +182,8 @@ def build_classifier(
             raise ValueError("need a text model or a class-matrix file for the class prompts")
         text_model = resolve_text_model(model, model_spec, teacher=teacher, tokenizer=tokenizer)[0]
     # labels stay the dataset's names; class_prompt turns underscores into spaces for the prompt
-    return ZeroShotClassifier.from_teacher(text_model, list(class_names), read_templates(templates))
+    tpls = read_templates(templates, getattr(text_model, "template", DEFAULT_TEMPLATE))  # the teacher's style
+    return ZeroShotClassifier.from_teacher(text_model, list(class_names), tpls)
 
 
 # --------------------------------------------------------------------------------------------- run_eval
@@ -235,13 +241,12 @@ def _eval_classifier(
     templates: Sequence[str] | None,
 ) -> tuple[ZeroShotClassifier, str]:
     """(class matrix matching the model's space, where its text came from)."""
-    tpls = read_templates(templates)
     if classes_file is not None:
         clf = build_classifier(class_names, classes_file=classes_file)
         text_source = f"class matrix {classes_file}"
     else:
         text_model, text_source, _ = resolve_text_model(model, model_spec, teacher=teacher, tokenizer=tokenizer)
-        clf = build_classifier(class_names, text_model=text_model, templates=tpls)
+        clf = build_classifier(class_names, text_model=text_model, templates=templates)
     dims = recorded_dims(model_spec)
     if clf.embed_dim != model.embed_dim and dims is not None and len(dims) == model.embed_dim:
         # a student pruned by `tinyclap prune`: its k entries are these entries of the teacher's space

@@ -118,6 +118,7 @@ def _load_teacher_kind(path: Path, tokenizer_dir: str | os.PathLike | None) -> A
 _BY_KIND: dict[str, Callable[[Path, Any], Any]] = {
     "student": lambda path, tok: StudentEmbedder(load_student(path)).eval(),
     "teacher": _load_teacher_kind,
+    "teacher-2023": _load_teacher_kind,
     "proxy-teacher": _load_teacher_kind,
 }
 
@@ -125,13 +126,21 @@ _BY_KIND: dict[str, Callable[[Path, Any], Any]] = {
 def load_model(spec: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None = None) -> Any:
     """Resolve `spec` to an evaluation-ready model with `embed_waveform` (see `AudioEmbedder`).
 
-    `spec` is a registered or well-formed student name (random weights), an official MS CLAP `.pth`, one of
+    `spec` is a released student's name (`tinyclap zoo`, fetched through the Hub cache), a registered or
+    well-formed student name (random weights), an official MS CLAP `.pth`, one of
     our checkpoints (student, teacher or proxy teacher: a .safetensors/.json file or a run folder; a folder
-    with a student holds the student), or an export folder (or its `model.onnx`/`model.int8.onnx`).
+    with a student holds the student), a transformers ClapModel (`hf:REPO[@REVISION]` or its folder), or an
+    export folder (or its `model.onnx`/`model.int8.onnx`).
     `tokenizer_dir` is for a BERT (MS CLAP) teacher's text side; the proxy teacher brings its own.
     """
     from tinyclap.models.exported import ExportedModel, is_export
+    from tinyclap.models.hfclap import is_hf_spec
+    from tinyclap.models.pretrained import is_pretrained, load_pretrained
 
+    if is_hf_spec(spec):  # hf:REPO[@REVISION] or a transformers ClapModel folder
+        return _load_teacher_kind(spec, None)
+    if is_pretrained(spec):  # a released tinyCLAP student by name (`tinyclap zoo`)
+        return load_pretrained(str(spec))
     path = Path(spec)
     if not path.exists():
         return _random_student(str(spec))
