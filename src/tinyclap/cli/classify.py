@@ -25,7 +25,7 @@ import numpy as np
 
 from tinyclap.audio import display_path
 from tinyclap.audio.io import MAX_WINDOW_SECONDS
-from tinyclap.cli._common import add_command, add_templates_arg, float_in, int_in
+from tinyclap.cli._common import add_command, add_pool_window_arg, add_templates_arg, float_in, int_in
 from tinyclap.deploy.runtime import MAX_BATCH, MAX_TOP
 
 
@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_templates_arg(p)
     p.add_argument("--long-clip", choices=("windows", "centre"), default="windows",
                    help="clips longer than 5 s: mean of all window embeddings, or the centre crop")
+    add_pool_window_arg(p)
     p.add_argument("--top", type=int_in(1, MAX_TOP), default=5, help="labels shown per file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file could not be read")
@@ -76,7 +77,7 @@ def _classifier(args: argparse.Namespace) -> Any:
                 "--export-dir brings its own model and classes: drop --student/--model/--teacher/--labels"
             )
         return Classifier.from_export(args.export_dir, int8=args.int8, classes=args.classes,
-                                      batch_size=args.batch_size)
+                                      batch_size=args.batch_size, pool_window=args.pool_window)
     if args.int8:
         raise ValueError("--int8 needs --export-dir (int8 models exist only in exports)")
     spec = args.student or args.model or args.teacher
@@ -84,7 +85,7 @@ def _classifier(args: argparse.Namespace) -> Any:
         raise ValueError("give a model: --student CKPT, --teacher CKPT, --model SPEC or --export-dir DIR")
     labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
     clf = Classifier.from_model(spec, args.classes or labels or None, teacher=args.teacher, tokenizer=args.tokenizer,
-                                templates=args.templates, batch_size=args.batch_size)
+                                templates=args.templates, batch_size=args.batch_size, pool_window=args.pool_window)
     if clf.classes is None:
         raise ValueError('give the classes: --labels "a,b,c" (with a text encoder) or --classes FILE.npz')
     return clf
