@@ -4,7 +4,8 @@ Without --window each file gets one ranked label list (clips longer than 5 s: me
 embeddings, or the centre crop). With --window SEC [--hop SEC] each file gets a timeline: one row per
 window (start, end, top label, probabilities), streamed from disk with bounded memory, the log-mel front
 end run once per recording and windows sliced from it (`tinyclap.timeline`), so hour-long recordings
-work; --segments merges consecutive windows into labelled segments (--threshold, --none-below).
+work; --segments merges consecutive windows into labelled segments (--threshold, --none-below), after
+smoothing the window scores (--smooth) and folding runs shorter than --min-segment into a neighbour.
 The audio model is a PyTorch one (--model/--student/--teacher, `tinyclap.models.load_model`) or an
 export folder (--export-dir, ONNX Runtime, no torch). All of it is `tinyclap.Classifier`, the Python API.
 """
@@ -27,6 +28,7 @@ from tinyclap.audio import display_path
 from tinyclap.audio.io import MAX_WINDOW_SECONDS
 from tinyclap.cli._common import add_command, add_pool_window_arg, add_templates_arg, float_in, int_in
 from tinyclap.deploy.runtime import MAX_BATCH, MAX_TOP
+from tinyclap.timeline import MIN_SEGMENT_SECONDS, SMOOTH_SECONDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,6 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "for its top label only with at least this probability, else as '(none)'")
     t.add_argument("--none-below", type=float_in(-1, 1), metavar="COS", help="with --segments: a window whose "
                    "best cosine similarity to any class is below COS counts as '(none)' (none of these)")
+    t.add_argument("--smooth", type=float_in(0, 3600), default=SMOOTH_SECONDS, metavar="SEC", help="with "
+                   "--segments: average each window's scores with those of the windows within SEC/2 seconds "
+                   "(0: off)")
+    t.add_argument("--min-segment", type=float_in(0, 3600), default=MIN_SEGMENT_SECONDS, metavar="SEC",
+                   help="with --segments: runs of windows shorter than SEC join a neighbour (0: off)")
     t.add_argument("--timeline-csv", help="write the timeline as CSV to PATH ('-' for stdout)")
     t.add_argument("--plot", help="PNG of class probability over time (one file per input: PATH, or PATH_<n>_<stem>)")
     t.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=8, help="windows embedded together")
@@ -169,9 +176,15 @@ def _file_timeline(args: argparse.Namespace, f: str, clf: Any, writer: Any, tabl
     for _ in it:  # the rest (segments view, CSV or JSON only)
         pass
     if table and args.segments:
-        for line in format_segments(tl.segments(args.threshold, min_similarity=args.none_below)):
+        for line in format_segments(_segments(args, tl)):
             print(line)
     return tl
+
+
+def _segments(args: argparse.Namespace, tl: Any) -> list[Any]:
+    """The segments the options ask for (--threshold, --none-below, --smooth, --min-segment)."""
+    return tl.segments(args.threshold, min_similarity=args.none_below, smooth=args.smooth,
+                       min_segment=args.min_segment)
 
 
 def _run_timelines(args: argparse.Namespace, clf: Any) -> int:
@@ -199,7 +212,7 @@ def _run_timelines(args: argparse.Namespace, clf: Any) -> int:
         for f, tl in results:
             item: dict[str, Any] = {"file": f, "rows": [row.to_dict(labels) for row in tl.rows]}
             if args.segments:
-                segs = tl.segments(args.threshold, min_similarity=args.none_below)
+                segs = _segments(args, tl)
                 item["segments"] = [seg.to_dict() for seg in segs]
             timelines.append(item)
         out_json = {"window": args.window, "hop": args.hop, "labels": labels, "timelines": timelines,
