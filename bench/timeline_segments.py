@@ -6,8 +6,8 @@ Builds `--recordings` long recordings by concatenating real UrbanSound8K clips (
 a teacher's projection or a student's labels in bench/real_retention.py): `--segments` true segments each,
 each segment 2-5 clips of one class (8-20 s; the next segment is another class), so every true boundary
 is known. Runs `tinyclap.Classifier.timeline` once per recording (`--window`, `--hop`), then merges the
-rows into segments for a grid of `smooth` x `min_segment` settings (`Timeline.segments`), and reports per
-setting, summed over the recordings:
+rows into segments for a grid of `smooth` x `min_segment` settings (`Timeline.segments`; both in window
+lengths), and reports per setting, summed over the recordings:
 
 - segments found (vs true), and how many are shorter than 2 s;
 - boundary precision / recall / F1 at a tolerance of `--tolerance` seconds (a found boundary matches at most
@@ -15,6 +15,7 @@ setting, summed over the recordings:
 - time accuracy: the fraction of the recordings' time whose segment label is the true class.
 
 The table's first row is the old behaviour (no smoothing, no minimum length); `*` marks the library default.
+`--rows FILE.npz` keeps the timelines (computed once, reused by a later run with the same file).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 US8K = REPO.parent / "shared" / "data" / "UrbanSound8K"
-SMOOTH = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0)
-MIN_SEGMENT = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
+SMOOTH = (0.0, 0.5, 1.0, 1.5, 2.0)  # in window lengths
+MIN_SEGMENT = (0.0, 0.5, 1.0, 1.5, 2.0)  # in window lengths
 
 
 @dataclass
@@ -117,6 +118,43 @@ def score(timelines: Sequence[Any], recs: Sequence[Recording], smooth: float, mi
             "time_accuracy": float(np.mean(acc))}
 
 
+def save_rows(path: Path, timelines: Sequence[Any], recs: Sequence[Recording]) -> None:
+    arrays: dict[str, Any] = {"labels": np.array(timelines[0].labels), "window": timelines[0].window,
+                              "hop": timelines[0].hop}
+    for i, (tl, rec) in enumerate(zip(timelines, recs)):
+        arrays[f"t{i}"] = np.array([[r.start, r.end] for r in tl.rows])
+        arrays[f"p{i}"] = np.stack([r.scores for r in tl.rows])
+        arrays[f"s{i}"] = np.stack([r.similarity for r in tl.rows])
+        arrays[f"truth{i}"] = np.array([[lab, a, b] for lab, a, b in rec.truth])
+    np.savez(path, n=len(recs), **arrays)
+
+
+def load_rows(path: Path) -> tuple[list[Any], list[Recording]]:
+    from tinyclap.timeline import Timeline, TimelineRow
+
+    z = np.load(path)
+    labels, timelines, recs = [str(x) for x in z["labels"]], [], []
+    for i in range(int(z["n"])):
+        rows = [TimelineRow(float(a), float(b), p, s) for (a, b), p, s in zip(z[f"t{i}"], z[f"p{i}"], z[f"s{i}"])]
+        timelines.append(Timeline(labels, rows, float(z["window"]), float(z["hop"])))
+        recs.append(Recording(np.zeros(0, np.float32), [(str(c), float(a), float(b)) for c, a, b in z[f"truth{i}"]]))
+    return timelines, recs
+
+
+def compute(args: argparse.Namespace) -> tuple[list[Any], list[Recording]]:
+    """The recordings and their timelines (the model run once per recording)."""
+    import torch
+
+    from tinyclap.classifier import Classifier
+
+    torch.set_num_threads(1)
+    clips = us8k_clips(Path(args.us8k), args.fold)
+    clf = Classifier.from_model(args.model, args.classes or sorted(clips), teacher=args.teacher)
+    rng = np.random.default_rng(args.seed)
+    recs = [build_recording(clips, args.segments, rng, clf.sample_rate) for _ in range(args.recordings)]
+    return [clf.timeline(r.wave, args.window, args.hop, sample_rate=clf.sample_rate) for r in recs], recs
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="model spec (tinyclap.models.load_model) or export folder")
@@ -130,37 +168,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hop", type=float, default=1.0)
     ap.add_argument("--tolerance", type=float, default=2.0, help="boundary tolerance (s)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rows", help="timelines file (.npz): read when it exists, else written")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    import torch
+    from tinyclap.timeline import MIN_SEGMENT_WINDOWS, SMOOTH_WINDOWS
 
-    from tinyclap.classifier import Classifier
-    from tinyclap.timeline import MIN_SEGMENT_SECONDS, SMOOTH_SECONDS, Timeline
-
-    torch.set_num_threads(1)
-    clips = us8k_clips(Path(args.us8k), args.fold)
-    names = sorted(clips)
-    clf = Classifier.from_model(args.model, args.classes or names, teacher=args.teacher)
-    rng = np.random.default_rng(args.seed)
-    recs = [build_recording(clips, args.segments, rng, clf.sample_rate) for _ in range(args.recordings)]
     t0 = time.perf_counter()
-    timelines = [clf.timeline(r.wave, args.window, args.hop, sample_rate=clf.sample_rate) for r in recs]
-    timelines = [Timeline(tl.labels, tl.rows, tl.window, tl.hop) for tl in timelines]
+    if args.rows and Path(args.rows).is_file():
+        timelines, recs = load_rows(Path(args.rows))
+    else:
+        timelines, recs = compute(args)
+        if args.rows:
+            save_rows(Path(args.rows), timelines, recs)
     elapsed = time.perf_counter() - t0
-    rows = [score(timelines, recs, s, m, args.tolerance) for s in SMOOTH for m in MIN_SEGMENT]
-    summary = {"model": args.model, "recordings": args.recordings, "seconds": [len(r.wave) / clf.sample_rate
-               for r in recs], "window": args.window, "hop": args.hop, "tolerance": args.tolerance,
-               "timeline_seconds": round(elapsed, 1), "default": [SMOOTH_SECONDS, MIN_SEGMENT_SECONDS], "rows": rows}
+    window = timelines[0].window
+    rows = [score(timelines, recs, s * window, m * window, args.tolerance) for s in SMOOTH for m in MIN_SEGMENT]
+    summary = {"model": args.model, "recordings": len(recs), "seconds": [r.truth[-1][2] for r in recs],
+               "window": window, "hop": timelines[0].hop, "tolerance": args.tolerance,
+               "timeline_seconds": round(elapsed, 1), "rows": rows,
+               "default": [SMOOTH_WINDOWS * window, MIN_SEGMENT_WINDOWS * window]}
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
     mins = ", ".join(f"{s:.0f} s" for s in summary["seconds"])
-    print(f"{args.model}: {args.recordings} recordings ({mins}), window {args.window:g} s, hop {args.hop:g} s, "
+    print(f"{args.model}: {len(recs)} recordings ({mins}), window {window:g} s, hop {summary['hop']:g} s, "
           f"boundary tolerance {args.tolerance:g} s")
     print("| smooth (s) | min segment (s) | segments (true) | < 2 s | boundary P | R | F1 | time accuracy |")
     print("|---|---|---|---|---|---|---|---|")
-    key = (SMOOTH_SECONDS, MIN_SEGMENT_SECONDS)
+    key = tuple(summary["default"])
     shown = [rows[0]] + sorted(rows[1:], key=lambda r: -r["f1"])[:10]
     shown += [r for r in rows if (r["smooth"], r["min_segment"]) == key and r not in shown]
     for r in shown:

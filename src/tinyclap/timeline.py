@@ -20,12 +20,12 @@ below `min_similarity` (a score floor), it counts as "none of these" (`NONE_LABE
 for the stretch of time around its centre (one hop wide), so segments do not overlap.
 
 Window decisions flicker where sounds mix, so two steps come first (defaults measured on a real concatenated
-recording, `bench/timeline_segments.py`, bench/REPORT.md "Timeline segments"): **smoothing**, each window's
-probabilities and similarities averaged with those of the windows whose centres lie within `smooth`/2
-seconds of its own (a centred moving average; 0: off), and a **minimum segment length**, a run of windows
-shorter than `min_segment` seconds given to the neighbour whose label it scores higher (a "none" neighbour
-last), the shortest run first, until none is left (0: off). A segment's mean and peak are the windows' own
-(unsmoothed) probabilities of its label.
+recording, `bench/timeline_segments.py`, bench/REPORT.md "Timeline segments"; by default both one window
+long): **smoothing**, each window's probabilities and similarities averaged with those of the windows whose
+centres lie within `smooth`/2 seconds of its own (a centred moving average; 0: off), and a **minimum segment
+length**, a run of windows shorter than `min_segment` seconds given to the neighbour whose label it scores
+higher (a "none" neighbour last), the shortest run first, until none is left (0: off). A segment's mean and
+peak are the windows' own (unsmoothed) probabilities of its label.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "MIN_SEGMENT_SECONDS",
+    "MIN_SEGMENT_WINDOWS",
     "NONE_LABEL",
-    "SMOOTH_SECONDS",
+    "SMOOTH_WINDOWS",
     "Segment",
     "Timeline",
     "TimelineRow",
@@ -51,8 +51,9 @@ __all__ = [
 ]
 
 NONE_LABEL = "(none)"
-SMOOTH_SECONDS = 3.0  # segments: centred moving average of window scores over this many seconds (measured)
-MIN_SEGMENT_SECONDS = 2.0  # segments: shorter runs of windows join a neighbour (measured)
+# Timeline.segments' defaults, in window lengths (measured: bench/timeline_segments.py, bench/REPORT.md)
+SMOOTH_WINDOWS = 1.0  # centred moving average of window scores over this many window lengths
+MIN_SEGMENT_WINDOWS = 1.0  # runs of windows shorter than this many window lengths join a neighbour
 TEXT_WIDTH = 100  # the text views fit this many columns
 
 
@@ -114,10 +115,13 @@ class Timeline:
 
     def segments(
         self, threshold: float = 0.0, *, min_similarity: float | None = None, keep_none: bool = True,
-        none_label: str = NONE_LABEL, smooth: float = SMOOTH_SECONDS, min_segment: float = MIN_SEGMENT_SECONDS,
+        none_label: str = NONE_LABEL, smooth: float | None = None, min_segment: float | None = None,
     ) -> list[Segment]:
         """Merge consecutive windows with the same label after smoothing (see the module docstring);
-        `keep_none=False` drops the "none of these" segments from the result."""
+        `keep_none=False` drops the "none of these" segments from the result. `smooth` and `min_segment` are
+        seconds (0: off); None: `SMOOTH_WINDOWS` and `MIN_SEGMENT_WINDOWS` window lengths."""
+        smooth = SMOOTH_WINDOWS * self.window if smooth is None else smooth
+        min_segment = MIN_SEGMENT_WINDOWS * self.window if min_segment is None else min_segment
         return merge_segments(self.rows, self.labels, threshold=threshold, min_similarity=min_similarity,
                               keep_none=keep_none, none_label=none_label, smooth=smooth, min_segment=min_segment)
 
@@ -140,11 +144,12 @@ def window_label(row: TimelineRow, labels: Sequence[str], threshold: float, min_
 def merge_segments(
     rows: Sequence[TimelineRow], labels: Sequence[str], *, threshold: float = 0.0,
     min_similarity: float | None = None, keep_none: bool = True, none_label: str = NONE_LABEL,
-    smooth: float = SMOOTH_SECONDS, min_segment: float = MIN_SEGMENT_SECONDS,
+    smooth: float = 0.0, min_segment: float = 0.0,
 ) -> list[Segment]:
-    """Segments of consecutive windows with one label (after `smooth` and `min_segment`, see the module
-    docstring); window k stands for [c_k - h/2, c_k + h/2) around its centre c_k (h: the step between window
-    starts), the first from its start, the last to its end."""
+    """Segments of consecutive windows with one label, after `smooth` and `min_segment` seconds (see the module
+    docstring; both off unless given, `Timeline.segments` has the measured defaults). Window k stands for
+    [c_k - h/2, c_k + h/2) around its centre c_k (h: the step between window starts), the first from its start,
+    the last to its end."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     for name, value in (("smooth", smooth), ("min_segment", min_segment)):

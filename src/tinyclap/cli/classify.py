@@ -28,7 +28,7 @@ from tinyclap.audio import display_path
 from tinyclap.audio.io import MAX_WINDOW_SECONDS
 from tinyclap.cli._common import add_command, add_pool_window_arg, add_templates_arg, float_in, int_in
 from tinyclap.deploy.runtime import MAX_BATCH, MAX_TOP
-from tinyclap.timeline import MIN_SEGMENT_SECONDS, SMOOTH_SECONDS
+from tinyclap.timeline import MIN_SEGMENT_WINDOWS, SMOOTH_WINDOWS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,11 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "for its top label only with at least this probability, else as '(none)'")
     t.add_argument("--none-below", type=float_in(-1, 1), metavar="COS", help="with --segments: a window whose "
                    "best cosine similarity to any class is below COS counts as '(none)' (none of these)")
-    t.add_argument("--smooth", type=float_in(0, 3600), default=SMOOTH_SECONDS, metavar="SEC", help="with "
-                   "--segments: average each window's scores with those of the windows within SEC/2 seconds "
-                   "(0: off)")
-    t.add_argument("--min-segment", type=float_in(0, 3600), default=MIN_SEGMENT_SECONDS, metavar="SEC",
-                   help="with --segments: runs of windows shorter than SEC join a neighbour (0: off)")
+    t.add_argument("--smooth", type=float_in(0, 3600), metavar="SEC", help="with --segments: average each "
+                   "window's scores with those of the windows within SEC/2 seconds (0: off; default: "
+                   f"{SMOOTH_WINDOWS:g} x --window)")
+    t.add_argument("--min-segment", type=float_in(0, 3600), metavar="SEC", help="with --segments: runs of "
+                   f"windows shorter than SEC join a neighbour (0: off; default: {MIN_SEGMENT_WINDOWS:g} x --window)")
     t.add_argument("--timeline-csv", help="write the timeline as CSV to PATH ('-' for stdout)")
     t.add_argument("--plot", help="PNG of class probability over time (one file per input: PATH, or PATH_<n>_<stem>)")
     t.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=8, help="windows embedded together")
