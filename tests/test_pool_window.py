@@ -19,7 +19,7 @@ from tinyclap.classifier import Classifier
 from tinyclap.cli import main
 from tinyclap.deploy.clips import find_audio, pick
 from tinyclap.deploy.export import export
-from tinyclap.models import StudentEmbedder, save_student
+from tinyclap.models import StudentEmbedder, load_model, save_student
 from tinyclap.models.embedder import with_pool_window
 from tinyclap.models.students import create_student
 from tinyclap.zeroshot import ZeroShotClassifier
@@ -122,6 +122,10 @@ def test_same_decisions_in_torch_and_onnx(pooled_export: dict[str, Path], us8k_r
     assert Classifier.from_export(pooled_export["export"], pool_window=1.0).pool_window == 1.0
     with pytest.raises(ValueError, match="exported for pooled windows of 1 s"):
         Classifier.from_export(pooled_export["export"], pool_window=0.5)
+    exported = load_model(pooled_export["export"])  # what `eval --model EXPORT` runs
+    assert with_pool_window(exported, 1.0).pool_window == 1.0
+    with pytest.raises(ValueError, match="needs `tinyclap export --pool-window 0.5`"):
+        with_pool_window(exported, 0.5)
 
 
 def test_classify_and_eval_take_pool_window(pooled_export: dict[str, Path], us8k_root: Path,

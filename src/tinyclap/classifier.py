@@ -245,10 +245,7 @@ class Classifier:
 
         spec = model if isinstance(model, (str, os.PathLike)) else None
         loaded = load_model(spec, tokenizer_dir=tokenizer) if spec is not None else model
-        if isinstance(loaded, ExportedModel):
-            export_pool_window(loaded.runtime.manifest, pool_window, spec or "the export")
-        else:
-            with_pool_window(loaded, pool_window)
+        with_pool_window(loaded, pool_window)
         info = {"spec": os.fspath(spec) if spec is not None else None, "kind": getattr(loaded, "kind", None),
                 "name": getattr(loaded, "name", type(loaded).__name__)}
         if isinstance(loaded, ExportedModel):

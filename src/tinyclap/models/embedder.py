@@ -109,8 +109,14 @@ class StudentEmbedder(nn.Module):
 
 def with_pool_window(model: Any, seconds: float | None) -> Any:
     """`model` set to embed with pooled windows of `seconds` (None: leaves it as it is). Only a student's
-    backbone and head run apart: any other model (a teacher, an export) is a one-line ValueError."""
+    backbone and head run apart: a teacher is a one-line ValueError, and so is an export unless it was
+    exported with that window (`tinyclap.classifier.export_pool_window`)."""
     if seconds is None:
+        return model
+    if getattr(model, "kind", None) == "export" and hasattr(model, "runtime"):
+        from tinyclap.classifier import export_pool_window
+
+        export_pool_window(model.runtime.manifest, seconds, model.runtime.export_dir)
         return model
     if not isinstance(model, StudentEmbedder) or not hasattr(model.student, "features"):
         kind = getattr(model, "kind", None) or type(model).__name__
