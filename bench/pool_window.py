@@ -117,13 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(res, indent=1))
         return 0
     print(f"{args.model}: {len(clips)} clips of US8K fold {args.fold}, fp32")
-    print("| window / clip | pooled: mean cos (min) | mean of embeddings: mean cos (min) | top-1 agr. pooled / mean |")
-    print("|---|---|---|---|")
+    print("| window / clip | pooled: mean cos (min) | mean of embeddings: mean cos (min) | top-1 agr. pooled / mean "
+          "| accuracy whole / pooled / mean |")
+    print("|---|---|---|---|---|")
     for key, r in res["results"].items():
-        agr = (f"{100 * r['pooled']['top1_agreement']:.1f} % / {100 * r['mean']['top1_agreement']:.1f} %"
-               if "top1_agreement" in r["pooled"] else "-")
-        print(f"| {key} | {r['pooled']['mean_cosine']:.4f} ({r['pooled']['min_cosine']:.4f}) | "
-              f"{r['mean']['mean_cosine']:.4f} ({r['mean']['min_cosine']:.4f}) | {agr} |")
+        p, m = r["pooled"], r["mean"]
+        agr = f"{100 * p['top1_agreement']:.1f} % / {100 * m['top1_agreement']:.1f} %" if clf is not None else "-"
+        acc = (f"{100 * r['whole_accuracy']:.1f} / {100 * p['accuracy']:.1f} / {100 * m['accuracy']:.1f} %"
+               if clf is not None else "-")
+        print(f"| {key} | {p['mean_cosine']:.4f} ({p['min_cosine']:.4f}) | {m['mean_cosine']:.4f} "
+              f"({m['min_cosine']:.4f}) | {agr} | {acc} |")
     return 0
 
 
