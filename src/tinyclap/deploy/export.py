@@ -200,7 +200,7 @@ def export(
     lm = getattr(model, "frontend", None)
     lm = lm if isinstance(lm, LogMel) else LogMel()
     pool_window = pool_window if pool_window is not None else getattr(model, "pool_window", None)
-    if pool_window is not None and not 0 < pool_window <= CLIP_SECONDS:
+    if pool_window is not None and not (isinstance(pool_window, (int, float)) and 0 < pool_window <= CLIP_SECONDS):
         raise ValueError(f"pool window must be in (0, {CLIP_SECONDS:g}] seconds, got {pool_window!r}")
     _check_request(student, classifier, frontend, quantize)
     final = Path(out_dir)
