@@ -12,6 +12,8 @@
 (`tinyclap.audio.eval_windows`, as `tinyclap eval` does); a file that cannot be read is reported in its
 result, never fatal for the batch. Timelines run the log-mel front end once per recording when the model
 allows it (a student, MS CLAP's teacher, or an export through its `student.onnx`), see `tinyclap.timeline`.
+With a pool window (`pool_window=`, students and exports made with one) each 5 s clip is embedded from its
+shorter windows: backbone per window, features averaged, head once (`tinyclap.models.embedder`).
 
 This module imports torch only for PyTorch models: `from_export` works where torch is not installed.
 """
@@ -39,7 +41,8 @@ from tinyclap.audio import (
 from tinyclap.timeline import Timeline, TimelineRow, array_chunks, collect_rows, iter_windows
 from tinyclap.zeroshot import ZeroShotClassifier
 
-__all__ = ["BatchResult", "Classifier", "FileResult", "format_failed", "format_ranked", "ranked_json"]
+__all__ = ["BatchResult", "Classifier", "FileResult", "export_pool_window", "format_failed", "format_ranked",
+           "ranked_json"]
 
 CLIP_SECONDS = 5.0
 
@@ -135,7 +138,9 @@ class _TorchEngine:
         self.sample_rate, self.embed_dim = int(model.sample_rate), int(model.embed_dim)
         self.clip_samples = int(getattr(model, "clip_samples", round(CLIP_SECONDS * self.sample_rate)))
         fe = getattr(model, "frontend", None)
-        sliceable = isinstance(fe, LogMel) and hasattr(model, "encode_audio")
+        self.pool_window = getattr(model, "pool_window", None)
+        # pooled windows run the front end on each window's own samples, as the device does: no slicing
+        sliceable = isinstance(fe, LogMel) and hasattr(model, "encode_audio") and self.pool_window is None
         self.frontend = _TorchFrames(fe, self.device) if sliceable else None
 
     def embed_waves(self, waves: np.ndarray) -> np.ndarray:
@@ -165,11 +170,13 @@ class _ExportEngine:
         self.clip_samples = runtime.clip_samples
         self._student: Any = None
         self.student_batch = 1
+        # an export made with a pool window pools inside model.onnx; student.onnx is one window's graph
+        self.pool_window = runtime.manifest.get("pool_window")
         try:
             self.frontend: Any = NumpyLogMel(runtime.manifest.get("frontend") or {})
         except (TypeError, ValueError):
             self.frontend = None  # an odd manifest: timelines fall back to whole windows through model.onnx
-        if self.frontend is not None and self.frontend.sample_rate != self.sample_rate:
+        if self.frontend is not None and (self.frontend.sample_rate != self.sample_rate or self.pool_window):
             self.frontend = None
 
     def embed_waves(self, waves: np.ndarray) -> np.ndarray:
@@ -215,6 +222,8 @@ class Classifier:
         self.embed_dim: int = int(engine.embed_dim)
         self.model_info: dict[str, Any] = dict(model_info or {})
         self.batch_size = int(batch_size)
+        self.pool_window: float | None = engine.pool_window
+        self.model_info["pool_window"] = self.pool_window
         self.workers = workers if workers is not None else min(2, os.cpu_count() or 1)
         self._text = text  # (resolve() -> text model, templates) or None
         self.classes: ZeroShotClassifier | None = None
@@ -224,16 +233,20 @@ class Classifier:
     # -- construction --
     @classmethod
     def from_model(cls, model: Any, classes: Any = None, *, teacher: Any = None, tokenizer: Any = None,
-                   templates: Sequence[str] | None = None, device: Any = None, **kw: Any) -> Classifier:
+                   templates: Sequence[str] | None = None, device: Any = None, pool_window: float | None = None,
+                   **kw: Any) -> Classifier:
         """`model`: a `tinyclap.models.load_model` spec (student name, run folder, checkpoint, MS CLAP .pth,
         export folder) or a loaded model; `classes`: a class-matrix .npz, a list of labels (encoded with the
         text side: `teacher`, else the model's own text tower, else the teacher recorded in its run), a
-        `ZeroShotClassifier`, or None (labels later with `set_labels`; an export's own classes.npz)."""
+        `ZeroShotClassifier`, or None (labels later with `set_labels`; an export's own classes.npz).
+        `pool_window` (seconds, students only): clips embedded from pooled windows (`tinyclap.models.embedder`)."""
         from tinyclap.models import load_model
+        from tinyclap.models.embedder import with_pool_window
         from tinyclap.models.exported import ExportedModel
 
         spec = model if isinstance(model, (str, os.PathLike)) else None
         loaded = load_model(spec, tokenizer_dir=tokenizer) if spec is not None else model
+        with_pool_window(loaded, pool_window)
         info = {"spec": os.fspath(spec) if spec is not None else None, "kind": getattr(loaded, "kind", None),
                 "name": getattr(loaded, "name", type(loaded).__name__)}
         if isinstance(loaded, ExportedModel):
@@ -250,12 +263,14 @@ class Classifier:
 
     @classmethod
     def from_export(cls, export_dir: str | os.PathLike, *, int8: bool = False, classes: Any = None,
-                    threads: int | None = None, **kw: Any) -> Classifier:
+                    threads: int | None = None, pool_window: float | None = None, **kw: Any) -> Classifier:
         """An export folder through ONNX Runtime (no torch); `classes` (a .npz or a `ZeroShotClassifier`)
-        replaces the export's own classes.npz."""
+        replaces the export's own classes.npz. An export made with a pool window uses it (the graph pools);
+        `pool_window`, when given, must be that window."""
         from tinyclap.deploy.runtime import Runtime
 
         rt = Runtime(export_dir, int8=int8, threads=threads, batch_size=kw.get("batch_size", 16))
+        export_pool_window(rt.manifest, pool_window, export_dir)
         info = {"export_dir": os.fspath(export_dir), "kind": "export", "int8": bool(int8),
                 "name": rt.manifest.get("student", {}).get("name") if isinstance(rt.manifest.get("student"), dict)
                 else rt.manifest.get("student")}
@@ -482,6 +497,17 @@ class _TextSide:
         with torch.no_grad():
             emb = self.resolve().encode_text(texts, normalize=True)
         return l2_normalize(emb.float().cpu().numpy())
+
+
+def export_pool_window(manifest: dict[str, Any], asked: float | None, where: Any = "the export") -> float | None:
+    """The pool window an export's graph was made with (None: whole clips); ValueError when `asked` differs
+    (the window is part of the exported graph)."""
+    recorded = manifest.get("pool_window")
+    if asked is not None and (recorded is None or abs(float(asked) - float(recorded)) > 1e-9):
+        made = f"pooled windows of {recorded:g} s" if recorded else "whole 5 s clips"
+        raise ValueError(f"{os.fspath(where)}: exported for {made}; a pool window of {asked:g} s needs "
+                         f"`tinyclap export --pool-window {asked:g}`")
+    return recorded
 
 
 def _as_waves(waves: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:

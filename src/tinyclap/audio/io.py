@@ -344,13 +344,18 @@ def eval_windows(
     n = wave.shape[0]
     if n <= length:
         return fit_clip(wave, length, policy="eval", pad=pad)[None, :]
+    return np.stack([wave[s : s + length] for s in window_starts(n, length)]).astype(np.float32, copy=False)
+
+
+def window_starts(n: int, length: int) -> list[int]:
+    """Start samples of the full windows `eval_windows` takes from n > length samples (its docstring says
+    how the remainder is handled); [0] when n <= length (the one window is then padded)."""
+    if n <= length:
+        return [0]
     k_full, rem = divmod(n, length)
     if 2 * rem >= length:
-        starts = [i * length for i in range(k_full)] + [n - length]
-    else:
-        offset = rem // 2
-        starts = [offset + i * length for i in range(k_full)]
-    return np.stack([wave[s : s + length] for s in starts]).astype(np.float32, copy=False)
+        return [i * length for i in range(k_full)] + [n - length]
+    return [rem // 2 + i * length for i in range(k_full)]
 
 
 def stream_windows(

@@ -21,6 +21,7 @@ __all__ = [
     "add_command",
     "add_device_arg",
     "add_embedding_run_args",
+    "add_pool_window_arg",
     "embedding_run_kwargs",
     "add_templates_arg",
     "classifier_from_args",
@@ -160,6 +161,14 @@ def add_templates_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     parser.add_argument("--templates", action="append", metavar="TEMPLATE|FILE",
                         help=f"prompt template with {{}} (repeatable, or a file with one per line): prompt "
                         f"ensembling; {default}")
+
+
+def add_pool_window_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--pool-window SECONDS`: a student embeds each 5 s clip from windows of SECONDS (backbone per window,
+    features averaged, head once: what a microcontroller does); the one spelling everywhere."""
+    parser.add_argument("--pool-window", type=float_in(0.05, 5.0), metavar="SECONDS",
+                        help="students only: run the backbone on windows of SECONDS, average their features, "
+                        "run the head once (what a device with little RAM does)")
 
 
 def classifier_from_args(args: argparse.Namespace, model: Any, spec: Any) -> Any:

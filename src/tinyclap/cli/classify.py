@@ -4,7 +4,8 @@ Without --window each file gets one ranked label list (clips longer than 5 s: me
 embeddings, or the centre crop). With --window SEC [--hop SEC] each file gets a timeline: one row per
 window (start, end, top label, probabilities), streamed from disk with bounded memory, the log-mel front
 end run once per recording and windows sliced from it (`tinyclap.timeline`), so hour-long recordings
-work; --segments merges consecutive windows into labelled segments (--threshold, --none-below).
+work; --segments merges consecutive windows into labelled segments (--threshold, --none-below), after
+smoothing the window scores (--smooth) and folding runs shorter than --min-segment into a neighbour.
 The audio model is a PyTorch one (--model/--student/--teacher, `tinyclap.models.load_model`) or an
 export folder (--export-dir, ONNX Runtime, no torch). All of it is `tinyclap.Classifier`, the Python API.
 """
@@ -25,8 +26,9 @@ import numpy as np
 
 from tinyclap.audio import display_path
 from tinyclap.audio.io import MAX_WINDOW_SECONDS
-from tinyclap.cli._common import add_command, add_templates_arg, float_in, int_in
+from tinyclap.cli._common import add_command, add_pool_window_arg, add_templates_arg, float_in, int_in
 from tinyclap.deploy.runtime import MAX_BATCH, MAX_TOP
+from tinyclap.timeline import MIN_SEGMENT_WINDOWS, SMOOTH_WINDOWS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_templates_arg(p)
     p.add_argument("--long-clip", choices=("windows", "centre"), default="windows",
                    help="clips longer than 5 s: mean of all window embeddings, or the centre crop")
+    add_pool_window_arg(p)
     p.add_argument("--top", type=int_in(1, MAX_TOP), default=5, help="labels shown per file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file could not be read")
@@ -60,6 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "for its top label only with at least this probability, else as '(none)'")
     t.add_argument("--none-below", type=float_in(-1, 1), metavar="COS", help="with --segments: a window whose "
                    "best cosine similarity to any class is below COS counts as '(none)' (none of these)")
+    t.add_argument("--smooth", type=float_in(0, 3600), metavar="SEC", help="with --segments: average each "
+                   "window's scores with those of the windows within SEC/2 seconds (0: off; default: "
+                   f"{SMOOTH_WINDOWS:g} x --window)")
+    t.add_argument("--min-segment", type=float_in(0, 3600), metavar="SEC", help="with --segments: runs of "
+                   f"windows shorter than SEC join a neighbour (0: off; default: {MIN_SEGMENT_WINDOWS:g} x --window)")
     t.add_argument("--timeline-csv", help="write the timeline as CSV to PATH ('-' for stdout)")
     t.add_argument("--plot", help="PNG of class probability over time (one file per input: PATH, or PATH_<n>_<stem>)")
     t.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=8, help="windows embedded together")
@@ -76,7 +84,7 @@ def _classifier(args: argparse.Namespace) -> Any:
                 "--export-dir brings its own model and classes: drop --student/--model/--teacher/--labels"
             )
         return Classifier.from_export(args.export_dir, int8=args.int8, classes=args.classes,
-                                      batch_size=args.batch_size)
+                                      batch_size=args.batch_size, pool_window=args.pool_window)
     if args.int8:
         raise ValueError("--int8 needs --export-dir (int8 models exist only in exports)")
     spec = args.student or args.model or args.teacher
@@ -84,7 +92,7 @@ def _classifier(args: argparse.Namespace) -> Any:
         raise ValueError("give a model: --student CKPT, --teacher CKPT, --model SPEC or --export-dir DIR")
     labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
     clf = Classifier.from_model(spec, args.classes or labels or None, teacher=args.teacher, tokenizer=args.tokenizer,
-                                templates=args.templates, batch_size=args.batch_size)
+                                templates=args.templates, batch_size=args.batch_size, pool_window=args.pool_window)
     if clf.classes is None:
         raise ValueError('give the classes: --labels "a,b,c" (with a text encoder) or --classes FILE.npz')
     return clf
@@ -168,9 +176,15 @@ def _file_timeline(args: argparse.Namespace, f: str, clf: Any, writer: Any, tabl
     for _ in it:  # the rest (segments view, CSV or JSON only)
         pass
     if table and args.segments:
-        for line in format_segments(tl.segments(args.threshold, min_similarity=args.none_below)):
+        for line in format_segments(_segments(args, tl)):
             print(line)
     return tl
+
+
+def _segments(args: argparse.Namespace, tl: Any) -> list[Any]:
+    """The segments the options ask for (--threshold, --none-below, --smooth, --min-segment)."""
+    return tl.segments(args.threshold, min_similarity=args.none_below, smooth=args.smooth,
+                       min_segment=args.min_segment)
 
 
 def _run_timelines(args: argparse.Namespace, clf: Any) -> int:
@@ -198,7 +212,7 @@ def _run_timelines(args: argparse.Namespace, clf: Any) -> int:
 
         timelines = []
         for f, tl in results:
-            segs = tl.segments(args.threshold, min_similarity=args.none_below) if args.segments else None
+            segs = _segments(args, tl) if args.segments else None
             timelines.append(timeline_result(f, tl.rows, labels, args.window, args.hop, args.top, segs))
         print(json.dumps(classify_document(timelines, failed), indent=1))
     _report_failed(failed, len(args.files))

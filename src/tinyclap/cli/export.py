@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from tinyclap.cli._common import add_command, add_templates_arg, classifier_from_args
+from tinyclap.cli._common import add_command, add_pool_window_arg, add_templates_arg, classifier_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-frontend-int8-check", action="store_true", help="skip measuring a quantised front end"
     )
+    add_pool_window_arg(p)
     p.add_argument("--json", action="store_true", help="print the manifest")
     p.set_defaults(func=run)
 
@@ -113,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from tinyclap.deploy.export import check_out_dir, export
     from tinyclap.deploy.quantize import Int8Options
     from tinyclap.models import load_model
+    from tinyclap.models.embedder import with_pool_window
 
     if bool(args.labels) == bool(args.classes):
         raise ValueError(
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--quantize int8 needs --calibration AUDIO (real recordings)")
     check_out_dir(Path(args.out), args.overwrite)
     parity, calibration, heldout = _audio_sets(args)
-    model = load_model(args.model)
+    model = with_pool_window(load_model(args.model), args.pool_window)
     clf = classifier_from_args(args, model, args.model)
 
     def log(msg: str) -> None:

@@ -4,6 +4,8 @@ An export folder holds:
 
 - `model.onnx`    waveform (B, 220500) at 44.1 kHz -> L2-normalised embedding (B, D); dynamic batch.
 - `student.onnx`  log-mel (B, T, 64) -> L2-normalised embedding (B, D); dynamic batch and frames.
+  With `pool_window=W` (recorded in the manifest), model.onnx embeds each clip from W s windows (backbone
+  per window, features averaged, head once; `tinyclap.deploy.onnx`) and the runtime uses it as it is.
 - `model.int8.onnx`, `student.int8.onnx` (with `quantize="int8"`): ONNX Runtime static QDQ quantisation.
 - `classes.npz`   the zero-shot class matrix (`tinyclap.zeroshot.ZeroShotClassifier.save`).
 - `manifest.json` rates, clip length, front-end and student config, versions, SHA-256 of every file,
@@ -134,7 +136,8 @@ def _file_entries(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def _describe(
-    student: nn.Module, lm: LogMel, classifier: ZeroShotClassifier, frontend: str, opset: int, source: str | None
+    student: nn.Module, lm: LogMel, classifier: ZeroShotClassifier, frontend: str, opset: int, source: str | None,
+    pool_window: float | None = None,
 ) -> dict[str, Any]:
     """The manifest's description of the model: rates, inputs, output, front end, student and classes."""
     dim = int(student.embed_dim)
@@ -149,6 +152,7 @@ def _describe(
         "frontend_onnx": frontend,
         "student": {"name": student.name, "config": student.config(), "source": source},
         "embed_dim": dim,
+        "pool_window": pool_window,
         "opset": int(opset),
         "inputs": {
             MODEL_FILE: {"name": "waveform", "shape": ["batch", CLIP_SAMPLES], "dtype": "float32"},
@@ -180,8 +184,10 @@ def export(
     source: str | None = None,
     log: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    pool_window: float | None = None,
 ) -> dict[str, Any]:
     """Export `model` (StudentEmbedder or student) with its class matrix to `out_dir`; returns the manifest.
+    `pool_window` (seconds; default: the one `model` embeds with, if any): model.onnx pools windows.
 
     fp32 parity (cosine >= 0.9999 on `parity_audio`, real recordings) is checked and a failure raises
     ParityError; the folder is built beside `out_dir` and swapped into place only when complete, so a failed
@@ -193,6 +199,9 @@ def export(
     student = student_of(model).eval()
     lm = getattr(model, "frontend", None)
     lm = lm if isinstance(lm, LogMel) else LogMel()
+    pool_window = pool_window if pool_window is not None else getattr(model, "pool_window", None)
+    if pool_window is not None and not (isinstance(pool_window, (int, float)) and 0 < pool_window <= CLIP_SECONDS):
+        raise ValueError(f"pool window must be in (0, {CLIP_SECONDS:g}] seconds, got {pool_window!r}")
     _check_request(student, classifier, frontend, quantize)
     final = Path(out_dir)
     check_out_dir(final, overwrite)
@@ -201,20 +210,21 @@ def export(
         raise ValueError("parity needs real recordings, but none of the parity files could be decoded")
     with staged_folder(final) as out:
         manifest = _build(student, lm, classifier, clips, out, final, say,
-                          (opset, frontend, quantize, calibration_audio, heldout_audio, int8, source))
+                          (opset, frontend, quantize, calibration_audio, heldout_audio, int8, source, pool_window))
     return manifest
 
 
 def _build(student: nn.Module, lm: LogMel, classifier: ZeroShotClassifier, clips: Any, out: Path, final: Path,
            say: Callable[[str], None], options: tuple) -> dict[str, Any]:
     """Write every file of the export into `out` (the staging folder), the manifest last; returns it."""
-    opset, frontend, quantize, calibration_audio, heldout_audio, int8, source = options
+    opset, frontend, quantize, calibration_audio, heldout_audio, int8, source, pool = options
     t0 = time.perf_counter()
-    say(f"exporting {student.name} to {final} (opset {opset}, {frontend} front end)")
-    paths = export_onnx_models(student, out, opset=opset, frontend=frontend, logmel=lm)
+    pooled = "" if pool is None else f", pooled {pool:g} s windows"
+    say(f"exporting {student.name} to {final} (opset {opset}, {frontend} front end{pooled})")
+    paths = export_onnx_models(student, out, opset=opset, frontend=frontend, logmel=lm, pool_window=pool)
     classifier.save(out / CLASSES_FILE)
     say(f"parity on {len(clips.waves)} clips")
-    parity = parity_report(student, paths["model"], paths["student"], clips.waves, lm)
+    parity = parity_report(student, paths["model"], paths["student"], clips.waves, lm, pool)
     parity["files"] = [os.path.basename(p) for p in clips.paths]
     parity["failed"] = clips.failed
     quant = None
@@ -223,7 +233,7 @@ def _build(student: nn.Module, lm: LogMel, classifier: ZeroShotClassifier, clips
                                 None if say is _quiet else say)
 
     manifest = {
-        **_describe(student, lm, classifier, frontend, opset, source),
+        **_describe(student, lm, classifier, frontend, opset, source, pool),
         "versions": versions("torch", "onnx", "onnxruntime"),
         "files": _file_entries(out),
         "parity": parity,

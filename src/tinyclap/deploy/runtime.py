@@ -83,6 +83,10 @@ def _manifest_problem(m: dict[str, Any]) -> str | None:
         return f"clip_samples {clip!r:.40} is not an integer in 1..{MAX_CLIP_SECONDS * rate} ({MAX_CLIP_SECONDS} s)"
     if not is_int_in(dim, 1, MAX_EMBED_DIM):
         return f"embed_dim {dim!r:.40} is not an integer in 1..{MAX_EMBED_DIM}"
+    pool = m.get("pool_window")
+    if pool is not None and (isinstance(pool, bool) or not isinstance(pool, (int, float))
+                             or not 0 < pool <= clip / rate):
+        return f"pool_window {pool!r:.40} is not a number of seconds in (0, clip length]"
     files = m["files"]
     if not isinstance(files, dict):
         return "'files' is not an object"

@@ -31,6 +31,7 @@ from tinyclap.data.spec import load_eval_dataset
 from tinyclap.evaluation.agreement import Agreement, compare_to_teacher
 from tinyclap.evaluation.embedding import Embedded, default_cache_dir, embed_dataset
 from tinyclap.evaluation.metrics import EvalReport, evaluate, save_confusion_png, write_json
+from tinyclap.models.embedder import with_pool_window
 from tinyclap.models.fingerprint import describe_model, load_model_for_eval, recorded_dims, recorded_teacher
 from tinyclap.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier
 
@@ -297,7 +298,7 @@ def _report_dict(o: _EvalOutcome, out: Path, png: Path, opts: dict[str, Any], t0
         },
         "protocol": protocol_block(
             ds, o.clf.templates, opts["long_clip"], 5.0, int(o.info["sample_rate"]), esc10=opts["esc10"],
-            seed=opts["seed"],
+            seed=opts["seed"], pool_window=opts["pool_window"],
         ),
         "results": o.report.to_dict(),
         "embed_cache": {"file": None if emb.cache_file is None else os.fspath(emb.cache_file), "reused": emb.cache_hit},
@@ -344,6 +345,7 @@ def run_eval(
     progress: bool = True,
     verbose: bool = True,
     against_teacher: bool = False,
+    pool_window: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on a dataset and write `report.json`, `confusion.png`, `predictions.csv` to out_dir.
 
@@ -351,11 +353,14 @@ def run_eval(
     only once the dataset, the model and the class matrix have loaded. `against_teacher`: also score the
     student's teacher (`teacher`, else the one recorded in its run) on the same clips and report retention,
     top-1 agreement and mean cosine (`tinyclap.evaluation.agreement`) under "against_teacher".
+    `pool_window` (seconds, students only): each 5 s window is embedded as a device does it, from the
+    student's backbone features averaged over windows of that length (`tinyclap.models.embedder`).
     """
     t0 = time.time()
     dataset = load_eval_dataset(dataset_name, root, folds=folds, esc10=esc10, subset=subset, limit=limit)
     dev = resolve_device(device)
     model, fingerprint = load_model_for_eval(model_spec, tokenizer, seed)
+    with_pool_window(model, pool_window)
     if isinstance(model, torch.nn.Module):
         model.to(dev)
     clf, text_source = _eval_classifier(
@@ -382,7 +387,8 @@ def run_eval(
     title = f"{o.info['name']} on {dataset.name}: {100 * report.accuracy:.1f} %"
     png = save_confusion_png(report, None, out / "confusion.png", title=title)
     _write_predictions(out / "predictions.csv", items, report)
-    opts = {"folds": folds, "limit": limit, "long_clip": long_clip, "esc10": esc10, "seed": seed}
+    opts = {"folds": folds, "limit": limit, "long_clip": long_clip, "esc10": esc10, "seed": seed,
+            "pool_window": pool_window}
     result = _report_dict(o, out, png, opts, t0)
     write_json(out / "report.json", result)
     if verbose:
