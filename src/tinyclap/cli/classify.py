@@ -25,7 +25,7 @@ import numpy as np
 
 from tinyclap.audio import display_path
 from tinyclap.audio.io import MAX_WINDOW_SECONDS
-from tinyclap.cli._common import add_command, add_templates_arg, float_in, int_in
+from tinyclap.cli._common import add_command, add_templates_arg, float_in, int_in, parse_labels
 from tinyclap.deploy.runtime import MAX_BATCH, MAX_TOP
 
 
@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--int8", action="store_true", help="with --export-dir: use model.int8.onnx")
     p.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt (a BERT teacher with --labels)")
     c = p.add_argument_group("classes (one of)")
-    c.add_argument("--labels", help='comma-separated class names, e.g. "dog,rain,siren" (needs a text encoder)')
+    c.add_argument("--labels", help='comma-separated class names, e.g. "dog,rain,siren", or a file of names (one a '
+                   "line); needs a text encoder (a teacher, or an export with a text tower)")
     c.add_argument("--classes", help="class-matrix file (.npz) saved by tinyclap, no text encoder needed")
     add_templates_arg(p)
     p.add_argument("--long-clip", choices=("windows", "centre"), default="windows",
@@ -82,7 +83,7 @@ def _classifier(args: argparse.Namespace) -> Any:
     spec = args.student or args.model or args.teacher
     if spec is None:
         raise ValueError("give a model: --student CKPT, --teacher CKPT, --model SPEC or --export-dir DIR")
-    labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
+    labels = parse_labels(args.labels)
     clf = Classifier.from_model(spec, args.classes or labels or None, teacher=args.teacher, tokenizer=args.tokenizer,
                                 templates=args.templates, batch_size=args.batch_size)
     if clf.classes is None:

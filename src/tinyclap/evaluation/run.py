@@ -79,6 +79,12 @@ def resolve_text_model(
         path, rec_tok = _recorded_teacher_or_raise(spec)
         text_model = load_model(path, tokenizer_dir=tokenizer or rec_tok)
         source = f"teacher {path} (recorded in the student's config)"
+    if not hasattr(text_model, "encode_text"):
+        kind = getattr(text_model, "kind", None) or type(text_model).__name__
+        raise ValueError(
+            f"{path}: a {kind!r} model (no text tower), but a teacher is expected here (an MS CLAP .pth, "
+            "or a teacher or proxy-teacher checkpoint/run folder)"
+        )
     if getattr(text_model, "tokenizer", "n/a") is None:
         raise ValueError(
             f"{source} has no tokenizer, so it cannot encode the class prompts: pass --tokenizer DIR "
@@ -93,9 +99,9 @@ def _recorded_teacher_or_raise(spec: str | os.PathLike | None) -> tuple[str, str
     if rec is None:
         raise ValueError(
             f"{spec}: no text encoder for the class prompts: this model has no text tower and its "
-            "config records no teacher. Pass --teacher CKPT --tokenizer DIR (the teacher it was "
-            "distilled from; DIR holds BERT's uncased vocab.txt), or --classes FILE.npz (a class matrix "
-            "saved by tinyclap)"
+            "config records no teacher. Pass --teacher CKPT (the teacher it was distilled from; an MS CLAP "
+            "teacher also needs --tokenizer DIR, a folder with BERT's uncased vocab.txt), --classes FILE.npz "
+            "(a class matrix saved by tinyclap), or use an export made with `tinyclap export --text`"
         )
     if not Path(rec[0]).exists():
         raise ValueError(
