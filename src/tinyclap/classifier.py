@@ -249,17 +249,34 @@ class Classifier:
 
     @classmethod
     def from_export(cls, export_dir: str | os.PathLike, *, int8: bool = False, classes: Any = None,
-                    threads: int | None = None, **kw: Any) -> Classifier:
-        """An export folder through ONNX Runtime (no torch); `classes` (a .npz or a `ZeroShotClassifier`)
-        replaces the export's own classes.npz."""
+                    threads: int | None = None, templates: Sequence[str] | None = None, **kw: Any) -> Classifier:
+        """An export folder through ONNX Runtime (no torch); `classes` (a .npz, a `ZeroShotClassifier` or a
+        list of labels) replaces the export's own classes.npz. Labels need an export with a text tower
+        (`tinyclap export --text`), run by ONNX Runtime + tokenizers and loaded on first use; `templates`
+        default to those of the export's classes."""
         from tinyclap.deploy.runtime import Runtime
+        from tinyclap.deploy.text import has_text
 
         rt = Runtime(export_dir, int8=int8, threads=threads, batch_size=kw.get("batch_size", 16))
         info = {"export_dir": os.fspath(export_dir), "kind": "export", "int8": bool(int8),
                 "name": rt.manifest.get("student", {}).get("name") if isinstance(rt.manifest.get("student"), dict)
                 else rt.manifest.get("student")}
-        return cls(_ExportEngine(rt, int8, threads), classes if classes is not None else rt.classifier,
-                   model_info=info, **kw)
+        labels = list(classes) if isinstance(classes, (list, tuple)) else None
+        clf = cls(_ExportEngine(rt, int8, threads), rt.classifier if classes is None or labels else classes,
+                  model_info={**info, "text": has_text(rt.manifest)}, **kw)
+        if has_text(rt.manifest):
+            def load() -> Any:
+                from tinyclap.deploy.text import ExportText
+
+                return ExportText(export_dir, rt.manifest, int8=int8, threads=threads)
+
+            clf._text = _TextSide(None, None, None, None, templates or rt.classifier.templates or None, load=load)
+        else:
+            clf._text = _NoText(f"{display_path(export_dir)}: this export has no text tower, so it takes no "
+                                "labels: re-export with `tinyclap export --text`, or give a class matrix (.npz)")
+        if labels:
+            clf.set_labels(labels)
+        return clf
 
     # -- classes --
     @property
@@ -279,17 +296,39 @@ class Classifier:
             raise ValueError(f"{where}class matrix has {clf.embed_dim} dims but the audio model gives {self.embed_dim}")
         self.classes = clf
 
-    def set_labels(self, labels: Sequence[str]) -> None:
-        """Encode `labels` with the text side; ValueError when there is none (use `set_classes`)."""
+    def set_labels(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> None:
+        """Encode `labels` (with `templates`, default: the classifier's) with the text side; ValueError when
+        there is none (use `set_classes`)."""
         if self._text is None:
-            raise ValueError("this classifier has no text side (an export): give a class matrix (.npz) instead")
-        self.set_classes(self._text.encode(list(labels)))
+            raise ValueError("this classifier has no text side: give a class matrix (.npz) instead")
+        self.set_classes(self._text.encode(list(labels), templates))
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), D) normalised text embeddings of free text (no template), for text queries."""
         if self._text is None:
-            raise ValueError("this classifier has no text side (an export)")
+            raise ValueError("this classifier has no text side")
         return self._text.embed(list(texts))
+
+    def __call__(self, audio: Any, candidate_labels: Sequence[str] | None = None, *,
+                 hypothesis_template: str | None = None, sample_rate: int | None = None, top_k: int | None = None
+                 ) -> list[dict[str, Any]]:
+        """Hugging Face `zero-shot-audio-classification` style: `audio` (a path, or a 1-D waveform with its
+        `sample_rate`, default the model's) -> `[{"score", "label"}, ...]`, best first. `candidate_labels`
+        (encoded with `hypothesis_template`, e.g. "This is a sound of {}.") replace the current classes; an
+        audio list gives a list of such lists."""
+        if isinstance(audio, (list, tuple)):
+            return [self(a, candidate_labels, hypothesis_template=hypothesis_template, sample_rate=sample_rate,
+                         top_k=top_k) for a in audio]  # type: ignore[misc]
+        if candidate_labels is not None:
+            self.set_labels(list(candidate_labels), [hypothesis_template] if hypothesis_template else None)
+        if isinstance(audio, (str, os.PathLike)):
+            res = self.classify_files([audio], top_k)[0]
+            if not res.ok:
+                raise AudioError(os.fspath(audio), res.error or "unreadable")
+            ranked = res.ranked
+        else:
+            ranked = self.classify_arrays([np.asarray(audio)], sample_rate or self.sample_rate, top_k)[0]
+        return [{"score": float(p), "label": lb} for lb, p in ranked]
 
     def _need_classes(self) -> ZeroShotClassifier:
         if self.classes is None:
@@ -442,23 +481,30 @@ class Classifier:
 
 
 class _TextSide:
-    """The text encoder of a PyTorch model, found on first use (`evaluation.run.resolve_text_model`)."""
+    """The text encoder of a model, found on first use: `load()` when given (an export's text tower), else
+    `evaluation.run.resolve_text_model` (a PyTorch teacher)."""
 
-    def __init__(self, model: Any, spec: Any, teacher: Any, tokenizer: Any, templates: Sequence[str] | None):
+    def __init__(self, model: Any, spec: Any, teacher: Any, tokenizer: Any, templates: Sequence[str] | None,
+                 load: Any = None):
         self.model, self.spec, self.teacher, self.tokenizer = model, spec, teacher, tokenizer
-        self.templates = templates
+        self.templates, self.load = templates, load
         self._resolved: Any = None
         self._error: str | None = None
 
     def resolve(self) -> Any:
-        from tinyclap.evaluation.run import resolve_text_model
-
         if self._resolved is None and self._error is None:
             try:
-                self._resolved = resolve_text_model(self.model, self.spec, teacher=self.teacher,
-                                                    tokenizer=self.tokenizer)[0]
+                if self.load is not None:
+                    self._resolved = self.load()
+                else:
+                    from tinyclap.evaluation.run import resolve_text_model
+
+                    self._resolved = resolve_text_model(self.model, self.spec, teacher=self.teacher,
+                                                        tokenizer=self.tokenizer)[0]
             except (ValueError, OSError) as e:
                 self._error = str(e)
+            except ImportError as e:
+                self._error = f"free-text labels need the {e.name or 'tokenizers'} package ({e})"
         if self._resolved is None:
             raise ValueError(self._error or "no text encoder")
         return self._resolved
@@ -470,17 +516,28 @@ class _TextSide:
             return False
         return True
 
-    def encode(self, labels: list[str]) -> ZeroShotClassifier:
-        from tinyclap.evaluation.run import build_classifier
+    def encode(self, labels: list[str], templates: Sequence[str] | None = None) -> ZeroShotClassifier:
+        from tinyclap.zeroshot import read_templates
 
-        return build_classifier(labels, text_model=self.resolve(), templates=self.templates)
+        return ZeroShotClassifier.from_teacher(self.resolve(), labels, read_templates(templates or self.templates))
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        text_model = self.resolve()
+        if getattr(text_model, "torch_free", False):  # an export's text tower: numpy out
+            return l2_normalize(np.asarray(text_model.encode_text(texts, normalize=True), np.float32))
         import torch
 
         with torch.no_grad():
-            emb = self.resolve().encode_text(texts, normalize=True)
+            emb = text_model.encode_text(texts, normalize=True)
         return l2_normalize(emb.float().cpu().numpy())
+
+
+class _NoText(_TextSide):
+    """An export without a text tower: every use says why, and how to get one."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(None, None, None, None, None)
+        self._error = why
 
 
 def _as_waves(waves: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:

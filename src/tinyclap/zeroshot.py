@@ -40,6 +40,35 @@ def class_prompt(label: str, template: str = DEFAULT_TEMPLATE) -> str:
     return template.format(label.replace("_", " ").strip())
 
 
+def read_templates(values: Sequence[str] | None) -> list[str]:
+    """Prompt templates from the command line: each value is a template or a file of templates (one a
+    line, blank lines and '#' comments skipped). Every template must contain one '{}'."""
+    if not values:
+        return [DEFAULT_TEMPLATE]
+    out: list[str] = []
+    for v in values:
+        p = Path(os.path.expanduser(v))
+        if "{}" not in v and p.is_file():
+            lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+            found = [ln for ln in lines if ln and not ln.startswith("#")]
+            if not found:
+                raise ValueError(f"{p}: no templates in this file")
+            for t in found:
+                if t.count("{}") != 1:
+                    raise ValueError(f"{p}: template {t!r} must contain exactly one '{{}}'")
+            out.extend(found)
+        elif v.count("{}") == 1:
+            out.append(v)
+        else:
+            raise ValueError(f"template {v!r} must contain exactly one '{{}}' (or be a file of templates)")
+    return out
+
+
+def _rows(emb: Any) -> np.ndarray:
+    """Text embeddings as float32 numpy: a torch tensor (a teacher) or an array (an export's text tower)."""
+    return emb.detach().float().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb, np.float32)
+
+
 @dataclass
 class ZeroShotClassifier:
     """A (C, D) matrix of L2-normalised class text embeddings with its labels and logit scale.
@@ -95,17 +124,23 @@ class ZeroShotClassifier:
         batch_size: int = 64,
     ) -> ZeroShotClassifier:
         """Encode `labels` with `teacher.encode_text`; several templates are averaged (prompt ensembling)."""
-        import torch
+        import contextlib
 
         templates = [templates] if isinstance(templates, str) else list(templates)
         if not labels:
             raise ValueError("need at least one class label")
         per_template = []
-        with torch.no_grad():
+        if getattr(teacher, "torch_free", False):  # an export's text tower (tinyclap.deploy.text)
+            no_grad: Any = contextlib.nullcontext()
+        else:
+            import torch
+
+            no_grad = torch.no_grad()
+        with no_grad:
             for tpl in templates:
                 prompts = [class_prompt(lb, tpl) for lb in labels]
                 embs = [teacher.encode_text(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
-                per_template.append(l2_normalize(torch.cat(embs).float().cpu().numpy()))  # (C, D)
+                per_template.append(l2_normalize(np.concatenate([_rows(e) for e in embs])))  # (C, D)
         weights = l2_normalize(np.mean(per_template, axis=0))  # ensembling: mean of unit vectors, renormalised
         scale = teacher.logit_scale
         scale = float(scale.detach().cpu()) if hasattr(scale, "detach") else float(scale)

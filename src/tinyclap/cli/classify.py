@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--teacher", help="teacher checkpoint (official MS CLAP .pth, ours or a proxy); also encodes "
                    "--labels (default for that: the teacher recorded in the student's run)")
     g.add_argument("--model", help="any model spec: checkpoint, run folder or student name")
-    g.add_argument("--export-dir", help="folder written by `tinyclap export` (ONNX Runtime, classes included)")
+    g.add_argument("--export-dir", help="folder written by `tinyclap export` (ONNX Runtime, classes included; "
+                   "--labels too when it was exported with --text)")
     g.add_argument("--int8", action="store_true", help="with --export-dir: use model.int8.onnx")
     p.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt (a BERT teacher with --labels)")
     c = p.add_argument_group("classes (one of)")
@@ -72,11 +73,12 @@ def _classifier(args: argparse.Namespace) -> Any:
     from tinyclap.classifier import Classifier
 
     if args.export_dir:
-        if args.student or args.model or args.teacher or args.labels:
-            raise ValueError(
-                "--export-dir brings its own model and classes: drop --student/--model/--teacher/--labels"
-            )
-        return Classifier.from_export(args.export_dir, int8=args.int8, classes=args.classes,
+        if args.student or args.model or args.teacher:
+            raise ValueError("--export-dir brings its own model (and text tower): drop --student/--model/--teacher")
+        if args.labels and args.classes:
+            raise ValueError("give --labels or --classes, not both")
+        classes = parse_labels(args.labels) or args.classes
+        return Classifier.from_export(args.export_dir, int8=args.int8, classes=classes, templates=args.templates,
                                       batch_size=args.batch_size)
     if args.int8:
         raise ValueError("--int8 needs --export-dir (int8 models exist only in exports)")

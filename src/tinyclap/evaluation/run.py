@@ -32,7 +32,7 @@ from tinyclap.evaluation.agreement import Agreement, compare_to_teacher
 from tinyclap.evaluation.embedding import Embedded, default_cache_dir, embed_dataset
 from tinyclap.evaluation.metrics import EvalReport, evaluate, save_confusion_png, write_json
 from tinyclap.models.fingerprint import describe_model, load_model_for_eval, recorded_dims, recorded_teacher
-from tinyclap.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier
+from tinyclap.zeroshot import ZeroShotClassifier, read_templates
 
 __all__ = [
     "align_classifier",
@@ -109,30 +109,6 @@ def _recorded_teacher_or_raise(spec: str | os.PathLike | None) -> tuple[str, str
             "or --classes FILE.npz"
         )
     return rec
-
-
-def read_templates(values: Sequence[str] | None) -> list[str]:
-    """Prompt templates from the command line: each value is a template or a file of templates (one a
-    line, blank lines and '#' comments skipped). Every template must contain one '{}'."""
-    if not values:
-        return [DEFAULT_TEMPLATE]
-    out: list[str] = []
-    for v in values:
-        p = Path(os.path.expanduser(v))
-        if "{}" not in v and p.is_file():
-            lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-            found = [ln for ln in lines if ln and not ln.startswith("#")]
-            if not found:
-                raise ValueError(f"{p}: no templates in this file")
-            for t in found:
-                if t.count("{}") != 1:
-                    raise ValueError(f"{p}: template {t!r} must contain exactly one '{{}}'")
-            out.extend(found)
-        elif v.count("{}") == 1:
-            out.append(v)
-        else:
-            raise ValueError(f"template {v!r} must contain exactly one '{{}}' (or be a file of templates)")
-    return out
 
 
 def align_classifier(
