@@ -169,3 +169,12 @@ def test_minimal_runtime_install(exported: Path, animals_dir: Path, tmp_path: Pa
     size = sum(f.stat().st_size for f in site.rglob("*") if f.is_file() and not f.is_symlink())
     print(f"minimal runtime site-packages: {size / 1e6:.1f} MB")
     assert size <= MAX_RUNTIME_MB * 1e6
+
+
+def test_serve_export_takes_free_text(exported: Path) -> None:
+    from tinyclap.serve.limits import ServeConfig
+    from tinyclap.serve.server import build_engine
+
+    engine = build_engine(ServeConfig(), export_dir=str(exported))
+    assert engine.info()["free_text_labels"] is True
+    assert engine.classifier_for(FREE).labels == FREE
