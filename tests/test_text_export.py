@@ -178,3 +178,23 @@ def test_serve_export_takes_free_text(exported: Path) -> None:
     engine = build_engine(ServeConfig(), export_dir=str(exported))
     assert engine.info()["free_text_labels"] is True
     assert engine.classifier_for(FREE).labels == FREE
+
+
+def test_export_cli_text(tmp_path: Path, us8k_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers import save_tiny_teacher
+
+    from tinyclap.models import save_student
+
+    student = save_student(create_student(NAME, embed_dim=64), tmp_path / "student")
+    teacher = save_tiny_teacher(tmp_path / "teacher")
+    argv = ["export", "--model", str(student), "--teacher", str(teacher), "--tokenizer", str(bundled_tokenizer_dir()),
+            "--labels", "dog,rain", "--parity-audio", str(us8k_root / "audio" / "fold1"), "--parity-size", "1",
+            "--out", str(tmp_path / "export")]
+    assert main([*argv, "--text"]) == 0
+    out = capsys.readouterr().out
+    assert "text   text.int8.onnx" in out and (tmp_path / "export" / TOKENIZER_FILE).is_file()
+    # a student is no teacher: one line, nothing written
+    argv[argv.index("--teacher") + 1] = str(student)
+    assert main([*argv[:-1], str(tmp_path / "other"), "--text"]) == 1
+    err = capsys.readouterr().err
+    assert "a teacher is expected" in err and not (tmp_path / "other").exists()
