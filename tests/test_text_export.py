@@ -74,6 +74,8 @@ def test_export_text_matches_teacher(exported: Path, teacher: torch.nn.Module) -
         ref = torch.nn.functional.normalize(teacher.encode_text(FREE), dim=-1).numpy()
     assert np.sum(clf.classes.weights * ref, axis=1).min() > 0.9999
     assert np.sum(clf.encode_text(FREE) * ref, axis=1).min() > 0.9999
+    same = Classifier.from_model(str(exported), FREE, templates=["{}"])  # load_model's door to an export
+    assert np.allclose(same.classes.weights, clf.classes.weights, atol=1e-6)
 
 
 def test_runtime_free_text_without_torch(exported: Path, animals_dir: Path) -> None:

@@ -236,11 +236,14 @@ class Classifier:
         info = {"spec": os.fspath(spec) if spec is not None else None, "kind": getattr(loaded, "kind", None),
                 "name": getattr(loaded, "name", type(loaded).__name__)}
         if isinstance(loaded, ExportedModel):
-            clf = cls(_ExportEngine(loaded.runtime, loaded.runtime.model_file.endswith("int8.onnx"), None),
-                      loaded.classifier, model_info={**info, "export": True}, **kw)
+            int8 = loaded.runtime.model_file.endswith("int8.onnx")
+            clf = cls(_ExportEngine(loaded.runtime, int8, None), loaded.classifier,
+                      model_info={**info, "export": True}, **kw)
         else:
             clf = cls(_TorchEngine(loaded, device), model_info=info, **kw)
         clf._text = _TextSide(loaded, spec, teacher, tokenizer, templates)
+        if isinstance(loaded, ExportedModel) and teacher is None:
+            clf._text = _export_text_side(loaded.runtime, int8, None, templates)
         if isinstance(classes, (list, tuple)):
             clf.set_labels(list(classes))
         elif classes is not None:
@@ -264,16 +267,7 @@ class Classifier:
         labels = list(classes) if isinstance(classes, (list, tuple)) else None
         clf = cls(_ExportEngine(rt, int8, threads), rt.classifier if classes is None or labels else classes,
                   model_info={**info, "text": has_text(rt.manifest)}, **kw)
-        if has_text(rt.manifest):
-            def load() -> Any:
-                from tinyclap.deploy.text import ExportText
-
-                return ExportText(export_dir, rt.manifest, int8=int8, threads=threads)
-
-            clf._text = _TextSide(None, None, None, None, templates or rt.classifier.templates or None, load=load)
-        else:
-            clf._text = _NoText(f"{display_path(export_dir)}: this export has no text tower, so it takes no "
-                                "labels: re-export with `tinyclap export --text`, or give a class matrix (.npz)")
+        clf._text = _export_text_side(rt, int8, threads, templates)
         if labels:
             clf.set_labels(labels)
         return clf
@@ -530,6 +524,18 @@ class _TextSide:
         with torch.no_grad():
             emb = text_model.encode_text(texts, normalize=True)
         return l2_normalize(emb.float().cpu().numpy())
+
+
+def _export_text_side(rt: Any, int8: bool, threads: int | None, templates: Sequence[str] | None) -> _TextSide:
+    """An export's text tower (`tinyclap export --text`), loaded on first use; or, without one, a text side
+    that says so and how to get one."""
+    from tinyclap.deploy.text import ExportText, has_text
+
+    if not has_text(rt.manifest):
+        return _NoText(f"{display_path(rt.export_dir)}: this export has no text tower, so it takes no labels: "
+                       "re-export with `tinyclap export --text`, or give a class matrix (.npz)")
+    return _TextSide(None, None, None, None, templates or rt.classifier.templates or None,
+                     load=lambda: ExportText(rt.export_dir, rt.manifest, int8=int8, threads=threads))
 
 
 class _NoText(_TextSide):
