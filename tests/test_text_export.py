@@ -146,6 +146,7 @@ def test_pipeline_style_call(exported: Path, animals_dir: Path) -> None:
     arr = clf(wave, sample_rate=16000)
     assert [d["label"] for d in arr] != [] and {d["label"] for d in arr} == set(FREE)
     assert len(clf([wave, wave], sample_rate=16000)) == 2
+    assert clf({"array": wave, "sampling_rate": 16000}) == arr  # the datasets/HF audio dict
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ from tinyclap.audio import (
     stream_audio,
 )
 from tinyclap.timeline import Timeline, TimelineRow, array_chunks, collect_rows, iter_windows
-from tinyclap.zeroshot import ZeroShotClassifier
+from tinyclap.zeroshot import TextSide, ZeroShotClassifier, export_text_side
 
 __all__ = ["BatchResult", "Classifier", "FileResult", "format_failed", "format_ranked", "ranked_json"]
 
@@ -241,9 +241,9 @@ class Classifier:
                       model_info={**info, "export": True}, **kw)
         else:
             clf = cls(_TorchEngine(loaded, device), model_info=info, **kw)
-        clf._text = _TextSide(loaded, spec, teacher, tokenizer, templates)
+        clf._text = TextSide(loaded, spec, teacher, tokenizer, templates)
         if isinstance(loaded, ExportedModel) and teacher is None:
-            clf._text = _export_text_side(loaded.runtime, int8, None, templates)
+            clf._text = export_text_side(loaded.runtime, int8, None, templates)
         if isinstance(classes, (list, tuple)):
             clf.set_labels(list(classes))
         elif classes is not None:
@@ -267,7 +267,7 @@ class Classifier:
         labels = list(classes) if isinstance(classes, (list, tuple)) else None
         clf = cls(_ExportEngine(rt, int8, threads), rt.classifier if classes is None or labels else classes,
                   model_info={**info, "text": has_text(rt.manifest)}, **kw)
-        clf._text = _export_text_side(rt, int8, threads, templates)
+        clf._text = export_text_side(rt, int8, threads, templates)
         if labels:
             clf.set_labels(labels)
         return clf
@@ -306,10 +306,14 @@ class Classifier:
     def __call__(self, audio: Any, candidate_labels: Sequence[str] | None = None, *,
                  hypothesis_template: str | None = None, sample_rate: int | None = None, top_k: int | None = None
                  ) -> list[dict[str, Any]]:
-        """Hugging Face `zero-shot-audio-classification` style: `audio` (a path, or a 1-D waveform with its
-        `sample_rate`, default the model's) -> `[{"score", "label"}, ...]`, best first. `candidate_labels`
-        (encoded with `hypothesis_template`, e.g. "This is a sound of {}.") replace the current classes; an
-        audio list gives a list of such lists."""
+        """Hugging Face `zero-shot-audio-classification` style: `audio` (a path, a 1-D waveform with its
+        `sample_rate`, default the model's, or a `{"array"|"raw", "sampling_rate"}` dict) -> `[{"score",
+        "label"}, ...]`, best first. `candidate_labels` (encoded with `hypothesis_template`, e.g. "This is a
+        sound of {}.") replace the current classes; an audio list gives a list of such lists."""
+        if isinstance(audio, dict):
+            wave = audio.get("array", audio.get("raw"))
+            return self(wave, candidate_labels, hypothesis_template=hypothesis_template,
+                        sample_rate=audio.get("sampling_rate", sample_rate), top_k=top_k)
         if isinstance(audio, (list, tuple)):
             return [self(a, candidate_labels, hypothesis_template=hypothesis_template, sample_rate=sample_rate,
                          top_k=top_k) for a in audio]  # type: ignore[misc]
@@ -472,78 +476,6 @@ class Classifier:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-class _TextSide:
-    """The text encoder of a model, found on first use: `load()` when given (an export's text tower), else
-    `evaluation.run.resolve_text_model` (a PyTorch teacher)."""
-
-    def __init__(self, model: Any, spec: Any, teacher: Any, tokenizer: Any, templates: Sequence[str] | None,
-                 load: Any = None):
-        self.model, self.spec, self.teacher, self.tokenizer = model, spec, teacher, tokenizer
-        self.templates, self.load = templates, load
-        self._resolved: Any = None
-        self._error: str | None = None
-
-    def resolve(self) -> Any:
-        if self._resolved is None and self._error is None:
-            try:
-                if self.load is not None:
-                    self._resolved = self.load()
-                else:
-                    from tinyclap.evaluation.run import resolve_text_model
-
-                    self._resolved = resolve_text_model(self.model, self.spec, teacher=self.teacher,
-                                                        tokenizer=self.tokenizer)[0]
-            except (ValueError, OSError) as e:
-                self._error = str(e)
-            except ImportError as e:
-                self._error = f"free-text labels need the {e.name or 'tokenizers'} package ({e})"
-        if self._resolved is None:
-            raise ValueError(self._error or "no text encoder")
-        return self._resolved
-
-    def available(self) -> bool:
-        try:
-            self.resolve()
-        except ValueError:
-            return False
-        return True
-
-    def encode(self, labels: list[str], templates: Sequence[str] | None = None) -> ZeroShotClassifier:
-        from tinyclap.zeroshot import read_templates
-
-        return ZeroShotClassifier.from_teacher(self.resolve(), labels, read_templates(templates or self.templates))
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        text_model = self.resolve()
-        if getattr(text_model, "torch_free", False):  # an export's text tower: numpy out
-            return l2_normalize(np.asarray(text_model.encode_text(texts, normalize=True), np.float32))
-        import torch
-
-        with torch.no_grad():
-            emb = text_model.encode_text(texts, normalize=True)
-        return l2_normalize(emb.float().cpu().numpy())
-
-
-def _export_text_side(rt: Any, int8: bool, threads: int | None, templates: Sequence[str] | None) -> _TextSide:
-    """An export's text tower (`tinyclap export --text`), loaded on first use; or, without one, a text side
-    that says so and how to get one."""
-    from tinyclap.deploy.text import ExportText, has_text
-
-    if not has_text(rt.manifest):
-        return _NoText(f"{display_path(rt.export_dir)}: this export has no text tower, so it takes no labels: "
-                       "re-export with `tinyclap export --text`, or give a class matrix (.npz)")
-    return _TextSide(None, None, None, None, templates or rt.classifier.templates or None,
-                     load=lambda: ExportText(rt.export_dir, rt.manifest, int8=int8, threads=threads))
-
-
-class _NoText(_TextSide):
-    """An export without a text tower: every use says why, and how to get one."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(None, None, None, None, None)
-        self._error = why
 
 
 def _as_waves(waves: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:

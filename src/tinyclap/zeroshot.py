@@ -2,7 +2,10 @@
 
 The class matrix is computed once from a teacher's text tower and saved with its labels, logit scale and
 prompt template, so inference needs only the audio model and this file — never the text encoder.
-This module imports torch only when it is handed torch tensors, so the torch-free runtime can use it.
+`TextSide` is what encodes new labels when there is one: a PyTorch teacher (found by
+`tinyclap.evaluation.run.resolve_text_model`), or an export's text tower (`tinyclap export --text`,
+`tinyclap.deploy.text`: onnxruntime + tokenizers). This module imports torch only when it is handed torch
+tensors or a PyTorch teacher, so the torch-free runtime can use it.
 """
 
 from __future__ import annotations
@@ -281,3 +284,76 @@ def _parse_meta(arr: np.ndarray) -> dict[str, Any]:
     if not isinstance(meta, dict) or not all(k in meta for k in ("labels", "logit_scale", "templates")):
         raise ValueError("meta.npy: expected an object with labels, logit_scale and templates")
     return meta
+
+
+# ------------------------------------------------------------------------------------- the text side
+
+
+class TextSide:
+    """The text encoder of a model, found on first use: `load()` when given (an export's text tower), else
+    `evaluation.run.resolve_text_model` (a PyTorch teacher)."""
+
+    def __init__(self, model: Any, spec: Any, teacher: Any, tokenizer: Any, templates: Sequence[str] | None,
+                 load: Any = None):
+        self.model, self.spec, self.teacher, self.tokenizer = model, spec, teacher, tokenizer
+        self.templates, self.load = templates, load
+        self._resolved: Any = None
+        self._error: str | None = None
+
+    def resolve(self) -> Any:
+        if self._resolved is None and self._error is None:
+            try:
+                if self.load is not None:
+                    self._resolved = self.load()
+                else:
+                    from tinyclap.evaluation.run import resolve_text_model
+
+                    self._resolved = resolve_text_model(self.model, self.spec, teacher=self.teacher,
+                                                        tokenizer=self.tokenizer)[0]
+            except (ValueError, OSError) as e:
+                self._error = str(e)
+            except ImportError as e:
+                self._error = f"free-text labels need the {e.name or 'tokenizers'} package ({e})"
+        if self._resolved is None:
+            raise ValueError(self._error or "no text encoder")
+        return self._resolved
+
+    def available(self) -> bool:
+        try:
+            self.resolve()
+        except ValueError:
+            return False
+        return True
+
+    def encode(self, labels: list[str], templates: Sequence[str] | None = None) -> ZeroShotClassifier:
+        return ZeroShotClassifier.from_teacher(self.resolve(), labels, read_templates(templates or self.templates))
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        text_model = self.resolve()
+        if getattr(text_model, "torch_free", False):  # an export's text tower: numpy out
+            return l2_normalize(np.asarray(text_model.encode_text(texts, normalize=True), np.float32))
+        import torch
+
+        with torch.no_grad():
+            emb = text_model.encode_text(texts, normalize=True)
+        return l2_normalize(emb.float().cpu().numpy())
+
+
+def export_text_side(rt: Any, int8: bool, threads: int | None, templates: Sequence[str] | None) -> TextSide:
+    """An export's text tower (`tinyclap export --text`), loaded on first use; or, without one, a text side
+    that says so and how to get one."""
+    from tinyclap.deploy.text import ExportText, has_text
+
+    if not has_text(rt.manifest):
+        return NoText(f"{display_path(rt.export_dir)}: this export has no text tower, so it takes no labels: "
+                       "re-export with `tinyclap export --text`, or give a class matrix (.npz)")
+    return TextSide(None, None, None, None, templates or rt.classifier.templates or None,
+                     load=lambda: ExportText(rt.export_dir, rt.manifest, int8=int8, threads=threads))
+
+
+class NoText(TextSide):
+    """An export without a text tower: every use says why, and how to get one."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(None, None, None, None, None)
+        self._error = why
