@@ -168,6 +168,12 @@ def test_minimal_runtime_install(exported: Path, animals_dir: Path, tmp_path: Pa
     argv = [py, "-m", "tinyclap.runtime", str(exported), str(animals_dir / "dog.mp3"), "--labels", ",".join(FREE)]
     r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert r.returncode == 0 and all(f in r.stdout for f in FREE), r.stderr[-2000:]
+    cli = [py, "-m", "tinyclap.cli"]
+    r = subprocess.run([*cli, "classify", "--export-dir", str(exported), str(animals_dir / "owl.mp3"), "--window", "5",
+                        "--labels", ",".join(FREE), "--segments"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "length" in r.stdout, r.stderr[-2000:]
+    r = subprocess.run([*cli, "info"], capture_output=True, text=True, env=env, timeout=120)  # needs torch
+    assert r.returncode == 1 and "tinyclap[train]" in r.stderr and "Traceback" not in r.stderr
     site = next((venv / "lib").glob("python3*/site-packages"))
     size = sum(f.stat().st_size for f in site.rglob("*") if f.is_file() and not f.is_symlink())
     print(f"minimal runtime site-packages: {size / 1e6:.1f} MB")
