@@ -15,17 +15,20 @@ elif [[ -n "${VIRTUAL_ENV:-}" && -x "${VIRTUAL_ENV}/bin/python" ]]; then
 elif [[ -n "${CONDA_PREFIX:-}" && -x "${CONDA_PREFIX}/bin/python" ]]; then
   PY="$CONDA_PREFIX/bin/python"
 else
-  if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  if [[ ! -x .venv/bin/python ]]; then
     base=$(command -v python3 || true)
     [[ -n "$base" ]] || { echo "setup: no python3 found (install Python >= 3.10)" >&2; exit 1; }
     echo "setup: making the project's virtual environment .venv (from $base)" >&2
-    rm -rf .venv
+    existed=$([[ -e .venv ]] && echo 1 || true)
     if ! "$base" -m venv --system-site-packages .venv; then
-      rm -rf .venv
+      [[ -n "$existed" ]] || rm -rf .venv  # only what this run made (Debian without python3-venv half-makes it)
       echo "setup: cannot make .venv with $base -m venv; on Debian/Ubuntu: sudo apt-get install python3-venv" >&2
       exit 1
     fi
   fi
+  # a .venv made by another tool (uv) may lack pip: add it rather than replace the environment
+  .venv/bin/python -m pip --version >/dev/null 2>&1 || .venv/bin/python -m ensurepip -q \
+    || { echo "setup: .venv has no pip and ensurepip failed; remove .venv to start again" >&2; exit 1; }
   PY="$PWD/.venv/bin/python"
 fi
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null \
