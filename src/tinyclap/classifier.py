@@ -265,8 +265,8 @@ class Classifier:
                 "name": rt.manifest.get("student", {}).get("name") if isinstance(rt.manifest.get("student"), dict)
                 else rt.manifest.get("student")}
         labels = list(classes) if isinstance(classes, (list, tuple)) else None
-        clf = cls(_ExportEngine(rt, int8, threads), rt.classifier if classes is None or labels else classes,
-                  model_info={**info, "text": has_text(rt.manifest)}, **kw)
+        matrix = classes if classes is not None and labels is None else rt.classifier
+        clf = cls(_ExportEngine(rt, int8, threads), matrix, model_info={**info, "text": has_text(rt.manifest)}, **kw)
         clf._text = export_text_side(rt, int8, threads, templates)
         if labels:
             clf.set_labels(labels)
