@@ -74,6 +74,10 @@ class ExportText:
         self.embed_dim = int(manifest["embed_dim"])
         self.max_length, self.strip = int(text["max_length"]), bool(text.get("strip", False))
         self.logit_scale = float(text["logit_scale"])
+        missing = [n for n in (TOKENIZER_FILE, TEXT_INT8_FILE if int8 else TEXT_FILE) if n not in manifest["files"]]
+        if missing:
+            raise ExportError(f"{display_path(self.export_dir)}: {missing[0]} is not in the manifest; re-export with "
+                              "`tinyclap export --text`")
         raw = read_verified(export_dir, TOKENIZER_FILE, manifest)
         try:
             self.tokenizer = Tokenizer.from_str(raw.decode("utf-8"))
