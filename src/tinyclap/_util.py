@@ -477,7 +477,7 @@ class _LineProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if now - self.last >= self.every:
+        if self.file is not None and now - self.last >= self.every:
             self.last = now
             print(self._line(), file=self.file, flush=True)
 
@@ -488,7 +488,7 @@ class _LineProgress:
         self.postfix = s
 
     def write(self, s: str) -> None:
-        print(s, file=self.file, flush=True)
+        print(s, file=self.file if self.file is not None else sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.file is not None:
@@ -500,12 +500,16 @@ def progress(iterable: Iterable[Any] | None = None, *, total: int | None = None,
              enabled: bool = True, every: float = 30.0, file: Any = None, **tqdm_kw: Any) -> Any:
     """The one progress display: a tqdm bar on a terminal, a plain line every `every` seconds (and at the
     end) when the stream is a log, nothing when `enabled` is False. Supports iteration, update, set_postfix,
-    close and use as a context manager either way."""
+    close and use as a context manager either way; without tqdm (the torch-free runtime install) plain lines on
+    a terminal too."""
     stream = file if file is not None else sys.stderr
-    if enabled and not _isatty(stream):
-        return _LineProgress(iterable, total, desc, unit, every, stream, int(tqdm_kw.get("initial", 0)))
-    from tqdm import tqdm
-
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is None or (enabled and not _isatty(stream)):
+        return _LineProgress(iterable, total, desc, unit, every, stream if enabled else None,
+                             int(tqdm_kw.get("initial", 0)))
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=stream, disable=not enabled, dynamic_ncols=True,
                 **tqdm_kw)
 

@@ -39,7 +39,7 @@ from tinyclap.audio import (
     stream_audio,
 )
 from tinyclap.timeline import Timeline, TimelineRow, array_chunks, collect_rows, iter_windows
-from tinyclap.zeroshot import ZeroShotClassifier
+from tinyclap.zeroshot import TextSide, ZeroShotClassifier, export_text_side
 
 __all__ = ["BatchResult", "Classifier", "FileResult", "export_pool_window", "format_failed", "format_ranked",
            "ranked_json"]
@@ -250,11 +250,14 @@ class Classifier:
         info = {"spec": os.fspath(spec) if spec is not None else None, "kind": getattr(loaded, "kind", None),
                 "name": getattr(loaded, "name", type(loaded).__name__)}
         if isinstance(loaded, ExportedModel):
-            clf = cls(_ExportEngine(loaded.runtime, loaded.runtime.model_file.endswith("int8.onnx"), None),
-                      loaded.classifier, model_info={**info, "export": True}, **kw)
+            int8 = loaded.runtime.model_file.endswith("int8.onnx")
+            clf = cls(_ExportEngine(loaded.runtime, int8, None), loaded.classifier,
+                      model_info={**info, "export": True}, **kw)
         else:
             clf = cls(_TorchEngine(loaded, device), model_info=info, **kw)
-        clf._text = _TextSide(loaded, spec, teacher, tokenizer, templates)
+        clf._text = TextSide(loaded, spec, teacher, tokenizer, templates)
+        if isinstance(loaded, ExportedModel) and teacher is None:
+            clf._text = export_text_side(loaded.runtime, int8, None, templates)
         if isinstance(classes, (list, tuple)):
             clf.set_labels(list(classes))
         elif classes is not None:
@@ -263,19 +266,28 @@ class Classifier:
 
     @classmethod
     def from_export(cls, export_dir: str | os.PathLike, *, int8: bool = False, classes: Any = None,
-                    threads: int | None = None, pool_window: float | None = None, **kw: Any) -> Classifier:
-        """An export folder through ONNX Runtime (no torch); `classes` (a .npz or a `ZeroShotClassifier`)
-        replaces the export's own classes.npz. An export made with a pool window uses it (the graph pools);
-        `pool_window`, when given, must be that window."""
+                    threads: int | None = None, pool_window: float | None = None,
+                    templates: Sequence[str] | None = None, **kw: Any) -> Classifier:
+        """An export folder through ONNX Runtime (no torch); `classes` (a .npz, a `ZeroShotClassifier` or a
+        list of labels) replaces the export's own classes.npz. Labels need an export with a text tower
+        (`tinyclap export --text`), run by ONNX Runtime + tokenizers and loaded on first use; `templates`
+        default to those of the export's classes. An export made with a pool window uses it (the graph
+        pools); `pool_window`, when given, must be that window."""
         from tinyclap.deploy.runtime import Runtime
+        from tinyclap.deploy.text import has_text
 
         rt = Runtime(export_dir, int8=int8, threads=threads, batch_size=kw.get("batch_size", 16))
         export_pool_window(rt.manifest, pool_window, export_dir)
         info = {"export_dir": os.fspath(export_dir), "kind": "export", "int8": bool(int8),
                 "name": rt.manifest.get("student", {}).get("name") if isinstance(rt.manifest.get("student"), dict)
                 else rt.manifest.get("student")}
-        return cls(_ExportEngine(rt, int8, threads), classes if classes is not None else rt.classifier,
-                   model_info=info, **kw)
+        labels = list(classes) if isinstance(classes, (list, tuple)) else None
+        matrix = classes if classes is not None and labels is None else rt.classifier
+        clf = cls(_ExportEngine(rt, int8, threads), matrix, model_info={**info, "text": has_text(rt.manifest)}, **kw)
+        clf._text = export_text_side(rt, int8, threads, templates)
+        if labels:
+            clf.set_labels(labels)
+        return clf
 
     # -- classes --
     @property
@@ -295,17 +307,43 @@ class Classifier:
             raise ValueError(f"{where}class matrix has {clf.embed_dim} dims but the audio model gives {self.embed_dim}")
         self.classes = clf
 
-    def set_labels(self, labels: Sequence[str]) -> None:
-        """Encode `labels` with the text side; ValueError when there is none (use `set_classes`)."""
+    def set_labels(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> None:
+        """Encode `labels` (with `templates`, default: the classifier's) with the text side; ValueError when
+        there is none (use `set_classes`)."""
         if self._text is None:
-            raise ValueError("this classifier has no text side (an export): give a class matrix (.npz) instead")
-        self.set_classes(self._text.encode(list(labels)))
+            raise ValueError("this classifier has no text side: give a class matrix (.npz) instead")
+        self.set_classes(self._text.encode(list(labels), templates))
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), D) normalised text embeddings of free text (no template), for text queries."""
         if self._text is None:
-            raise ValueError("this classifier has no text side (an export)")
+            raise ValueError("this classifier has no text side")
         return self._text.embed(list(texts))
+
+    def __call__(self, audio: Any, candidate_labels: Sequence[str] | None = None, *,
+                 hypothesis_template: str | None = None, sample_rate: int | None = None, top_k: int | None = None
+                 ) -> list[dict[str, Any]]:
+        """Hugging Face `zero-shot-audio-classification` style: `audio` (a path, a 1-D waveform with its
+        `sample_rate`, default the model's, or a `{"array"|"raw", "sampling_rate"}` dict) -> `[{"score",
+        "label"}, ...]`, best first. `candidate_labels` (encoded with `hypothesis_template`, e.g. "This is a
+        sound of {}.") replace the current classes; an audio list gives a list of such lists."""
+        if isinstance(audio, dict):
+            wave = audio.get("array", audio.get("raw"))
+            return self(wave, candidate_labels, hypothesis_template=hypothesis_template,
+                        sample_rate=audio.get("sampling_rate", sample_rate), top_k=top_k)
+        if isinstance(audio, (list, tuple)):
+            return [self(a, candidate_labels, hypothesis_template=hypothesis_template, sample_rate=sample_rate,
+                         top_k=top_k) for a in audio]  # type: ignore[misc]
+        if candidate_labels is not None:
+            self.set_labels(list(candidate_labels), [hypothesis_template] if hypothesis_template else None)
+        if isinstance(audio, (str, os.PathLike)):
+            res = self.classify_files([audio], top_k)[0]
+            if not res.ok:
+                raise AudioError(os.fspath(audio), res.error or "unreadable")
+            ranked = res.ranked
+        else:
+            ranked = self.classify_arrays([np.asarray(audio)], sample_rate or self.sample_rate, top_k)[0]
+        return [{"score": float(p), "label": lb} for lb, p in ranked]
 
     def _need_classes(self) -> ZeroShotClassifier:
         if self.classes is None:
@@ -455,48 +493,6 @@ class Classifier:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-class _TextSide:
-    """The text encoder of a PyTorch model, found on first use (`evaluation.run.resolve_text_model`)."""
-
-    def __init__(self, model: Any, spec: Any, teacher: Any, tokenizer: Any, templates: Sequence[str] | None):
-        self.model, self.spec, self.teacher, self.tokenizer = model, spec, teacher, tokenizer
-        self.templates = templates
-        self._resolved: Any = None
-        self._error: str | None = None
-
-    def resolve(self) -> Any:
-        from tinyclap.evaluation.run import resolve_text_model
-
-        if self._resolved is None and self._error is None:
-            try:
-                self._resolved = resolve_text_model(self.model, self.spec, teacher=self.teacher,
-                                                    tokenizer=self.tokenizer)[0]
-            except (ValueError, OSError) as e:
-                self._error = str(e)
-        if self._resolved is None:
-            raise ValueError(self._error or "no text encoder")
-        return self._resolved
-
-    def available(self) -> bool:
-        try:
-            self.resolve()
-        except ValueError:
-            return False
-        return True
-
-    def encode(self, labels: list[str]) -> ZeroShotClassifier:
-        from tinyclap.evaluation.run import build_classifier
-
-        return build_classifier(labels, text_model=self.resolve(), templates=self.templates)
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            emb = self.resolve().encode_text(texts, normalize=True)
-        return l2_normalize(emb.float().cpu().numpy())
 
 
 def export_pool_window(manifest: dict[str, Any], asked: float | None, where: Any = "the export") -> float | None:

@@ -213,7 +213,8 @@ def _cache_and_distill(opt: DemoOptions, inp: _Inputs, teacher: Any, out: Path, 
     with stage("cache: teacher targets"):
         cache_dir = out / "cache"
         if not (cache_dir / "cache.json").is_file() or not any((cache_dir / "shards").glob("*")):
-            build_cache(teacher, inp.data, cache_dir, val_fraction=0.25, seed=1234, batch_size=16, workers=0,
+            # the teacher's path, not the loaded model: the cache, and so the run, records it (its labels)
+            build_cache(inp.teacher, inp.data, cache_dir, val_fraction=0.25, seed=1234, batch_size=16, workers=0,
                         progress=False, overwrite=True)
     run_dir = out / "student"
     with stage(f"distill: {opt.student}, stages 1+2"):

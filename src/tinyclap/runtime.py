@@ -2,10 +2,12 @@
 is not installed (onnxruntime, numpy, soundfile and soxr only).
 
     python -m tinyclap.runtime EXPORT_DIR FILE... [--top K] [--json] [--int8] [--threads N] [--window 5 --hop 1]
+                               [--labels "a kettle whistling,rain" --templates "this is the sound of {}"]
 
 Each file gets a ranked label list (a clip longer than 5 s: the renormalised mean of its window embeddings),
 or with --window a per-window timeline, streamed with bounded memory, the log-mel computed once and each
-window sliced from it. Both are `tinyclap.Classifier.from_export` and `tinyclap.timeline`, the code
+window sliced from it. --labels (names, or a file of them) needs an export with a text tower (`tinyclap
+export --text`; ONNX Runtime + tokenizers). Both are `tinyclap.Classifier.from_export` and `tinyclap.timeline`, the code
 `tinyclap classify --export-dir` runs, behind a parser of its own. This module also re-exports the export
 folder's reader (`tinyclap.deploy.runtime`) under a short, torch-free name.
 """
@@ -21,7 +23,7 @@ from tinyclap._util import display_path
 from tinyclap.audio import AudioError
 from tinyclap.audio.io import MAX_WINDOW_SECONDS
 from tinyclap.classifier import Classifier, format_failed, format_ranked, ranked_json
-from tinyclap.cli._common import float_in, int_in, make_parser
+from tinyclap.cli._common import add_templates_arg, float_in, int_in, make_parser, parse_labels
 from tinyclap.deploy.runtime import (
     EXPORT_FORMAT,
     MANIFEST_FILE,
@@ -63,6 +65,9 @@ def build_parser() -> Any:
     seconds = float_in(0, MAX_WINDOW_SECONDS, low_open=True)
     p.add_argument("--window", type=seconds, help="timeline mode: window length in seconds (e.g. 5)")
     p.add_argument("--hop", type=seconds, default=1.0, help="timeline hop in seconds")
+    p.add_argument("--labels", help='class names instead of the export\'s classes: "dog,rain,a kettle whistling" '
+                   "or a file of names (one a line); needs an export made with `tinyclap export --text`")
+    add_templates_arg(p)
     return p
 
 
@@ -71,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments), 130 (Ctrl-C). Errors are one line on stderr, never a traceback."""
     args = build_parser().parse_args(argv)
     try:
-        clf = Classifier.from_export(args.export_dir, int8=args.int8, threads=args.threads)
+        clf = Classifier.from_export(args.export_dir, int8=args.int8, threads=args.threads,
+                                     classes=parse_labels(args.labels) or None, templates=args.templates)
         if args.window:
             timelines, failed = _timelines(clf, args.files, args.window, args.hop)
             lines = _timeline_view(timelines, failed, clf.labels, args)

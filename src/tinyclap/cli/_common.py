@@ -170,6 +170,33 @@ def add_pool_window_arg(parser: argparse.ArgumentParser | argparse._ArgumentGrou
                         help="students only: run the backbone on windows of SECONDS, average their features, "
                         "run the head once (what a device with little RAM does)")
 
+MAX_LABELS_FILE_BYTES = 4 << 20
+
+
+def parse_labels(value: str | None) -> list[str]:
+    """`--labels`: comma-separated names, or an existing file of names (one a line, blank lines and '#'
+    comments skipped). A value that names a file (a path, or ending in .txt/.csv) that does not exist is
+    refused rather than read as one class of that name."""
+    import os
+
+    from tinyclap._util import display_path, read_regular_file
+
+    if not value:
+        return []
+    if os.path.isfile(value):
+        try:
+            text = read_regular_file(value, MAX_LABELS_FILE_BYTES).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{display_path(value)}: labels file is not UTF-8 text ({e.reason})") from e
+        labels = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        if not labels:
+            raise ValueError(f"{display_path(value)}: labels file lists no labels (one a line)")
+        return labels
+    if "," not in value and ("/" in value or value.lower().endswith((".txt", ".csv"))):
+        raise ValueError(f"--labels {display_path(value)}: no such file (give a labels file, one a line, or "
+                         'comma-separated names: "dog,rain,siren")')
+    return [s.strip() for s in value.split(",") if s.strip()]
+
 
 def classifier_from_args(args: argparse.Namespace, model: Any, spec: Any) -> Any:
     """The class matrix from `--classes`, or `--labels` encoded with `--templates` by the one text-model rule
@@ -179,7 +206,7 @@ def classifier_from_args(args: argparse.Namespace, model: Any, spec: Any) -> Any
 
     if args.classes:
         return build_classifier(None, classes_file=args.classes)
-    labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
+    labels = parse_labels(args.labels)
     if not labels:
         raise ValueError('give the classes: --labels "a,b,c" (with a text encoder) or --classes FILE.npz')
     return build_classifier(labels, templates=args.templates, model=model, model_spec=spec, teacher=args.teacher,

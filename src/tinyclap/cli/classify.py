@@ -26,7 +26,7 @@ import numpy as np
 
 from tinyclap.audio import display_path
 from tinyclap.audio.io import MAX_WINDOW_SECONDS
-from tinyclap.cli._common import add_command, add_pool_window_arg, add_templates_arg, float_in, int_in
+from tinyclap.cli._common import add_command, add_pool_window_arg, add_templates_arg, float_in, int_in, parse_labels
 from tinyclap.deploy.runtime import MAX_BATCH, MAX_TOP
 from tinyclap.timeline import MIN_SEGMENT_WINDOWS, SMOOTH_WINDOWS
 
@@ -40,11 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--teacher", help="teacher checkpoint (official MS CLAP .pth, ours or a proxy); also encodes "
                    "--labels (default for that: the teacher recorded in the student's run)")
     g.add_argument("--model", help="any model spec: checkpoint, run folder or student name")
-    g.add_argument("--export-dir", help="folder written by `tinyclap export` (ONNX Runtime, classes included)")
+    g.add_argument("--export-dir", help="folder written by `tinyclap export` (ONNX Runtime, classes included; "
+                   "--labels too when it was exported with --text)")
     g.add_argument("--int8", action="store_true", help="with --export-dir: use model.int8.onnx")
     p.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt (a BERT teacher with --labels)")
     c = p.add_argument_group("classes (one of)")
-    c.add_argument("--labels", help='comma-separated class names, e.g. "dog,rain,siren" (needs a text encoder)')
+    c.add_argument("--labels", help='comma-separated class names, e.g. "dog,rain,siren", or a file of names (one a '
+                   "line); needs a text encoder (a teacher, or an export with a text tower)")
     c.add_argument("--classes", help="class-matrix file (.npz) saved by tinyclap, no text encoder needed")
     add_templates_arg(p)
     p.add_argument("--long-clip", choices=("windows", "centre"), default="windows",
@@ -79,18 +81,19 @@ def _classifier(args: argparse.Namespace) -> Any:
     from tinyclap.classifier import Classifier
 
     if args.export_dir:
-        if args.student or args.model or args.teacher or args.labels:
-            raise ValueError(
-                "--export-dir brings its own model and classes: drop --student/--model/--teacher/--labels"
-            )
-        return Classifier.from_export(args.export_dir, int8=args.int8, classes=args.classes,
+        if args.student or args.model or args.teacher:
+            raise ValueError("--export-dir brings its own model (and text tower): drop --student/--model/--teacher")
+        if args.labels and args.classes:
+            raise ValueError("give --labels or --classes, not both")
+        classes = parse_labels(args.labels) or args.classes
+        return Classifier.from_export(args.export_dir, int8=args.int8, classes=classes, templates=args.templates,
                                       batch_size=args.batch_size, pool_window=args.pool_window)
     if args.int8:
         raise ValueError("--int8 needs --export-dir (int8 models exist only in exports)")
     spec = args.student or args.model or args.teacher
     if spec is None:
         raise ValueError("give a model: --student CKPT, --teacher CKPT, --model SPEC or --export-dir DIR")
-    labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
+    labels = parse_labels(args.labels)
     clf = Classifier.from_model(spec, args.classes or labels or None, teacher=args.teacher, tokenizer=args.tokenizer,
                                 templates=args.templates, batch_size=args.batch_size, pool_window=args.pool_window)
     if clf.classes is None:

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "embed", "embed audio files into a searchable index (incremental, resumable)",
                     description=__doc__.split("\n\n", 1)[1].strip())
     p.add_argument("sources", nargs="+", metavar="SRC",
-                   help="audio files, folders (recursive), manifests or KIND:PATH[#folds=..] specs")
+                   help="audio files, folders (recursive), manifest:FILE (a list of paths) or KIND:PATH[#folds=..] "
+                   "specs")
     p.add_argument("--model", required=True,
                    help="student run/checkpoint/name, teacher checkpoint, or export folder (torch-free)")
     p.add_argument("--int8", action="store_true", help="with an export folder: its model.int8.onnx")
@@ -40,10 +41,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _check_lists(sources: list[str]) -> None:
+    """A bare file that is not audio (`list.txt`) is refused: a list of paths is named `manifest:list.txt`."""
+    from pathlib import Path
+
+    from tinyclap.audio import display_path
+    from tinyclap.data.files import AUDIO_EXTENSIONS
+
+    for src in sources:
+        path = Path(src).expanduser()
+        if path.is_file() and path.suffix.lower() not in AUDIO_EXTENSIONS:
+            raise ValueError(f"{display_path(src)}: not an audio file; to embed the files it lists, "
+                             f"write manifest:{src}")
+
+
 def run(args: argparse.Namespace) -> int:
     from tinyclap.audio import display_path
     from tinyclap.index.build import embed_sources
 
+    _check_lists(args.sources)
     report = embed_sources(args.sources, args.model, args.out, window=args.window, hop=args.hop,
                            batch_size=args.batch_size, workers=args.workers, int8=args.int8,
                            overwrite=args.overwrite, progress=not args.no_progress)

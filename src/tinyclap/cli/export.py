@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = p.add_argument_group("classes (one of)")
     c.add_argument("--labels", help='comma-separated class names, e.g. "dog,rain,siren" (needs --teacher)')
     c.add_argument("--classes", help="class-matrix file (.npz) saved by tinyclap")
-    p.add_argument("--teacher", help="teacher checkpoint whose text tower encodes --labels")
+    p.add_argument("--teacher", help="teacher checkpoint whose text tower encodes --labels (and --text)")
     p.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt (with --labels)")
     add_templates_arg(p)
     p.add_argument("--out", required=True, help="output folder (built beside it and swapped in when complete: a "
@@ -68,6 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-frontend-int8-check", action="store_true", help="skip measuring a quantised front end"
     )
     add_pool_window_arg(p)
+
+    p.add_argument("--text", action="store_true",
+                   help="also export the teacher's text tower (text.onnx, text.int8.onnx, tokenizer.json): the "
+                   "export then takes any --labels / free text without torch (teacher: --teacher, else the one "
+                   "the model's run records)")
     p.add_argument("--json", action="store_true", help="print the manifest")
     p.set_defaults(func=run)
 
@@ -126,6 +131,11 @@ def run(args: argparse.Namespace) -> int:
     parity, calibration, heldout = _audio_sets(args)
     model = with_pool_window(load_model(args.model), args.pool_window)
     clf = classifier_from_args(args, model, args.model)
+    text = None
+    if args.text:
+        from tinyclap.evaluation.run import resolve_text_model
+
+        text = resolve_text_model(model, args.model, teacher=args.teacher, tokenizer=args.tokenizer)[0]
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)
@@ -149,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         source=str(args.model),
         log=log,
         overwrite=args.overwrite,
+        text=text,
     )
     if args.json:
         print(json.dumps(manifest, indent=2))
@@ -180,5 +191,13 @@ def _print_summary(manifest: dict[str, Any], out: str) -> None:
                 f"  (front end quantised too: mean cosine {r['mean_cosine']:.4f}, "
                 f"top-1 agreement {100 * r.get('top1_agreement', float('nan')):.1f} %; kept fp32)"
             )
+    t = manifest.get("text")
+    if t:
+        for name in ("text.onnx", "text.int8.onnx"):
+            r = t["parity"][name]
+            agree = r.get("zero_shot_top1_agreement")
+            print(f"  text   {name:18s} mean cosine {r['mean_cosine']:.4f} (min {r['min_cosine']:.4f}) on "
+                  f"{t['parity']['texts']} texts, {r['latency_ms_per_text']:.1f} ms/text"
+                  + ("" if agree is None else f", zero-shot top-1 agreement {100 * agree:.1f} %"))
     for name, f in manifest["files"].items():
         print(f"  {name:18s} {f['bytes'] / 1e6:8.2f} MB  sha256 {f['sha256'][:16]}...")

@@ -10,6 +10,8 @@ An export folder holds:
 - `classes.npz`   the zero-shot class matrix (`tinyclap.zeroshot.ZeroShotClassifier.save`).
 - `manifest.json` rates, clip length, front-end and student config, versions, SHA-256 of every file,
   parity and quantisation results. `tinyclap.runtime` (torch-free) refuses files whose hash differs.
+- with `text=TEACHER`: `text.onnx`, `text.int8.onnx`, `tokenizer.json`, the teacher's text tower for free-text
+  labels without torch (`tinyclap.deploy.text`; parity, size and latency in the manifest's `text` block).
 
 The folder is built in a temporary sibling (`.<name>.export-XXXX`) and swapped into place only when it is
 complete (manifest written last): a failed export (parity, quantisation, a full disk, Ctrl-C) leaves an
@@ -53,6 +55,7 @@ from tinyclap.deploy.runtime import (
     ExportError,
     read_manifest,
 )
+from tinyclap.deploy.text import TEXT_FILES
 from tinyclap.zeroshot import ZeroShotClassifier
 
 
@@ -60,7 +63,7 @@ def _quiet(msg: str) -> None:
     """The silent log."""
 
 
-EXPORT_FILES = (MODEL_FILE, STUDENT_FILE, MODEL_INT8_FILE, STUDENT_INT8_FILE, CLASSES_FILE)
+EXPORT_FILES = (MODEL_FILE, STUDENT_FILE, MODEL_INT8_FILE, STUDENT_INT8_FILE, CLASSES_FILE, *TEXT_FILES)
 
 
 def _check_request(student: nn.Module, classifier: ZeroShotClassifier, frontend: str, quantize: str | None) -> None:
@@ -185,6 +188,7 @@ def export(
     log: Callable[[str], None] | None = None,
     overwrite: bool = False,
     pool_window: float | None = None,
+    text: Any = None,
 ) -> dict[str, Any]:
     """Export `model` (StudentEmbedder or student) with its class matrix to `out_dir`; returns the manifest.
     `pool_window` (seconds; default: the one `model` embeds with, if any): model.onnx pools windows.
@@ -193,7 +197,8 @@ def export(
     ParityError; the folder is built beside `out_dir` and swapped into place only when complete, so a failed
     export leaves an earlier one intact (`check_out_dir`: a non-empty `out_dir` that is not an earlier
     export needs `overwrite=True`). With quantize="int8", `calibration_audio` calibrates and `heldout_audio`
-    (disjoint from it) measures int8 against fp32.
+    (disjoint from it) measures int8 against fp32. `text`: a teacher whose text tower is exported too
+    (`tinyclap.deploy.text_export`), so the export takes free-text labels.
     """
     say = log or _quiet
     student = student_of(model).eval()
@@ -210,14 +215,15 @@ def export(
         raise ValueError("parity needs real recordings, but none of the parity files could be decoded")
     with staged_folder(final) as out:
         manifest = _build(student, lm, classifier, clips, out, final, say,
-                          (opset, frontend, quantize, calibration_audio, heldout_audio, int8, source, pool_window))
+                          (opset, frontend, quantize, calibration_audio, heldout_audio, int8, source, pool_window,
+                           text))
     return manifest
 
 
 def _build(student: nn.Module, lm: LogMel, classifier: ZeroShotClassifier, clips: Any, out: Path, final: Path,
            say: Callable[[str], None], options: tuple) -> dict[str, Any]:
     """Write every file of the export into `out` (the staging folder), the manifest last; returns it."""
-    opset, frontend, quantize, calibration_audio, heldout_audio, int8, source, pool = options
+    opset, frontend, quantize, calibration_audio, heldout_audio, int8, source, pool, text = options
     t0 = time.perf_counter()
     pooled = "" if pool is None else f", pooled {pool:g} s windows"
     say(f"exporting {student.name} to {final} (opset {opset}, {frontend} front end{pooled})")
@@ -232,8 +238,17 @@ def _build(student: nn.Module, lm: LogMel, classifier: ZeroShotClassifier, clips
         quant = quantize_export(out, lm, classifier, calibration_audio, heldout_audio, int8,
                                 None if say is _quiet else say)
 
+    text_block = None
+    if text is not None:
+        from tinyclap.deploy.onnx import embedder, torch_run
+        from tinyclap.deploy.text_export import export_text
+
+        say("text tower: ONNX fp32 + int8, tokenizer.json, parity")
+        audio = torch_run(embedder(student, lm), clips.waves)
+        text_block = export_text(text, out, opset=opset, classifier=classifier, audio=audio)
     manifest = {
         **_describe(student, lm, classifier, frontend, opset, source, pool),
+        **({"text": text_block} if text_block is not None else {}),
         "versions": versions("torch", "onnx", "onnxruntime"),
         "files": _file_entries(out),
         "parity": parity,

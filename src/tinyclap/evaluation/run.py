@@ -33,7 +33,7 @@ from tinyclap.evaluation.embedding import Embedded, default_cache_dir, embed_dat
 from tinyclap.evaluation.metrics import EvalReport, evaluate, save_confusion_png, write_json
 from tinyclap.models.embedder import with_pool_window
 from tinyclap.models.fingerprint import describe_model, load_model_for_eval, recorded_dims, recorded_teacher
-from tinyclap.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier
+from tinyclap.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier, read_templates
 
 __all__ = [
     "align_classifier",
@@ -80,6 +80,12 @@ def resolve_text_model(
         path, rec_tok = _recorded_teacher_or_raise(spec)
         text_model = load_model(path, tokenizer_dir=tokenizer or rec_tok)
         source = f"teacher {path} (recorded in the student's config)"
+    if not hasattr(text_model, "encode_text"):
+        kind = getattr(text_model, "kind", None) or type(text_model).__name__
+        raise ValueError(
+            f"{path}: a {kind!r} model (no text tower), but a teacher is expected here (an MS CLAP .pth, "
+            "or a teacher or proxy-teacher checkpoint/run folder)"
+        )
     if getattr(text_model, "tokenizer", "n/a") is None:
         raise ValueError(
             f"{source} has no tokenizer, so it cannot encode the class prompts: pass --tokenizer DIR "
@@ -98,9 +104,9 @@ def _recorded_teacher_or_raise(spec: str | os.PathLike | None) -> tuple[str, str
     if rec is None:
         raise ValueError(
             f"{spec}: no text encoder for the class prompts: this model has no text tower and its "
-            "config records no teacher. Pass --teacher CKPT --tokenizer DIR (the teacher it was "
-            "distilled from; DIR holds BERT's uncased vocab.txt), or --classes FILE.npz (a class matrix "
-            "saved by tinyclap)"
+            "config records no teacher. Pass --teacher CKPT (the teacher it was distilled from; an MS CLAP "
+            "teacher also needs --tokenizer DIR, a folder with BERT's uncased vocab.txt), --classes FILE.npz "
+            "(a class matrix saved by tinyclap), or use an export made with `tinyclap export --text`"
         )
     if not Path(rec[0]).exists():
         raise ValueError(
@@ -108,31 +114,6 @@ def _recorded_teacher_or_raise(spec: str | os.PathLike | None) -> tuple[str, str
             "or --classes FILE.npz"
         )
     return rec
-
-
-def read_templates(values: Sequence[str] | None, default: str = DEFAULT_TEMPLATE) -> list[str]:
-    """Prompt templates from the command line: each value is a template or a file of templates (one a
-    line, blank lines and '#' comments skipped). Every template must contain one '{}'. None given: `default`
-    (a text model's own prompt style, its `template`, where it has one)."""
-    if not values:
-        return [default]
-    out: list[str] = []
-    for v in values:
-        p = Path(os.path.expanduser(v))
-        if "{}" not in v and p.is_file():
-            lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-            found = [ln for ln in lines if ln and not ln.startswith("#")]
-            if not found:
-                raise ValueError(f"{p}: no templates in this file")
-            for t in found:
-                if t.count("{}") != 1:
-                    raise ValueError(f"{p}: template {t!r} must contain exactly one '{{}}'")
-            out.extend(found)
-        elif v.count("{}") == 1:
-            out.append(v)
-        else:
-            raise ValueError(f"template {v!r} must contain exactly one '{{}}' (or be a file of templates)")
-    return out
 
 
 def align_classifier(

@@ -109,6 +109,22 @@ def _random_student(name: str) -> StudentEmbedder:
     return StudentEmbedder(create_student(name)).eval()
 
 
+PATH_SUFFIXES = (".safetensors", ".json", ".onnx", *FOREIGN_SUFFIXES)
+
+
+def _random_student_or_missing(spec: str) -> StudentEmbedder:
+    """A student name, or an error saying the path does not exist (a spec that looks like a path, or no name)."""
+    from tinyclap._util import display_path
+
+    missing = f"{display_path(spec)}: no such file or folder"
+    if any(c in spec for c in "/\\") or spec.startswith(("~", ".")) or spec.endswith(PATH_SUFFIXES):
+        raise CheckpointError(f"{missing} (a model is a run folder, checkpoint, export folder or student name)")
+    try:
+        return _random_student(spec)
+    except ValueError as e:
+        raise CheckpointError(f"{missing}, nor a student name ({e})") from e
+
+
 def _load_teacher_kind(path: Path, tokenizer_dir: str | os.PathLike | None) -> Any:
     from tinyclap.models.teacher import load_teacher
 
@@ -143,7 +159,7 @@ def load_model(spec: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | No
         return load_pretrained(str(spec))
     path = Path(spec)
     if not path.exists():
-        return _random_student(str(spec))
+        return _random_student_or_missing(str(spec))
     if path.suffix in FOREIGN_SUFFIXES:
         return _load_teacher_kind(path, tokenizer_dir)
     if is_export(path):
