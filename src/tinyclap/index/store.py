@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyclap._util import atomic_write_text
+from tinyclap._util import JSONFileError, atomic_write_text, read_json
 
 __all__ = ["FORMAT", "Index", "IndexFolderError", "FileRecord", "Hit", "MANIFEST", "quantize_rows"]
 
@@ -106,12 +106,11 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise IndexFolderError(f"{path}: missing; not an index written by `tinyclap embed`")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IndexFolderError(f"{path}: unreadable manifest ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        fmt = manifest.get("format") if isinstance(manifest, dict) else None
-        raise IndexFolderError(f"{path}: unknown index format {fmt!r} (expected {FORMAT!r})")
+        manifest = read_json(path)  # bounded size and depth, finite numbers, an object
+    except JSONFileError as e:
+        raise IndexFolderError(f"{e}; not a usable index manifest") from None
+    if manifest.get("format") != FORMAT:
+        raise IndexFolderError(f"{path}: unknown index format {manifest.get('format')!r:.80} (expected {FORMAT!r})")
     dim = manifest.get("embed_dim")
     if isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= 1 << 16:
         raise IndexFolderError(f"{path}: invalid embed_dim {dim!r}")
