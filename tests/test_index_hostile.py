@@ -1,0 +1,205 @@
+"""Hostile folders and damaged files against `embed`/`search` (issue 20) and what search shows (issue 21):
+manifests that are too deep, too big or hold 1e999, a FIFO and a non-UTF-8 name in the source folder,
+damaged matrix files, a --model that did not build the index, numeric options, templates, --like leaving
+the query out, labels on hits. Each case asserts a one-line error (no traceback) and an index still usable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import calibrated_models, distinct_sound, tinyclap_argv, write_wav
+
+from tinyclap.index import Index, embed_sources
+
+STUDENT = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"
+
+
+@pytest.fixture(scope="module")
+def models(work: Path) -> dict[str, Path]:
+    """A tiny random teacher and a student fitted to distinct sounds, saved with the teacher recorded."""
+    from tinyclap.models import save_student
+
+    waves = torch.from_numpy(np.stack([distinct_sound(i, 5.0) for i in range(10)]))
+    _, student, _ = calibrated_models(waves, STUDENT, work / "teacher")
+    ckpt = save_student(student, work / "student", teacher=str(work / "teacher.safetensors"))
+    return {"teacher": work / "teacher.safetensors", "student": ckpt}
+
+
+@pytest.fixture(scope="module")
+def built(models: dict[str, Path], work: Path) -> tuple[Path, list[Path]]:
+    """An index of 5 distinct sounds (4 s each), built once; tests copy it before damaging it."""
+    audio = work / "audio"
+    audio.mkdir()
+    files = [write_wav(audio / f"s{i}.wav", distinct_sound(i, 4.0)) for i in range(5)]
+    embed_sources([audio], models["student"], work / "index", progress=False, workers=0)
+    return work / "index", files
+
+
+def _copy(index: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(index, to)
+    return to
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(tinyclap_argv(*args), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _one_line_error(res: subprocess.CompletedProcess, *needles: str) -> str:
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("tinyclap ")]
+    assert len(lines) == 1, res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------- manifests
+
+
+@pytest.mark.parametrize("case", ["deep", "huge", "overflow", "nan"])
+def test_hostile_index_manifest(built: tuple[Path, list[Path]], tmp_path: Path, case: str) -> None:
+    """A manifest nested 100,000 deep, one of 3 GB (sparse), one holding 1e999 or NaN: one line, bounded."""
+    index = _copy(built[0], tmp_path / "ix")
+    man = index / "manifest.json"
+    good = json.loads(man.read_text())
+    if case == "deep":
+        man.write_text("[" * 100_000 + "]" * 100_000)
+    elif case == "huge":
+        with open(man, "r+b") as f:
+            f.truncate(3 << 30)  # sparse: no disk used, but a whole read would take 3 GB
+    else:
+        man.write_text(json.dumps(good)[:-1] + ', "x": ' + ("1e999" if case == "overflow" else "NaN") + "}")
+    cap = "import resource; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+    code = cap + "import sys; from tinyclap.cli import main; sys.exit(main(sys.argv[1:]))"
+    res = subprocess.run([sys.executable, "-c", code, "search", str(index), "--like", str(built[1][0])],
+                         capture_output=True, text=True, timeout=120)
+    expect = {"deep": "nested more than", "huge": "more than the", "overflow": "1e999",
+              "nan": "NaN is not a number"}[case]
+    _one_line_error(res, "manifest.json", expect)
+
+
+def test_ann_meta_and_export_manifest_refuse_non_finite(built: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    from tinyclap.deploy.runtime import EXPORT_FORMAT, ExportError, read_manifest
+    from tinyclap.index.ann import _load
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "manifest.json").write_text(f'{{"format": "{EXPORT_FORMAT}", "sample_rate": 1e999}}')
+    with pytest.raises(ExportError, match="1e999"):
+        read_manifest(export)
+    (export / "manifest.json").write_text("[" * 100_000)
+    with pytest.raises(ExportError, match="nested more than"):
+        read_manifest(export)
+    index = _copy(built[0], tmp_path / "ix")
+    (index / "ann.faiss").write_bytes(b"x")
+    (index / "ann.json").write_text('{"rows": 1e999}')
+    with Index.open(index) as ix, pytest.raises(ValueError, match="1e999"):
+        _load(ix)
+
+
+# ---------------------------------------------------------------------------------------- hostile folders
+
+
+def test_fifo_in_source_folder_is_skipped_not_waited_on(models: dict[str, Path], tmp_path: Path) -> None:
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    files = [write_wav(audio / f"s{i}.wav", distinct_sound(i, 3.0)) for i in range(2)]
+    os.mkfifo(audio / "pipe.wav")
+    res = _cli("embed", str(audio), "--model", str(models["student"]), "--out", str(tmp_path / "ix"),
+               "--no-progress", timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"skipped {audio / 'pipe.wav'}: not a regular file (a FIFO/named pipe)" in res.stderr
+    assert "2 file(s) embedded" in res.stdout
+    with Index.open(tmp_path / "ix") as ix:
+        assert {r.path for r in ix.files("ok")} == {str(f) for f in files}
+    # a known file replaced by a FIFO: the rerun's change check does not open it either
+    os.unlink(files[0])
+    os.mkfifo(files[0])
+    res = _cli("embed", str(audio), "--model", str(models["student"]), "--out", str(tmp_path / "ix"),
+               "--no-progress", timeout=120)
+    assert res.returncode == 0 and "not a regular file" in res.stderr, res.stderr
+
+
+def test_non_utf8_name_is_indexed_losslessly(models: dict[str, Path], tmp_path: Path) -> None:
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    good = [write_wav(audio / f"s{i}.wav", distinct_sound(i, 3.0)) for i in range(2)]
+    odd = os.path.join(os.fsencode(audio), b"caf\xe9-\xff.wav")  # Latin-1 bytes: not UTF-8
+    write_wav(odd, distinct_sound(3, 3.0))
+    out = tmp_path / "ix"
+    for _ in range(2):  # the rerun finds everything unchanged (the stored name compares equal)
+        res = _cli("embed", str(audio), "--model", str(models["student"]), "--out", str(out), "--no-progress",
+                   "--json", "--strict")
+        assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["unchanged"] == 3
+    with Index.open(out) as ix:
+        paths = {r.path for r in ix.files("ok")}
+        assert paths == {str(p) for p in good} | {os.fsdecode(odd)}
+        assert len(ix) == ix.rows == 3
+        hit = ix.search(ix.matrices()["f16"][2].astype(np.float32), k=1)[0]
+        assert os.fsencode(hit.path) in {os.fsencode(p) for p in paths}
+    res = _cli("search", str(out), "--like", os.fsdecode(odd), "-k", "3", "--json")
+    assert res.returncode == 0, res.stderr
+    os.unlink(odd)  # a deleted odd name is dropped like any other
+    res = _cli("embed", str(audio), "--model", str(models["student"]), "--out", str(out), "--no-progress", "--json")
+    assert json.loads(res.stdout)["removed"] == 1
+
+
+def test_failed_commit_leaves_matrix_and_table_agreeing(built: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    """A transaction SQLite refuses rolls the matrix files back at once: rows in the files == rows committed."""
+    import sqlite3
+
+    index = _copy(built[0], tmp_path / "ix")
+    with Index.open(index, readonly=False) as ix:
+        rows, sizes = ix.rows, {p.name: p.stat().st_size for p in index.glob("*.f*")}
+        row = np.zeros((1, ix.embed_dim), np.float32)
+        row[0, 0] = 1.0
+        bad = {"path": "/x.wav", "size": 1, "mtime_ns": 1, "sha256": None, "duration": 1.0, "status": object(),
+               "error": None}
+        with pytest.raises(sqlite3.Error):
+            ix.append([(bad, [(0.0, 1.0)])], row)
+        assert ix.rows == rows and {p.name: p.stat().st_size for p in index.glob("*.f*")} == sizes
+
+
+# ---------------------------------------------------------------------------------------- damaged files
+
+
+@pytest.mark.parametrize("case", ["nan_f16", "nan_scale", "random_u8", "flipped_f16_bit"])
+def test_damaged_matrix_files_are_detected(built: tuple[Path, list[Path]], models: dict[str, Path],
+                                           tmp_path: Path, case: str) -> None:
+    index = _copy(built[0], tmp_path / "ix")
+    with Index.open(index) as ix:
+        dim, rows = ix.embed_dim, ix.rows
+    name, offset, data = {
+        "nan_f16": ("embeddings.f16", 2 * dim * 2 + 6, np.array([np.nan], np.float16).tobytes()),
+        "nan_scale": ("scales.f32", 4 * 3, np.array([np.nan], np.float32).tobytes()),
+        "random_u8": ("embeddings.u8", dim, np.random.default_rng(0).integers(0, 256, dim, np.uint8).tobytes()),
+        "flipped_f16_bit": ("embeddings.f16", 2 * dim * (rows - 1), None),
+    }[case]
+    with open(index / name, "r+b") as f:
+        f.seek(offset)
+        if data is None:
+            data = bytes([f.read(1)[0] ^ 0x01])
+            f.seek(offset)
+        f.write(data)
+    res = _cli("search", str(index), "--like", str(built[1][0]))
+    _one_line_error(res, "index damaged", "--overwrite")
+    res = _cli("embed", str(built[1][0].parent), "--model", str(models["student"]), "--out", str(index),
+               "--no-progress")
+    _one_line_error(res, "index damaged")
+    res = _cli("embed", str(built[1][0].parent), "--model", str(models["student"]), "--out", str(index),
+               "--no-progress", "--overwrite")
+    assert res.returncode == 0, res.stderr
+    with Index.open(index) as ix:  # rebuilt: searchable again
+        assert len(ix) == 5
