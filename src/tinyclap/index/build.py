@@ -92,6 +92,21 @@ def list_sources(sources: Iterable[str | os.PathLike]) -> list[str]:
     return sorted(out)
 
 
+def source_labels(sources: Iterable[str | os.PathLike]) -> dict[str, str]:
+    """Absolute path -> label of the files that labelled sources name (`us8k:`, `esc50:`, `tut17:`,
+    `csv:LABELS.csv` specs: what `search` shows beside their hits); plain files and folders have none."""
+    from tinyclap.data import DATASET_NAMES
+    from tinyclap.data.spec import DATA_KINDS, load_eval_dataset, parse_spec
+
+    out: dict[str, str] = {}
+    for entry in sources:
+        spec = parse_spec(os.fspath(entry), DATA_KINDS)
+        if spec.name in DATASET_NAMES:
+            ds = load_eval_dataset(spec.name, spec.root, folds=spec.folds, subset=spec.subset)
+            out.update((os.path.abspath(it.path), ds.classes[it.label]) for it in ds.items)
+    return out
+
+
 def _stat(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -376,6 +391,7 @@ def embed_sources(
     hop = window if hop is None else hop
     rank = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
+    sources = [os.fspath(s) for s in sources]
     files = list_sources(sources)  # bad sources fail here, before any folder is created
     # an export run by the decoding threads themselves: one ONNX Runtime thread per call (no oversubscription)
     threads = 1 if workers > 0 else None
@@ -402,6 +418,11 @@ def embed_sources(
                 raise
         try:
             _run(index, imodel, todo, (window, hop, batch_size, workers), progress and rank == 0, report, not single)
+            assigned = set(mine)
+            labels = {p: lb for p, lb in source_labels(sources).items() if p in assigned}
+            if labels:
+                with contextlib.nullcontext() if single else folder_lock(out):
+                    index.set_labels(labels)
         finally:
             index.close()
         report.seconds = time.perf_counter() - t0

@@ -51,13 +51,16 @@ def text_side(index: Index, teacher: Any = None, tokenizer: str | os.PathLike | 
 
 
 def text_query(index: Index, text: str, *, teacher: Any = None, tokenizer: str | os.PathLike | None = None,
-               templates: Sequence[str] | None = None) -> np.ndarray:
-    """(D,) unit vector of `text`, or of the mean of its prompts when `templates` are given (each a template
-    with one {} or a file of them, as `--templates` everywhere, e.g. "this is the sound of {}")."""
+               templates: Sequence[str] | None = None, raw: bool = False) -> np.ndarray:
+    """(D,) unit vector of the mean of `text`'s prompts: `text` put into each template (one {} each, or a
+    file of them, as `--templates` everywhere; default: classify's "this is the sound of {}", so a query
+    scores like a class label), or with `raw=True` the text as typed."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError("the text query is empty")
+    if raw and templates:
+        raise ValueError("give templates or ask for the raw text, not both")
     prompts = [text.strip()]
-    if templates:
+    if not raw:
         from tinyclap.evaluation.run import read_templates
 
         prompts = [t.format(text.strip()) for t in read_templates(templates)]
@@ -72,14 +75,25 @@ def text_query(index: Index, text: str, *, teacher: Any = None, tokenizer: str |
     return l2_normalize(emb).astype(np.float32)
 
 
-def index_model(index: Index, model: Any = None) -> Any:
-    """The `IndexModel` that embeds audio queries: `model` (a spec or loaded model), else the index's own,
-    refused when its weights no longer match the fingerprint the index was built with."""
+def index_model(index: Index, model: Any = None, *, allow_other: bool = False) -> Any:
+    """The `IndexModel` that embeds audio queries: `model` (a spec or loaded model), else the index's own.
+    Either is refused when its fingerprint is not the one the index was built with (another model ranks
+    the rows meaninglessly), unless `allow_other` (then a warning)."""
     from tinyclap.index.model import load_index_model
 
     info = index.manifest.get("model") or {}
     if model is not None:
         m = load_index_model(model)
+        if m.info["fingerprint"] != info.get("fingerprint"):
+            shown = model if isinstance(model, (str, os.PathLike)) else m.info.get("name")
+            problem = (f"{shown}: not the model that built {index.folder} (fingerprint {m.info['fingerprint']}; "
+                       f"the index was built with {info.get('name')}, {info.get('fingerprint')})")
+            if not allow_other:
+                raise ValueError(f"{problem}; leave --model out to use the index's own model, or pass "
+                                 "--allow-other-model to rank with it anyway")
+            import warnings
+
+            warnings.warn(f"{problem}: scores are not comparable to the index's own", UserWarning, stacklevel=2)
     else:
         if not info.get("spec"):
             raise ValueError(f"{index.folder}: the index records no model spec; pass the model (--model)")
@@ -92,11 +106,13 @@ def index_model(index: Index, model: Any = None) -> Any:
     return m
 
 
-def audio_query(index: Index, source: Any, *, sample_rate: int | None = None, model: Any = None) -> np.ndarray:
-    """(D,) unit vector of an audio file (path) or a 1-D waveform at `sample_rate`."""
+def audio_query(index: Index, source: Any, *, sample_rate: int | None = None, model: Any = None,
+                allow_other: bool = False) -> np.ndarray:
+    """(D,) unit vector of an audio file (path) or a 1-D waveform at `sample_rate` (`model`, `allow_other`:
+    see `index_model`)."""
     from tinyclap.audio import eval_windows, load_audio
 
-    m = index_model(index, model)
+    m = index_model(index, model, allow_other=allow_other)
     if isinstance(source, (str, bytes, os.PathLike)):
         wave = load_audio(source, m.sample_rate)
     else:

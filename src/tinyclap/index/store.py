@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS chunks (start INTEGER PRIMARY KEY, rows INTEGER NOT N
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, size INTEGER, mtime_ns INTEGER, sha256 TEXT,
-    duration REAL, status TEXT NOT NULL, error TEXT);
+    duration REAL, status TEXT NOT NULL, error TEXT, label TEXT);
 CREATE TABLE IF NOT EXISTS windows (
     id INTEGER PRIMARY KEY, file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
     start REAL NOT NULL, "end" REAL NOT NULL, row INTEGER NOT NULL UNIQUE);
@@ -116,10 +116,12 @@ class Hit:
     start: float
     end: float
     score: float
+    label: str | None = None  # the file's label in the labelled source it was indexed from, if any
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file_id": self.file_id, "path": self.path, "start": round(self.start, 3),
-                "end": round(self.end, 3), "score": round(self.score, 6)}
+        out = {"file_id": self.file_id, "path": self.path, "start": round(self.start, 3),
+               "end": round(self.end, 3), "score": round(self.score, 6)}
+        return out if self.label is None else {**out, "label": self.label}
 
 
 def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -209,6 +211,8 @@ class Index:
         try:
             if not readonly:
                 db.executescript(_CHUNKS)  # an index written before checksums: its new rows get them
+                if "label" not in {r[1] for r in db.execute("PRAGMA table_info(files)")}:
+                    db.execute("ALTER TABLE files ADD COLUMN label TEXT")  # written before labels
             index._check_matrix_files()
             index.verify()
         except BaseException:
@@ -333,6 +337,30 @@ class Index:
                        self.db.execute(f"SELECT id, path FROM files WHERE id IN ({marks})", chunk).fetchall())
         return out
 
+    def labels(self, file_ids: Iterable[int]) -> dict[int, str]:
+        """The labels of those files that have one (indexed from a labelled source: `set_labels`)."""
+        ids = sorted({int(i) for i in file_ids})
+        out: dict[int, str] = {}
+        for a in range(0, len(ids), 500):
+            chunk = ids[a : a + 500]
+            marks = ",".join("?" * len(chunk))
+            try:
+                rows = self.db.execute(f"SELECT id, label FROM files WHERE id IN ({marks}) AND label IS NOT NULL",
+                                       chunk).fetchall()
+            except sqlite3.OperationalError:  # an index written before labels
+                return {}
+            out.update(rows)
+        return out
+
+    def file_ids(self, paths: Iterable[str]) -> list[int]:
+        """The ids of those `paths` the index holds."""
+        ids = []
+        for p in paths:
+            row = self.db.execute("SELECT id FROM files WHERE path = ?", (db_path(p),)).fetchone()
+            if row is not None:
+                ids.append(int(row[0]))
+        return ids
+
     def files(self, status: str | None = None) -> list[FileRecord]:
         """Every file record (or those of one status: "ok", "error"), by path."""
         sql = "SELECT id, path, size, mtime_ns, sha256, duration, status, error FROM files"
@@ -343,14 +371,15 @@ class Index:
         return [FileRecord(r[0], path_of(r[1]), *r[2:]) for r in rows]
 
     def search(self, query: np.ndarray, k: int = 10, *, min_score: float | None = None,
-               dedupe: bool = True, approximate: bool = False) -> list[Hit]:
-        """The top-`k` windows (or merged runs of adjacent windows, `dedupe`) by cosine to `query` (D,).
+               dedupe: bool = True, approximate: bool = False, exclude: Iterable[str] = ()) -> list[Hit]:
+        """The top-`k` windows (or merged runs of adjacent windows, `dedupe`) by cosine to `query` (D,),
+        leaving out the files `exclude` names (e.g. the query file of a search by example).
 
         Exact by default; `approximate=True` takes candidates from the FAISS graph (`tinyclap.index.ann`)."""
         from tinyclap.index.search import search_index
 
         return search_index(self, np.asarray(query)[None], k, min_score=min_score, dedupe=dedupe,
-                            approximate=approximate)[0]
+                            approximate=approximate, exclude=exclude)[0]
 
     def search_batch(self, queries: np.ndarray, k: int = 10, *, min_score: float | None = None,
                      dedupe: bool = True, approximate: bool = False) -> list[list[Hit]]:
@@ -455,6 +484,12 @@ class Index:
         self._windows = self._lookup = None
         self.cache.clear()
         return n
+
+    def set_labels(self, labels: dict[str, str]) -> None:
+        """Record the label of indexed files (path -> label: what their labelled source says)."""
+        with self.db:
+            self.db.executemany("UPDATE files SET label = ? WHERE path = ?",
+                                [(_text(lb), db_path(p)) for p, lb in labels.items()])
 
     def touch(self, path: str, size: int, mtime_ns: int) -> None:
         """Record a new size/mtime for a file whose content hash did not change."""
