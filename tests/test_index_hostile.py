@@ -29,7 +29,10 @@ def models(work: Path) -> dict[str, Path]:
     waves = torch.from_numpy(np.stack([distinct_sound(i, 5.0) for i in range(10)]))
     _, student, _ = calibrated_models(waves, STUDENT, work / "teacher")
     ckpt = save_student(student, work / "student", teacher=str(work / "teacher.safetensors"))
-    return {"teacher": work / "teacher.safetensors", "student": ckpt}
+    with torch.no_grad():  # the same architecture and size, other weights
+        next(student.parameters()).add_(0.01)
+    other = save_student(student, work / "other", teacher=str(work / "teacher.safetensors"))
+    return {"teacher": work / "teacher.safetensors", "student": ckpt, "other": other}
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +206,56 @@ def test_damaged_matrix_files_are_detected(built: tuple[Path, list[Path]], model
     assert res.returncode == 0, res.stderr
     with Index.open(index) as ix:  # rebuilt: searchable again
         assert len(ix) == 5
+
+
+# ---------------------------------------------------------------------------------------- search
+
+
+def test_like_with_another_model_is_refused(built: tuple[Path, list[Path]], models: dict[str, Path]) -> None:
+    index, files = built
+    res = _cli("search", str(index), "--like", str(files[0]), "--model", str(models["other"]))
+    _one_line_error(res, "not the model that built", "--allow-other-model")
+    res = _cli("search", str(index), "--like", str(files[0]), "--model", str(models["other"]), "--allow-other-model",
+               "--json")
+    assert res.returncode == 0 and "warning: " in res.stderr, res.stderr
+    res = _cli("search", str(index), "--like", str(files[0]), "--model", str(models["student"]), "--json")
+    assert res.returncode == 0, res.stderr  # the model that built it, named explicitly
+
+
+@pytest.mark.parametrize("argv", [
+    ["search", "IX", "--like", "F", "--min-score", "nan"],
+    ["search", "IX", "--like", "F", "--min-score", "2"],
+    ["embed", "F", "--model", "M", "--out", "O", "--window", "nan"],
+    ["embed", "F", "--model", "M", "--out", "O", "--hop", "inf"],
+    ["embed", "F", "--model", "M", "--out", "O", "--window", "1e9"],
+    ["embed", "F", "--model", "M", "--out", "O", "--batch-size", "0"],
+    ["embed", "F", "--model", "M", "--out", "O", "--workers", "-1"],
+])
+def test_numeric_options_are_validated(argv: list[str], capsys) -> None:
+    from tinyclap.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "out of range" in err or "not a" in err, err
+
+
+def test_like_leaves_itself_out_and_hits_show_labels(models: dict[str, Path], tmp_path: Path) -> None:
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    files = [write_wav(audio / f"s{i}.wav", distinct_sound(i, 3.0)) for i in range(6)]
+    (tmp_path / "labels.csv").write_text("path,label\n" + "".join(
+        f"audio/{f.name},{'dog' if i % 2 else 'rain'}\n" for i, f in enumerate(files)))
+    out = tmp_path / "ix"
+    res = _cli("embed", f"csv:{tmp_path / 'labels.csv'}", "--model", str(models["student"]), "--out", str(out),
+               "--no-progress")
+    assert res.returncode == 0, res.stderr
+    res = _cli("search", str(out), "--like", str(files[1]), "-k", "10", "--json")
+    hits = json.loads(res.stdout)["hits"]
+    assert len(hits) == 5 and str(files[1]) not in {h["path"] for h in hits}
+    expect = {str(f): "dog" if i % 2 else "rain" for i, f in enumerate(files)}
+    assert all(h["label"] == expect[h["path"]] for h in hits)
+    res = _cli("search", str(out), "--like", str(files[1]), "-k", "1")
+    line = res.stdout.splitlines()[2]
+    assert line.endswith(f"[{expect[line.split()[3]]}]"), line
