@@ -259,3 +259,89 @@ def test_like_leaves_itself_out_and_hits_show_labels(models: dict[str, Path], tm
     res = _cli("search", str(out), "--like", str(files[1]), "-k", "1")
     line = res.stdout.splitlines()[2]
     assert line.endswith(f"[{expect[line.split()[3]]}]"), line
+
+
+# ---------------------------------------------------------------------------------------- classify bounds
+
+
+def _sparse_wav(path: Path, seconds: float, rate: int = 44100) -> Path:
+    """A mono 16-bit WAV of `seconds` of silence that takes no disk space (its data is a hole)."""
+    import struct
+
+    data = int(seconds * rate) * 2
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+    header = b"RIFF" + struct.pack("<I", 36 + data) + b"WAVEfmt " + fmt + b"data" + struct.pack("<I", data)
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(len(header) + data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def classes(models: dict[str, Path], work: Path) -> Path:
+    from tinyclap.zeroshot import ZeroShotClassifier
+
+    return ZeroShotClassifier(["a", "b"], np.random.default_rng(0).standard_normal((2, 64)), 3.0).save(
+        work / "classes.npz")
+
+
+def test_classify_timeline_bounds(models: dict[str, Path], classes: Path, tmp_path: Path, capsys) -> None:
+    from tinyclap.cli import main
+
+    wav = write_wav(tmp_path / "short.wav", distinct_sound(1, 6.0))
+    long = _sparse_wav(tmp_path / "long.wav", 1800.0)
+    base = ["classify", "--model", str(models["student"]), "--classes", str(classes)]
+    for opts in (["--hop", "1e-9"], ["--hop", "0.0001"], ["--hop", "nan"], ["--window", "3600"]):
+        with pytest.raises(SystemExit) as e:  # refused by the parser: nothing printed before the error
+            main([*base, str(wav), "--window", "5", *opts])
+        out = capsys.readouterr()
+        assert e.value.code == 2 and not out.out and "out of range" in out.err or "not a number" in out.err
+    assert main([*base, str(wav), "--window", "600"]) == 1  # longer than the 6 s file: mostly padding
+    out = capsys.readouterr()
+    assert not out.out and "the window (600 s) is longer than the audio (6 s)" in out.err, out
+    assert main([*base, str(long), str(wav), "--window", "5", "--hop", "0.01", "--json"]) == 0
+    out = capsys.readouterr()  # 1800 s at a 0.01 s hop: 179,501 windows, refused before any work
+    assert f"skipped {long}: 179501 windows" in out.err and "use a hop of at least 0.018" in out.err
+    timelines = json.loads(out.out)["timelines"]
+    assert [t["file"] for t in timelines] == [str(wav)] and len(timelines[0]["rows"]) == 101
+
+
+_PEAK = """import resource, sys
+from tinyclap.cli import main
+rc = main(sys.argv[1:])
+print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def _peak_mb(*argv: str) -> int:
+    res = subprocess.run([sys.executable, "-c", _PEAK, *argv], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    return int(res.stderr.rsplit("PEAK", 1)[1].split()[0])
+
+
+def test_whole_file_paths_stream_long_files(built: tuple[Path, list[Path]], models: dict[str, Path], classes: Path,
+                                           tmp_path: Path) -> None:
+    """`classify` without --window and `search --like` on a 10-minute file take about the memory of an 80 s
+    one (the same batches of windows); decoded whole, its samples and windows would add 2-3 x 106 MB."""
+    short = _sparse_wav(tmp_path / "short.wav", 80.0)
+    long = _sparse_wav(tmp_path / "long.wav", 600.0)
+    cls = ["classify", "--model", str(models["student"]), "--classes", str(classes), "--json"]
+    assert _peak_mb(*cls, str(long)) - _peak_mb(*cls, str(short)) < 100
+    like = ["search", str(built[0]), "--json", "--like"]
+    assert _peak_mb(*like, str(long)) - _peak_mb(*like, str(short)) < 100
+
+
+def test_streamed_windows_equal_whole_file_windows(tmp_path: Path, monkeypatch) -> None:
+    import tinyclap.audio.io as aio
+    from tinyclap.audio import eval_windows, iter_eval_windows, load_audio
+
+    for seconds, rate in ((3.0, 44100), (23.7, 44100), (27.9, 22050), (12.4, 48000)):
+        x = distinct_sound(2, seconds, rate)
+        path = write_wav(tmp_path / f"{rate}.wav", x, rate)
+        whole = eval_windows(load_audio(path), 220500)
+        monkeypatch.setattr(aio, "WHOLE_DECODE_SECONDS", 1.0)
+        streamed = np.stack(list(iter_eval_windows(path, 220500)))
+        monkeypatch.undo()
+        np.testing.assert_allclose(streamed, whole, atol=1e-6)

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["audio_query", "index_model", "text_query", "text_side"]
 
+QUERY_BATCH = 16  # windows of a query file embedded together
+
 
 def text_side(index: Index, teacher: Any = None, tokenizer: str | os.PathLike | None = None) -> Any:
     """The model whose `encode_text` embeds text queries for `index` (see module doc)."""
@@ -110,11 +112,19 @@ def audio_query(index: Index, source: Any, *, sample_rate: int | None = None, mo
                 allow_other: bool = False) -> np.ndarray:
     """(D,) unit vector of an audio file (path) or a 1-D waveform at `sample_rate` (`model`, `allow_other`:
     see `index_model`)."""
-    from tinyclap.audio import eval_windows, load_audio
+    from tinyclap.audio import eval_windows, iter_eval_windows
 
     m = index_model(index, model, allow_other=allow_other)
-    if isinstance(source, (str, bytes, os.PathLike)):
-        wave = load_audio(source, m.sample_rate)
+    if isinstance(source, (str, bytes, os.PathLike)):  # an hour-long file is streamed, never decoded whole
+        total, batch = np.zeros(m.embed_dim, np.float64), []
+        for w in iter_eval_windows(source, m.clip_samples, m.sample_rate):
+            batch.append(w)
+            if len(batch) == QUERY_BATCH:
+                total += l2_normalize(m.embed(np.stack(batch))).sum(0)
+                batch.clear()
+        if batch:
+            total += l2_normalize(m.embed(np.stack(batch))).sum(0)
+        return l2_normalize(total).astype(np.float32)
     else:
         wave = np.asarray(source, dtype=np.float32)
         if wave.ndim != 1 or wave.size == 0 or not np.isfinite(wave).all():
