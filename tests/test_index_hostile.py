@@ -345,3 +345,24 @@ def test_streamed_windows_equal_whole_file_windows(tmp_path: Path, monkeypatch) 
         streamed = np.stack(list(iter_eval_windows(path, 220500)))
         monkeypatch.undo()
         np.testing.assert_allclose(streamed, whole, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- export inputs
+
+
+def test_export_audio_arguments_and_output_checked_first(tmp_path: Path, capsys) -> None:
+    from tinyclap.cli import main
+    from tinyclap.deploy.clips import find_audio
+
+    one = write_wav(tmp_path / "one.wav", distinct_sound(0, 1.0))
+    (tmp_path / "list.txt").write_text(f"{one}\n")
+    assert find_audio(one) == [one.resolve()]  # an audio file is itself, never read as a list
+    assert find_audio(f"@{tmp_path / 'list.txt'}") == [one.resolve()]  # a list only when named as one
+    with pytest.raises(ValueError, match=r"list\.txt: not an audio file .*@"):
+        find_audio(tmp_path / "list.txt")
+    base = ["export", "--model", "no-such-model", "--classes", "none.npz"]
+    for out, why in (("/proc/x", "No such file"), (str(one / "x"), "Not a directory")):
+        assert main([*base, "--parity-audio", str(one), "--out", out]) == 1  # before any model or audio
+        assert f"{out}: cannot create the export folder there ({why}" in capsys.readouterr().err
+    assert main([*base, "--parity-audio", str(tmp_path / "list.txt"), "--out", str(tmp_path / "e")]) == 1
+    assert "not an audio file" in capsys.readouterr().err and not (tmp_path / "e").exists()

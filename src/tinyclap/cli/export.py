@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quantize", choices=("int8",), help="also write int8 models (static QDQ quantisation)")
     p.add_argument("--calibration", metavar="AUDIO",
-                   help="real recordings for int8 calibration: a folder, a manifest or a KIND:PATH#.. spec")
+                   help="real recordings for int8 calibration: an audio file, a folder, @LIST (a file listing audio "
+                   "files) or a KIND:PATH#.. spec")
     p.add_argument("--calibration-size", type=int, default=32, help="calibration files drawn")
     p.add_argument(
         "--calibration-method",
@@ -49,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--parity-audio",
         metavar="AUDIO",
-        help="real recordings (folder, manifest or KIND:PATH#.. spec) for the parity check and the held-out "
+        help="real recordings (an audio file, a folder, @LIST or a KIND:PATH#.. spec) for the parity check and the "
+        "held-out "
         "int8 evaluation (none given: --calibration files not drawn for calibration)",
     )
     p.add_argument("--parity-size", type=int, default=8, help="files for the fp32 parity check")
