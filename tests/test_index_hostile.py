@@ -52,9 +52,23 @@ def _copy(index: Path, to: Path) -> Path:
     return to
 
 
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(tinyclap_argv(*args), capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+def _cli(*args: str, fresh: bool = False) -> subprocess.CompletedProcess:
+    """`tinyclap ARGS`: in this process (fast), or with `fresh` in a new interpreter with a time limit."""
+    if fresh:
+        return subprocess.run(tinyclap_argv(*args), capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    import contextlib
+    import io
+
+    from tinyclap.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(list(args))
+        except SystemExit as e:
+            rc = int(e.code or 0)
+    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
 
 
 def _one_line_error(res: subprocess.CompletedProcess, *needles: str) -> str:
@@ -120,7 +134,7 @@ def test_fifo_in_source_folder_is_skipped_not_waited_on(models: dict[str, Path],
     files = [write_wav(audio / f"s{i}.wav", distinct_sound(i, 3.0)) for i in range(2)]
     os.mkfifo(audio / "pipe.wav")
     res = _cli("embed", str(audio), "--model", str(models["student"]), "--out", str(tmp_path / "ix"),
-               "--no-progress", timeout=120)
+               "--no-progress", fresh=True)
     assert res.returncode == 0, res.stderr
     assert f"skipped {audio / 'pipe.wav'}: not a regular file (a FIFO/named pipe)" in res.stderr
     assert "2 file(s) embedded" in res.stdout
@@ -130,7 +144,7 @@ def test_fifo_in_source_folder_is_skipped_not_waited_on(models: dict[str, Path],
     os.unlink(files[0])
     os.mkfifo(files[0])
     res = _cli("embed", str(audio), "--model", str(models["student"]), "--out", str(tmp_path / "ix"),
-               "--no-progress", timeout=120)
+               "--no-progress", fresh=True)
     assert res.returncode == 0 and "not a regular file" in res.stderr, res.stderr
 
 
@@ -321,6 +335,7 @@ def _peak_mb(*argv: str) -> int:
     return int(res.stderr.rsplit("PEAK", 1)[1].split()[0])
 
 
+@pytest.mark.slow
 def test_whole_file_paths_stream_long_files(built: tuple[Path, list[Path]], models: dict[str, Path], classes: Path,
                                            tmp_path: Path) -> None:
     """`classify` without --window and `search --like` on a 10-minute file take about the memory of an 80 s
