@@ -236,6 +236,22 @@ def test_like_with_another_model_is_refused(built: tuple[Path, list[Path]], mode
     assert res.returncode == 0, res.stderr  # the model that built it, named explicitly
 
 
+def test_text_with_another_teacher_is_refused(built: tuple[Path, list[Path]], models: dict[str, Path],
+                                              tmp_path: Path) -> None:
+    from helpers import save_tiny_teacher
+
+    from tinyclap.models.teacher import bundled_tokenizer_dir
+
+    other = save_tiny_teacher(tmp_path / "teacher2", seed=1)
+    tok = ["--tokenizer", str(bundled_tokenizer_dir())]
+    res = _cli("search", str(built[0]), "a", "dog", "--teacher", str(other), *tok)
+    _one_line_error(res, "not the teacher that built", "--allow-other-model")
+    res = _cli("search", str(built[0]), "a", "dog", "--teacher", str(other), *tok, "--allow-other-model")
+    assert res.returncode == 0 and "warning: " in res.stderr, res.stderr
+    res = _cli("search", str(built[0]), "a", "dog", "--teacher", str(models["teacher"]), *tok, "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["hits"], res.stderr
+
+
 @pytest.mark.parametrize("argv", [
     ["search", "IX", "--like", "F", "--min-score", "nan"],
     ["search", "IX", "--like", "F", "--min-score", "2"],

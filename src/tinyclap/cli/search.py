@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_templates_arg(p)
     p.add_argument("--raw", action="store_true", help="embed the text query as typed (no template)")
     p.add_argument("--model", help="model for --like (default: the index's own; either is checked by fingerprint)")
-    p.add_argument("--allow-other-model", action="store_true",
-                   help="rank with a --model that did not build the index (a warning; scores not comparable)")
+    p.add_argument("--allow-other-model", action="store_true", help="rank with a --model or --teacher other "
+                   "than the index recorded (a warning; scores not comparable)")
     p.add_argument("-k", "--top", type=int_in(1, 10_000), default=10, help="hits shown")
     p.add_argument("--min-score", type=float_in(-1, 1), help="only hits with a cosine at least this")
     p.add_argument("--approximate", action="store_true",
@@ -46,24 +46,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tinyclap.audio import display_path
     from tinyclap.index import Index, audio_query, text_query
+    from tinyclap.index.query import OtherModelWarning
 
     text = " ".join(args.text).strip()
     if bool(text) == bool(args.like):
         raise ValueError('give either a text query or --like AUDIO (not both, not neither)')
     if args.raw and (args.templates or not text):
         raise ValueError("--raw applies to a text query without --templates")
-    if args.allow_other_model and not args.model:
-        raise ValueError("--allow-other-model applies to --model")
+    if args.allow_other_model and not (args.model or args.teacher):
+        raise ValueError("--allow-other-model applies to --model or --teacher")
     with Index.open(args.index) as index:
-        if text:
-            q = text_query(index, text, teacher=args.teacher, tokenizer=args.tokenizer, templates=args.templates,
-                           raw=args.raw)
-        else:
-            with warnings.catch_warnings(record=True) as seen:
-                warnings.simplefilter("always")
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            if text:
+                q = text_query(index, text, teacher=args.teacher, tokenizer=args.tokenizer, templates=args.templates,
+                               raw=args.raw, allow_other=args.allow_other_model)
+            else:
                 q = audio_query(index, args.like, model=args.model, allow_other=args.allow_other_model)
-            for w in seen:
+        for w in seen:
+            if issubclass(w.category, OtherModelWarning):
                 print(f"warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         like = {os.path.abspath(args.like), os.path.realpath(args.like)} if args.like else set()
         hits = index.search(q, args.top, min_score=args.min_score, dedupe=not args.no_dedupe,
                             approximate=args.approximate, exclude=like)

@@ -89,19 +89,20 @@ def load_index_model(spec: str | os.PathLike | Any, *, int8: bool = False, seed:
         return _export_model(path, int8, threads)
     if int8:
         raise ValueError(f"{spec}: --int8 needs an export folder (int8 models exist only in exports)")
-    from tinyclap.models.fingerprint import load_model_for_eval, model_kind, recorded_teacher
+    from tinyclap.models.fingerprint import load_model_for_eval, model_fingerprint, model_kind, recorded_teacher
 
     model, fingerprint = load_model_for_eval(spec, seed=seed)
     kind = model_kind(model)
-    teacher = None
+    teacher, teacher_fp = None, None
     if hasattr(model, "encode_text"):
-        teacher = os.path.abspath(os.fspath(spec))
+        teacher, teacher_fp = os.path.abspath(os.fspath(spec)), fingerprint
     elif path.exists():
         rec = recorded_teacher(spec)
         teacher = os.path.abspath(rec[0]) if rec else None
+        teacher_fp = model_fingerprint(teacher) if teacher and os.path.exists(teacher) else None
     info = {"spec": os.path.abspath(os.fspath(spec)) if path.exists() else os.fspath(spec), "kind": kind,
             "int8": False, "name": getattr(model, "name", None) or path.stem, "fingerprint": fingerprint,
-            "teacher": teacher}
+            "teacher": teacher, "teacher_fingerprint": teacher_fp}
     return IndexModel(model, info, _clip_samples(model), _frontend_config(model))
 
 

@@ -21,16 +21,21 @@ from tinyclap._util import l2_normalize
 if TYPE_CHECKING:
     from tinyclap.index.store import Index
 
-__all__ = ["audio_query", "index_model", "text_query", "text_side"]
+__all__ = ["OtherModelWarning", "audio_query", "index_model", "text_query", "text_side"]
 
 QUERY_BATCH = 16  # windows of a query file embedded together
 
 
-def text_side(index: Index, teacher: Any = None, tokenizer: str | os.PathLike | None = None) -> Any:
-    """The model whose `encode_text` embeds text queries for `index` (see module doc)."""
+def text_side(index: Index, teacher: Any = None, tokenizer: str | os.PathLike | None = None, *,
+              allow_other: bool = False) -> Any:
+    """The model whose `encode_text` embeds text queries for `index` (see module doc). A `teacher` path is
+    checked against the teacher fingerprint the index recorded (if any): another teacher's text tower
+    ranks the rows meaninglessly, so it is refused unless `allow_other` (then a warning)."""
     if teacher is not None and not isinstance(teacher, (str, os.PathLike)):
         return teacher
     info = index.manifest.get("model") or {}
+    if teacher is not None and info.get("teacher_fingerprint"):
+        _check_fingerprint(index, teacher, _teacher_fingerprint(teacher), "teacher", allow_other)
     spec = teacher or info.get("teacher")
     if spec is None and info.get("source"):
         from tinyclap.models.fingerprint import recorded_teacher
@@ -53,7 +58,7 @@ def text_side(index: Index, teacher: Any = None, tokenizer: str | os.PathLike | 
 
 
 def text_query(index: Index, text: str, *, teacher: Any = None, tokenizer: str | os.PathLike | None = None,
-               templates: Sequence[str] | None = None, raw: bool = False) -> np.ndarray:
+               templates: Sequence[str] | None = None, raw: bool = False, allow_other: bool = False) -> np.ndarray:
     """(D,) unit vector of the mean of `text`'s prompts: `text` put into each template (one {} each, or a
     file of them, as `--templates` everywhere; default: classify's "this is the sound of {}", so a query
     scores like a class label), or with `raw=True` the text as typed."""
@@ -66,7 +71,7 @@ def text_query(index: Index, text: str, *, teacher: Any = None, tokenizer: str |
         from tinyclap.evaluation.run import read_templates
 
         prompts = [t.format(text.strip()) for t in read_templates(templates)]
-    model = text_side(index, teacher, tokenizer)
+    model = text_side(index, teacher, tokenizer, allow_other=allow_other)
     import torch
 
     with torch.inference_mode():
@@ -86,16 +91,8 @@ def index_model(index: Index, model: Any = None, *, allow_other: bool = False) -
     info = index.manifest.get("model") or {}
     if model is not None:
         m = load_index_model(model)
-        if m.info["fingerprint"] != info.get("fingerprint"):
-            shown = model if isinstance(model, (str, os.PathLike)) else m.info.get("name")
-            problem = (f"{shown}: not the model that built {index.folder} (fingerprint {m.info['fingerprint']}; "
-                       f"the index was built with {info.get('name')}, {info.get('fingerprint')})")
-            if not allow_other:
-                raise ValueError(f"{problem}; leave --model out to use the index's own model, or pass "
-                                 "--allow-other-model to rank with it anyway")
-            import warnings
-
-            warnings.warn(f"{problem}: scores are not comparable to the index's own", UserWarning, stacklevel=2)
+        shown = model if isinstance(model, (str, os.PathLike)) else m.info.get("name")
+        _check_fingerprint(index, shown, m.info["fingerprint"], "model", allow_other)
     else:
         if not info.get("spec"):
             raise ValueError(f"{index.folder}: the index records no model spec; pass the model (--model)")
@@ -106,6 +103,34 @@ def index_model(index: Index, model: Any = None, *, allow_other: bool = False) -
     if m.embed_dim != index.embed_dim:
         raise ValueError(f"the model gives {m.embed_dim}-d embeddings but the index holds {index.embed_dim}-d")
     return m
+
+
+class OtherModelWarning(UserWarning):
+    """A query embedded by a model or teacher the index was not built with (`allow_other=True`)."""
+
+
+def _teacher_fingerprint(spec: str | os.PathLike) -> str | None:
+    from tinyclap.models.fingerprint import model_fingerprint
+
+    return model_fingerprint(spec) if Path(spec).exists() else None
+
+
+def _check_fingerprint(index: Index, shown: Any, fingerprint: str | None, role: str, allow_other: bool) -> None:
+    """Refuse (or with `allow_other`, warn about) a `role` ("model", "teacher") whose fingerprint is not the
+    one the index recorded for it."""
+    info = index.manifest.get("model") or {}
+    recorded = info.get("fingerprint" if role == "model" else "teacher_fingerprint")
+    if fingerprint == recorded:
+        return
+    built = info.get("name") if role == "model" else info.get("teacher")
+    problem = (f"{shown}: not the {role} that built {index.folder} (fingerprint {fingerprint}; the index was "
+               f"built with {built}, {recorded})")
+    if not allow_other:
+        raise ValueError(f"{problem}; leave --{role} out to use the index's own, or pass --allow-other-model to "
+                         "rank with it anyway")
+    import warnings
+
+    warnings.warn(f"{problem}: scores are not comparable to the index's own", OtherModelWarning, stacklevel=3)
 
 
 def audio_query(index: Index, source: Any, *, sample_rate: int | None = None, model: Any = None,
