@@ -397,3 +397,25 @@ def test_export_audio_arguments_and_output_checked_first(tmp_path: Path, capsys)
         assert f"{out}: cannot create the export folder there ({why}" in capsys.readouterr().err
     assert main([*base, "--parity-audio", str(tmp_path / "list.txt"), "--out", str(tmp_path / "e")]) == 1
     assert "not an audio file" in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+def test_search_checks_the_rows_it_rescores(built: tuple[Path, list[Path]], tmp_path: Path, monkeypatch) -> None:
+    """An index too big for the open's full CRC pass (here: the limit set to 0) is still checked where it
+    matters: a row whose int8 copy was overwritten (here with another row's) is caught when re-scored."""
+    import tinyclap.index.store as store
+    from tinyclap.index import IndexDamaged
+
+    index = _copy(built[0], tmp_path / "ix")
+    monkeypatch.setattr(store, "VERIFY_OPEN_BYTES", 0)
+    with Index.open(index) as ix:
+        dim, query = ix.embed_dim, ix.matrices()["f16"][0].astype(np.float32)
+        assert ix.search(query, k=1)[0].score > 0.999
+    with open(index / "embeddings.u8", "r+b") as f:
+        row0 = f.read(dim)
+        f.seek(3 * dim)
+        f.write(row0)
+    with Index.open(index) as ix, pytest.raises(IndexDamaged, match="fp16 and int8 copies disagree"):
+        ix.search(query, k=1)
+    monkeypatch.undo()
+    with pytest.raises(IndexDamaged, match="rows 0..4 do not match the checksum"):
+        Index.open(index)

@@ -203,9 +203,19 @@ def exact_top(index: Index, queries: np.ndarray, m: int, live: np.ndarray) -> li
             np.add(scores[j], bound, out=edge)  # upper bounds
             cand = np.flatnonzero(edge >= level)
             exact = np.asarray(f16[cand], dtype=np.float32) @ q.astype(np.float32)
+            _check_rescored(index, exact, scores[j][cand], bound[cand])
             top = np.argsort(-exact, kind="stable")[:m]
             results.append((cand[top], exact[top]))
     return results
+
+
+def _check_rescored(index: Index, exact: np.ndarray, approx: np.ndarray, bound: np.ndarray) -> None:
+    """The re-scored rows' fp16 scores must be finite and within the proven bound of their int8 scores:
+    anything else means the matrix files were changed after they were written (IndexDamaged)."""
+    if not (np.isfinite(exact).all() and (np.abs(exact - approx) <= bound).all()):
+        from tinyclap.index.store import damaged
+
+        raise damaged(index.folder, "a row's fp16 and int8 copies disagree beyond rounding")
 
 
 def merge_adjacent(hits: list[tuple[int, float, float, float]], gap: float) -> list[tuple[int, float, float, float]]:

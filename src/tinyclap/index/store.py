@@ -45,6 +45,7 @@ F16 = "embeddings.f16"
 U8 = "embeddings.u8"
 SCALES = "scales.f32"
 MATRIX_FILES = (F16, U8, SCALES)
+VERIFY_OPEN_BYTES = 1 << 30  # a reader's open checks every row's CRC-32 up to this many matrix bytes (~1-3 s)
 
 _CHUNKS = """
 CREATE TABLE IF NOT EXISTS chunks (start INTEGER PRIMARY KEY, rows INTEGER NOT NULL, crc32 INTEGER NOT NULL);
@@ -214,7 +215,7 @@ class Index:
                 if "label" not in {r[1] for r in db.execute("PRAGMA table_info(files)")}:
                     db.execute("ALTER TABLE files ADD COLUMN label TEXT")  # written before labels
             index._check_matrix_files()
-            index.verify()
+            index.verify(full=not readonly or index.rows * sum(index._row_bytes().values()) <= VERIFY_OPEN_BYTES)
         except BaseException:
             index.close()
             raise
@@ -248,17 +249,19 @@ class Index:
             if size > rows * width and not self.readonly:
                 os.truncate(path, rows * width)  # rows of a batch that never committed (a kill)
 
-    def verify(self) -> None:
+    def verify(self, full: bool = True) -> None:
         """IndexDamaged when a committed row is not what was written: a scale that is not a positive number,
-        or rows whose CRC-32 (over their fp16, int8 and scale bytes) differs from the one committed with them
-        (a bit flip, a NaN written over a row, random bytes). Reads every row once (~1 s per GB)."""
-        import zlib
-
+        or (`full`) rows whose CRC-32 (over their fp16, int8 and scale bytes) differs from the one committed
+        with them (a bit flip, a NaN written over a row, random bytes): one read of every row, about 1 s per
+        GB (`Index.open` does it for writers and for indexes up to VERIFY_OPEN_BYTES; search checks the rows
+        it re-scores in any case, `tinyclap.index.search.exact_top`)."""
         mats, n = self.matrices(), self.rows
         for a in range(0, n, 1 << 20):
             block = np.asarray(mats["scales"][a : a + (1 << 20)])
             if not (np.isfinite(block).all() and (block > 0).all()):
                 raise damaged(self.folder, f"{SCALES} holds a scale that is not a positive number")
+        if not full:
+            return
         try:
             chunks = self.db.execute("SELECT start, rows, crc32 FROM chunks ORDER BY start").fetchall()
         except sqlite3.OperationalError:  # written before checksums (and opened read-only since): not checked
