@@ -318,6 +318,28 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
+def mean_embedding(windows: Iterable[np.ndarray], embed: Callable[[np.ndarray], np.ndarray], batch: int
+                   ) -> np.ndarray:
+    """(D,) float32: the renormalised mean of the unit embeddings of a stream of equal-length windows, `batch`
+    windows embedded (and held) at a time: how a long file becomes one clip embedding in bounded memory."""
+    import itertools
+
+    import numpy as np
+
+    total: np.ndarray | None = None
+    pending: list[np.ndarray] = []
+    for w in itertools.chain(windows, [None]):  # streamed: never a list of all windows
+        if w is not None:
+            pending.append(w)
+        if pending and (w is None or len(pending) == batch):
+            part = l2_normalize(np.asarray(embed(np.stack(pending)), dtype=np.float64)).sum(0)
+            total = part if total is None else total + part
+            pending.clear()
+    if total is None:
+        raise ValueError("no windows to embed")
+    return l2_normalize(total).astype(np.float32)
+
+
 def versions(*packages: str) -> dict[str, str]:
     """Versions of tinyclap, Python, numpy and the named packages that are installed (for reports)."""
     import importlib.metadata as md

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyclap._util import display_path, l2_normalize
+from tinyclap._util import display_path, l2_normalize, mean_embedding
 from tinyclap.audio import (
     RESAMPLE_QUALITY,
     AudioError,
@@ -315,17 +315,6 @@ class Classifier:
             return fit_clip(wave, self.engine.clip_samples, policy="eval")[None]
         return eval_windows(wave, self.engine.clip_samples)
 
-    def embed_stream(self, windows: Iterator[np.ndarray]) -> np.ndarray:
-        """(D,) renormalised mean of the embeddings of a stream of clip windows, a batch held at a time."""
-        total, batch = np.zeros(self.embed_dim, np.float64), []
-        for w in windows:
-            batch.append(w)
-            if len(batch) == self.batch_size:
-                total += l2_normalize(self.engine.embed_waves(np.stack(batch))).sum(0)
-                batch.clear()
-        if batch:
-            total += l2_normalize(self.engine.embed_waves(np.stack(batch))).sum(0)
-        return l2_normalize(total).astype(np.float32)
 
     def embed_files(self, paths: Sequence[str | os.PathLike], progress: bool = False, *,
                     long_clip: str = "windows") -> BatchResult:
@@ -356,7 +345,7 @@ class Classifier:
                 bar.update(1)
                 if wins is not None and not isinstance(wins, np.ndarray):  # a long file's stream
                     try:
-                        parts[i] = self.embed_stream(wins)
+                        parts[i] = mean_embedding(wins, self.engine.embed_waves, self.batch_size)
                     except AudioError as e:
                         wins, problem = None, e.problem
                 if wins is None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinyclap._util import l2_normalize
+from tinyclap._util import l2_normalize, mean_embedding
 
 if TYPE_CHECKING:
     from tinyclap.index.store import Index
@@ -141,15 +141,7 @@ def audio_query(index: Index, source: Any, *, sample_rate: int | None = None, mo
 
     m = index_model(index, model, allow_other=allow_other)
     if isinstance(source, (str, bytes, os.PathLike)):  # an hour-long file is streamed, never decoded whole
-        total, batch = np.zeros(m.embed_dim, np.float64), []
-        for w in iter_eval_windows(source, m.clip_samples, m.sample_rate):
-            batch.append(w)
-            if len(batch) == QUERY_BATCH:
-                total += l2_normalize(m.embed(np.stack(batch))).sum(0)
-                batch.clear()
-        if batch:
-            total += l2_normalize(m.embed(np.stack(batch))).sum(0)
-        return l2_normalize(total).astype(np.float32)
+        return mean_embedding(iter_eval_windows(source, m.clip_samples, m.sample_rate), m.embed, QUERY_BATCH)
     else:
         wave = np.asarray(source, dtype=np.float32)
         if wave.ndim != 1 or wave.size == 0 or not np.isfinite(wave).all():
