@@ -325,7 +325,7 @@ def test_classify_timeline_bounds(models: dict[str, Path], classes: Path, tmp_pa
         with pytest.raises(SystemExit) as e:  # refused by the parser: nothing printed before the error
             main([*base, str(wav), "--window", "5", *opts])
         out = capsys.readouterr()
-        assert e.value.code == 2 and not out.out and "out of range" in out.err or "not a number" in out.err
+        assert e.value.code == 2 and not out.out and ("out of range" in out.err or "not a number" in out.err)
     assert main([*base, str(wav), "--window", "600"]) == 1  # longer than the 6 s file: mostly padding
     out = capsys.readouterr()
     assert not out.out and "the window (600 s) is longer than the audio (6 s)" in out.err, out
