@@ -228,7 +228,7 @@ def test_damaged_matrix_files_are_detected(built: tuple[Path, list[Path]], model
 def test_like_with_another_model_is_refused(built: tuple[Path, list[Path]], models: dict[str, Path]) -> None:
     index, files = built
     res = _cli("search", str(index), "--like", str(files[0]), "--model", str(models["other"]))
-    _one_line_error(res, "not the model that built", "--allow-other-model")
+    _one_line_error(res, "not the model", "was built with", "--allow-other-model")
     res = _cli("search", str(index), "--like", str(files[0]), "--model", str(models["other"]), "--allow-other-model",
                "--json")
     assert res.returncode == 0 and "warning: " in res.stderr, res.stderr
@@ -245,7 +245,7 @@ def test_text_with_another_teacher_is_refused(built: tuple[Path, list[Path]], mo
     other = save_tiny_teacher(tmp_path / "teacher2", seed=1)
     tok = ["--tokenizer", str(bundled_tokenizer_dir())]
     res = _cli("search", str(built[0]), "a", "dog", "--teacher", str(other), *tok)
-    _one_line_error(res, "not the teacher that built", "--allow-other-model")
+    _one_line_error(res, "not the teacher", "was built with", "--allow-other-model")
     res = _cli("search", str(built[0]), "a", "dog", "--teacher", str(other), *tok, "--allow-other-model")
     assert res.returncode == 0 and "warning: " in res.stderr, res.stderr
     res = _cli("search", str(built[0]), "a", "dog", "--teacher", str(models["teacher"]), *tok, "--json")

@@ -315,7 +315,6 @@ class Classifier:
             return fit_clip(wave, self.engine.clip_samples, policy="eval")[None]
         return eval_windows(wave, self.engine.clip_samples)
 
-
     def embed_files(self, paths: Sequence[str | os.PathLike], progress: bool = False, *,
                     long_clip: str = "windows") -> BatchResult:
         """Normalised (n_ok, D) embeddings (a long file: the renormalised mean of its 5 s windows, or with

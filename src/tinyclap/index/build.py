@@ -152,9 +152,12 @@ def _hash(path: str) -> str | None:
     if f is None:
         return None
     h = hashlib.sha256()
-    with f:
-        while block := f.read(1 << 20):
-            h.update(block)
+    try:
+        with f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError:
+        return None
     return h.hexdigest()
 
 

@@ -123,8 +123,8 @@ def _check_fingerprint(index: Index, shown: Any, fingerprint: str | None, role: 
     if fingerprint == recorded:
         return
     built = info.get("name") if role == "model" else info.get("teacher")
-    problem = (f"{shown}: not the {role} that built {index.folder} (fingerprint {fingerprint}; the index was "
-               f"built with {built}, {recorded})")
+    problem = (f"{shown}: not the {role} {index.folder} was built with (fingerprint {fingerprint}; the index "
+               f"records {built}, {recorded})")
     if not allow_other:
         raise ValueError(f"{problem}; leave --{role} out to use the index's own, or pass --allow-other-model to "
                          "rank with it anyway")

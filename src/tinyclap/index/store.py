@@ -6,9 +6,10 @@ Layout of INDEX/ (format `tinyclap-index/1`):
   rate, clip length, `window`, `hop`, `embed_dim`, `kind` ("audio").
 - `index.sqlite`: `files(id, path, size, mtime_ns, sha256, duration, status, error)` (status "ok" or
   "error"; an unreadable file is listed with its error and has no windows; a path that is not valid UTF-8
-  is stored as its bytes, a BLOB), `windows(id, file_id, start, end, row)`, `chunks(start, rows, crc32)`
-  (the CRC-32 of each appended batch of rows, checked by every open: `Index.verify`), and `meta(key,
-  value)` whose `rows` is the number of committed matrix rows.
+  is stored as its bytes, a BLOB; `label`: its class in the labelled source it was indexed from, if any),
+  `windows(id, file_id, start, end, row)`, `chunks(start, rows, crc32)` (the CRC-32 of each appended batch
+  of rows, checked when the index is opened: `Index.verify`), and `meta(key, value)` whose `rows` is the
+  number of committed matrix rows.
 - `embeddings.f16`: (rows, D) float16, the normalised embeddings, row-major, raw (no header);
   `embeddings.u8` + `scales.f32`: the same rows as int8 q with one float32 scale per row (x ~ scale * q,
   round-to-nearest), stored as the bytes q + 128 (uint8: what ONNX Runtime's integer product reads without
