@@ -125,6 +125,16 @@ def test_ann_meta_and_export_manifest_refuse_non_finite(built: tuple[Path, list[
         _load(ix)
 
 
+def test_overflowing_numbers_refused_even_where_nan_is_read() -> None:
+    """Run configs and checkpoints are read with finite=False (Python writes NaN for a scheduler's initial
+    loss), yet `1e999` (which no writer of ours produces) is refused there too."""
+    from tinyclap._util import JSONFileError, loads_json
+
+    assert loads_json('{"best": NaN}', "config.json", finite=False)["best"] != 0
+    with pytest.raises(JSONFileError, match="config.json: not valid JSON .1e999 overflows a float"):
+        loads_json('{"embed_dim": 1e999}', "config.json", finite=False)
+
+
 # ---------------------------------------------------------------------------------------- hostile folders
 
 
