@@ -42,9 +42,17 @@ class IndexModel:
         return out.float().cpu().numpy()
 
     def manifest(self, window: float, hop: float) -> dict[str, Any]:
+        """What an index built with this model records (the teacher's fingerprint hashed here, once per
+        `embed`, not on every load: `search --teacher` compares it)."""
+        info = dict(self.info)
+        teacher = info.get("teacher")
+        if teacher and "teacher_fingerprint" not in info and os.path.exists(teacher):
+            from tinyclap.models.fingerprint import model_fingerprint
+
+            info["teacher_fingerprint"] = model_fingerprint(teacher)
         return {
             "kind": "audio",
-            "model": self.info,
+            "model": info,
             "frontend": self.frontend,
             "sample_rate": self.sample_rate,
             "clip_samples": self.clip_samples,
@@ -89,20 +97,21 @@ def load_index_model(spec: str | os.PathLike | Any, *, int8: bool = False, seed:
         return _export_model(path, int8, threads)
     if int8:
         raise ValueError(f"{spec}: --int8 needs an export folder (int8 models exist only in exports)")
-    from tinyclap.models.fingerprint import load_model_for_eval, model_fingerprint, model_kind, recorded_teacher
+    from tinyclap.models.fingerprint import load_model_for_eval, model_kind, recorded_teacher
 
     model, fingerprint = load_model_for_eval(spec, seed=seed)
     kind = model_kind(model)
-    teacher, teacher_fp = None, None
+    teacher = None
     if hasattr(model, "encode_text"):
-        teacher, teacher_fp = os.path.abspath(os.fspath(spec)), fingerprint
+        teacher = os.path.abspath(os.fspath(spec))
     elif path.exists():
         rec = recorded_teacher(spec)
         teacher = os.path.abspath(rec[0]) if rec else None
-        teacher_fp = model_fingerprint(teacher) if teacher and os.path.exists(teacher) else None
     info = {"spec": os.path.abspath(os.fspath(spec)) if path.exists() else os.fspath(spec), "kind": kind,
             "int8": False, "name": getattr(model, "name", None) or path.stem, "fingerprint": fingerprint,
-            "teacher": teacher, "teacher_fingerprint": teacher_fp}
+            "teacher": teacher}
+    if hasattr(model, "encode_text"):
+        info["teacher_fingerprint"] = fingerprint
     return IndexModel(model, info, _clip_samples(model), _frontend_config(model))
 
 
