@@ -270,6 +270,10 @@ def test_text_with_another_teacher_is_refused(built: tuple[Path, list[Path]], mo
     ["embed", "F", "--model", "M", "--out", "O", "--window", "1e9"],
     ["embed", "F", "--model", "M", "--out", "O", "--batch-size", "0"],
     ["embed", "F", "--model", "M", "--out", "O", "--workers", "-1"],
+    ["export", "--model", "M", "--out", "O", "--parity-size", "-5"],
+    ["export", "--model", "M", "--out", "O", "--eval-size", "0"],
+    ["export", "--model", "M", "--out", "O", "--int8-search-target", "nan"],
+    ["export", "--model", "M", "--out", "O", "--opset", "3"],
 ])
 def test_numeric_options_are_validated(argv: list[str], capsys) -> None:
     from tinyclap.cli import main
