@@ -192,8 +192,9 @@ def loads_json(text: str | bytes, source: str | os.PathLike, *, expect: type | N
     """Parse JSON strictly: at most `MAX_JSON_BYTES`, no NaN/Infinity, no number that overflows a float
     (`1e999`), and (by default) an object at the top. Any problem, deep nesting included (json's own
     RecursionError), is one `JSONFileError` line naming `source` and the cause, never a traceback.
-    `finite=False` accepts NaN/Infinity (Python's json writes them, e.g. a scheduler's initial best loss):
-    for files whose readers check every number they use."""
+    `finite=False` accepts the constants NaN/Infinity (Python's json writes them, e.g. a scheduler's initial
+    best loss), never a literal that overflows (`1e999`, which no writer of ours produces): for files whose
+    readers check every number they use."""
     import json
 
     if len(text) > MAX_JSON_BYTES:
@@ -201,7 +202,8 @@ def loads_json(text: str | bytes, source: str | os.PathLike, *, expect: type | N
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float) if finite else json.loads(text)
+        constant = {"parse_constant": _no_constant} if finite else {}
+        data = json.loads(text, parse_float=_finite_float, **constant)  # 1e999 refused either way
     except RecursionError:
         raise JSONFileError(f"{source}: JSON nested more than {MAX_JSON_DEPTH} levels deep") from None
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -316,6 +318,28 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
     x = np.asarray(x)
     return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+def mean_embedding(windows: Iterable[np.ndarray], embed: Callable[[np.ndarray], np.ndarray], batch: int
+                   ) -> np.ndarray:
+    """(D,) float32: the renormalised mean of the unit embeddings of a stream of equal-length windows, `batch`
+    windows embedded (and held) at a time: how a long file becomes one clip embedding in bounded memory."""
+    import itertools
+
+    import numpy as np
+
+    total: np.ndarray | None = None
+    pending: list[np.ndarray] = []
+    for w in itertools.chain(windows, [None]):  # streamed: never a list of all windows
+        if w is not None:
+            pending.append(w)
+        if pending and (w is None or len(pending) == batch):
+            part = l2_normalize(np.asarray(embed(np.stack(pending)), dtype=np.float64)).sum(0)
+            total = part if total is None else total + part
+            pending.clear()
+    if total is None:
+        raise ValueError("no windows to embed")
+    return l2_normalize(total).astype(np.float32)
 
 
 def versions(*packages: str) -> dict[str, str]:

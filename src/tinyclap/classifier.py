@@ -29,15 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from tinyclap._util import display_path, l2_normalize
+from tinyclap._util import display_path, l2_normalize, mean_embedding
 from tinyclap.audio import (
     RESAMPLE_QUALITY,
     AudioError,
+    audio_info,
     eval_windows,
     fit_clip,
+    iter_eval_windows,
     load_audio,
     stream_audio,
 )
+from tinyclap.audio.io import UNKNOWN_FRAMES, WHOLE_DECODE_SECONDS
 from tinyclap.timeline import Timeline, TimelineRow, array_chunks, collect_rows, iter_windows
 from tinyclap.zeroshot import TextSide, ZeroShotClassifier, export_text_side
 
@@ -45,6 +48,10 @@ __all__ = ["BatchResult", "Classifier", "FileResult", "export_pool_window", "for
            "ranked_json"]
 
 CLIP_SECONDS = 5.0
+MAX_TIMELINE_WINDOW_S = 600.0  # a window is held whole, and copied a few times: 10 minutes at 44.1 kHz is 106 MB
+MIN_TIMELINE_HOP_S = 0.01  # about one log-mel frame
+MAX_TIMELINE_WINDOWS = 100_000  # a day of audio at a 1 s hop is 86,400
+TIMELINE_BATCH_BYTES = 64 << 20  # waveform windows held for one model call (a 10-minute window: one at a time)
 
 
 @dataclass
@@ -351,9 +358,14 @@ class Classifier:
         return self.classes
 
     # -- embedding --
-    def _windows(self, path: str | os.PathLike, long_clip: str) -> np.ndarray:
+    def _windows(self, path: str | os.PathLike, long_clip: str) -> np.ndarray | Iterator[np.ndarray]:
+        """A file's (K, clip) windows; for a file longer than WHOLE_DECODE_SECONDS, the same windows as a
+        stream (`iter_eval_windows`: an hour is never decoded whole), embedded as they come."""
+        centre = long_clip == "centre"
+        if audio_info(path).duration > WHOLE_DECODE_SECONDS:
+            return iter_eval_windows(path, self.engine.clip_samples, self.sample_rate, centre=centre)
         wave = load_audio(path, self.sample_rate)
-        if long_clip == "centre":
+        if centre:
             return fit_clip(wave, self.engine.clip_samples, policy="eval")[None]
         return eval_windows(wave, self.engine.clip_samples)
 
@@ -384,10 +396,17 @@ class Classifier:
             decode = functools.partial(self._windows, long_clip=long_clip)
             for i, (wins, problem) in enumerate(_decode_ahead(decode, paths, self.workers)):
                 bar.update(1)
+                if wins is not None and not isinstance(wins, np.ndarray):  # a long file's stream
+                    try:
+                        parts[i] = mean_embedding(wins, self.engine.embed_waves, self.batch_size)
+                    except AudioError as e:
+                        wins, problem = None, e.problem
                 if wins is None:
                     res.failed.append((os.fsdecode(paths[i]), str(problem)))
                     continue
                 res.kept.append(i)
+                if i in parts:
+                    continue
                 queue.append((i, wins))
                 if sum(len(w) for _, w in queue) >= self.batch_size:
                     flush()
@@ -450,14 +469,21 @@ class Classifier:
                       *, block_seconds: float = 10.0) -> Iterator[TimelineRow]:
         """Rows of `timeline`, streamed (bounded memory: one block of audio and one batch of windows)."""
         clf = self._need_classes()
-        if not (window > 0 and hop > 0):
-            raise ValueError(f"window and hop must be > 0, got {window} and {hop}")
+        if not (0 < window <= MAX_TIMELINE_WINDOW_S and 0 < hop <= MAX_TIMELINE_WINDOW_S):
+            raise ValueError(f"window and hop must be > 0 and at most {MAX_TIMELINE_WINDOW_S:g} s, "
+                             f"got {window} and {hop}")
         sr = self.sample_rate
         win_n, hop_n = int(round(window * sr)), int(round(hop * sr))
         if win_n < 1 or hop_n < 1:
             raise ValueError(f"window and hop must be at least one sample at {sr} Hz")
         if isinstance(source, (str, bytes, os.PathLike)):
             chunks = stream_audio(source, sr, block_seconds)
+            info = audio_info(source)
+            known = info.frames != UNKNOWN_FRAMES  # a header without a length: checked as it streams
+            problem = known and _timeline_problem(int(round(info.duration * sr)), win_n, hop_n, sr,
+                                                  self.engine.clip_samples)
+            if problem:
+                raise AudioError(source, problem)
         else:
             if sample_rate is None:
                 raise ValueError("a waveform source needs its sample_rate")
@@ -465,6 +491,9 @@ class Classifier:
             if wave.ndim != 1 or wave.shape[0] == 0:
                 raise ValueError(f"a waveform source must be non-empty and 1-D (mono), got shape {wave.shape}")
             wave = self._resample(wave, sample_rate)
+            problem = _timeline_problem(wave.shape[0], win_n, hop_n, sr, self.engine.clip_samples)
+            if problem:
+                raise ValueError(problem)
             chunks = array_chunks(wave, max(1, int(block_seconds * sr)))
         frontend = self.engine.frontend if win_n == self.engine.clip_samples else None
         if frontend is not None:
@@ -473,7 +502,7 @@ class Classifier:
             embed = self.engine.embed_waves
         else:  # windows of another length are embedded like clips (padded, or the mean of their 5 s windows)
             def embed(waves: np.ndarray) -> np.ndarray:
-                return np.stack([l2_normalize(l2_normalize(self.engine.embed_waves(
+                return np.stack([l2_normalize(l2_normalize(self._embed_batched(
                     eval_windows(w, self.engine.clip_samples))).mean(0)) for w in waves])
 
         def score(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -481,7 +510,8 @@ class Classifier:
             return clf.predict_proba(emb), emb @ clf.weights.T
 
         items = iter_windows(chunks, win_n, hop_n, frontend)
-        return collect_rows(items, embed, score, sr, self.batch_size)
+        batch = max(1, min(self.batch_size, TIMELINE_BATCH_BYTES // (4 * win_n)))  # long windows: fewer at once
+        return collect_rows(items, embed, score, sr, batch)
 
     def timeline(self, source: Any, window: float = 5.0, hop: float = 1.0, sample_rate: int | None = None
                  ) -> Timeline:
@@ -516,6 +546,21 @@ def _as_waves(waves: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
             raise ValueError(f"expected non-empty 1-D waveforms, got shape {a.shape}")
         out.append(a)
     return out
+
+
+def _timeline_problem(n: int, win_n: int, hop_n: int, sr: int, clip_n: int) -> str | None:
+    """Why a timeline of audio of n samples with these windows is refused (None: it is not): more than
+    MAX_TIMELINE_WINDOWS windows (a tiny --hop: hours of work), or a window longer than both the audio and a
+    clip (mostly zero padding, at the memory cost of the whole window)."""
+    windows = 1 + max(0, n - win_n) // hop_n
+    if windows > MAX_TIMELINE_WINDOWS:
+        return (f"{windows} windows of {win_n / sr:g} s every {hop_n / sr:g} s, more than the "
+                f"{MAX_TIMELINE_WINDOWS} a timeline may have: use a hop of at least "
+                f"{(n - win_n) / (MAX_TIMELINE_WINDOWS - 1) / sr:.3g} s")
+    if win_n > max(n, clip_n):
+        return (f"the window ({win_n / sr:g} s) is longer than the audio ({n / sr:.3g} s): use a window of at most "
+                f"{max(n, clip_n) / sr:.3g} s, or classify the file whole (no window)")
+    return None
 
 
 def _decode_ahead(fn: Any, items: Sequence[Any], workers: int) -> Iterator[tuple[Any, str | None]]:

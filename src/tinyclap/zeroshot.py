@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyclap._util import display_path, l2_normalize, read_regular_file
+from tinyclap._util import display_path, l2_normalize, loads_json, read_regular_file
 
 DEFAULT_TEMPLATE = "this is the sound of {}"
 # Bounds on a class-matrix file, checked before anything is inflated or allocated (docs/robustness.md):
@@ -281,7 +281,7 @@ def _parse_meta(arr: np.ndarray) -> dict[str, Any]:
     """The JSON metadata (labels, logit_scale, templates) with its types checked."""
     if arr.shape != () or arr.dtype.kind != "U":
         raise ValueError(f"meta.npy: expected one string, got {arr.dtype} {arr.shape}")
-    meta = json.loads(str(arr), parse_constant=lambda c: float("nan"))
+    meta = loads_json(str(arr), "meta.npy", expect=None, finite=False)  # bounded; NaN read, then refused
     if not isinstance(meta, dict) or not all(k in meta for k in ("labels", "logit_scale", "templates")):
         raise ValueError("meta.npy: expected an object with labels, logit_scale and templates")
     return meta

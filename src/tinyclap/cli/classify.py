@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from tinyclap.audio import display_path
-from tinyclap.audio.io import MAX_WINDOW_SECONDS
+from tinyclap.classifier import MAX_TIMELINE_WINDOW_S, MIN_TIMELINE_HOP_S
 from tinyclap.cli._common import add_command, add_pool_window_arg, add_templates_arg, float_in, int_in, parse_labels
 from tinyclap.deploy.runtime import MAX_BATCH, MAX_TOP
 from tinyclap.timeline import MIN_SEGMENT_WINDOWS, SMOOTH_WINDOWS
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file could not be read")
     t = p.add_argument_group("timeline (long audio)")
-    seconds = float_in(0, MAX_WINDOW_SECONDS, low_open=True)
+    seconds = float_in(MIN_TIMELINE_HOP_S, MAX_TIMELINE_WINDOW_S)
     t.add_argument("--window", type=seconds, help="per-window timeline with windows of SEC seconds (e.g. 5)")
     t.add_argument("--hop", type=seconds, default=1.0, help="hop between windows in seconds")
     t.add_argument("--segments", action="store_true", help="print segments: consecutive windows with one label "
@@ -161,9 +161,10 @@ def _file_timeline(args: argparse.Namespace, f: str, clf: Any, writer: Any, tabl
 
     labels = clf.labels
     tl = Timeline(labels, [], args.window, args.hop)
+    source = clf.iter_timeline(f, args.window, args.hop)  # a refused file fails here, before its name is printed
 
     def rows() -> Iterator[Any]:
-        for row in clf.iter_timeline(f, args.window, args.hop):
+        for row in source:
             tl.rows.append(row)
             if writer is not None:
                 writer.writerow([display_path(f), f"{row.start:.3f}", f"{row.end:.3f}", labels[row.top()],

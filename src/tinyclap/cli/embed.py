@@ -14,7 +14,8 @@ import argparse
 import json
 import sys
 
-from tinyclap.cli._common import add_command
+from tinyclap.cli._common import BATCH, WORKERS, add_command, float_in
+from tinyclap.index.build import MAX_WINDOW_S
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,10 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="student run/checkpoint/name, teacher checkpoint, or export folder (torch-free)")
     p.add_argument("--int8", action="store_true", help="with an export folder: its model.int8.onnx")
     p.add_argument("--out", required=True, metavar="INDEX", help="index folder (created; reruns update it)")
-    p.add_argument("--window", type=float, default=5.0, help="window length in seconds")
-    p.add_argument("--hop", type=float, help="hop between windows in seconds (default: --window)")
-    p.add_argument("--batch-size", type=int, default=16, help="windows embedded (and committed) together")
-    p.add_argument("--workers", type=int, default=2, help="decoding threads (0: decode inline)")
+    seconds = float_in(0, MAX_WINDOW_S, low_open=True)
+    p.add_argument("--window", type=seconds, default=5.0, help="window length in seconds")
+    p.add_argument("--hop", type=seconds, help="hop between windows in seconds (default: --window)")
+    p.add_argument("--batch-size", type=BATCH, default=16, help="windows embedded (and committed) together")
+    p.add_argument("--workers", type=WORKERS, default=2, help="decoding threads (0: decode inline)")
     p.add_argument("--overwrite", action="store_true", help="start again if INDEX was built with other settings")
     p.add_argument("--ann", action="store_true",
                    help="also build the approximate (FAISS HNSW) index for `search --approximate` (needs faiss-cpu)")

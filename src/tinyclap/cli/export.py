@@ -7,7 +7,15 @@ import json
 import sys
 from typing import Any
 
-from tinyclap.cli._common import add_command, add_pool_window_arg, add_templates_arg, classifier_from_args
+from tinyclap.cli._common import (
+    COUNT,
+    add_command,
+    add_pool_window_arg,
+    add_templates_arg,
+    classifier_from_args,
+    float_in,
+    int_in,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "failed export leaves an earlier one intact)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out even if it is a non-empty folder that is not an earlier export")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    p.add_argument("--opset", type=int_in(17, 30), default=17, help="ONNX opset (>= 17)")
     p.add_argument(
         "--frontend",
         choices=("factorised", "conv"),
@@ -38,8 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quantize", choices=("int8",), help="also write int8 models (static QDQ quantisation)")
     p.add_argument("--calibration", metavar="AUDIO",
-                   help="real recordings for int8 calibration: a folder, a manifest or a KIND:PATH#.. spec")
-    p.add_argument("--calibration-size", type=int, default=32, help="calibration files drawn")
+                   help="real recordings for int8 calibration: an audio file, a folder, @LIST (a file listing audio "
+                   "files) or a KIND:PATH#.. spec")
+    p.add_argument("--calibration-size", type=COUNT, default=32, help="calibration files drawn")
     p.add_argument(
         "--calibration-method",
         choices=("minmax", "entropy", "percentile"),
@@ -49,12 +58,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--parity-audio",
         metavar="AUDIO",
-        help="real recordings (folder, manifest or KIND:PATH#.. spec) for the parity check and the held-out "
+        help="real recordings (an audio file, a folder, @LIST or a KIND:PATH#.. spec) for the parity check and the "
+        "held-out "
         "int8 evaluation (none given: --calibration files not drawn for calibration)",
     )
-    p.add_argument("--parity-size", type=int, default=8, help="files for the fp32 parity check")
+    p.add_argument("--parity-size", type=COUNT, default=8, help="files for the fp32 parity check")
     p.add_argument(
-        "--eval-size", type=int, default=48, help="held-out files for int8 evaluation"
+        "--eval-size", type=COUNT, default=48, help="held-out files for int8 evaluation"
     )
     p.add_argument(
         "--int8-fp32-blocks",
@@ -62,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="leading student blocks (PhiNet stem, block 1, ...) kept fp32: a number, or 'auto' ("
         "the fewest reaching --int8-search-target mean cosine on the calibration clips)",
     )
-    p.add_argument("--int8-search-target", type=float, default=0.995,
+    p.add_argument("--int8-search-target", type=float_in(0, 1), default=0.995,
                    help="mean cosine to the fp32 model that the 'auto' --int8-fp32-blocks search aims for")
     p.add_argument(
         "--no-frontend-int8-check", action="store_true", help="skip measuring a quantised front end"

@@ -81,8 +81,10 @@ def _check_request(student: nn.Module, classifier: ZeroShotClassifier, frontend:
 
 def check_out_dir(out: Path, overwrite: bool = False) -> None:
     """Refuse an output path that is a file, or a non-empty folder that is not an earlier export (unless
-    `overwrite`): exporting replaces the whole folder."""
+    `overwrite`): exporting replaces the whole folder; or one where no folder can be made (tried at once,
+    before minutes of parity checks: a read-only disk, /proc, a parent that is a file)."""
     if not os.path.lexists(out):
+        _check_can_create(out)
         return
     if out.is_symlink() or not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")
@@ -95,6 +97,18 @@ def check_out_dir(out: Path, overwrite: bool = False) -> None:
             f"{out}: not empty and not a tinyclap export ({e}); pass --overwrite (overwrite=True) to replace "
             "the folder and everything in it"
         ) from e
+
+
+def _check_can_create(out: Path) -> None:
+    """A temporary folder made and removed in the nearest existing parent of `out` (where the export's
+    staging folder will be made), else a ValueError naming `out` and why."""
+    parent = out.absolute().parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.check-", dir=parent))
+    except OSError as e:
+        raise ValueError(f"{out}: cannot create the export folder there ({e.strerror or e})") from None
 
 
 @contextlib.contextmanager
