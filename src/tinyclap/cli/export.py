@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from tinyclap.cli._common import add_command, add_templates_arg, classifier_from_args
+from tinyclap.cli._common import add_command, add_json_arg, add_model_arg, add_templates_arg, classifier_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Writes model.onnx (waveform -> embedding), student.onnx (log-mel -> embedding), "
         "classes.npz and manifest.json; checks ONNX Runtime against PyTorch on real recordings.",
     )
-    p.add_argument("--model", required=True, help="student checkpoint, run folder or student name")
+    add_model_arg(p, "student checkpoint, run folder or student name", required=True)
     c = p.add_argument_group("classes (one of)")
     c.add_argument("--labels", help='comma-separated class names, e.g. "dog,rain,siren" (needs --teacher)')
     c.add_argument("--classes", help="class-matrix file (.npz) saved by tinyclap")
@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-frontend-int8-check", action="store_true", help="skip measuring a quantised front end"
     )
-    p.add_argument("--json", action="store_true", help="print the manifest")
+    add_json_arg(p, "the manifest")
     p.set_defaults(func=run)
 
 
