@@ -233,7 +233,8 @@ def add_model_arg(parser: _Parser, what: str = MODEL_KINDS, *, required: bool = 
 
 
 class _Deprecated(argparse.Action):
-    """An old spelling kept, hidden, for a release: stores its value and prints a one-line note."""
+    """An old spelling kept, hidden, for a release: stores its value and, on a terminal, prints a one-line note
+    (scripts and logs parsing stderr see nothing new)."""
 
     def __init__(self, option_strings: Sequence[str], dest: str, use: str = "", **kw: Any) -> None:
         self.use = use
@@ -241,12 +242,13 @@ class _Deprecated(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        print(f"note: {option_string} is deprecated and goes in a later release: use {self.use}", file=sys.stderr)
+        if sys.stderr.isatty():
+            print(f"note: {option_string} is deprecated and goes in a later release: use {self.use}", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
 
 def add_alias(parser: _Parser, flag: str, use: str, *, dest: str | None = None, **kw: Any) -> argparse.Action:
-    """A hidden, deprecated old spelling `flag` of the option `use` (help suppressed, a note when used); `dest`
+    """A hidden, deprecated old spelling `flag` of the option `use` (help suppressed; a note on a terminal); `dest`
     defaults to the flag's own, so a command body reading it keeps working."""
     return parser.add_argument(flag, action=_Deprecated, use=use, **({"dest": dest} if dest else {}), **kw)
 
