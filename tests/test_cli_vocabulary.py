@@ -72,6 +72,7 @@ def test_shared_options_are_defined_once() -> None:
             assert len(set(helps.values())) == 1, f"{key}: {helps}"
     assert set(seen) == set(SHARED)  # every shared option is in use
     assert len(seen["--model"]) >= 10 and len(seen["--json"]) >= 8
+    assert set(seen["--debug"]) == {name for name, _ in _commands()} - {"tinyclap", "runtime"}  # every command
 
 
 def test_a_model_is_named_model_everywhere() -> None:

@@ -27,6 +27,7 @@ from tinyclap.cli._common import (
     add_int8_arg,
     add_json_arg,
     add_model_arg,
+    add_progress_arg,
     add_top_arg,
     add_window_args,
     audio_inputs,
@@ -67,6 +68,7 @@ def build_parser() -> Any:
     p.add_argument("files", nargs="+", help="audio files or folders (recursive)")
     add_top_arg(p)
     add_json_arg(p)
+    add_progress_arg(p)
     add_int8_arg(p)
     p.add_argument("--threads", type=int_in(1, MAX_THREADS), help="ONNX Runtime intra-op threads")
     add_window_args(p)
@@ -97,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lines = _timeline_view(timelines, failed, clf.labels, args)
             ok = bool(timelines)
         else:
-            ranked = clf.classify_files(args.files, args.top, progress=len(args.files) > 20)
+            ranked = clf.classify_files(args.files, args.top, progress=not args.no_progress and len(args.files) > 20)
             failed = [(r.path, r.error or "") for r in ranked if not r.ok]
             lines = [json.dumps(ranked_json(ranked), indent=2)] if args.json else list(format_ranked(ranked))
             ok = len(failed) < len(ranked)

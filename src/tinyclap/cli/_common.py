@@ -103,8 +103,12 @@ def make_parser(prog: str, description: str | None = None, **kw: Any) -> argpars
 def add_command(
     sub: argparse._SubParsersAction, name: str, help: str, *, description: str | None = None
 ) -> argparse.ArgumentParser:
-    """The parser of `tinyclap <name>`: the one way commands are created, so every --help shows defaults."""
-    return sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
+    """The parser of `tinyclap <name>`: the one way commands are created, so every --help shows defaults and
+    every command takes --debug."""
+    parser = sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
+    _shared(parser.add_argument("--debug", action="store_true", help="show tracebacks (without it an error is one "
+                                "line)"), "--debug")
+    return parser
 
 
 def add_embedding_run_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -115,7 +119,6 @@ def add_embedding_run_args(parser: argparse.ArgumentParser) -> argparse._Argumen
     r.add_argument("--seed", type=int, default=0, help="initialisation seed when --model is a bare student name")
     add_device_arg(r)
     add_progress_arg(r)
-    r.add_argument("--debug", action="store_true", help="show tracebacks")
     return r
 
 
@@ -212,6 +215,7 @@ SHARED: dict[str, tuple[tuple[str, ...], str, Any]] = {
     "--templates": (("--templates",), "templates", None),
     "--workers": (("--workers",), "workers", ...),
     "--int8": (("--int8",), "int8", False),
+    "--debug": (("--debug",), "debug", False),
 }
 MODEL_KINDS = ("student name, run folder or checkpoint, teacher (MS CLAP .pth, ours or a proxy) or export folder "
                "(ONNX Runtime, no torch)")

@@ -120,7 +120,6 @@ def _add_run(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     )
     add_progress_arg(r)
     r.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard scalars")
-    r.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -43,7 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file could not be read")
     add_json_arg(p, "the report")
     add_progress_arg(p)
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=run)
 
 

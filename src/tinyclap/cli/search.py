@@ -31,7 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="candidates from the FAISS graph built by `embed --ann` (faster on huge indexes; exact scores)")
     p.add_argument("--no-dedupe", action="store_true", help="list adjacent windows of a file separately")
     add_json_arg(p)
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=run)
 
 

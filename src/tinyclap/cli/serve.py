@@ -78,7 +78,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     lim.add_argument("--grace", type=float_in(0, 3600), default=d.grace, help="seconds running requests may "
                      "take to finish after SIGTERM/Ctrl-C (then they are cancelled with HTTP 503)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=run)
 
 
