@@ -9,7 +9,7 @@ recursively, as in `tinyclap embed`.
 Each file gets a ranked label list (a clip longer than 5 s: the renormalised mean of its window embeddings),
 or with --window a per-window timeline, streamed with bounded memory, the log-mel computed once and each
 window sliced from it. Both are `tinyclap.Classifier.from_export` and `tinyclap.timeline`, the code
-`tinyclap classify --export-dir` runs, behind a parser of its own. This module also re-exports the export
+`tinyclap classify --model EXPORT_DIR` runs, behind a parser of its own. This module also re-exports the export
 folder's reader (`tinyclap.deploy.runtime`) under a short, torch-free name.
 """
 
