@@ -270,9 +270,9 @@ def add_window_args(parser: _Parser) -> None:
     from tinyclap.audio.io import MAX_WINDOW_SECONDS
 
     seconds = float_in(0, MAX_WINDOW_SECONDS, low_open=True)
-    _shared(parser.add_argument("--window", type=seconds, metavar="SEC", help="window length in seconds (none "
-                                f"given: {WINDOW_SECONDS:g} s, the model's clip; classify and the runtime: "
-                                "setting it gives a per-window timeline)"), "--window")
+    _shared(parser.add_argument("--window", type=seconds, metavar="SEC", help="window length in seconds: in "
+                                "classify and the runtime, setting it gives a per-window timeline; elsewhere none "
+                                f"given is {WINDOW_SECONDS:g} s, the model's clip"), "--window")
     _shared(parser.add_argument("--hop", type=seconds, default=HOP_SECONDS, metavar="SEC",
                                 help="seconds between window starts (a hop longer than the window skips audio)"),
             "--hop")

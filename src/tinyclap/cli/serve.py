@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="largest upload")
     lim.add_argument("--max-seconds", type=float_in(0, 86400, low_open=True), default=d.max_seconds,
                      help="longest audio accepted")
-    lim.add_argument("--jobs", dest="workers", type=int_in(1, 256), default=d.workers,
+    lim.add_argument("--jobs", dest="workers", type=int_in(1, 256), default=d.workers, metavar="N",
                      help="model jobs run at once (one thread each)")
     add_alias(lim, "--workers", "--jobs", type=int_in(1, 256))
     lim.add_argument("--queue", type=int_in(0, 1 << 16), default=d.queue, help="requests waiting beyond the "
