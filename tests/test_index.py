@@ -81,7 +81,7 @@ def test_incremental_add_change_delete(models: dict[str, Path], tmp_path: Path, 
             "--json", "--batch-size", "3"]
     assert cli_main(argv) == 0
     first = json.loads(capsys.readouterr().out)
-    assert (first["embedded"], first["windows"], len(first["failed"])) == (6, 5 + 3, 1)
+    assert (first["embedded"], first["windows"], len(first["failed"])) == (6, 5 + 8, 1)  # 12 s, 1 s hop: 8
     assert cli_main([*argv, "--strict"]) == 1  # unchanged; the bad file is listed again
     again = json.loads(capsys.readouterr().out)
     assert (again["embedded"], again["unchanged"], again["failed"][0]["path"]) == (0, 7, str(audio / "bad.wav"))

@@ -40,7 +40,7 @@ from tinyclap.audio import (
     load_audio,
     stream_audio,
 )
-from tinyclap.audio.io import UNKNOWN_FRAMES, WHOLE_DECODE_SECONDS
+from tinyclap.audio.io import MAX_TIMELINE_WINDOW_S, UNKNOWN_FRAMES, WHOLE_DECODE_SECONDS
 from tinyclap.timeline import Timeline, TimelineRow, array_chunks, collect_rows, iter_windows
 from tinyclap.zeroshot import TextSide, ZeroShotClassifier, export_text_side
 
@@ -48,8 +48,6 @@ __all__ = ["BatchResult", "Classifier", "FileResult", "export_pool_window", "for
            "ranked_json"]
 
 CLIP_SECONDS = 5.0
-MAX_TIMELINE_WINDOW_S = 600.0  # a window is held whole, and copied a few times: 10 minutes at 44.1 kHz is 106 MB
-MIN_TIMELINE_HOP_S = 0.01  # about one log-mel frame
 MAX_TIMELINE_WINDOWS = 100_000  # a day of audio at a 1 s hop is 86,400
 TIMELINE_BATCH_BYTES = 64 << 20  # waveform windows held for one model call (a 10-minute window: one at a time)
 

@@ -47,6 +47,8 @@ MAX_STREAM_SECONDS = 24 * 3600.0
 UNKNOWN_FRAMES = (1 << 63) - 1  # the frame count libsndfile reports when a header gives no length (SF_COUNT_MAX)
 WHOLE_DECODE_SECONDS = 120.0  # `iter_eval_windows` decodes a file up to this long whole (21 MB at 44.1 kHz)
 MAX_WINDOW_SECONDS = 3600.0  # longest `stream_windows` window or hop (one window is held in memory)
+MAX_TIMELINE_WINDOW_S = 600.0  # a window is held whole, and copied a few times: 10 minutes at 44.1 kHz is 106 MB
+MIN_TIMELINE_HOP_S = 0.01  # about one log-mel frame
 BLOCK_BYTES = 64 << 20  # largest (frames, channels) float32 block read at once (libsndfile allows 1024 channels)
 
 POLICIES = ("eval", "train")

@@ -6,8 +6,9 @@ window (start, end, top label, probabilities), streamed from disk with bounded m
 end run once per recording and windows sliced from it (`tinyclap.timeline`), so hour-long recordings
 work; --segments merges consecutive windows into labelled segments (--threshold, --none-below), after
 smoothing the window scores (--smooth) and folding runs shorter than --min-segment into a neighbour.
-The audio model is a PyTorch one (--model/--student/--teacher, `tinyclap.models.load_model`) or an
-export folder (--export-dir, ONNX Runtime, no torch). All of it is `tinyclap.Classifier`, the Python API.
+The audio model (--model) is a PyTorch one (`tinyclap.models.load_model`) or an export folder (ONNX
+Runtime, no torch). Folders stand for the audio files under them (recursively, as in `embed`). All of it
+is `tinyclap.Classifier`, the Python API.
 """
 
 from __future__ import annotations
@@ -25,24 +26,40 @@ from typing import Any, TextIO
 import numpy as np
 
 from tinyclap.audio import display_path
-from tinyclap.classifier import MAX_TIMELINE_WINDOW_S, MIN_TIMELINE_HOP_S
-from tinyclap.cli._common import add_command, add_pool_window_arg, add_templates_arg, float_in, int_in, parse_labels
-from tinyclap.deploy.runtime import MAX_BATCH, MAX_TOP
+from tinyclap.cli._common import (
+    add_alias,
+    add_command,
+    add_device_arg,
+    add_int8_arg,
+    add_json_arg,
+    add_model_arg,
+    add_pool_window_arg,
+    add_progress_arg,
+    add_templates_arg,
+    add_top_arg,
+    add_window_args,
+    audio_inputs,
+    export_model,
+    float_in,
+    int_in,
+    parse_labels,
+)
+from tinyclap.deploy.runtime import MAX_BATCH
 from tinyclap.timeline import MIN_SEGMENT_WINDOWS, SMOOTH_WINDOWS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "classify", "rank class labels for audio files (zero-shot), or per-window timelines",
                     description=__doc__.split("\n\n", 1)[1].strip())
-    p.add_argument("files", nargs="+", help="audio files (anything libsndfile decodes)")
-    g = p.add_argument_group("model (one of)")
-    g.add_argument("--student", help="student checkpoint (.safetensors/.json or a run folder)")
-    g.add_argument("--teacher", help="teacher checkpoint (official MS CLAP .pth, ours or a proxy); also encodes "
-                   "--labels (default for that: the teacher recorded in the student's run)")
-    g.add_argument("--model", help="any model spec: checkpoint, run folder or student name")
-    g.add_argument("--export-dir", help="folder written by `tinyclap export` (ONNX Runtime, classes included; "
-                   "--labels too when it was exported with --text)")
-    g.add_argument("--int8", action="store_true", help="with --export-dir: use model.int8.onnx")
+    p.add_argument("files", nargs="+", help="audio files (anything libsndfile decodes) or folders (recursive)")
+    g = p.add_argument_group("model")
+    add_model_arg(g)
+    g.add_argument("--teacher", help="teacher checkpoint whose text tower encodes --labels (default: the model's "
+                   "own, the teacher recorded in its run, or an export's text tower from `export --text`); the "
+                   "model too when --model is not given")
+    add_alias(g, "--student", "--model")
+    add_alias(g, "--export-dir", "--model")
+    add_int8_arg(g)
     p.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt (a BERT teacher with --labels)")
     c = p.add_argument_group("classes (one of)")
     c.add_argument("--labels", help='comma-separated class names, e.g. "dog,rain,siren", or a file of names (one a '
@@ -52,13 +69,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--long-clip", choices=("windows", "centre"), default="windows",
                    help="clips longer than 5 s: mean of all window embeddings, or the centre crop")
     add_pool_window_arg(p)
-    p.add_argument("--top", type=int_in(1, MAX_TOP), default=5, help="labels shown per file")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_top_arg(p)
+    add_json_arg(p)
+    add_device_arg(p)
+    add_progress_arg(p)
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file could not be read")
     t = p.add_argument_group("timeline (long audio)")
-    seconds = float_in(MIN_TIMELINE_HOP_S, MAX_TIMELINE_WINDOW_S)
-    t.add_argument("--window", type=seconds, help="per-window timeline with windows of SEC seconds (e.g. 5)")
-    t.add_argument("--hop", type=seconds, default=1.0, help="hop between windows in seconds")
+    add_window_args(t)
     t.add_argument("--segments", action="store_true", help="print segments: consecutive windows with one label "
                    "merged (each window stands for one hop around its centre)")
     t.add_argument("--threshold", type=float_in(0, 1), default=0.0, help="with --segments: a window counts "
@@ -80,35 +97,45 @@ def _classifier(args: argparse.Namespace) -> Any:
     """The `tinyclap.Classifier` the options describe (an export, or a PyTorch model + classes)."""
     from tinyclap.classifier import Classifier
 
+    export_model(args)
     if args.export_dir:
         if args.student or args.model or args.teacher:
-            raise ValueError("--export-dir brings its own model (and text tower): drop --student/--model/--teacher")
+            raise ValueError("an export folder brings its own model (and text tower): drop --teacher")
         if args.labels and args.classes:
             raise ValueError("give --labels or --classes, not both")
         classes = parse_labels(args.labels) or args.classes
         return Classifier.from_export(args.export_dir, int8=args.int8, classes=classes, templates=args.templates,
                                       batch_size=args.batch_size, pool_window=args.pool_window)
     if args.int8:
-        raise ValueError("--int8 needs --export-dir (int8 models exist only in exports)")
+        raise ValueError("--int8 needs an export folder as --model (int8 models exist only in exports)")
     spec = args.student or args.model or args.teacher
     if spec is None:
-        raise ValueError("give a model: --student CKPT, --teacher CKPT, --model SPEC or --export-dir DIR")
+        raise ValueError("give a model: --model RUN|CHECKPOINT|NAME|EXPORT_DIR")
     labels = parse_labels(args.labels)
     clf = Classifier.from_model(spec, args.classes or labels or None, teacher=args.teacher, tokenizer=args.tokenizer,
-                                templates=args.templates, batch_size=args.batch_size, pool_window=args.pool_window)
+                                templates=args.templates, batch_size=args.batch_size, device=_device(args.device),
+                                pool_window=args.pool_window)
     if clf.classes is None:
         raise ValueError('give the classes: --labels "a,b,c" (with a text encoder) or --classes FILE.npz')
     return clf
 
 
+def _device(device: str) -> Any:
+    from tinyclap._util import resolve_device
+
+    return resolve_device(device)
+
+
 def run(args: argparse.Namespace) -> int:
     if (args.timeline_csv or args.plot or args.segments) and args.window is None:
         raise ValueError("--timeline-csv, --plot and --segments need --window SEC (timeline mode)")
+    args.files = audio_inputs(args.files)
     clf = _classifier(args)
     if args.window is not None:
         return _run_timelines(args, clf)
     try:
-        results = clf.classify_files(args.files, args.top, long_clip=args.long_clip, progress=len(args.files) > 20)
+        results = clf.classify_files(args.files, args.top, long_clip=args.long_clip,
+                                     progress=not args.no_progress and len(args.files) > 20)
     except ValueError as e:  # non-finite embeddings: the model is broken, not the audio
         raise ValueError(f"{args.export_dir or args.student or args.model or args.teacher}: {e}") from e
     from tinyclap.classifier import format_ranked, ranked_json

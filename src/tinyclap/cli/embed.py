@@ -14,8 +14,17 @@ import argparse
 import json
 import sys
 
-from tinyclap.cli._common import BATCH, WORKERS, add_command, float_in
-from tinyclap.index.build import MAX_WINDOW_S
+from tinyclap.cli._common import (
+    BATCH,
+    WINDOW_SECONDS,
+    add_command,
+    add_int8_arg,
+    add_json_arg,
+    add_model_arg,
+    add_progress_arg,
+    add_window_args,
+    add_workers_arg,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,22 +33,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("sources", nargs="+", metavar="SRC",
                    help="audio files, folders (recursive), manifest:FILE (a list of paths) or KIND:PATH[#folds=..] "
                    "specs")
-    p.add_argument("--model", required=True,
-                   help="student run/checkpoint/name, teacher checkpoint, or export folder (torch-free)")
-    p.add_argument("--int8", action="store_true", help="with an export folder: its model.int8.onnx")
+    add_model_arg(p, required=True)
+    add_int8_arg(p)
     p.add_argument("--out", required=True, metavar="INDEX", help="index folder (created; reruns update it)")
-    seconds = float_in(0, MAX_WINDOW_S, low_open=True)
-    p.add_argument("--window", type=seconds, default=5.0, help="window length in seconds")
-    p.add_argument("--hop", type=seconds, help="hop between windows in seconds (default: --window)")
+    add_window_args(p)
     p.add_argument("--batch-size", type=BATCH, default=16, help="windows embedded (and committed) together")
-    p.add_argument("--workers", type=WORKERS, default=2, help="decoding threads (0: decode inline)")
+    add_workers_arg(p, 2)
     p.add_argument("--overwrite", action="store_true", help="start again if INDEX was built with other settings")
     p.add_argument("--ann", action="store_true",
                    help="also build the approximate (FAISS HNSW) index for `search --approximate` (needs faiss-cpu)")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file could not be read")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress display")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_json_arg(p, "the report")
+    add_progress_arg(p)
     p.set_defaults(func=run)
 
 
@@ -62,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from tinyclap.index.build import embed_sources
 
     _check_lists(args.sources)
-    report = embed_sources(args.sources, args.model, args.out, window=args.window, hop=args.hop,
+    window = WINDOW_SECONDS if args.window is None else args.window
+    report = embed_sources(args.sources, args.model, args.out, window=window, hop=args.hop,
                            batch_size=args.batch_size, workers=args.workers, int8=args.int8,
                            overwrite=args.overwrite, progress=not args.no_progress)
     if args.ann:

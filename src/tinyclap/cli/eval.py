@@ -10,6 +10,7 @@ from tinyclap.cli._common import (
     DatasetArg,
     add_command,
     add_embedding_run_args,
+    add_model_arg,
     add_pool_window_arg,
     add_templates_arg,
     embedding_run_kwargs,
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "(the grammar prune and cache take), or a bare KIND with --root PATH."
         ),
     )
-    p.add_argument("--model", required=True, help="student name (random init), checkpoint or run folder")
+    add_model_arg(p, required=True)
     p.add_argument(
         "--dataset",
         required=True,

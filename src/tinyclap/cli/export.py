@@ -10,6 +10,8 @@ from typing import Any
 from tinyclap.cli._common import (
     COUNT,
     add_command,
+    add_json_arg,
+    add_model_arg,
     add_pool_window_arg,
     add_templates_arg,
     classifier_from_args,
@@ -26,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Writes model.onnx (waveform -> embedding), student.onnx (log-mel -> embedding), "
         "classes.npz and manifest.json; checks ONNX Runtime against PyTorch on real recordings.",
     )
-    p.add_argument("--model", required=True, help="student checkpoint, run folder or student name")
+    add_model_arg(p, "student checkpoint, run folder or student name", required=True)
     c = p.add_argument_group("classes (one of)")
     c.add_argument("--labels", help='comma-separated class names, e.g. "dog,rain,siren" (needs --teacher)')
     c.add_argument("--classes", help="class-matrix file (.npz) saved by tinyclap")
@@ -83,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also export the teacher's text tower (text.onnx, text.int8.onnx, tokenizer.json): the "
                    "export then takes any --labels / free text without torch (teacher: --teacher, else the one "
                    "the model's run records)")
-    p.add_argument("--json", action="store_true", help="print the manifest")
+    add_json_arg(p, "the manifest")
     p.set_defaults(func=run)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from tinyclap.cli._common import add_command
+from tinyclap.cli._common import add_command, add_json_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "info", "list the registered students with params and MACs for a 5 s clip")
-    p.add_argument("--json", action="store_true", help="print a JSON list")
+    add_json_arg(p, "the list")
     p.add_argument("--teachers", action="store_true",
                    help="list the teacher kinds instead: audio format, prompt style, parameters, licence")
     p.set_defaults(func=run)

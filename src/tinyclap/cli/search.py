@@ -17,7 +17,7 @@ import os
 import sys
 import warnings
 
-from tinyclap.cli._common import add_command, add_templates_arg, float_in, int_in
+from tinyclap.cli._common import add_command, add_json_arg, add_model_arg, add_templates_arg, add_top_arg, float_in
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,18 +28,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--like", metavar="AUDIO", help="query by example: an audio file")
     p.add_argument("--teacher", help="teacher checkpoint for text queries (default: recorded with the model)")
     p.add_argument("--tokenizer", help="folder with BERT's uncased vocab.txt (a BERT teacher)")
-    add_templates_arg(p)
+    add_templates_arg(p, default='none given: classify\'s "this is the sound of {}" (--raw: the text as typed)')
     p.add_argument("--raw", action="store_true", help="embed the text query as typed (no template)")
-    p.add_argument("--model", help="model for --like (default: the index's own; either is checked by fingerprint)")
+    add_model_arg(p, "the audio model for --like (none given: the index's own; either is checked by fingerprint)")
     p.add_argument("--allow-other-model", action="store_true", help="rank with a --model or --teacher other "
                    "than the index recorded (a warning; scores not comparable)")
-    p.add_argument("-k", "--top", type=int_in(1, 10_000), default=10, help="hits shown")
+    add_top_arg(p)
     p.add_argument("--min-score", type=float_in(-1, 1), help="only hits with a cosine at least this")
     p.add_argument("--approximate", action="store_true",
                    help="candidates from the FAISS graph built by `embed --ann` (faster on huge indexes; exact scores)")
     p.add_argument("--no-dedupe", action="store_true", help="list adjacent windows of a file separately")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_json_arg(p)
     p.set_defaults(func=run)
 
 

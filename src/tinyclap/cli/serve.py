@@ -13,7 +13,19 @@ import argparse
 import os
 import sys
 
-from tinyclap.cli._common import add_command, add_templates_arg, float_in, int_in
+from tinyclap.cli._common import (
+    MODEL_KINDS,
+    WINDOW_SECONDS,
+    add_alias,
+    add_command,
+    add_int8_arg,
+    add_model_arg,
+    add_templates_arg,
+    add_window_args,
+    export_model,
+    float_in,
+    int_in,
+)
 
 
 def _host_name(text: str) -> str:
@@ -32,10 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = ServeConfig()
     p = add_command(sub, "serve", "a local web page + JSON API: classify uploads, search an index",
                     description=__doc__.split("\n\n", 1)[1].strip())
-    g = p.add_argument_group("model (one of)")
-    g.add_argument("--model", help="student checkpoint, run folder, student name or any model spec")
-    g.add_argument("--export-dir", help="folder written by `tinyclap export` (torch-free unless --teacher)")
-    g.add_argument("--int8", action="store_true", help="with --export-dir: serve model.int8.onnx")
+    g = p.add_argument_group("model")
+    add_model_arg(g, f"{MODEL_KINDS}; torch-free unless --teacher")
+    add_alias(g, "--export-dir", "--model")
+    add_int8_arg(g)
     p.add_argument("--teacher", help="teacher whose text tower encodes free-text labels (default: the teacher "
                    "recorded with the model, if any)")
     p.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt (a BERT teacher)")
@@ -53,12 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="largest upload")
     lim.add_argument("--max-seconds", type=float_in(0, 86400, low_open=True), default=d.max_seconds,
                      help="longest audio accepted")
-    lim.add_argument("--workers", type=int_in(1, 256), default=d.workers, help="threads running the model")
+    lim.add_argument("--jobs", dest="workers", type=int_in(1, 256), default=d.workers, metavar="N",
+                     help="model jobs run at once (one thread each)")
+    add_alias(lim, "--workers", "--jobs", type=int_in(1, 256))
     lim.add_argument("--queue", type=int_in(0, 1 << 16), default=d.queue, help="requests waiting beyond the "
                      "running ones (more get HTTP 503)")
-    lim.add_argument("--window", type=float_in(0, 3600, low_open=True), default=d.window,
-                     help="timeline window (s) for long audio")
-    lim.add_argument("--hop", type=float_in(0, 3600, low_open=True), default=d.hop, help="timeline hop (s)")
+    add_window_args(lim)
     lim.add_argument("--read-timeout", type=float_in(0.1, 3600), default=d.read_timeout, help="seconds a client "
                      "may take to send a request head, or pause within a body, before it is dropped (HTTP 408)")
     lim.add_argument("--min-upload-rate", type=float_in(0, 1 << 20), default=d.min_upload_rate / 1024,
@@ -66,7 +78,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     lim.add_argument("--grace", type=float_in(0, 3600), default=d.grace, help="seconds running requests may "
                      "take to finish after SIGTERM/Ctrl-C (then they are cancelled with HTTP 503)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=run)
 
 
@@ -80,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
     from tinyclap.serve.limits import MB, HostCheck, ServeConfig
     from tinyclap.serve.server import build_engine, run_server
 
+    export_model(args)
+    window = WINDOW_SECONDS if args.window is None else args.window
     cfg = ServeConfig(max_upload_bytes=max(1024, int(args.max_upload_mb * MB)), max_seconds=args.max_seconds,
-                      workers=args.workers, queue=args.queue, window=args.window, hop=args.hop,
+                      workers=args.workers, queue=args.queue, window=window, hop=args.hop,
                       read_timeout=args.read_timeout, min_upload_rate=args.min_upload_rate * 1024, grace=args.grace)
     engine = build_engine(cfg, model=args.model, export_dir=args.export_dir, int8=args.int8, teacher=args.teacher,
                           tokenizer=args.tokenizer, classes=args.classes, templates=args.templates, index=args.index)

@@ -33,6 +33,7 @@ import numpy as np
 from tinyclap._util import atomic_write_text, folder_lock, l2_normalize
 from tinyclap._util import progress as progress_display
 from tinyclap.audio import AudioError, eval_windows, stream_windows
+from tinyclap.audio.io import MAX_TIMELINE_WINDOW_S
 from tinyclap.index.ann import ANN_FILE, ANN_META
 from tinyclap.index.model import IndexModel, load_index_model
 from tinyclap.index.store import DB, MANIFEST, MATRIX_FILES, Index, IndexDamaged, IndexFolderError, read_manifest
@@ -42,7 +43,7 @@ __all__ = ["EmbedReport", "embed_sources", "list_sources"]
 LONG_FILE_WINDOWS = 64  # a file with more windows is embedded in pieces (bounded memory), not decoded whole
 REPORT = "report.json"
 READ_WHOLE_BYTES = 16 << 20  # a file up to this size is read once, hashed and decoded from memory
-MAX_WINDOW_S = 600.0  # a window is decoded whole: 10 minutes at 44.1 kHz is 106 MB
+MAX_WINDOW_S = MAX_TIMELINE_WINDOW_S  # a window is decoded whole: 10 minutes at 44.1 kHz is 106 MB
 
 
 @dataclass

@@ -48,7 +48,7 @@ def build_engine(cfg: ServeConfig, *, model: str | None = None, export_dir: str 
     from tinyclap.classifier import Classifier
 
     if (model is None) == (export_dir is None):
-        raise ValueError("give exactly one of --model M or --export-dir DIR")
+        raise ValueError("give one model: --model RUN|CHECKPOINT|EXPORT_DIR")
     if export_dir is not None:
         for name in ("model.onnx", "manifest.json"):
             if not (Path(export_dir) / name).is_file():
