@@ -210,6 +210,7 @@ def test_api_answers(client: Any, audio: dict[str, Path], index: Path, work: Pat
     # the same hit fields as the CLI's, a name and an id where the CLI has the path
     assert main(["search", str(index), "--like", str(index.parent / "source" / "clip1.wav"), "--json", "-k", "3"]) == 0
     cli = json.loads(capsys.readouterr().out)
+    assert like["hits"] and all(h["name"] != "clip1.wav" for h in like["hits"])  # an upload of an indexed file
     for api_hit, cli_hit in zip(like["hits"], cli["hits"]):
         assert api_hit["audio_url"] == f"/api/audio/{api_hit['file_id']}" and "path" not in api_hit
         assert api_hit.keys() - {"audio_url"} == cli_hit.keys() - {"path"}

@@ -357,13 +357,22 @@ class Index:
         return out
 
     def file_ids(self, paths: Iterable[str]) -> list[int]:
-        """The ids of those `paths` the index holds."""
-        ids = []
+        """The ids of the indexed files that are one of `paths`, or hold the same bytes (SHA-256) as one of
+        them (a copy or an upload of an indexed file): what a search by example leaves out."""
+        from tinyclap._util import sha256_file
+
+        ids: set[int] = set()
         for p in paths:
             row = self.db.execute("SELECT id FROM files WHERE path = ?", (db_path(p),)).fetchone()
             if row is not None:
-                ids.append(int(row[0]))
-        return ids
+                ids.add(int(row[0]))
+            if os.path.isfile(p):
+                try:
+                    digest = sha256_file(p)
+                except OSError:
+                    continue
+                ids.update(int(r[0]) for r in self.db.execute("SELECT id FROM files WHERE sha256 = ?", (digest,)))
+        return sorted(ids)
 
     def files(self, status: str | None = None) -> list[FileRecord]:
         """Every file record (or those of one status: "ok", "error"), by path."""

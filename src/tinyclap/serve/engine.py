@@ -231,11 +231,11 @@ class Engine:
             raise ApiError(422, f"cannot use the audio: {e.problem}") from None
         except ValueError as e:
             raise ApiError(422, f"cannot use the audio: {e}") from None
-        return self._hits(query, k)
+        return self._hits(query, k, exclude=[os.fspath(path)])  # an upload of an indexed file: not its own hit
 
-    def _hits(self, query: np.ndarray, k: int) -> list[dict[str, Any]]:
+    def _hits(self, query: np.ndarray, k: int, exclude: list[str] | None = None) -> list[dict[str, Any]]:
         with self._index_lock:
-            hits = self.index.search(np.asarray(query, dtype=np.float32), k=k)
+            hits = self.index.search(np.asarray(query, dtype=np.float32), k=k, exclude=exclude or ())
         return [schemas.hit(h, audio_url=True) for h in hits]  # a name and an id, never a server-side path
 
     def audio_record(self, file_id: int) -> AudioRecord:
