@@ -78,8 +78,8 @@ def rss_mb(pid: int) -> dict[str, float]:
 
 
 def start_server(export_dir: Path, int8: bool, port: int, workers: int, queue: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tinyclap.cli", "serve", "--export-dir", str(export_dir), "--port", str(port),
-           "--workers", str(workers), "--queue", str(queue), "--log-level", "warning"] + (["--int8"] if int8 else [])
+    cmd = [sys.executable, "-m", "tinyclap.cli", "serve", "--model", str(export_dir), "--port", str(port),
+           "--jobs", str(workers), "--queue", str(queue), "--log-level", "warning"] + (["--int8"] if int8 else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -116,7 +116,7 @@ def load(port: int, n: int, clients: int, deadline_s: float, pid: int) -> dict[s
                 conn.request("POST", "/api/classify", body=body, headers={"Content-Type": ctype})
                 r = conn.getresponse()
                 text = r.read()
-                ok = r.status == 200 and json.loads(text)["labels"]
+                ok = r.status == 200 and json.loads(text)["results"][0]["labels"]
                 err = None if ok else f"HTTP {r.status}: {text[:120]!r}"
             except (OSError, http.client.HTTPException, ValueError) as e:
                 err = f"{type(e).__name__}: {e}"

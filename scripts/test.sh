@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
-python3 -m ruff check src tests bench
-python3 -m pytest -q "$@"
+source scripts/python.sh  # the interpreter setup.sh installed into (PYTHON, the active venv or .venv)
+"$PY" -m ruff check src tests bench
+"$PY" -m pytest -q "$@"

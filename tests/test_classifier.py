@@ -202,16 +202,17 @@ def test_segments_merge_threshold_and_floor() -> None:
     labels = ["a", "b"]
     rows = [_row(0, [0.9, 0.1], [0.5, 0.1]), _row(1, [0.8, 0.2], [0.4, 0.1]), _row(2, [0.4, 0.6], [0.1, 0.05]),
             _row(3, [0.3, 0.7], [0.1, 0.3]), _row(4, [0.45, 0.55], [0.2, 0.3])]
-    segs = merge_segments(rows, labels)
+    raw = {"smooth": 0.0, "min_segment": 0.0}  # the windows' own decisions (smoothing: tests/test_timeline_segments.py)
+    segs = merge_segments(rows, labels, **raw)
     assert [(s.label, s.windows) for s in segs] == [("a", 2), ("b", 3)]
     # each window stands for one hop around its centre: the boundary lies between centres 3.5 and 4.5
     assert (segs[0].start, segs[0].end, segs[1].start, segs[1].end) == (0.0, 4.0, 4.0, 9.0)
     assert segs[0].score == pytest.approx(0.85) and segs[0].peak == pytest.approx(0.9)
-    by_threshold = merge_segments(rows, labels, threshold=0.65)
+    by_threshold = merge_segments(rows, labels, threshold=0.65, **raw)
     assert [s.label for s in by_threshold] == ["a", NONE_LABEL, "b", NONE_LABEL]
-    by_floor = merge_segments(rows, labels, min_similarity=0.2)
+    by_floor = merge_segments(rows, labels, min_similarity=0.2, **raw)
     assert [s.label for s in by_floor] == ["a", NONE_LABEL, "b"]
-    assert [s.label for s in merge_segments(rows, labels, min_similarity=0.2, keep_none=False)] == ["a", "b"]
+    assert [s.label for s in merge_segments(rows, labels, min_similarity=0.2, keep_none=False, **raw)] == ["a", "b"]
     assert merge_segments([], labels) == []
     with pytest.raises(ValueError):
         merge_segments(rows, labels, threshold=1.5)
@@ -233,13 +234,14 @@ def test_classify_cli_segments_and_json(model_dir: dict[str, Path], capsys: pyte
     found = [line.split()[3] for line in out[2:]]
     assert found[0] == "low" and found[-1] == "noise" and all(len(line) <= 100 for line in out)
     assert main([*base, "--export-dir", str(model_dir["export"]), "--segments", "--json"]) == 0
-    tl = json.loads(capsys.readouterr().out)["timelines"][0]
-    assert len(tl["rows"]) == 11 and tl["segments"][0]["label"] == "low" and "similarity" in tl["rows"][0]
+    tl = json.loads(capsys.readouterr().out)["results"][0]["timeline"]
+    assert len(tl["rows"]) == 11 and tl["segments"][0]["label"] == "low" and "cosines" in tl["rows"][0]
     assert sum(s["windows"] for s in tl["segments"]) == 11
     # a score floor: windows whose best cosine is below it are "none of these"
-    assert main([*base, "--export-dir", str(model_dir["export"]), "--segments", "--json", "--none-below", "0.9"]) == 0
-    tl = json.loads(capsys.readouterr().out)["timelines"][0]
-    below = sum(max(r["similarity"].values()) < 0.9 for r in tl["rows"])
+    raw = ["--smooth", "0", "--min-segment", "0", "--none-below", "0.9"]  # the windows' own decisions
+    assert main([*base, "--export-dir", str(model_dir["export"]), "--segments", "--json", *raw]) == 0
+    tl = json.loads(capsys.readouterr().out)["results"][0]["timeline"]
+    below = sum(max(r["cosines"]) < 0.9 for r in tl["rows"])
     assert 0 < below == sum(s["windows"] for s in tl["segments"] if s["label"] == NONE_LABEL)
     assert main([*base[:2], "--export-dir", str(model_dir["export"]), "--segments"]) == 1
     assert "need --window" in capsys.readouterr().err

@@ -29,6 +29,9 @@ def test_demo_end_to_end(tmp_path, capsys) -> None:
         assert (out / path).is_file(), path
     assert summary["export"]["top3"][0][0] in DEMO_CLASSES
     assert "student zero-shot accuracy" in printed and "top-1 agreement" in printed
+    # the run records its teacher, so the quickstart's student takes free-text labels as it is
+    clip = next((out / "data").rglob("*.wav"))
+    assert main(["classify", "--model", str(out / "student"), "--labels", "a siren,a hum", str(clip)]) == 0
     # a rerun reuses every finished stage
     assert main(["demo", "--out", str(out)]) == 0
     again = json.loads((out / "summary.json").read_text())

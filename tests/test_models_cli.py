@@ -98,7 +98,7 @@ def test_classify_with_class_file(tmp_path, student_ckpt, animals_dir, capsys) -
 
     emb = embed_clip(StudentEmbedder(student), load_audio(files[0]))
     p = clf.predict_proba(emb[None].numpy())[0]
-    got = {d["label"]: d["score"] for d in out["results"][0]["labels"]}
+    got = {d["label"]: d["probability"] for d in out["results"][0]["labels"]}
     for j, lb in enumerate(labels):
         assert got[lb] == pytest.approx(float(p[j]), abs=1e-5)
     assert main(["classify", *files, "--student", str(path), "--classes", str(classes), "--strict"]) == 1

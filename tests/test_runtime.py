@@ -118,7 +118,7 @@ def test_runtime_timeline_is_the_classifier_timeline(
     exported: tuple[Path, Path, Path], animals_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`python -m tinyclap.runtime --window` and `tinyclap classify --export-dir --window` are one implementation
-    (`Classifier.iter_timeline`): the same rows to the bit; the runtime keeps its own output format."""
+    (`Classifier.iter_timeline`): the same JSON document (docs/json.md); the runtime keeps its own text view."""
     folder, _, _ = exported
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio")
@@ -128,15 +128,16 @@ def test_runtime_timeline_is_the_classifier_timeline(
     out = json.loads(cap.out)
     assert out["failed"][0]["file"] == str(bad) and f"skipped {bad}:" in cap.err
     (res,) = out["results"]
-    assert (res["file"], res["window"], res["hop"]) == (files[0], 5.0, 2.0)
+    tl = res["timeline"]
+    assert (res["file"], tl["window"], tl["hop"]) == (files[0], 5.0, 2.0)
     assert main(["classify", *files, "--export-dir", str(folder), "--window", "5", "--hop", "2", "--json"]) == 0
-    assert res["timeline"] == json.loads(capsys.readouterr().out)["timelines"][0]["rows"]
+    assert out == json.loads(capsys.readouterr().out)  # the same code, the same document (docs/json.md)
     # owl.mp3 is 8.5 s: full windows at 0 and 2 s, then a padded one from 4 s to the end
-    assert [(r["start"], round(r["end"], 1)) for r in res["timeline"]] == [(0.0, 5.0), (2.0, 7.0), (4.0, 8.5)]
+    assert [(r["start"], round(r["end"], 1)) for r in tl["rows"]] == [(0.0, 5.0), (2.0, 7.0), (4.0, 8.5)]
     assert runtime_main([str(folder), files[0], "--window", "5", "--hop", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    row = res["timeline"][1]
-    p = row["probabilities"][row["top_label"]]
+    row = tl["rows"][1]
+    p = row["probabilities"][tl["labels"].index(row["top_label"])]
     assert lines[2] == f"  {2.0:9.2f} {row['end']:9.2f}  {p:6.3f}  {row['top_label']}"
     assert runtime_main([str(folder), str(bad), "--window", "5"]) == 1  # nothing readable
 
@@ -167,7 +168,7 @@ def test_runtime_matches_torch(
     assert runtime_main([str(folder), f, "--json", "--top", "4"]) == 0  # the same code: the same output
     assert json.loads(capsys.readouterr().out)["results"][0]["labels"] == onnx_labels
     assert [d["label"] for d in torch_labels] == [d["label"] for d in onnx_labels]
-    assert np.allclose([d["score"] for d in torch_labels], [d["score"] for d in onnx_labels], atol=1e-4)
+    assert np.allclose([d["probability"] for d in torch_labels], [d["probability"] for d in onnx_labels], atol=1e-4)
 
 
 def test_tampered_or_incomplete_exports_refused(
@@ -278,19 +279,20 @@ def test_timeline_torch_model_json_and_plot(
     ]
     assert main([*argv, "--student", str(ckpt), "--classes", str(classes)]) == 0
     torch_tl = json.loads(capsys.readouterr().out)
-    rows = torch_tl["timelines"][0]["rows"]
+    tl = torch_tl["results"][0]["timeline"]
+    rows = tl["rows"]
     assert len(rows) == 15  # 0, 5, ..., 65 s, then a zero-padded window from 70 s to the end (72 s)
     assert (rows[0]["start"], rows[0]["end"]) == (0.0, 5.0) and (rows[-1]["start"], rows[-1]["end"]) == (
         70.0,
         72.0,
     )
-    assert all(r["top_label"] == max(r["probabilities"], key=r["probabilities"].get) for r in rows)
+    assert all(r["top_label"] == tl["labels"][int(np.argmax(r["probabilities"]))] for r in rows)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the exported model gives the same timeline
     assert main([*argv[:-4], "--export-dir", str(folder)]) == 0
-    onnx_rows = json.loads(capsys.readouterr().out)["timelines"][0]["rows"]
+    onnx_rows = json.loads(capsys.readouterr().out)["results"][0]["timeline"]["rows"]
     for a, b in zip(rows, onnx_rows):
-        assert np.allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-3)
+        assert np.allclose(a["probabilities"], b["probabilities"], atol=1e-3)
     # stdout table, and the errors of timeline mode
     assert main(["classify", str(wav), "--export-dir", str(folder), "--window", "30", "--hop", "30"]) == 0
     table = capsys.readouterr().out.splitlines()

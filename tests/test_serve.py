@@ -47,7 +47,7 @@ def engine(export_dir: Path) -> Engine:
 @pytest.fixture(scope="module")
 def client(engine: Engine, work: Path) -> Any:
     (work / "tmp").mkdir(exist_ok=True)
-    with TestClient(create_app(engine, CFG, temp_root=work / "tmp")) as c:
+    with TestClient(create_app(engine, CFG, temp_root=work / "tmp"), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -91,28 +91,30 @@ def test_classify_real_clip(client: Any, us8k_root: Path) -> None:
     clip = sorted((us8k_root / "audio" / "fold1").glob("*.ogg"))[0]
     r = post(client, clip.read_bytes(), clip.name)
     assert r.status_code == 200, r.text
-    body = r.json()
+    (body,) = r.json()["results"]
     got = [x["label"] for x in body["labels"]]
-    assert sorted(got) == sorted(LABELS) and body["timeline"] is None and body["format"] == "Ogg"
-    scores = [x["score"] for x in body["labels"]]
-    assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-3
-    assert post(client, clip.read_bytes(), "x.bin", top="2").json()["labels"] == body["labels"][:2]
+    assert sorted(got) == sorted(LABELS) and "timeline" not in body and body["format"] == "Ogg"
+    probs = [x["probability"] for x in body["labels"]]
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-3
+    assert body["file"] == clip.name  # the client's name for its upload, never a server-side path
+    assert post(client, clip.read_bytes(), "x.bin", top="2").json()["results"][0]["labels"] == body["labels"][:2]
 
 
 def test_long_clip_gets_timeline(client: Any) -> None:
     r = post(client, wav_bytes(tone(12.0, 22050), 22050))
     assert r.status_code == 200, r.text
-    tl = r.json()["timeline"]
+    tl = r.json()["results"][0]["timeline"]
     assert tl["labels"] == LABELS and tl["window"] == 5.0 and tl["hop"] == 1.0
     assert len(tl["rows"]) == 8  # starts 0..7 s: the windows that fit in 12 s
-    assert all(len(row["scores"]) == 4 for row in tl["rows"])
+    assert all(len(row["probabilities"]) == len(row["cosines"]) == 4 for row in tl["rows"])
     assert [row["start"] for row in tl["rows"]] == [float(s) for s in range(8)]
 
 
 def test_refusals_are_json(client: Any) -> None:
     assert_json_error(client.post("/api/classify", content=b"x", headers={"content-type": "audio/wav"}), 415,
                       "multipart")
-    assert_json_error(client.post("/api/classify", data={"labels": "a"}, files={"x": ("a", b"b")}), 400, "no audio")
+    assert_json_error(client.post("/api/classify", data={"labels": "a"}, files={"x": ("a", b"b")}), 400,
+                      "'audio' or 'file'")
     assert_json_error(post(client, b"this is not audio\n" * 50, "text.wav"), 415, "not a recognised audio")
     assert_json_error(post(client, b"\x00\x00\x00\x20ftypM4A " + bytes(64), "a.m4a"), 415, "MP4/M4A")
     assert_json_error(post(client, b""), 400, "0 bytes")
@@ -157,7 +159,7 @@ def test_bad_audio_corpus(client: Any, tmp_path: Path, monkeypatch: pytest.Monke
         else:
             assert r.status_code in (200, 413), (case.id, r.text)
             if r.status_code == 200:
-                assert len(r.json()["labels"]) == 4, case.id
+                assert len(r.json()["results"][0]["labels"]) == 4, case.id
         assert client.get("/healthz").status_code == 200
     assert seen >= 40
 
@@ -186,7 +188,7 @@ def test_queue_limit_gives_503(engine: Engine, work: Path) -> None:
     real = slow.classify
     slow.classify = lambda *a: (gate.wait(30), real(*a))[1]  # type: ignore[method-assign]
     data = wav_bytes(tone(1.0))
-    with TestClient(create_app(slow, cfg, temp_root=work / "tmp")) as c:
+    with TestClient(create_app(slow, cfg, temp_root=work / "tmp"), base_url="http://localhost:8000") as c:
         results: list[int] = []
         threads = [threading.Thread(target=lambda: results.append(post(c, data).status_code)) for _ in range(2)]
         for t in threads:

@@ -123,6 +123,7 @@ def test_page_classifies_and_searches(server: dict[str, Any], browser: Any, anim
     page.goto(server["url"] + "/")
     page.wait_for_selector("#facts dd")
     assert NAME in page.inner_text("#facts")
+    assert "median of 10 warm runs" in page.inner_text("#facts").lower()  # a warm median, labelled (issue 21, item 9)
     page.set_input_files("#file", str(animals_dir / "dog.mp3"))
     page.fill("#labels", LABELS)
     page.click("#classify")
@@ -171,7 +172,7 @@ def test_oversize_stream_refused_early(server: dict[str, Any]) -> None:
     """A body whose Content-Length hides nothing but which grows past the 2 MB limit: 413 arrives while the
     client is still sending, and the server keeps serving."""
     total = 20 * (1 << 20)
-    head = (b"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    head = (b"POST /api/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n")
     part = b'--b\r\nContent-Disposition: form-data; name="audio"; filename="a.wav"\r\n\r\nRIFF\x00\x00\x00\x00WAVE'
     sent = 0

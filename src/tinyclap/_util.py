@@ -192,8 +192,9 @@ def loads_json(text: str | bytes, source: str | os.PathLike, *, expect: type | N
     """Parse JSON strictly: at most `MAX_JSON_BYTES`, no NaN/Infinity, no number that overflows a float
     (`1e999`), and (by default) an object at the top. Any problem, deep nesting included (json's own
     RecursionError), is one `JSONFileError` line naming `source` and the cause, never a traceback.
-    `finite=False` accepts NaN/Infinity (Python's json writes them, e.g. a scheduler's initial best loss):
-    for files whose readers check every number they use."""
+    `finite=False` accepts the constants NaN/Infinity (Python's json writes them, e.g. a scheduler's initial
+    best loss), never a literal that overflows (`1e999`, which no writer of ours produces): for files whose
+    readers check every number they use."""
     import json
 
     if len(text) > MAX_JSON_BYTES:
@@ -201,7 +202,8 @@ def loads_json(text: str | bytes, source: str | os.PathLike, *, expect: type | N
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float) if finite else json.loads(text)
+        constant = {"parse_constant": _no_constant} if finite else {}
+        data = json.loads(text, parse_float=_finite_float, **constant)  # 1e999 refused either way
     except RecursionError:
         raise JSONFileError(f"{source}: JSON nested more than {MAX_JSON_DEPTH} levels deep") from None
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -316,6 +318,28 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
     x = np.asarray(x)
     return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+def mean_embedding(windows: Iterable[np.ndarray], embed: Callable[[np.ndarray], np.ndarray], batch: int
+                   ) -> np.ndarray:
+    """(D,) float32: the renormalised mean of the unit embeddings of a stream of equal-length windows, `batch`
+    windows embedded (and held) at a time: how a long file becomes one clip embedding in bounded memory."""
+    import itertools
+
+    import numpy as np
+
+    total: np.ndarray | None = None
+    pending: list[np.ndarray] = []
+    for w in itertools.chain(windows, [None]):  # streamed: never a list of all windows
+        if w is not None:
+            pending.append(w)
+        if pending and (w is None or len(pending) == batch):
+            part = l2_normalize(np.asarray(embed(np.stack(pending)), dtype=np.float64)).sum(0)
+            total = part if total is None else total + part
+            pending.clear()
+    if total is None:
+        raise ValueError("no windows to embed")
+    return l2_normalize(total).astype(np.float32)
 
 
 def versions(*packages: str) -> dict[str, str]:
@@ -477,7 +501,7 @@ class _LineProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if now - self.last >= self.every:
+        if self.file is not None and now - self.last >= self.every:
             self.last = now
             print(self._line(), file=self.file, flush=True)
 
@@ -488,7 +512,7 @@ class _LineProgress:
         self.postfix = s
 
     def write(self, s: str) -> None:
-        print(s, file=self.file, flush=True)
+        print(s, file=self.file if self.file is not None else sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.file is not None:
@@ -500,12 +524,16 @@ def progress(iterable: Iterable[Any] | None = None, *, total: int | None = None,
              enabled: bool = True, every: float = 30.0, file: Any = None, **tqdm_kw: Any) -> Any:
     """The one progress display: a tqdm bar on a terminal, a plain line every `every` seconds (and at the
     end) when the stream is a log, nothing when `enabled` is False. Supports iteration, update, set_postfix,
-    close and use as a context manager either way."""
+    close and use as a context manager either way; without tqdm (the torch-free runtime install) plain lines on
+    a terminal too."""
     stream = file if file is not None else sys.stderr
-    if enabled and not _isatty(stream):
-        return _LineProgress(iterable, total, desc, unit, every, stream, int(tqdm_kw.get("initial", 0)))
-    from tqdm import tqdm
-
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is None or (enabled and not _isatty(stream)):
+        return _LineProgress(iterable, total, desc, unit, every, stream if enabled else None,
+                             int(tqdm_kw.get("initial", 0)))
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=stream, disable=not enabled, dynamic_ncols=True,
                 **tqdm_kw)
 

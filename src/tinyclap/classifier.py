@@ -12,6 +12,8 @@
 (`tinyclap.audio.eval_windows`, as `tinyclap eval` does); a file that cannot be read is reported in its
 result, never fatal for the batch. Timelines run the log-mel front end once per recording when the model
 allows it (a student, MS CLAP's teacher, or an export through its `student.onnx`), see `tinyclap.timeline`.
+With a pool window (`pool_window=`, students and exports made with one) each 5 s clip is embedded from its
+shorter windows: backbone per window, features averaged, head once (`tinyclap.models.embedder`).
 
 This module imports torch only for PyTorch models: `from_export` works where torch is not installed.
 """
@@ -27,21 +29,27 @@ from typing import Any
 
 import numpy as np
 
-from tinyclap._util import display_path, l2_normalize
+from tinyclap._util import display_path, l2_normalize, mean_embedding
 from tinyclap.audio import (
     RESAMPLE_QUALITY,
     AudioError,
+    audio_info,
     eval_windows,
     fit_clip,
+    iter_eval_windows,
     load_audio,
     stream_audio,
 )
+from tinyclap.audio.io import MAX_TIMELINE_WINDOW_S, UNKNOWN_FRAMES, WHOLE_DECODE_SECONDS
 from tinyclap.timeline import Timeline, TimelineRow, array_chunks, collect_rows, iter_windows
-from tinyclap.zeroshot import ZeroShotClassifier
+from tinyclap.zeroshot import TextSide, ZeroShotClassifier, export_text_side
 
-__all__ = ["BatchResult", "Classifier", "FileResult", "format_failed", "format_ranked", "ranked_json"]
+__all__ = ["BatchResult", "Classifier", "FileResult", "export_pool_window", "format_failed", "format_ranked",
+           "ranked_json"]
 
 CLIP_SECONDS = 5.0
+MAX_TIMELINE_WINDOWS = 100_000  # a day of audio at a 1 s hop is 86,400
+TIMELINE_BATCH_BYTES = 64 << 20  # waveform windows held for one model call (a 10-minute window: one at a time)
 
 
 @dataclass
@@ -69,10 +77,11 @@ class BatchResult:
 
 
 def ranked_json(results: Sequence[FileResult]) -> dict[str, Any]:
-    """Ranked results as `tinyclap classify --json` and `python -m tinyclap.runtime --json` print them."""
-    return {"results": [{"file": r.path, "labels": [{"label": lb, "score": s} for lb, s in r.ranked]}
-                        for r in results if r.ok],
-            "failed": [{"file": r.path, "error": r.error} for r in results if not r.ok]}
+    """Ranked results as `tinyclap classify --json` and `python -m tinyclap.runtime --json` print them (the
+    `tinyclap.classify` document, `tinyclap.schemas.ranked_document`)."""
+    from tinyclap.schemas import ranked_document
+
+    return ranked_document(results)
 
 
 def format_ranked(results: Sequence[FileResult]) -> Iterator[str]:
@@ -134,7 +143,9 @@ class _TorchEngine:
         self.sample_rate, self.embed_dim = int(model.sample_rate), int(model.embed_dim)
         self.clip_samples = int(getattr(model, "clip_samples", round(CLIP_SECONDS * self.sample_rate)))
         fe = getattr(model, "frontend", None)
-        sliceable = isinstance(fe, LogMel) and hasattr(model, "encode_audio")
+        self.pool_window = getattr(model, "pool_window", None)
+        # pooled windows run the front end on each window's own samples, as the device does: no slicing
+        sliceable = isinstance(fe, LogMel) and hasattr(model, "encode_audio") and self.pool_window is None
         self.frontend = _TorchFrames(fe, self.device) if sliceable else None
 
     def embed_waves(self, waves: np.ndarray) -> np.ndarray:
@@ -164,11 +175,13 @@ class _ExportEngine:
         self.clip_samples = runtime.clip_samples
         self._student: Any = None
         self.student_batch = 1
+        # an export made with a pool window pools inside model.onnx; student.onnx is one window's graph
+        self.pool_window = runtime.manifest.get("pool_window")
         try:
             self.frontend: Any = NumpyLogMel(runtime.manifest.get("frontend") or {})
         except (TypeError, ValueError):
             self.frontend = None  # an odd manifest: timelines fall back to whole windows through model.onnx
-        if self.frontend is not None and self.frontend.sample_rate != self.sample_rate:
+        if self.frontend is not None and (self.frontend.sample_rate != self.sample_rate or self.pool_window):
             self.frontend = None
 
     def embed_waves(self, waves: np.ndarray) -> np.ndarray:
@@ -214,6 +227,8 @@ class Classifier:
         self.embed_dim: int = int(engine.embed_dim)
         self.model_info: dict[str, Any] = dict(model_info or {})
         self.batch_size = int(batch_size)
+        self.pool_window: float | None = engine.pool_window
+        self.model_info["pool_window"] = self.pool_window
         self.workers = workers if workers is not None else min(2, os.cpu_count() or 1)
         self._text = text  # (resolve() -> text model, templates) or None
         self.classes: ZeroShotClassifier | None = None
@@ -223,24 +238,31 @@ class Classifier:
     # -- construction --
     @classmethod
     def from_model(cls, model: Any, classes: Any = None, *, teacher: Any = None, tokenizer: Any = None,
-                   templates: Sequence[str] | None = None, device: Any = None, **kw: Any) -> Classifier:
+                   templates: Sequence[str] | None = None, device: Any = None, pool_window: float | None = None,
+                   **kw: Any) -> Classifier:
         """`model`: a `tinyclap.models.load_model` spec (student name, run folder, checkpoint, MS CLAP .pth,
         export folder) or a loaded model; `classes`: a class-matrix .npz, a list of labels (encoded with the
         text side: `teacher`, else the model's own text tower, else the teacher recorded in its run), a
-        `ZeroShotClassifier`, or None (labels later with `set_labels`; an export's own classes.npz)."""
+        `ZeroShotClassifier`, or None (labels later with `set_labels`; an export's own classes.npz).
+        `pool_window` (seconds, students only): clips embedded from pooled windows (`tinyclap.models.embedder`)."""
         from tinyclap.models import load_model
+        from tinyclap.models.embedder import with_pool_window
         from tinyclap.models.exported import ExportedModel
 
         spec = model if isinstance(model, (str, os.PathLike)) else None
         loaded = load_model(spec, tokenizer_dir=tokenizer) if spec is not None else model
+        with_pool_window(loaded, pool_window)
         info = {"spec": os.fspath(spec) if spec is not None else None, "kind": getattr(loaded, "kind", None),
                 "name": getattr(loaded, "name", type(loaded).__name__)}
         if isinstance(loaded, ExportedModel):
-            clf = cls(_ExportEngine(loaded.runtime, loaded.runtime.model_file.endswith("int8.onnx"), None),
-                      loaded.classifier, model_info={**info, "export": True}, **kw)
+            int8 = loaded.runtime.model_file.endswith("int8.onnx")
+            clf = cls(_ExportEngine(loaded.runtime, int8, None), loaded.classifier,
+                      model_info={**info, "export": True}, **kw)
         else:
             clf = cls(_TorchEngine(loaded, device), model_info=info, **kw)
-        clf._text = _TextSide(loaded, spec, teacher, tokenizer, templates)
+        clf._text = TextSide(loaded, spec, teacher, tokenizer, templates)
+        if isinstance(loaded, ExportedModel) and teacher is None:
+            clf._text = export_text_side(loaded.runtime, int8, None, templates)
         if isinstance(classes, (list, tuple)):
             clf.set_labels(list(classes))
         elif classes is not None:
@@ -249,17 +271,28 @@ class Classifier:
 
     @classmethod
     def from_export(cls, export_dir: str | os.PathLike, *, int8: bool = False, classes: Any = None,
-                    threads: int | None = None, **kw: Any) -> Classifier:
-        """An export folder through ONNX Runtime (no torch); `classes` (a .npz or a `ZeroShotClassifier`)
-        replaces the export's own classes.npz."""
+                    threads: int | None = None, pool_window: float | None = None,
+                    templates: Sequence[str] | None = None, **kw: Any) -> Classifier:
+        """An export folder through ONNX Runtime (no torch); `classes` (a .npz, a `ZeroShotClassifier` or a
+        list of labels) replaces the export's own classes.npz. Labels need an export with a text tower
+        (`tinyclap export --text`), run by ONNX Runtime + tokenizers and loaded on first use; `templates`
+        default to those of the export's classes. An export made with a pool window uses it (the graph
+        pools); `pool_window`, when given, must be that window."""
         from tinyclap.deploy.runtime import Runtime
+        from tinyclap.deploy.text import has_text
 
         rt = Runtime(export_dir, int8=int8, threads=threads, batch_size=kw.get("batch_size", 16))
+        export_pool_window(rt.manifest, pool_window, export_dir)
         info = {"export_dir": os.fspath(export_dir), "kind": "export", "int8": bool(int8),
                 "name": rt.manifest.get("student", {}).get("name") if isinstance(rt.manifest.get("student"), dict)
                 else rt.manifest.get("student")}
-        return cls(_ExportEngine(rt, int8, threads), classes if classes is not None else rt.classifier,
-                   model_info=info, **kw)
+        labels = list(classes) if isinstance(classes, (list, tuple)) else None
+        matrix = classes if classes is not None and labels is None else rt.classifier
+        clf = cls(_ExportEngine(rt, int8, threads), matrix, model_info={**info, "text": has_text(rt.manifest)}, **kw)
+        clf._text = export_text_side(rt, int8, threads, templates)
+        if labels:
+            clf.set_labels(labels)
+        return clf
 
     # -- classes --
     @property
@@ -279,17 +312,43 @@ class Classifier:
             raise ValueError(f"{where}class matrix has {clf.embed_dim} dims but the audio model gives {self.embed_dim}")
         self.classes = clf
 
-    def set_labels(self, labels: Sequence[str]) -> None:
-        """Encode `labels` with the text side; ValueError when there is none (use `set_classes`)."""
+    def set_labels(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> None:
+        """Encode `labels` (with `templates`, default: the classifier's) with the text side; ValueError when
+        there is none (use `set_classes`)."""
         if self._text is None:
-            raise ValueError("this classifier has no text side (an export): give a class matrix (.npz) instead")
-        self.set_classes(self._text.encode(list(labels)))
+            raise ValueError("this classifier has no text side: give a class matrix (.npz) instead")
+        self.set_classes(self._text.encode(list(labels), templates))
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), D) normalised text embeddings of free text (no template), for text queries."""
         if self._text is None:
-            raise ValueError("this classifier has no text side (an export)")
+            raise ValueError("this classifier has no text side")
         return self._text.embed(list(texts))
+
+    def __call__(self, audio: Any, candidate_labels: Sequence[str] | None = None, *,
+                 hypothesis_template: str | None = None, sample_rate: int | None = None, top_k: int | None = None
+                 ) -> list[dict[str, Any]]:
+        """Hugging Face `zero-shot-audio-classification` style: `audio` (a path, a 1-D waveform with its
+        `sample_rate`, default the model's, or a `{"array"|"raw", "sampling_rate"}` dict) -> `[{"score",
+        "label"}, ...]`, best first. `candidate_labels` (encoded with `hypothesis_template`, e.g. "This is a
+        sound of {}.") replace the current classes; an audio list gives a list of such lists."""
+        if isinstance(audio, dict):
+            wave = audio.get("array", audio.get("raw"))
+            return self(wave, candidate_labels, hypothesis_template=hypothesis_template,
+                        sample_rate=audio.get("sampling_rate", sample_rate), top_k=top_k)
+        if isinstance(audio, (list, tuple)):
+            return [self(a, candidate_labels, hypothesis_template=hypothesis_template, sample_rate=sample_rate,
+                         top_k=top_k) for a in audio]  # type: ignore[misc]
+        if candidate_labels is not None:
+            self.set_labels(list(candidate_labels), [hypothesis_template] if hypothesis_template else None)
+        if isinstance(audio, (str, os.PathLike)):
+            res = self.classify_files([audio], top_k)[0]
+            if not res.ok:
+                raise AudioError(os.fspath(audio), res.error or "unreadable")
+            ranked = res.ranked
+        else:
+            ranked = self.classify_arrays([np.asarray(audio)], sample_rate or self.sample_rate, top_k)[0]
+        return [{"score": float(p), "label": lb} for lb, p in ranked]
 
     def _need_classes(self) -> ZeroShotClassifier:
         if self.classes is None:
@@ -297,9 +356,14 @@ class Classifier:
         return self.classes
 
     # -- embedding --
-    def _windows(self, path: str | os.PathLike, long_clip: str) -> np.ndarray:
+    def _windows(self, path: str | os.PathLike, long_clip: str) -> np.ndarray | Iterator[np.ndarray]:
+        """A file's (K, clip) windows; for a file longer than WHOLE_DECODE_SECONDS, the same windows as a
+        stream (`iter_eval_windows`: an hour is never decoded whole), embedded as they come."""
+        centre = long_clip == "centre"
+        if audio_info(path).duration > WHOLE_DECODE_SECONDS:
+            return iter_eval_windows(path, self.engine.clip_samples, self.sample_rate, centre=centre)
         wave = load_audio(path, self.sample_rate)
-        if long_clip == "centre":
+        if centre:
             return fit_clip(wave, self.engine.clip_samples, policy="eval")[None]
         return eval_windows(wave, self.engine.clip_samples)
 
@@ -330,10 +394,17 @@ class Classifier:
             decode = functools.partial(self._windows, long_clip=long_clip)
             for i, (wins, problem) in enumerate(_decode_ahead(decode, paths, self.workers)):
                 bar.update(1)
+                if wins is not None and not isinstance(wins, np.ndarray):  # a long file's stream
+                    try:
+                        parts[i] = mean_embedding(wins, self.engine.embed_waves, self.batch_size)
+                    except AudioError as e:
+                        wins, problem = None, e.problem
                 if wins is None:
                     res.failed.append((os.fsdecode(paths[i]), str(problem)))
                     continue
                 res.kept.append(i)
+                if i in parts:
+                    continue
                 queue.append((i, wins))
                 if sum(len(w) for _, w in queue) >= self.batch_size:
                     flush()
@@ -396,14 +467,21 @@ class Classifier:
                       *, block_seconds: float = 10.0) -> Iterator[TimelineRow]:
         """Rows of `timeline`, streamed (bounded memory: one block of audio and one batch of windows)."""
         clf = self._need_classes()
-        if not (window > 0 and hop > 0):
-            raise ValueError(f"window and hop must be > 0, got {window} and {hop}")
+        if not (0 < window <= MAX_TIMELINE_WINDOW_S and 0 < hop <= MAX_TIMELINE_WINDOW_S):
+            raise ValueError(f"window and hop must be > 0 and at most {MAX_TIMELINE_WINDOW_S:g} s, "
+                             f"got {window} and {hop}")
         sr = self.sample_rate
         win_n, hop_n = int(round(window * sr)), int(round(hop * sr))
         if win_n < 1 or hop_n < 1:
             raise ValueError(f"window and hop must be at least one sample at {sr} Hz")
         if isinstance(source, (str, bytes, os.PathLike)):
             chunks = stream_audio(source, sr, block_seconds)
+            info = audio_info(source)
+            known = info.frames != UNKNOWN_FRAMES  # a header without a length: checked as it streams
+            problem = known and _timeline_problem(int(round(info.duration * sr)), win_n, hop_n, sr,
+                                                  self.engine.clip_samples)
+            if problem:
+                raise AudioError(source, problem)
         else:
             if sample_rate is None:
                 raise ValueError("a waveform source needs its sample_rate")
@@ -411,6 +489,9 @@ class Classifier:
             if wave.ndim != 1 or wave.shape[0] == 0:
                 raise ValueError(f"a waveform source must be non-empty and 1-D (mono), got shape {wave.shape}")
             wave = self._resample(wave, sample_rate)
+            problem = _timeline_problem(wave.shape[0], win_n, hop_n, sr, self.engine.clip_samples)
+            if problem:
+                raise ValueError(problem)
             chunks = array_chunks(wave, max(1, int(block_seconds * sr)))
         frontend = self.engine.frontend if win_n == self.engine.clip_samples else None
         if frontend is not None:
@@ -419,7 +500,7 @@ class Classifier:
             embed = self.engine.embed_waves
         else:  # windows of another length are embedded like clips (padded, or the mean of their 5 s windows)
             def embed(waves: np.ndarray) -> np.ndarray:
-                return np.stack([l2_normalize(l2_normalize(self.engine.embed_waves(
+                return np.stack([l2_normalize(l2_normalize(self._embed_batched(
                     eval_windows(w, self.engine.clip_samples))).mean(0)) for w in waves])
 
         def score(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -427,7 +508,8 @@ class Classifier:
             return clf.predict_proba(emb), emb @ clf.weights.T
 
         items = iter_windows(chunks, win_n, hop_n, frontend)
-        return collect_rows(items, embed, score, sr, self.batch_size)
+        batch = max(1, min(self.batch_size, TIMELINE_BATCH_BYTES // (4 * win_n)))  # long windows: fewer at once
+        return collect_rows(items, embed, score, sr, batch)
 
     def timeline(self, source: Any, window: float = 5.0, hop: float = 1.0, sample_rate: int | None = None
                  ) -> Timeline:
@@ -441,46 +523,15 @@ class Classifier:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-class _TextSide:
-    """The text encoder of a PyTorch model, found on first use (`evaluation.run.resolve_text_model`)."""
-
-    def __init__(self, model: Any, spec: Any, teacher: Any, tokenizer: Any, templates: Sequence[str] | None):
-        self.model, self.spec, self.teacher, self.tokenizer = model, spec, teacher, tokenizer
-        self.templates = templates
-        self._resolved: Any = None
-        self._error: str | None = None
-
-    def resolve(self) -> Any:
-        from tinyclap.evaluation.run import resolve_text_model
-
-        if self._resolved is None and self._error is None:
-            try:
-                self._resolved = resolve_text_model(self.model, self.spec, teacher=self.teacher,
-                                                    tokenizer=self.tokenizer)[0]
-            except (ValueError, OSError) as e:
-                self._error = str(e)
-        if self._resolved is None:
-            raise ValueError(self._error or "no text encoder")
-        return self._resolved
-
-    def available(self) -> bool:
-        try:
-            self.resolve()
-        except ValueError:
-            return False
-        return True
-
-    def encode(self, labels: list[str]) -> ZeroShotClassifier:
-        from tinyclap.evaluation.run import build_classifier
-
-        return build_classifier(labels, text_model=self.resolve(), templates=self.templates)
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            emb = self.resolve().encode_text(texts, normalize=True)
-        return l2_normalize(emb.float().cpu().numpy())
+def export_pool_window(manifest: dict[str, Any], asked: float | None, where: Any = "the export") -> float | None:
+    """The pool window an export's graph was made with (None: whole clips); ValueError when `asked` differs
+    (the window is part of the exported graph)."""
+    recorded = manifest.get("pool_window")
+    if asked is not None and (recorded is None or abs(float(asked) - float(recorded)) > 1e-9):
+        made = f"pooled windows of {recorded:g} s" if recorded else "whole 5 s clips"
+        raise ValueError(f"{os.fspath(where)}: exported for {made}; a pool window of {asked:g} s needs "
+                         f"`tinyclap export --pool-window {asked:g}`")
+    return recorded
 
 
 def _as_waves(waves: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
@@ -493,6 +544,21 @@ def _as_waves(waves: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
             raise ValueError(f"expected non-empty 1-D waveforms, got shape {a.shape}")
         out.append(a)
     return out
+
+
+def _timeline_problem(n: int, win_n: int, hop_n: int, sr: int, clip_n: int) -> str | None:
+    """Why a timeline of audio of n samples with these windows is refused (None: it is not): more than
+    MAX_TIMELINE_WINDOWS windows (a tiny --hop: hours of work), or a window longer than both the audio and a
+    clip (mostly zero padding, at the memory cost of the whole window)."""
+    windows = 1 + max(0, n - win_n) // hop_n
+    if windows > MAX_TIMELINE_WINDOWS:
+        return (f"{windows} windows of {win_n / sr:g} s every {hop_n / sr:g} s, more than the "
+                f"{MAX_TIMELINE_WINDOWS} a timeline may have: use a hop of at least "
+                f"{(n - win_n) / (MAX_TIMELINE_WINDOWS - 1) / sr:.3g} s")
+    if win_n > max(n, clip_n):
+        return (f"the window ({win_n / sr:g} s) is longer than the audio ({n / sr:.3g} s): use a window of at most "
+                f"{max(n, clip_n) / sr:.3g} s, or classify the file whole (no window)")
+    return None
 
 
 def _decode_ahead(fn: Any, items: Sequence[Any], workers: int) -> Iterator[tuple[Any, str | None]]:

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from tinyclap._util import read_json
+
 SR = 44100
 DEMO_CLASSES = ("sine_tone", "white_noise", "rising_chirp", "clicks", "low_hum", "siren")
 DEMO_STUDENT = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"
@@ -213,12 +215,13 @@ def _cache_and_distill(opt: DemoOptions, inp: _Inputs, teacher: Any, out: Path, 
     with stage("cache: teacher targets"):
         cache_dir = out / "cache"
         if not (cache_dir / "cache.json").is_file() or not any((cache_dir / "shards").glob("*")):
-            build_cache(teacher, inp.data, cache_dir, val_fraction=0.25, seed=1234, batch_size=16, workers=0,
+            # the teacher's path, not the loaded model: the cache, and so the run, records it (its labels)
+            build_cache(inp.teacher, inp.data, cache_dir, val_fraction=0.25, seed=1234, batch_size=16, workers=0,
                         progress=False, overwrite=True)
     run_dir = out / "student"
     with stage(f"distill: {opt.student}, stages 1+2"):
         if (run_dir / "student.safetensors").is_file():
-            return run_dir, json.loads((run_dir / "student.json").read_text()).get("val_cosine", float("nan"))
+            return run_dir, read_json(run_dir / "student.json", finite=False).get("val_cosine", float("nan"))
         res = distill(DistillConfig(
             out=str(run_dir), student=opt.student, cache=str(cache_dir), epochs1=opt.epochs1, epochs2=opt.epochs2,
             batch_size=opt.batch_size, workers=0, ckpt_every=0, device="auto", progress=False, tensorboard=False,

@@ -18,6 +18,14 @@ nominal times (`k * hop`).
 its label when its probability reaches `threshold`; otherwise, or when its best cosine similarity is
 below `min_similarity` (a score floor), it counts as "none of these" (`NONE_LABEL`). Each window stands
 for the stretch of time around its centre (one hop wide), so segments do not overlap.
+
+Window decisions flicker where sounds mix, so two steps come first (defaults measured on a real concatenated
+recording, `bench/timeline_segments.py`, bench/REPORT.md "Timeline segments"; by default both one window
+long): **smoothing**, each window's probabilities and similarities averaged with those of the windows whose
+centres lie within `smooth`/2 seconds of its own (a centred moving average; 0: off), and a **minimum segment
+length**, a run of windows shorter than `min_segment` seconds given to the neighbour whose label it scores
+higher (a "none" neighbour last), the shortest run first, until none is left (0: off). A segment's mean and
+peak are the windows' own (unsmoothed) probabilities of its label.
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MIN_SEGMENT_WINDOWS",
     "NONE_LABEL",
+    "SMOOTH_WINDOWS",
     "Segment",
     "Timeline",
     "TimelineRow",
@@ -41,6 +51,9 @@ __all__ = [
 ]
 
 NONE_LABEL = "(none)"
+# Timeline.segments' defaults, in window lengths (measured: bench/timeline_segments.py, bench/REPORT.md)
+SMOOTH_WINDOWS = 1.0  # centred moving average of window scores over this many window lengths
+MIN_SEGMENT_WINDOWS = 1.0  # runs of windows shorter than this many window lengths join a neighbour
 TEXT_WIDTH = 100  # the text views fit this many columns
 
 
@@ -57,15 +70,10 @@ class TimelineRow:
         return int(np.argmax(self.scores))
 
     def to_dict(self, labels: Sequence[str]) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "start": round(self.start, 6),
-            "end": round(self.end, 6),
-            "top_label": labels[self.top()],
-            "probabilities": {lb: float(p) for lb, p in zip(labels, self.scores)},
-        }
-        if self.similarity is not None:
-            d["similarity"] = {lb: float(s) for lb, s in zip(labels, self.similarity)}
-        return d
+        """The row as JSON (`tinyclap.schemas.row`: probabilities and cosines in `labels` order)."""
+        from tinyclap.schemas import row
+
+        return row(self, labels)
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,10 @@ class Segment:
     windows: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "start": round(self.start, 6), "end": round(self.end, 6),
-                "score": round(self.score, 6), "peak": round(self.peak, 6), "windows": self.windows}
+        """The segment as JSON (`tinyclap.schemas.segment`)."""
+        from tinyclap.schemas import segment
+
+        return segment(self)
 
 
 @dataclass
@@ -102,16 +112,21 @@ class Timeline:
 
     def segments(
         self, threshold: float = 0.0, *, min_similarity: float | None = None, keep_none: bool = True,
-        none_label: str = NONE_LABEL,
+        none_label: str = NONE_LABEL, smooth: float | None = None, min_segment: float | None = None,
     ) -> list[Segment]:
-        """Merge consecutive windows with the same label (see the module docstring); `keep_none=False` drops
-        the "none of these" segments from the result."""
+        """Merge consecutive windows with the same label after smoothing (see the module docstring);
+        `keep_none=False` drops the "none of these" segments from the result. `smooth` and `min_segment` are
+        seconds (0: off); None: `SMOOTH_WINDOWS` and `MIN_SEGMENT_WINDOWS` window lengths."""
+        smooth = SMOOTH_WINDOWS * self.window if smooth is None else smooth
+        min_segment = MIN_SEGMENT_WINDOWS * self.window if min_segment is None else min_segment
         return merge_segments(self.rows, self.labels, threshold=threshold, min_similarity=min_similarity,
-                              keep_none=keep_none, none_label=none_label)
+                              keep_none=keep_none, none_label=none_label, smooth=smooth, min_segment=min_segment)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"window": self.window, "hop": self.hop, "labels": list(self.labels),
-                "rows": [r.to_dict(self.labels) for r in self.rows]}
+        """The timeline as JSON (`tinyclap.schemas.timeline`)."""
+        from tinyclap.schemas import timeline
+
+        return timeline(self.rows, self.labels, self.window, self.hop)
 
 
 def window_label(row: TimelineRow, labels: Sequence[str], threshold: float, min_similarity: float | None,
@@ -128,33 +143,88 @@ def window_label(row: TimelineRow, labels: Sequence[str], threshold: float, min_
 def merge_segments(
     rows: Sequence[TimelineRow], labels: Sequence[str], *, threshold: float = 0.0,
     min_similarity: float | None = None, keep_none: bool = True, none_label: str = NONE_LABEL,
+    smooth: float = 0.0, min_segment: float = 0.0,
 ) -> list[Segment]:
-    """Segments of consecutive windows with one label; window k stands for [c_k - h/2, c_k + h/2) around its
-    centre c_k (h: the step between window starts), the first from its start, the last to its end."""
+    """Segments of consecutive windows with one label, after `smooth` and `min_segment` seconds (see the module
+    docstring; both off unless given, `Timeline.segments` has the measured defaults). Window k stands for
+    [c_k - h/2, c_k + h/2) around its centre c_k (h: the step between window starts), the first from its start,
+    the last to its end."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    for name, value in (("smooth", smooth), ("min_segment", min_segment)):
+        if not (isinstance(value, (int, float)) and 0.0 <= value < math.inf):
+            raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    if not rows:
+        return []
+    spans = _spans(rows)
+    decided = smooth_rows(rows, smooth)
+    labs = [window_label(r, labels, threshold, min_similarity, none_label) for r in decided]
+    if min_segment > 0:
+        labs = _absorb_short_runs(labs, spans, decided, labels, min_segment, none_label)
     out: list[Segment] = []
-    n = len(rows)
-    cur: dict[str, Any] | None = None
-    for k, row in enumerate(rows):
-        lab = window_label(row, labels, threshold, min_similarity, none_label)
-        centre = (row.start + row.end) / 2
-        lo = row.start if k == 0 else (centre + (rows[k - 1].start + rows[k - 1].end) / 2) / 2
-        hi = row.end if k == n - 1 else (centre + (rows[k + 1].start + rows[k + 1].end) / 2) / 2
-        p = float(row.scores[labels.index(lab)]) if lab != none_label else float(row.scores[row.top()])
-        if cur is not None and cur["label"] == lab:
-            cur["end"], cur["sum"], cur["peak"], cur["n"] = hi, cur["sum"] + p, max(cur["peak"], p), cur["n"] + 1
-            continue
-        if cur is not None:
-            out.append(_segment(cur))
-        cur = {"label": lab, "start": lo, "end": hi, "sum": p, "peak": p, "n": 1}
-    if cur is not None:
-        out.append(_segment(cur))
+    for a, b in _runs(labs):
+        lab = labs[a]
+        p = [float(r.scores[labels.index(lab)] if lab != none_label else r.scores[r.top()]) for r in rows[a:b]]
+        out.append(Segment(lab, spans[a][0], spans[b - 1][1], sum(p) / len(p), max(p), b - a))
     return out if keep_none else [s for s in out if s.label != none_label]
 
 
-def _segment(cur: dict[str, Any]) -> Segment:
-    return Segment(cur["label"], cur["start"], cur["end"], cur["sum"] / cur["n"], cur["peak"], cur["n"])
+def _spans(rows: Sequence[TimelineRow]) -> list[tuple[float, float]]:
+    """[lo, hi) seconds each window stands for: between the midpoints to its neighbours' centres."""
+    c = [(r.start + r.end) / 2 for r in rows]
+    n = len(rows)
+    return [(rows[k].start if k == 0 else (c[k - 1] + c[k]) / 2, rows[k].end if k == n - 1 else (c[k] + c[k + 1]) / 2)
+            for k in range(n)]
+
+
+def _runs(labs: Sequence[str]) -> list[tuple[int, int]]:
+    """[a, b) index ranges of consecutive equal labels."""
+    out, a = [], 0
+    for k in range(1, len(labs) + 1):
+        if k == len(labs) or labs[k] != labs[a]:
+            out.append((a, k))
+            a = k
+    return out
+
+
+def smooth_rows(rows: Sequence[TimelineRow], seconds: float) -> list[TimelineRow]:
+    """Rows whose probabilities and similarities are averaged over the rows whose centres lie within
+    `seconds`/2 of their own (a centred moving average; the rows as they are for `seconds` <= 0)."""
+    if seconds <= 0 or len(rows) < 2:
+        return list(rows)
+    c = np.array([(r.start + r.end) / 2 for r in rows])
+    lo = np.searchsorted(c, c - seconds / 2 - 1e-9, side="left")
+    hi = np.searchsorted(c, c + seconds / 2 + 1e-9, side="right")
+
+    def mean(x: np.ndarray) -> np.ndarray:  # (n, C) -> (n, C) windowed means
+        cum = np.concatenate([np.zeros((1, x.shape[1])), np.cumsum(x, 0, dtype=np.float64)])
+        return ((cum[hi] - cum[lo]) / (hi - lo)[:, None]).astype(np.float32)
+
+    probs = mean(np.stack([r.scores for r in rows]))
+    sims = None
+    if all(r.similarity is not None for r in rows):
+        sims = mean(np.stack([r.similarity for r in rows]))  # type: ignore[misc]
+    return [TimelineRow(r.start, r.end, probs[k], None if sims is None else sims[k]) for k, r in enumerate(rows)]
+
+
+def _absorb_short_runs(labs: list[str], spans: Sequence[tuple[float, float]], rows: Sequence[TimelineRow],
+                       labels: Sequence[str], min_segment: float, none_label: str) -> list[str]:
+    """Relabel runs shorter than `min_segment` seconds, the shortest first, with the label of the neighbour
+    run that the run's windows score higher (a "none" neighbour only when both are "none")."""
+    labs = list(labs)
+    while True:
+        runs = _runs(labs)
+        if len(runs) < 2:
+            return labs
+        length = [spans[b - 1][1] - spans[a][0] for a, b in runs]
+        i = min(range(len(runs)), key=lambda j: length[j])
+        if length[i] >= min_segment:
+            return labs
+        a, b = runs[i]
+        options = [labs[runs[j][0]] for j in (i - 1, i + 1) if 0 <= j < len(runs)]
+        score = {lab: -1.0 if lab == none_label else float(np.mean([r.scores[labels.index(lab)] for r in rows[a:b]]))
+                 for lab in options}
+        labs[a:b] = [max(options, key=score.__getitem__)] * (b - a)
 
 
 # ------------------------------------------------------------------------------------------------ windows

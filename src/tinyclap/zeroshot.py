@@ -2,7 +2,10 @@
 
 The class matrix is computed once from a teacher's text tower and saved with its labels, logit scale and
 prompt template, so inference needs only the audio model and this file — never the text encoder.
-This module imports torch only when it is handed torch tensors, so the torch-free runtime can use it.
+`TextSide` is what encodes new labels when there is one: a PyTorch teacher (found by
+`tinyclap.evaluation.run.resolve_text_model`), or an export's text tower (`tinyclap export --text`,
+`tinyclap.deploy.text`: onnxruntime + tokenizers). This module imports torch only when it is handed torch
+tensors or a PyTorch teacher, so the torch-free runtime can use it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyclap._util import display_path, l2_normalize, read_regular_file
+from tinyclap._util import display_path, l2_normalize, loads_json, read_regular_file
 
 DEFAULT_TEMPLATE = "this is the sound of {}"
 # Bounds on a class-matrix file, checked before anything is inflated or allocated (docs/robustness.md):
@@ -38,6 +41,36 @@ NPZ_MEMBERS = {"weights.npy": MAX_WEIGHTS_BYTES + 4096, "labels.npy": MAX_MEMBER
 def class_prompt(label: str, template: str = DEFAULT_TEMPLATE) -> str:
     """Prompt for one class: underscores become spaces (the paper's protocol), then the template."""
     return template.format(label.replace("_", " ").strip())
+
+
+def read_templates(values: Sequence[str] | None, default: str = DEFAULT_TEMPLATE) -> list[str]:
+    """Prompt templates from the command line: each value is a template or a file of templates (one a
+    line, blank lines and '#' comments skipped). Every template must contain one '{}'. None given: `default`
+    (a text model's own prompt style, its `template`, where it has one)."""
+    if not values:
+        return [default]
+    out: list[str] = []
+    for v in values:
+        p = Path(os.path.expanduser(v))
+        if "{}" not in v and p.is_file():
+            lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+            found = [ln for ln in lines if ln and not ln.startswith("#")]
+            if not found:
+                raise ValueError(f"{p}: no templates in this file")
+            for t in found:
+                if t.count("{}") != 1:
+                    raise ValueError(f"{p}: template {t!r} must contain exactly one '{{}}'")
+            out.extend(found)
+        elif v.count("{}") == 1:
+            out.append(v)
+        else:
+            raise ValueError(f"template {v!r} must contain exactly one '{{}}' (or be a file of templates)")
+    return out
+
+
+def _rows(emb: Any) -> np.ndarray:
+    """Text embeddings as float32 numpy: a torch tensor (a teacher) or an array (an export's text tower)."""
+    return emb.detach().float().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb, np.float32)
 
 
 @dataclass
@@ -95,17 +128,23 @@ class ZeroShotClassifier:
         batch_size: int = 64,
     ) -> ZeroShotClassifier:
         """Encode `labels` with `teacher.encode_text`; several templates are averaged (prompt ensembling)."""
-        import torch
+        import contextlib
 
         templates = [templates] if isinstance(templates, str) else list(templates)
         if not labels:
             raise ValueError("need at least one class label")
         per_template = []
-        with torch.no_grad():
+        if getattr(teacher, "torch_free", False):  # an export's text tower (tinyclap.deploy.text)
+            no_grad: Any = contextlib.nullcontext()
+        else:
+            import torch
+
+            no_grad = torch.no_grad()
+        with no_grad:
             for tpl in templates:
                 prompts = [class_prompt(lb, tpl) for lb in labels]
                 embs = [teacher.encode_text(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
-                per_template.append(l2_normalize(torch.cat(embs).float().cpu().numpy()))  # (C, D)
+                per_template.append(l2_normalize(np.concatenate([_rows(e) for e in embs])))  # (C, D)
         weights = l2_normalize(np.mean(per_template, axis=0))  # ensembling: mean of unit vectors, renormalised
         scale = teacher.logit_scale
         scale = float(scale.detach().cpu()) if hasattr(scale, "detach") else float(scale)
@@ -242,7 +281,80 @@ def _parse_meta(arr: np.ndarray) -> dict[str, Any]:
     """The JSON metadata (labels, logit_scale, templates) with its types checked."""
     if arr.shape != () or arr.dtype.kind != "U":
         raise ValueError(f"meta.npy: expected one string, got {arr.dtype} {arr.shape}")
-    meta = json.loads(str(arr), parse_constant=lambda c: float("nan"))
+    meta = loads_json(str(arr), "meta.npy", expect=None, finite=False)  # bounded; NaN read, then refused
     if not isinstance(meta, dict) or not all(k in meta for k in ("labels", "logit_scale", "templates")):
         raise ValueError("meta.npy: expected an object with labels, logit_scale and templates")
     return meta
+
+
+# ------------------------------------------------------------------------------------- the text side
+
+
+class TextSide:
+    """The text encoder of a model, found on first use: `load()` when given (an export's text tower), else
+    `evaluation.run.resolve_text_model` (a PyTorch teacher)."""
+
+    def __init__(self, model: Any, spec: Any, teacher: Any, tokenizer: Any, templates: Sequence[str] | None,
+                 load: Any = None):
+        self.model, self.spec, self.teacher, self.tokenizer = model, spec, teacher, tokenizer
+        self.templates, self.load = templates, load
+        self._resolved: Any = None
+        self._error: str | None = None
+
+    def resolve(self) -> Any:
+        if self._resolved is None and self._error is None:
+            try:
+                if self.load is not None:
+                    self._resolved = self.load()
+                else:
+                    from tinyclap.evaluation.run import resolve_text_model
+
+                    self._resolved = resolve_text_model(self.model, self.spec, teacher=self.teacher,
+                                                        tokenizer=self.tokenizer)[0]
+            except (ValueError, OSError) as e:
+                self._error = str(e)
+            except ImportError as e:
+                self._error = f"free-text labels need the {e.name or 'tokenizers'} package ({e})"
+        if self._resolved is None:
+            raise ValueError(self._error or "no text encoder")
+        return self._resolved
+
+    def available(self) -> bool:
+        try:
+            self.resolve()
+        except ValueError:
+            return False
+        return True
+
+    def encode(self, labels: list[str], templates: Sequence[str] | None = None) -> ZeroShotClassifier:
+        return ZeroShotClassifier.from_teacher(self.resolve(), labels, read_templates(templates or self.templates))
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        text_model = self.resolve()
+        if getattr(text_model, "torch_free", False):  # an export's text tower: numpy out
+            return l2_normalize(np.asarray(text_model.encode_text(texts, normalize=True), np.float32))
+        import torch
+
+        with torch.no_grad():
+            emb = text_model.encode_text(texts, normalize=True)
+        return l2_normalize(emb.float().cpu().numpy())
+
+
+def export_text_side(rt: Any, int8: bool, threads: int | None, templates: Sequence[str] | None) -> TextSide:
+    """An export's text tower (`tinyclap export --text`), loaded on first use; or, without one, a text side
+    that says so and how to get one."""
+    from tinyclap.deploy.text import ExportText, has_text
+
+    if not has_text(rt.manifest):
+        return NoText(f"{display_path(rt.export_dir)}: this export has no text tower, so it takes no labels: "
+                       "re-export with `tinyclap export --text`, or give a class matrix (.npz)")
+    return TextSide(None, None, None, None, templates or rt.classifier.templates or None,
+                     load=lambda: ExportText(rt.export_dir, rt.manifest, int8=int8, threads=threads))
+
+
+class NoText(TextSide):
+    """An export without a text tower: every use says why, and how to get one."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(None, None, None, None, None)
+        self._error = why

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Union
 
@@ -45,7 +45,10 @@ MAX_DECODE_BYTES = 4 << 30
 # Streams hold only a block at a time; their bound is time, not memory: a day of audio at most.
 MAX_STREAM_SECONDS = 24 * 3600.0
 UNKNOWN_FRAMES = (1 << 63) - 1  # the frame count libsndfile reports when a header gives no length (SF_COUNT_MAX)
+WHOLE_DECODE_SECONDS = 120.0  # `iter_eval_windows` decodes a file up to this long whole (21 MB at 44.1 kHz)
 MAX_WINDOW_SECONDS = 3600.0  # longest `stream_windows` window or hop (one window is held in memory)
+MAX_TIMELINE_WINDOW_S = 600.0  # a window is held whole, and copied a few times: 10 minutes at 44.1 kHz is 106 MB
+MIN_TIMELINE_HOP_S = 0.01  # about one log-mel frame
 BLOCK_BYTES = 64 << 20  # largest (frames, channels) float32 block read at once (libsndfile allows 1024 channels)
 
 POLICIES = ("eval", "train")
@@ -344,13 +347,49 @@ def eval_windows(
     n = wave.shape[0]
     if n <= length:
         return fit_clip(wave, length, policy="eval", pad=pad)[None, :]
+    return np.stack([wave[s : s + length] for s in window_starts(n, length)]).astype(np.float32, copy=False)
+
+
+def window_starts(n: int, length: int) -> list[int]:
+    """Start samples of the full windows `eval_windows` takes from n > length samples (its docstring says
+    how the remainder is handled); [0] when n <= length (the one window is then padded)."""
+    if n <= length:
+        return [0]
     k_full, rem = divmod(n, length)
     if 2 * rem >= length:
-        starts = [i * length for i in range(k_full)] + [n - length]
-    else:
-        offset = rem // 2
-        starts = [offset + i * length for i in range(k_full)]
-    return np.stack([wave[s : s + length] for s in starts]).astype(np.float32, copy=False)
+        return [i * length for i in range(k_full)] + [n - length]
+    return [rem // 2 + i * length for i in range(k_full)]
+
+
+def iter_eval_windows(path: PathLike, length: int = CLIP_SAMPLES, sample_rate: int = SAMPLE_RATE, *,
+                      centre: bool = False) -> Iterator[np.ndarray]:
+    """The (length,) windows of `eval_windows(load_audio(path, sample_rate), length)` (with `centre`: the one
+    window of `fit_clip(..., policy="eval")`), one at a time. A file of up to WHOLE_DECODE_SECONDS is decoded
+    whole; a longer one is streamed twice (`stream_audio`: once to count its samples, once to cut the
+    windows), so memory stays at about one block whatever the length: an hour is never held whole (the
+    streamed resampler's samples differ from the whole-file one's only by rounding). Errors as `load_audio`,
+    raised at the call."""
+    if audio_info(path).duration <= WHOLE_DECODE_SECONDS:
+        wave = load_audio(path, sample_rate)
+        return iter(fit_clip(wave, length, policy="eval")[None] if centre else eval_windows(wave, length))
+    n = sum(chunk.shape[0] for chunk in stream_audio(path, sample_rate))
+    if n <= length:  # a long header, little audio
+        return iter(fit_clip(load_audio(path, sample_rate), length, policy="eval")[None])
+    starts = [(n - length) // 2] if centre else window_starts(n, length)
+    return _cut(stream_audio(path, sample_rate), starts, length)
+
+
+def _cut(chunks: Iterator[np.ndarray], starts: Sequence[int], length: int) -> Iterator[np.ndarray]:
+    """Windows [s, s + length) of a stream of chunks, for ascending starts (a block of audio held at a time)."""
+    buf, buf_start = np.zeros(0, np.float32), 0
+    for s in starts:
+        while buf_start + buf.shape[0] < s + length:
+            chunk = next(chunks, None)
+            if chunk is None:  # cannot happen for the stream that was counted; never a short window
+                return
+            buf = np.concatenate([buf, chunk])
+        yield buf[s - buf_start : s - buf_start + length].copy()
+        buf, buf_start = buf[s - buf_start :], s  # later starts are >= s
 
 
 def stream_windows(

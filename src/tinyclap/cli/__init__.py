@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# what the `train` extra adds to the torch-free core (pyproject.toml)
+TRAIN_MODULES = {"torch", "transformers", "safetensors", "tqdm", "matplotlib", "platformdirs", "yaml"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -38,4 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         print(f"tinyclap {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:  # the torch-free runtime install meets a command that trains or exports
+        if getattr(args, "debug", False) or e.name not in TRAIN_MODULES:
+            raise
+        print(f"tinyclap {args.command}: error: this needs {e.name}, which the runtime-only install leaves out: "
+              "pip install 'tinyclap[train]' (or bash scripts/setup.sh)", file=sys.stderr)
         return 1

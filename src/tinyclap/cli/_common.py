@@ -8,7 +8,8 @@ imports (torch, models) happen inside `func`, so `tinyclap --help` stays fast.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
@@ -16,13 +17,30 @@ __all__ = [
     "COUNT",
     "EPOCHS",
     "WORKERS",
+    "HOP_SECONDS",
+    "MODEL_KINDS",
+    "SHARED",
+    "WINDOW_SECONDS",
     "DatasetArg",
     "HelpFormatter",
+    "add_alias",
     "add_command",
     "add_device_arg",
     "add_embedding_run_args",
+    "add_pool_window_arg",
     "embedding_run_kwargs",
+
+    "add_int8_arg",
+    "add_json_arg",
+    "add_model_arg",
+    "add_progress_arg",
     "add_templates_arg",
+    "add_top_arg",
+    "add_window_args",
+    "add_workers_arg",
+    "audio_inputs",
+    "embedding_run_kwargs",
+    "export_model",
     "classifier_from_args",
     "float_in",
     "int_in",
@@ -88,8 +106,12 @@ def make_parser(prog: str, description: str | None = None, **kw: Any) -> argpars
 def add_command(
     sub: argparse._SubParsersAction, name: str, help: str, *, description: str | None = None
 ) -> argparse.ArgumentParser:
-    """The parser of `tinyclap <name>`: the one way commands are created, so every --help shows defaults."""
-    return sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
+    """The parser of `tinyclap <name>`: the one way commands are created, so every --help shows defaults and
+    every command takes --debug."""
+    parser = sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
+    _shared(parser.add_argument("--debug", action="store_true", help="show tracebacks (without it an error is one "
+                                "line)"), "--debug")
+    return parser
 
 
 def add_embedding_run_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -99,8 +121,7 @@ def add_embedding_run_args(parser: argparse.ArgumentParser) -> argparse._Argumen
     r.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
     r.add_argument("--seed", type=int, default=0, help="initialisation seed when --model is a bare student name")
     add_device_arg(r)
-    r.add_argument("--no-progress", action="store_true", help="no progress display")
-    r.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_progress_arg(r)
     return r
 
 
@@ -112,8 +133,8 @@ def embedding_run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_device_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """`--device`: the one spelling and rule (`auto`: CUDA if available, else CPU; see `_util.resolve_device`)."""
-    parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available, else cpu), cpu, "
-                        "cuda or cuda:N")
+    _shared(parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available, else "
+                                "cpu), cpu, cuda or cuda:N"), "--device")
 
 
 class DatasetArg(argparse.Action):
@@ -157,9 +178,44 @@ def require(func: Callable[[argparse.Namespace], int], *names: str) -> Callable[
 def add_templates_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
                       default: str = 'default "this is the sound of {}"') -> None:
     """`--templates`: prompt templates with {} (repeatable, or files of them), the one spelling everywhere."""
-    parser.add_argument("--templates", action="append", metavar="TEMPLATE|FILE",
-                        help=f"prompt template with {{}} (repeatable, or a file with one per line): prompt "
-                        f"ensembling; {default}")
+    _shared(parser.add_argument("--templates", action="append", metavar="TEMPLATE|FILE",
+                                help=f"prompt template with {{}} (repeatable, or a file with one per line): prompt "
+                                f"ensembling; {default}"), "--templates")
+
+
+def add_pool_window_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--pool-window SECONDS`: a student embeds each 5 s clip from windows of SECONDS (backbone per window,
+    features averaged, head once: what a microcontroller does); the one spelling everywhere."""
+    parser.add_argument("--pool-window", type=float_in(0.05, 5.0), metavar="SECONDS",
+                        help="students only: run the backbone on windows of SECONDS, average their features, "
+                        "run the head once (what a device with little RAM does)")
+
+MAX_LABELS_FILE_BYTES = 4 << 20
+
+
+def parse_labels(value: str | None) -> list[str]:
+    """`--labels`: comma-separated names, or an existing file of names (one a line, blank lines and '#'
+    comments skipped). A value that names a file (a path, or ending in .txt/.csv) that does not exist is
+    refused rather than read as one class of that name."""
+    import os
+
+    from tinyclap._util import display_path, read_regular_file
+
+    if not value:
+        return []
+    if os.path.isfile(value):
+        try:
+            text = read_regular_file(value, MAX_LABELS_FILE_BYTES).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{display_path(value)}: labels file is not UTF-8 text ({e.reason})") from e
+        labels = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        if not labels:
+            raise ValueError(f"{display_path(value)}: labels file lists no labels (one a line)")
+        return labels
+    if "," not in value and ("/" in value or value.lower().endswith((".txt", ".csv"))):
+        raise ValueError(f"--labels {display_path(value)}: no such file (give a labels file, one a line, or "
+                         'comma-separated names: "dog,rain,siren")')
+    return [s.strip() for s in value.split(",") if s.strip()]
 
 
 def classifier_from_args(args: argparse.Namespace, model: Any, spec: Any) -> Any:
@@ -170,8 +226,143 @@ def classifier_from_args(args: argparse.Namespace, model: Any, spec: Any) -> Any
 
     if args.classes:
         return build_classifier(None, classes_file=args.classes)
-    labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
+    labels = parse_labels(args.labels)
     if not labels:
         raise ValueError('give the classes: --labels "a,b,c" (with a text encoder) or --classes FILE.npz')
     return build_classifier(labels, templates=args.templates, model=model, model_spec=spec, teacher=args.teacher,
                             tokenizer=args.tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the vocabulary: every option that more than one command has is defined once, here; tests/test_cli_vocabulary
+# walks every command's parser and checks flags, dest, default and that the option came from here
+# ---------------------------------------------------------------------------------------------------------
+
+WINDOW_SECONDS = 5.0  # --window when a command always cuts windows and none is given: the model's clip
+HOP_SECONDS = 1.0  # --hop when none is given, in every command
+
+# flag -> (option strings, dest, default); default `...`: set by each command (--workers)
+SHARED: dict[str, tuple[tuple[str, ...], str, Any]] = {
+    "--model": (("--model",), "model", None),
+    "--top": (("-k", "--top"), "top", 5),
+    "--window": (("--window",), "window", None),
+    "--hop": (("--hop",), "hop", HOP_SECONDS),
+    "--json": (("--json",), "json", False),
+    "--device": (("--device",), "device", "auto"),
+    "--no-progress": (("--no-progress",), "no_progress", False),
+    "--templates": (("--templates",), "templates", None),
+    "--workers": (("--workers",), "workers", ...),
+    "--int8": (("--int8",), "int8", False),
+    "--debug": (("--debug",), "debug", False),
+}
+MODEL_KINDS = ("student name, run folder or checkpoint, teacher (MS CLAP .pth, ours or a proxy) or export folder "
+               "(ONNX Runtime, no torch)")
+
+_Parser = argparse.ArgumentParser | argparse._ArgumentGroup
+
+
+def _shared(action: argparse.Action, flag: str) -> argparse.Action:
+    """Marks `action` as the shared option `flag` (what the vocabulary test looks for)."""
+    action.shared = flag  # type: ignore[attr-defined]
+    return action
+
+
+def add_model_arg(parser: _Parser, what: str = MODEL_KINDS, *, required: bool = False) -> argparse.Action:
+    """`--model`: the one way to name a model (a name, run folder, checkpoint, teacher or export folder);
+    `what` says which of them the command takes."""
+    return _shared(parser.add_argument("--model", required=required, metavar="MODEL", help=f"the model: {what}"),
+                   "--model")
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling kept, hidden, for a release: stores its value and, on a terminal, prints a one-line note
+    (scripts and logs parsing stderr see nothing new)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, use: str = "", **kw: Any) -> None:
+        self.use = use
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if sys.stderr.isatty():
+            print(f"note: {option_string} is deprecated and goes in a later release: use {self.use}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_alias(parser: _Parser, flag: str, use: str, *, dest: str | None = None, **kw: Any) -> argparse.Action:
+    """A hidden, deprecated old spelling `flag` of the option `use` (help suppressed; a note on a terminal); `dest`
+    defaults to the flag's own, so a command body reading it keeps working."""
+    return parser.add_argument(flag, action=_Deprecated, use=use, **({"dest": dest} if dest else {}), **kw)
+
+
+def add_top_arg(parser: _Parser) -> argparse.Action:
+    """`-k/--top`: how many results are shown (labels per file, search hits)."""
+    from tinyclap.deploy.runtime import MAX_TOP
+
+    return _shared(parser.add_argument("-k", "--top", type=int_in(1, MAX_TOP), default=5, metavar="K",
+                                       help="results shown: labels per file, or search hits"), "--top")
+
+
+def add_window_args(parser: _Parser) -> None:
+    """`--window` and `--hop` (seconds): how long audio is cut into windows; see `WINDOW_SECONDS`, `HOP_SECONDS`."""
+    from tinyclap.audio.io import MAX_TIMELINE_WINDOW_S, MIN_TIMELINE_HOP_S
+
+    seconds = float_in(MIN_TIMELINE_HOP_S, MAX_TIMELINE_WINDOW_S)
+    _shared(parser.add_argument("--window", type=seconds, metavar="SEC", help="window length in seconds: in "
+                                "classify and the runtime, setting it gives a per-window timeline; elsewhere none "
+                                f"given is {WINDOW_SECONDS:g} s, the model's clip"), "--window")
+    _shared(parser.add_argument("--hop", type=seconds, default=HOP_SECONDS, metavar="SEC",
+                                help="seconds between window starts (a hop longer than the window skips audio)"),
+            "--hop")
+
+
+def add_json_arg(parser: _Parser, what: str = "the result") -> argparse.Action:
+    """`--json`: print the command's result as JSON on stdout (messages stay on stderr)."""
+    return _shared(parser.add_argument("--json", action="store_true", help=f"print {what} as JSON"), "--json")
+
+
+def add_progress_arg(parser: _Parser) -> argparse.Action:
+    """`--no-progress`: no progress bar (`_util.progress`)."""
+    return _shared(parser.add_argument("--no-progress", action="store_true", help="no progress display"),
+                   "--no-progress")
+
+
+def add_workers_arg(parser: _Parser, default: int) -> argparse.Action:
+    """`--workers`: audio decoding workers beside the model (threads or processes); threads that run the model
+    itself are named otherwise (`serve --jobs`, `--threads`)."""
+    return _shared(parser.add_argument("--workers", type=WORKERS, default=default, help="audio decoding workers "
+                                       "beside the model (0: decode inline)"), "--workers")
+
+
+def add_int8_arg(parser: _Parser) -> argparse.Action:
+    """`--int8`: with an export folder, its int8 model."""
+    return _shared(parser.add_argument("--int8", action="store_true", help="with an export folder: run its int8 "
+                                       "model (model.int8.onnx)"), "--int8")
+
+
+def export_model(args: argparse.Namespace) -> None:
+    """`--model` naming an export folder moves to `args.export_dir` (the commands' torch-free path; the deprecated
+    `--export-dir` lands there directly)."""
+    from pathlib import Path
+
+    from tinyclap.models.exported import is_export
+
+    if args.model is not None and Path(args.model).is_dir() and is_export(args.model):
+        if args.export_dir is not None:
+            raise ValueError("give one model: --model (the deprecated --export-dir is the same option)")
+        args.export_dir, args.model = args.model, None
+
+
+def audio_inputs(paths: Sequence[str]) -> list[str]:
+    """The audio files `paths` name: a folder stands for the audio files under it (recursively, by extension,
+    hidden files skipped: the rule `embed` uses); anything else is kept as given, so a file that cannot be read
+    is reported by its name."""
+    import os
+    from pathlib import Path
+
+    from tinyclap.data import parse_data_spec
+
+    out: list[str] = []
+    for p in paths:
+        out.extend(sorted(os.fspath(f) for f in parse_data_spec(p)) if Path(p).is_dir() else [p])
+    return out

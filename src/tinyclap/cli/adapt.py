@@ -20,7 +20,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tinyclap.cli._common import add_command, add_templates_arg
+from tinyclap.cli._common import (
+    add_command,
+    add_device_arg,
+    add_json_arg,
+    add_model_arg,
+    add_progress_arg,
+    add_templates_arg,
+)
 
 MAX_EXAMPLES = 1_000_000
 MAX_LABEL_CHARS = 1000
@@ -30,7 +37,7 @@ MAX_CSV_BYTES = 256 << 20
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "adapt", "few-shot classes from labelled example clips -> classes.npz",
                     description=__doc__.split("\n\n", 1)[1].strip())
-    p.add_argument("--model", required=True, help="audio model: student run/checkpoint, teacher or export folder")
+    add_model_arg(p, required=True)
     p.add_argument("--examples", required=True, metavar="CSV", help="CSV of path,label rows")
     p.add_argument("--out", required=True, help="class-matrix file to write (.npz)")
     t = p.add_argument_group("text side (optional)")
@@ -44,8 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, help="fixed text weight in [0, 1] (default: chosen by leave-one-out)")
     p.add_argument("--batch-size", type=int, default=16, help="windows embedded together")
     p.add_argument("--strict", action="store_true", help="fail if any example file could not be read")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_json_arg(p, "the report")
+    add_device_arg(p)
+    add_progress_arg(p)
     p.set_defaults(func=run)
 
 
@@ -117,8 +125,10 @@ def run(args: argparse.Namespace) -> int:
     if args.no_text and (args.text_classes or args.alpha is not None):
         raise ValueError("--no-text leaves nothing to blend: drop --text-classes/--alpha")
     examples = read_examples(args.examples)
+    from tinyclap._util import resolve_device
+
     clf = Classifier.from_model(args.model, teacher=args.teacher, tokenizer=args.tokenizer, templates=args.templates,
-                                batch_size=args.batch_size)
+                                batch_size=args.batch_size, device=resolve_device(args.device))
     labels = list(dict.fromkeys(lb for _, lb in examples))
     text = _text_side(args, clf, labels)
     res = clf.embed_files([p for p, _ in examples], progress=not args.no_progress and len(examples) > 20)

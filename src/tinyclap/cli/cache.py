@@ -6,7 +6,16 @@ import argparse
 import json
 import sys
 
-from tinyclap.cli._common import BATCH, WORKERS, add_command, add_device_arg, float_in, int_in
+from tinyclap.cli._common import (
+    BATCH,
+    add_command,
+    add_device_arg,
+    add_json_arg,
+    add_progress_arg,
+    add_workers_arg,
+    float_in,
+    int_in,
+)
 from tinyclap.train.cache.options import CROP_MODES, VIEW_AUGMENT, VIEW_MAX, CacheOptions
 
 
@@ -48,14 +57,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="share of source files held out")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds the split and random crops")
     p.add_argument("--batch-size", type=BATCH, default=d.batch_size, help="crops per log-mel/teacher batch")
-    p.add_argument("--workers", type=WORKERS, default=d.workers, help="decoding worker processes; 0 decodes inline")
+    add_workers_arg(p, d.workers)
     p.add_argument("--shard-size", type=int_in(1, 1 << 20), default=d.shard_size, help="rows per shard, about")
     add_device_arg(p)
     p.add_argument("--overwrite", action="store_true", help="delete a cache with other settings in DIR first")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file could not be read")
     p.add_argument("--verify", action="store_true", help="read the whole store back and check it afterwards")
-    p.add_argument("--no-progress", action="store_true", help="no progress display")
-    p.add_argument("--json", action="store_true", help="print this rank's report as JSON")
+    add_progress_arg(p)
+    add_json_arg(p, "this rank's report")
     _add_text_bank_args(p)
     p.set_defaults(func=run)
 

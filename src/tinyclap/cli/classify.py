@@ -4,9 +4,11 @@ Without --window each file gets one ranked label list (clips longer than 5 s: me
 embeddings, or the centre crop). With --window SEC [--hop SEC] each file gets a timeline: one row per
 window (start, end, top label, probabilities), streamed from disk with bounded memory, the log-mel front
 end run once per recording and windows sliced from it (`tinyclap.timeline`), so hour-long recordings
-work; --segments merges consecutive windows into labelled segments (--threshold, --none-below).
-The audio model is a PyTorch one (--model/--student/--teacher, `tinyclap.models.load_model`) or an
-export folder (--export-dir, ONNX Runtime, no torch). All of it is `tinyclap.Classifier`, the Python API.
+work; --segments merges consecutive windows into labelled segments (--threshold, --none-below), after
+smoothing the window scores (--smooth) and folding runs shorter than --min-segment into a neighbour.
+The audio model (--model) is a PyTorch one (`tinyclap.models.load_model`) or an export folder (ONNX
+Runtime, no torch). Folders stand for the audio files under them (recursively, as in `embed`). All of it
+is `tinyclap.Classifier`, the Python API.
 """
 
 from __future__ import annotations
@@ -24,42 +26,67 @@ from typing import Any, TextIO
 import numpy as np
 
 from tinyclap.audio import display_path
-from tinyclap.audio.io import MAX_WINDOW_SECONDS
-from tinyclap.cli._common import add_command, add_templates_arg, float_in, int_in
-from tinyclap.deploy.runtime import MAX_BATCH, MAX_TOP
+from tinyclap.cli._common import (
+    add_alias,
+    add_command,
+    add_device_arg,
+    add_int8_arg,
+    add_json_arg,
+    add_model_arg,
+    add_pool_window_arg,
+    add_progress_arg,
+    add_templates_arg,
+    add_top_arg,
+    add_window_args,
+    audio_inputs,
+    export_model,
+    float_in,
+    int_in,
+    parse_labels,
+)
+from tinyclap.deploy.runtime import MAX_BATCH
+from tinyclap.timeline import MIN_SEGMENT_WINDOWS, SMOOTH_WINDOWS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "classify", "rank class labels for audio files (zero-shot), or per-window timelines",
                     description=__doc__.split("\n\n", 1)[1].strip())
-    p.add_argument("files", nargs="+", help="audio files (anything libsndfile decodes)")
-    g = p.add_argument_group("model (one of)")
-    g.add_argument("--student", help="student checkpoint (.safetensors/.json or a run folder)")
-    g.add_argument("--teacher", help="teacher checkpoint (official MS CLAP .pth, ours or a proxy); also encodes "
-                   "--labels (default for that: the teacher recorded in the student's run)")
-    g.add_argument("--model", help="any model spec: checkpoint, run folder or student name")
-    g.add_argument("--export-dir", help="folder written by `tinyclap export` (ONNX Runtime, classes included)")
-    g.add_argument("--int8", action="store_true", help="with --export-dir: use model.int8.onnx")
+    p.add_argument("files", nargs="+", help="audio files (anything libsndfile decodes) or folders (recursive)")
+    g = p.add_argument_group("model")
+    add_model_arg(g)
+    g.add_argument("--teacher", help="teacher checkpoint whose text tower encodes --labels (default: the model's "
+                   "own, the teacher recorded in its run, or an export's text tower from `export --text`); the "
+                   "model too when --model is not given")
+    add_alias(g, "--student", "--model")
+    add_alias(g, "--export-dir", "--model")
+    add_int8_arg(g)
     p.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt (a BERT teacher with --labels)")
     c = p.add_argument_group("classes (one of)")
-    c.add_argument("--labels", help='comma-separated class names, e.g. "dog,rain,siren" (needs a text encoder)')
+    c.add_argument("--labels", help='comma-separated class names, e.g. "dog,rain,siren", or a file of names (one a '
+                   "line); needs a text encoder (a teacher, or an export with a text tower)")
     c.add_argument("--classes", help="class-matrix file (.npz) saved by tinyclap, no text encoder needed")
     add_templates_arg(p)
     p.add_argument("--long-clip", choices=("windows", "centre"), default="windows",
                    help="clips longer than 5 s: mean of all window embeddings, or the centre crop")
-    p.add_argument("--top", type=int_in(1, MAX_TOP), default=5, help="labels shown per file")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_pool_window_arg(p)
+    add_top_arg(p)
+    add_json_arg(p)
+    add_device_arg(p)
+    add_progress_arg(p)
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file could not be read")
     t = p.add_argument_group("timeline (long audio)")
-    seconds = float_in(0, MAX_WINDOW_SECONDS, low_open=True)
-    t.add_argument("--window", type=seconds, help="per-window timeline with windows of SEC seconds (e.g. 5)")
-    t.add_argument("--hop", type=seconds, default=1.0, help="hop between windows in seconds")
+    add_window_args(t)
     t.add_argument("--segments", action="store_true", help="print segments: consecutive windows with one label "
                    "merged (each window stands for one hop around its centre)")
     t.add_argument("--threshold", type=float_in(0, 1), default=0.0, help="with --segments: a window counts "
                    "for its top label only with at least this probability, else as '(none)'")
     t.add_argument("--none-below", type=float_in(-1, 1), metavar="COS", help="with --segments: a window whose "
                    "best cosine similarity to any class is below COS counts as '(none)' (none of these)")
+    t.add_argument("--smooth", type=float_in(0, 3600), metavar="SEC", help="with --segments: average each "
+                   "window's scores with those of the windows within SEC/2 seconds (0: off; default: "
+                   f"{SMOOTH_WINDOWS:g} x --window)")
+    t.add_argument("--min-segment", type=float_in(0, 3600), metavar="SEC", help="with --segments: runs of "
+                   f"windows shorter than SEC join a neighbour (0: off; default: {MIN_SEGMENT_WINDOWS:g} x --window)")
     t.add_argument("--timeline-csv", help="write the timeline as CSV to PATH ('-' for stdout)")
     t.add_argument("--plot", help="PNG of class probability over time (one file per input: PATH, or PATH_<n>_<stem>)")
     t.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=8, help="windows embedded together")
@@ -70,34 +97,45 @@ def _classifier(args: argparse.Namespace) -> Any:
     """The `tinyclap.Classifier` the options describe (an export, or a PyTorch model + classes)."""
     from tinyclap.classifier import Classifier
 
+    export_model(args)
     if args.export_dir:
-        if args.student or args.model or args.teacher or args.labels:
-            raise ValueError(
-                "--export-dir brings its own model and classes: drop --student/--model/--teacher/--labels"
-            )
-        return Classifier.from_export(args.export_dir, int8=args.int8, classes=args.classes,
-                                      batch_size=args.batch_size)
+        if args.student or args.model or args.teacher:
+            raise ValueError("an export folder brings its own model (and text tower): drop --teacher")
+        if args.labels and args.classes:
+            raise ValueError("give --labels or --classes, not both")
+        classes = parse_labels(args.labels) or args.classes
+        return Classifier.from_export(args.export_dir, int8=args.int8, classes=classes, templates=args.templates,
+                                      batch_size=args.batch_size, pool_window=args.pool_window)
     if args.int8:
-        raise ValueError("--int8 needs --export-dir (int8 models exist only in exports)")
+        raise ValueError("--int8 needs an export folder as --model (int8 models exist only in exports)")
     spec = args.student or args.model or args.teacher
     if spec is None:
-        raise ValueError("give a model: --student CKPT, --teacher CKPT, --model SPEC or --export-dir DIR")
-    labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
+        raise ValueError("give a model: --model RUN|CHECKPOINT|NAME|EXPORT_DIR")
+    labels = parse_labels(args.labels)
     clf = Classifier.from_model(spec, args.classes or labels or None, teacher=args.teacher, tokenizer=args.tokenizer,
-                                templates=args.templates, batch_size=args.batch_size)
+                                templates=args.templates, batch_size=args.batch_size, device=_device(args.device),
+                                pool_window=args.pool_window)
     if clf.classes is None:
         raise ValueError('give the classes: --labels "a,b,c" (with a text encoder) or --classes FILE.npz')
     return clf
 
 
+def _device(device: str) -> Any:
+    from tinyclap._util import resolve_device
+
+    return resolve_device(device)
+
+
 def run(args: argparse.Namespace) -> int:
     if (args.timeline_csv or args.plot or args.segments) and args.window is None:
         raise ValueError("--timeline-csv, --plot and --segments need --window SEC (timeline mode)")
+    args.files = audio_inputs(args.files)
     clf = _classifier(args)
     if args.window is not None:
         return _run_timelines(args, clf)
     try:
-        results = clf.classify_files(args.files, args.top, long_clip=args.long_clip, progress=len(args.files) > 20)
+        results = clf.classify_files(args.files, args.top, long_clip=args.long_clip,
+                                     progress=not args.no_progress and len(args.files) > 20)
     except ValueError as e:  # non-finite embeddings: the model is broken, not the audio
         raise ValueError(f"{args.export_dir or args.student or args.model or args.teacher}: {e}") from e
     from tinyclap.classifier import format_ranked, ranked_json
@@ -150,9 +188,10 @@ def _file_timeline(args: argparse.Namespace, f: str, clf: Any, writer: Any, tabl
 
     labels = clf.labels
     tl = Timeline(labels, [], args.window, args.hop)
+    source = clf.iter_timeline(f, args.window, args.hop)  # a refused file fails here, before its name is printed
 
     def rows() -> Iterator[Any]:
-        for row in clf.iter_timeline(f, args.window, args.hop):
+        for row in source:
             tl.rows.append(row)
             if writer is not None:
                 writer.writerow([display_path(f), f"{row.start:.3f}", f"{row.end:.3f}", labels[row.top()],
@@ -168,9 +207,15 @@ def _file_timeline(args: argparse.Namespace, f: str, clf: Any, writer: Any, tabl
     for _ in it:  # the rest (segments view, CSV or JSON only)
         pass
     if table and args.segments:
-        for line in format_segments(tl.segments(args.threshold, min_similarity=args.none_below)):
+        for line in format_segments(_segments(args, tl)):
             print(line)
     return tl
+
+
+def _segments(args: argparse.Namespace, tl: Any) -> list[Any]:
+    """The segments the options ask for (--threshold, --none-below, --smooth, --min-segment)."""
+    return tl.segments(args.threshold, min_similarity=args.none_below, smooth=args.smooth,
+                       min_segment=args.min_segment)
 
 
 def _run_timelines(args: argparse.Namespace, clf: Any) -> int:
@@ -193,17 +238,14 @@ def _run_timelines(args: argparse.Namespace, clf: Any) -> int:
                 out = _plot_path(args.plot, i, f, len(args.files))
                 plot_timeline(tl.rows, labels, out, title=os.path.basename(f))
                 print(f"wrote {out}", file=sys.stderr)
-    if args.json:
+    if args.json:  # the tinyclap.classify document (docs/json.md)
+        from tinyclap.schemas import classify_document, timeline_result
+
         timelines = []
         for f, tl in results:
-            item: dict[str, Any] = {"file": f, "rows": [row.to_dict(labels) for row in tl.rows]}
-            if args.segments:
-                segs = tl.segments(args.threshold, min_similarity=args.none_below)
-                item["segments"] = [seg.to_dict() for seg in segs]
-            timelines.append(item)
-        out_json = {"window": args.window, "hop": args.hop, "labels": labels, "timelines": timelines,
-                    "failed": [{"file": p, "error": e} for p, e in failed]}
-        print(json.dumps(out_json, indent=1))
+            segs = _segments(args, tl) if args.segments else None
+            timelines.append(timeline_result(f, tl.rows, labels, args.window, args.hop, args.top, segs))
+        print(json.dumps(classify_document(timelines, failed), indent=1))
     _report_failed(failed, len(args.files))
     return 1 if (failed and args.strict) or not results else 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tinyclap.cli._common import add_command
+from tinyclap.cli._common import add_alias, add_command, add_model_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = DemoOptions()
     p = add_command(sub, "demo", "run the whole pipeline end to end, offline (default: generated sounds)")
     p.add_argument("--out", default=d.out, help="output folder (finished stages are reused on a rerun)")
-    p.add_argument("--student", default=d.student, help="student name")
+    add_model_arg(p, f"the student to train, a name (none given: {d.student})")
+    add_alias(p, "--student", "--model", dest="model")
     p.add_argument("--per-class", type=int, default=d.per_class, help="generated clips per class")
     p.add_argument("--epochs1", type=int, default=d.epochs1, help="stage-1 epochs (the paper: 100)")
     p.add_argument("--epochs2", type=int, default=d.epochs2, help="stage-2 epochs (the paper: 10)")
@@ -36,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.esc50:
         args.dataset, args.root = "esc50", args.esc50
-    names = ("per_class", "epochs1", "epochs2", "student")
-    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}  # else DemoOptions' defaults
+    names = {"per_class": "per_class", "epochs1": "epochs1", "epochs2": "epochs2", "student": "model"}
+    given = {k: getattr(args, a) for k, a in names.items() if getattr(args, a) is not None}  # else DemoOptions'
     opt = DemoOptions(
         out=args.out, export=not args.no_export, teacher=args.teacher, tokenizer=args.tokenizer,
         dataset=args.dataset, root=args.root, data=tuple(args.data), **given,

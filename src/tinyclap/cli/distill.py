@@ -10,12 +10,23 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tinyclap.cli._common import BATCH, EPOCHS, WORKERS, add_command, float_in, int_in
+from tinyclap.cli._common import (
+    BATCH,
+    EPOCHS,
+    add_alias,
+    add_command,
+    add_device_arg,
+    add_model_arg,
+    add_progress_arg,
+    add_workers_arg,
+    float_in,
+    int_in,
+)
 from tinyclap.train.config import DistillConfig
 from tinyclap.train.recipes import SCHEDULES
 
 # DistillConfig field -> option dest, where the names differ (the rest are spelled alike)
-_DEST = {"plateau_factor": "factor", "plateau_patience": "patience"}
+_DEST = {"plateau_factor": "factor", "plateau_patience": "patience", "student": "model"}
 # DistillConfig field -> the flag that switches it off
 _OFF = {"progress": "no_progress", "tensorboard": "no_tensorboard"}
 _D = " (default: %(default)s)"
@@ -96,20 +107,19 @@ def _add_loss(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
 
 def _add_run(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     r = p.add_argument_group("run")
-    r.add_argument("--workers", type=WORKERS, default=d["workers"], help="DataLoader workers" + _D)
+    add_workers_arg(r, d["workers"])
     r.add_argument(
         "--ckpt-every", type=int_in(0, 1 << 30), default=d["ckpt_every"],
         help="also checkpoint every N steps (0: epoch ends)" + _D,
     )  # fmt: skip
     r.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    r.add_argument("--device", default=d["device"], help="auto (cuda if available), cpu, cuda, cuda:1, ..." + _D)
+    add_device_arg(r)
     r.add_argument("--compile", action="store_true", help="torch.compile the student (CUDA)")
     r.add_argument(
         "--deterministic", action="store_true", help="deterministic algorithms during the run (slower on GPU)"
     )
-    r.add_argument("--no-progress", action="store_true", help="no progress bars or console log")
+    add_progress_arg(r)
     r.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard scalars")
-    r.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -121,7 +131,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checkpoint). Loss: by default (--recipe paper) minus the cosine between the student's and the "
         "teacher's embeddings.",
     )
-    p.add_argument("--student", help="student name, e.g. phinet_alpha_1.50_beta_0.75_t0_6_N_7")
+    add_model_arg(p, "the student to train, a name, e.g. phinet_alpha_1.50_beta_0.75_t0_6_N_7")
+    add_alias(p, "--student", "--model", dest="model")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, final student)")
     defaults = DistillConfig.defaults()
     _add_targets(p, defaults)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tinyclap.cli._common import add_command, float_in, int_in
+from tinyclap.cli._common import add_command, add_progress_arg, float_in, int_in
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--allow-unverified", action="store_true",
                         help="accept files that have no published checksum (their SHA-256 is printed)")
     parser.add_argument("--keep-archives", action="store_true", help="keep archives after extracting them")
-    parser.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_progress_arg(parser)
     parser.add_argument("--timeout", type=float_in(0, 3600, low_open=True), default=30.0,
                         help="seconds before a stalled connection is retried")
     parser.add_argument("--retries", type=int_in(0, 100), default=5,

@@ -14,37 +14,61 @@ import argparse
 import json
 import sys
 
-from tinyclap.cli._common import add_command
+from tinyclap.cli._common import (
+    BATCH,
+    WINDOW_SECONDS,
+    add_command,
+    add_int8_arg,
+    add_json_arg,
+    add_model_arg,
+    add_progress_arg,
+    add_window_args,
+    add_workers_arg,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "embed", "embed audio files into a searchable index (incremental, resumable)",
                     description=__doc__.split("\n\n", 1)[1].strip())
     p.add_argument("sources", nargs="+", metavar="SRC",
-                   help="audio files, folders (recursive), manifests or KIND:PATH[#folds=..] specs")
-    p.add_argument("--model", required=True,
-                   help="student run/checkpoint/name, teacher checkpoint, or export folder (torch-free)")
-    p.add_argument("--int8", action="store_true", help="with an export folder: its model.int8.onnx")
+                   help="audio files, folders (recursive), manifest:FILE (a list of paths) or KIND:PATH[#folds=..] "
+                   "specs")
+    add_model_arg(p, required=True)
+    add_int8_arg(p)
     p.add_argument("--out", required=True, metavar="INDEX", help="index folder (created; reruns update it)")
-    p.add_argument("--window", type=float, default=5.0, help="window length in seconds")
-    p.add_argument("--hop", type=float, help="hop between windows in seconds (default: --window)")
-    p.add_argument("--batch-size", type=int, default=16, help="windows embedded (and committed) together")
-    p.add_argument("--workers", type=int, default=2, help="decoding threads (0: decode inline)")
+    add_window_args(p)
+    p.add_argument("--batch-size", type=BATCH, default=16, help="windows embedded (and committed) together")
+    add_workers_arg(p, 2)
     p.add_argument("--overwrite", action="store_true", help="start again if INDEX was built with other settings")
     p.add_argument("--ann", action="store_true",
                    help="also build the approximate (FAISS HNSW) index for `search --approximate` (needs faiss-cpu)")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file could not be read")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress display")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_json_arg(p, "the report")
+    add_progress_arg(p)
     p.set_defaults(func=run)
+
+
+def _check_lists(sources: list[str]) -> None:
+    """A bare file that is not audio (`list.txt`) is refused: a list of paths is named `manifest:list.txt`."""
+    from pathlib import Path
+
+    from tinyclap.audio import display_path
+    from tinyclap.data.files import AUDIO_EXTENSIONS
+
+    for src in sources:
+        path = Path(src).expanduser()
+        if path.is_file() and path.suffix.lower() not in AUDIO_EXTENSIONS:
+            raise ValueError(f"{display_path(src)}: not an audio file; to embed the files it lists, "
+                             f"write manifest:{src}")
 
 
 def run(args: argparse.Namespace) -> int:
     from tinyclap.audio import display_path
     from tinyclap.index.build import embed_sources
 
-    report = embed_sources(args.sources, args.model, args.out, window=args.window, hop=args.hop,
+    _check_lists(args.sources)
+    window = WINDOW_SECONDS if args.window is None else args.window
+    report = embed_sources(args.sources, args.model, args.out, window=window, hop=args.hop,
                            batch_size=args.batch_size, workers=args.workers, int8=args.int8,
                            overwrite=args.overwrite, progress=not args.no_progress)
     if args.ann:

@@ -10,6 +10,8 @@ from tinyclap.cli._common import (
     DatasetArg,
     add_command,
     add_embedding_run_args,
+    add_model_arg,
+    add_pool_window_arg,
     add_templates_arg,
     embedding_run_kwargs,
     require,
@@ -37,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "(the grammar prune and cache take), or a bare KIND with --root PATH."
         ),
     )
-    p.add_argument("--model", required=True, help="student name (random init), checkpoint or run folder")
+    add_model_arg(p, required=True)
     p.add_argument(
         "--dataset",
         required=True,
@@ -66,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="windows",
         help="clips longer than 5 s: mean of all window embeddings or the centre crop",
     )
+    add_pool_window_arg(d)
     p.add_argument("--against-teacher", action="store_true",
                    help="also score the student's teacher (--teacher, else the one recorded in its run) on the same "
                    "clips: accuracy retention, top-1 agreement and mean cosine")
@@ -100,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         long_clip=args.long_clip,
         batch_size=args.batch_size,
         against_teacher=args.against_teacher,
+        pool_window=args.pool_window,
         **embedding_run_kwargs(args),
     )
     ds = report["dataset"]

@@ -8,7 +8,17 @@ import json
 import sys
 from typing import Any
 
-from tinyclap.cli._common import add_command, add_templates_arg, classifier_from_args
+from tinyclap.cli._common import (
+    COUNT,
+    add_command,
+    add_json_arg,
+    add_model_arg,
+    add_pool_window_arg,
+    add_templates_arg,
+    classifier_from_args,
+    float_in,
+    int_in,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,21 +35,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="onnx: the desktop/server runtime; tflm: TensorFlow Lite Micro (microcontrollers)")
     p.add_argument("--window", type=float,
                    help="tflm: seconds of audio per backbone run (features averaged over a clip's windows, "
-                   "head once); default: the preset's window, else 1")
+                   "head once; the same as --pool-window); default: the preset's window, else 1")
     p.add_argument("--dims", type=int,
                    help="tflm: latent entries kept (pruned on the calibration clips); default: the preset's k")
-    p.add_argument("--model", required=True, help="student checkpoint, run folder or student name")
+    add_model_arg(p, "student checkpoint, run folder or student name", required=True)
     c = p.add_argument_group("classes (one of)")
     c.add_argument("--labels", help='comma-separated class names, e.g. "dog,rain,siren" (needs --teacher)')
     c.add_argument("--classes", help="class-matrix file (.npz) saved by tinyclap")
-    p.add_argument("--teacher", help="teacher checkpoint whose text tower encodes --labels")
+    p.add_argument("--teacher", help="teacher checkpoint whose text tower encodes --labels (and --text)")
     p.add_argument("--tokenizer", help="folder with the BERT uncased vocab.txt (with --labels)")
     add_templates_arg(p)
     p.add_argument("--out", required=True, help="output folder (built beside it and swapped in when complete: a "
                    "failed export leaves an earlier one intact)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out even if it is a non-empty folder that is not an earlier export")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    p.add_argument("--opset", type=int_in(17, 30), default=17, help="ONNX opset (>= 17)")
     p.add_argument(
         "--frontend",
         choices=("factorised", "conv"),
@@ -48,8 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quantize", choices=("int8",), help="also write int8 models (static QDQ quantisation)")
     p.add_argument("--calibration", metavar="AUDIO",
-                   help="real recordings for int8 calibration: a folder, a manifest or a KIND:PATH#.. spec")
-    p.add_argument("--calibration-size", type=int, default=32, help="calibration files drawn")
+                   help="real recordings for int8 calibration: an audio file, a folder, @LIST (a file listing audio "
+                   "files) or a KIND:PATH#.. spec")
+    p.add_argument("--calibration-size", type=COUNT, default=32, help="calibration files drawn")
     p.add_argument(
         "--calibration-method",
         choices=("minmax", "entropy", "percentile"),
@@ -59,12 +70,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--parity-audio",
         metavar="AUDIO",
-        help="real recordings (folder, manifest or KIND:PATH#.. spec) for the parity check and the held-out "
+        help="real recordings (an audio file, a folder, @LIST or a KIND:PATH#.. spec) for the parity check and the "
+        "held-out "
         "int8 evaluation (none given: --calibration files not drawn for calibration)",
     )
-    p.add_argument("--parity-size", type=int, default=8, help="files for the fp32 parity check")
+    p.add_argument("--parity-size", type=COUNT, default=8, help="files for the fp32 parity check")
     p.add_argument(
-        "--eval-size", type=int, default=48, help="held-out files for int8 evaluation"
+        "--eval-size", type=COUNT, default=48, help="held-out files for int8 evaluation"
     )
     p.add_argument(
         "--int8-fp32-blocks",
@@ -72,12 +84,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="leading student blocks (PhiNet stem, block 1, ...) kept fp32: a number, or 'auto' ("
         "the fewest reaching --int8-search-target mean cosine on the calibration clips)",
     )
-    p.add_argument("--int8-search-target", type=float, default=0.995,
+    p.add_argument("--int8-search-target", type=float_in(0, 1), default=0.995,
                    help="mean cosine to the fp32 model that the 'auto' --int8-fp32-blocks search aims for")
     p.add_argument(
         "--no-frontend-int8-check", action="store_true", help="skip measuring a quantised front end"
     )
-    p.add_argument("--json", action="store_true", help="print the manifest")
+    add_pool_window_arg(p)
+
+    p.add_argument("--text", action="store_true",
+                   help="also export the teacher's text tower (text.onnx, text.int8.onnx, tokenizer.json): the "
+                   "export then takes any --labels / free text without torch (teacher: --teacher, else the one "
+                   "the model's run records)")
+    add_json_arg(p, "the manifest")
     p.set_defaults(func=run)
 
 
@@ -123,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     from tinyclap.deploy.export import check_out_dir, export
     from tinyclap.deploy.quantize import Int8Options
     from tinyclap.models import load_model
+    from tinyclap.models.embedder import with_pool_window
 
     if bool(args.labels) == bool(args.classes):
         raise ValueError(
@@ -136,8 +155,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--quantize int8 needs --calibration AUDIO (real recordings)")
     check_out_dir(Path(args.out), args.overwrite)
     parity, calibration, heldout = _audio_sets(args)
-    model = load_model(args.model)
+    model = with_pool_window(load_model(args.model), args.pool_window)
     clf = classifier_from_args(args, model, args.model)
+    text = None
+    if args.text:
+        from tinyclap.evaluation.run import resolve_text_model
+
+        text = resolve_text_model(model, args.model, teacher=args.teacher, tokenizer=args.tokenizer)[0]
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)
@@ -161,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         source=str(args.model),
         log=log,
         overwrite=args.overwrite,
+        text=text,
     )
     if args.json:
         print(json.dumps(manifest, indent=2))
@@ -192,6 +217,14 @@ def _print_summary(manifest: dict[str, Any], out: str) -> None:
                 f"  (front end quantised too: mean cosine {r['mean_cosine']:.4f}, "
                 f"top-1 agreement {100 * r.get('top1_agreement', float('nan')):.1f} %; kept fp32)"
             )
+    t = manifest.get("text")
+    if t:
+        for name in ("text.onnx", "text.int8.onnx"):
+            r = t["parity"][name]
+            agree = r.get("zero_shot_top1_agreement")
+            print(f"  text   {name:18s} mean cosine {r['mean_cosine']:.4f} (min {r['min_cosine']:.4f}) on "
+                  f"{t['parity']['texts']} texts, {r['latency_ms_per_text']:.1f} ms/text"
+                  + ("" if agree is None else f", zero-shot top-1 agreement {100 * agree:.1f} %"))
     for name, f in manifest["files"].items():
         print(f"  {name:18s} {f['bytes'] / 1e6:8.2f} MB  sha256 {f['sha256'][:16]}...")
 
@@ -218,7 +251,10 @@ def _run_tflm(args: argparse.Namespace) -> int:
     parity = pick(pool or calibration, args.eval_size, seed=1)
     model = load_model(args.model)
     preset = preset_of(getattr(model, "name", ""))
-    window = args.window if args.window is not None else (PRESETS[preset].window if preset else 1.0)
+    if args.window is not None and args.pool_window is not None and args.window != args.pool_window:
+        raise ValueError("--window and --pool-window name the same thing for --target tflm: give one")
+    given = args.window if args.window is not None else args.pool_window
+    window = given if given is not None else (PRESETS[preset].window if preset else 1.0)
     clf = classifier_from_args(args, model, args.model)
     manifest = export_tflm(model, args.out, clf, window=window, dims=args.dims, calibration_audio=calibration,
                            parity_audio=parity, source=str(args.model), overwrite=args.overwrite,

@@ -1,18 +1,19 @@
 """`tinyclap info`: the student zoo with parameters and MACs for a 5 s clip; the microcontroller students with
-their measured int8 flash and TFLM arena; `--fit` lists those that fit a device."""
+their measured int8 flash and TFLM arena (`--fit`: those that fit a device); `--teachers`: the teacher kinds."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from tinyclap.cli._common import add_command
+from tinyclap.cli._common import add_command, add_json_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "info", "list the students (params, MACs) and the microcontroller students (measured "
-                    "int8 flash and TFLM arena); --fit lists those that fit a device")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p = add_command(sub, "info", "list the registered students with params and MACs for a 5 s clip")
+    add_json_arg(p, "the list")
+    p.add_argument("--teachers", action="store_true",
+                   help="list the teacher kinds instead: audio format, prompt style, parameters, licence")
     p.add_argument("--fit", metavar="LIMITS",
                    help="microcontroller limits, e.g. sram=256k,flash=512k: list the MCU students whose measured "
                    "TFLM arena and int8 flash (model + 50 int8 classes) fit")
@@ -23,27 +24,51 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _mcu_rows(window: float) -> list[dict]:
     from tinyclap.deploy.mcu.budget import latency_estimates, rows_at
 
-    rows = []
-    for r in rows_at(window):
-        rows.append({**r, "latency_estimate_ms": latency_estimates(r["macs_per_window"])})
-    return rows
+    return [{**r, "latency_estimate_ms": latency_estimates(r["macs_per_window"])} for r in rows_at(window)]
+
+
+def run_fit(args: argparse.Namespace, mcu: list[dict]) -> int:
+    """`--fit`: the MCU students whose measured arena and flash are within the limits."""
+    from tinyclap.deploy.mcu.budget import fits, format_table, parse_fit
+
+    limits = parse_fit(args.fit)
+    chosen = fits(mcu, limits.get("sram"), limits.get("flash"))
+    if args.json:
+        print(json.dumps({"limits": limits, "window": args.window, "fit": chosen}, indent=2))
+    elif chosen:
+        print(format_table(chosen))
+    else:
+        print(f"no MCU student fits {args.fit} at a {args.window} s window")
+    return 0
+
+
+def run_teachers(args: argparse.Namespace) -> int:
+    from tinyclap.models.teacher_kinds import list_teacher_kinds
+
+    rows = list_teacher_kinds()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'teacher':12s} {'towers':30s} {'audio':>14s} {'audio params':>13s} {'text params':>12s} {'fp32 MB':>8s}"
+          "  licence")
+    for r in rows:
+        audio = f"{r['sample_rate'] / 1000:g} kHz, {r['window_s']:g} s"
+        print(f"{r['kind']:12s} {r['towers']:30s} {audio:>14s} {r['audio_params']:>13,d} {r['text_params']:>12,d} "
+              f"{r['fp32_mb']:>8.1f}  {r['licence']}")
+    for r in rows:
+        print(f"  {r['kind']}: --teacher {r['spec']}; prompts {r['template']!r}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinyclap.audio.frontend import LogMel
-    from tinyclap.deploy.mcu.budget import fits, format_table, parse_fit
+    if args.teachers:
+        return run_teachers(args)
+    from tinyclap.deploy.mcu.budget import format_table
 
-    limits = parse_fit(args.fit) if args.fit else None
     mcu = _mcu_rows(args.window)
-    if limits is not None:
-        chosen = fits(mcu, limits.get("sram"), limits.get("flash"))
-        if args.json:
-            print(json.dumps({"limits": limits, "window": args.window, "fit": chosen}, indent=2))
-        elif chosen:
-            print(format_table(chosen))
-        else:
-            print(f"no MCU student fits {args.fit} at a {args.window} s window")
-        return 0
+    if args.fit:
+        return run_fit(args, mcu)
+    from tinyclap.audio.frontend import LogMel
     from tinyclap.models.students import count_macs, count_params, create_student, list_students
 
     n_frames = LogMel().n_frames(220500)

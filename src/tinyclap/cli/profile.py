@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from tinyclap.cli._common import add_command
+from tinyclap.cli._common import add_command, add_json_arg, add_model_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,12 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "size, MACs, memory and 1-thread CPU latency of a student (torch, ORT fp32/int8) vs the teacher",
         description="Profiles one 5 s clip. See tinyclap.deploy.profile for the methods.",
     )
-    p.add_argument("--model", help="student name, checkpoint or run folder (required unless --target mcu)")
+    add_model_arg(p, "student name, checkpoint or run folder (required unless --target mcu)")
     p.add_argument("--target", choices=("cpu", "mcu"), default="cpu",
                    help="cpu: measure here; mcu: the MCU students' measured int8 flash and TFLM arena per "
                    "window, with a latency ESTIMATE for Cortex-M4 @ 120 MHz and M7 @ 480 MHz")
     p.add_argument("--window", type=float, help="--target mcu: only this window (seconds)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per model (one per line)")
+    add_json_arg(p, "one object per model (one per line)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per measurement")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     p.add_argument("--threads", type=int, default=1, help="CPU threads")

@@ -8,6 +8,7 @@ from tinyclap.cli._common import (
     EPOCHS,
     add_command,
     add_embedding_run_args,
+    add_model_arg,
     add_templates_arg,
     embedding_run_kwargs,
     float_in,
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Datasets are NAME:PATH[#folds=1,2&limit=N&subset=S] with NAME in esc50, esc10, us8k, tut17, csv."
         ),
     )
-    p.add_argument("--model", required=True, help="student run folder / checkpoint (or a teacher)")
+    add_model_arg(p, "student run folder or checkpoint (or a teacher)", required=True)
     p.add_argument("--dims", type=_dims, required=True, help="latent sizes, e.g. 768,512,256,128,64,32")
     p.add_argument(
         "--calibration", required=True, metavar="DATASET", help="calibration set, e.g. esc50:DIR#folds=1"

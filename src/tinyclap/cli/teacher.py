@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tinyclap.cli._common import add_command
+from tinyclap.cli._common import add_command, add_progress_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train on the first N clips of each class of --folds (a quick try)")
     b.add_argument("--seed", type=int, default=0, help="seeds the head's initialisation and batches")
     b.add_argument("--embed-dim", type=int, default=1024, help="shared-space size (MS CLAP 2022: 1024)")
-    b.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_progress_arg(b)
     b.set_defaults(func=run_build_proxy)
 
 

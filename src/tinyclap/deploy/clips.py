@@ -14,19 +14,29 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyclap._util import progress
+from tinyclap._util import display_path, progress
 from tinyclap.audio import CLIP_SAMPLES, SAMPLE_RATE, AudioError, fit_clip, load_audio
 from tinyclap.data import AUDIO_EXTENSIONS
 
 
 def find_audio(spec: str | os.PathLike) -> list[Path]:
-    """Audio files named by `spec`: a folder (recursive, by extension, hidden files skipped), a manifest, or a
-    dataset spec in the one grammar (`us8k:DIR#folds=1&limit=64`, see `tinyclap.data.spec`); absolute and
-    sorted. An error names the spec when there are none."""
+    """Audio files named by `spec`: an audio file, a folder (recursive, by extension, hidden files skipped), a
+    list of files named explicitly (`@LIST` or `manifest:LIST`), or a dataset spec in the one grammar
+    (`us8k:DIR#folds=1&limit=64`, see `tinyclap.data.spec`); absolute and sorted. Any other file is refused
+    (it is never read as a list by accident). An error names the spec when there are none."""
     from tinyclap.data import DatasetError, parse_data_spec
+    from tinyclap.data.files import is_audio_name
 
+    text = os.fspath(spec)
+    if text.startswith("@"):
+        text = "manifest:" + text[1:]
+    elif os.path.isfile(text):
+        if is_audio_name(text):
+            return [Path(text).resolve()]
+        raise ValueError(f"{display_path(text)}: not an audio file ({', '.join(AUDIO_EXTENSIONS)}); a list of "
+                         f"files is given as @{display_path(text)}")
     try:
-        files = parse_data_spec(os.fspath(spec))
+        files = parse_data_spec(text)
     except DatasetError as e:
         raise ValueError(f"{e} (audio files: {', '.join(AUDIO_EXTENSIONS)})") from None
     return sorted(Path(f).resolve() for f in files)

@@ -4,10 +4,14 @@ An export folder holds:
 
 - `model.onnx`    waveform (B, 220500) at 44.1 kHz -> L2-normalised embedding (B, D); dynamic batch.
 - `student.onnx`  log-mel (B, T, 64) -> L2-normalised embedding (B, D); dynamic batch and frames.
+  With `pool_window=W` (recorded in the manifest), model.onnx embeds each clip from W s windows (backbone
+  per window, features averaged, head once; `tinyclap.deploy.onnx`) and the runtime uses it as it is.
 - `model.int8.onnx`, `student.int8.onnx` (with `quantize="int8"`): ONNX Runtime static QDQ quantisation.
 - `classes.npz`   the zero-shot class matrix (`tinyclap.zeroshot.ZeroShotClassifier.save`).
 - `manifest.json` rates, clip length, front-end and student config, versions, SHA-256 of every file,
   parity and quantisation results. `tinyclap.runtime` (torch-free) refuses files whose hash differs.
+- with `text=TEACHER`: `text.onnx`, `text.int8.onnx`, `tokenizer.json`, the teacher's text tower for free-text
+  labels without torch (`tinyclap.deploy.text`; parity, size and latency in the manifest's `text` block).
 
 The folder is built in a temporary sibling (`.<name>.export-XXXX`) and swapped into place only when it is
 complete (manifest written last): a failed export (parity, quantisation, a full disk, Ctrl-C) leaves an
@@ -51,6 +55,7 @@ from tinyclap.deploy.runtime import (
     ExportError,
     read_manifest,
 )
+from tinyclap.deploy.text import TEXT_FILES
 from tinyclap.zeroshot import ZeroShotClassifier
 
 
@@ -58,7 +63,7 @@ def _quiet(msg: str) -> None:
     """The silent log."""
 
 
-EXPORT_FILES = (MODEL_FILE, STUDENT_FILE, MODEL_INT8_FILE, STUDENT_INT8_FILE, CLASSES_FILE)
+EXPORT_FILES = (MODEL_FILE, STUDENT_FILE, MODEL_INT8_FILE, STUDENT_INT8_FILE, CLASSES_FILE, *TEXT_FILES)
 
 
 def _check_request(student: nn.Module, classifier: ZeroShotClassifier, frontend: str, quantize: str | None) -> None:
@@ -76,8 +81,10 @@ def _check_request(student: nn.Module, classifier: ZeroShotClassifier, frontend:
 
 def check_out_dir(out: Path, overwrite: bool = False) -> None:
     """Refuse an output path that is a file, or a non-empty folder that is not an earlier export (unless
-    `overwrite`): exporting replaces the whole folder."""
+    `overwrite`): exporting replaces the whole folder; or one where no folder can be made (tried at once,
+    before minutes of parity checks: a read-only disk, /proc, a parent that is a file)."""
     if not os.path.lexists(out):
+        _check_can_create(out)
         return
     if out.is_symlink() or not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")
@@ -90,6 +97,18 @@ def check_out_dir(out: Path, overwrite: bool = False) -> None:
             f"{out}: not empty and not a tinyclap export ({e}); pass --overwrite (overwrite=True) to replace "
             "the folder and everything in it"
         ) from e
+
+
+def _check_can_create(out: Path) -> None:
+    """A temporary folder made and removed in the nearest existing parent of `out` (where the export's
+    staging folder will be made), else a ValueError naming `out` and why."""
+    parent = out.absolute().parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.check-", dir=parent))
+    except OSError as e:
+        raise ValueError(f"{out}: cannot create the export folder there ({e.strerror or e})") from None
 
 
 @contextlib.contextmanager
@@ -134,7 +153,8 @@ def _file_entries(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def _describe(
-    student: nn.Module, lm: LogMel, classifier: ZeroShotClassifier, frontend: str, opset: int, source: str | None
+    student: nn.Module, lm: LogMel, classifier: ZeroShotClassifier, frontend: str, opset: int, source: str | None,
+    pool_window: float | None = None,
 ) -> dict[str, Any]:
     """The manifest's description of the model: rates, inputs, output, front end, student and classes."""
     dim = int(student.embed_dim)
@@ -149,6 +169,7 @@ def _describe(
         "frontend_onnx": frontend,
         "student": {"name": student.name, "config": student.config(), "source": source},
         "embed_dim": dim,
+        "pool_window": pool_window,
         "opset": int(opset),
         "inputs": {
             MODEL_FILE: {"name": "waveform", "shape": ["batch", CLIP_SAMPLES], "dtype": "float32"},
@@ -180,19 +201,26 @@ def export(
     source: str | None = None,
     log: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    pool_window: float | None = None,
+    text: Any = None,
 ) -> dict[str, Any]:
     """Export `model` (StudentEmbedder or student) with its class matrix to `out_dir`; returns the manifest.
+    `pool_window` (seconds; default: the one `model` embeds with, if any): model.onnx pools windows.
 
     fp32 parity (cosine >= 0.9999 on `parity_audio`, real recordings) is checked and a failure raises
     ParityError; the folder is built beside `out_dir` and swapped into place only when complete, so a failed
     export leaves an earlier one intact (`check_out_dir`: a non-empty `out_dir` that is not an earlier
     export needs `overwrite=True`). With quantize="int8", `calibration_audio` calibrates and `heldout_audio`
-    (disjoint from it) measures int8 against fp32.
+    (disjoint from it) measures int8 against fp32. `text`: a teacher whose text tower is exported too
+    (`tinyclap.deploy.text_export`), so the export takes free-text labels.
     """
     say = log or _quiet
     student = student_of(model).eval()
     lm = getattr(model, "frontend", None)
     lm = lm if isinstance(lm, LogMel) else LogMel()
+    pool_window = pool_window if pool_window is not None else getattr(model, "pool_window", None)
+    if pool_window is not None and not (isinstance(pool_window, (int, float)) and 0 < pool_window <= CLIP_SECONDS):
+        raise ValueError(f"pool window must be in (0, {CLIP_SECONDS:g}] seconds, got {pool_window!r}")
     _check_request(student, classifier, frontend, quantize)
     final = Path(out_dir)
     check_out_dir(final, overwrite)
@@ -201,20 +229,22 @@ def export(
         raise ValueError("parity needs real recordings, but none of the parity files could be decoded")
     with staged_folder(final) as out:
         manifest = _build(student, lm, classifier, clips, out, final, say,
-                          (opset, frontend, quantize, calibration_audio, heldout_audio, int8, source))
+                          (opset, frontend, quantize, calibration_audio, heldout_audio, int8, source, pool_window,
+                           text))
     return manifest
 
 
 def _build(student: nn.Module, lm: LogMel, classifier: ZeroShotClassifier, clips: Any, out: Path, final: Path,
            say: Callable[[str], None], options: tuple) -> dict[str, Any]:
     """Write every file of the export into `out` (the staging folder), the manifest last; returns it."""
-    opset, frontend, quantize, calibration_audio, heldout_audio, int8, source = options
+    opset, frontend, quantize, calibration_audio, heldout_audio, int8, source, pool, text = options
     t0 = time.perf_counter()
-    say(f"exporting {student.name} to {final} (opset {opset}, {frontend} front end)")
-    paths = export_onnx_models(student, out, opset=opset, frontend=frontend, logmel=lm)
+    pooled = "" if pool is None else f", pooled {pool:g} s windows"
+    say(f"exporting {student.name} to {final} (opset {opset}, {frontend} front end{pooled})")
+    paths = export_onnx_models(student, out, opset=opset, frontend=frontend, logmel=lm, pool_window=pool)
     classifier.save(out / CLASSES_FILE)
     say(f"parity on {len(clips.waves)} clips")
-    parity = parity_report(student, paths["model"], paths["student"], clips.waves, lm)
+    parity = parity_report(student, paths["model"], paths["student"], clips.waves, lm, pool)
     parity["files"] = [os.path.basename(p) for p in clips.paths]
     parity["failed"] = clips.failed
     quant = None
@@ -222,8 +252,17 @@ def _build(student: nn.Module, lm: LogMel, classifier: ZeroShotClassifier, clips
         quant = quantize_export(out, lm, classifier, calibration_audio, heldout_audio, int8,
                                 None if say is _quiet else say)
 
+    text_block = None
+    if text is not None:
+        from tinyclap.deploy.onnx import embedder, torch_run
+        from tinyclap.deploy.text_export import export_text
+
+        say("text tower: ONNX fp32 + int8, tokenizer.json, parity")
+        audio = torch_run(embedder(student, lm), clips.waves)
+        text_block = export_text(text, out, opset=opset, classifier=classifier, audio=audio)
     manifest = {
-        **_describe(student, lm, classifier, frontend, opset, source),
+        **_describe(student, lm, classifier, frontend, opset, source, pool),
+        **({"text": text_block} if text_block is not None else {}),
         "versions": versions("torch", "onnx", "onnxruntime"),
         "files": _file_entries(out),
         "parity": parity,

@@ -5,6 +5,10 @@ Two graphs, both ending in the L2 normalisation (`tinyclap.models.StudentEmbedde
 - `model.onnx`    waveform (B, 220500) at 44.1 kHz -> front end -> student -> embedding (B, D).
 - `student.onnx`  log-mel (B, T, 64) -> student -> embedding (B, D); dynamic batch and frames.
 
+With a pool window W (`pool_window=`), `model.onnx` pools as `StudentEmbedder` does: the clip is cut into W s
+windows inside the graph, the front end (built for W s) and the backbone run on each, the features are
+averaged and the head runs once; `student.onnx` stays one window's log-mel -> embedding.
+
 Front end in ONNX. `tinyclap.audio.frontend.LogMel` computes the STFT as one strided conv1d against a
 (1026, 1024) DFT basis: 725 M multiply-accumulates per 5 s clip, about 22 ms in ONNX Runtime on one core,
 more than the whole int8 student. `tinyclap.audio.frontend.FactorisedLogMel` computes the same log-mel
@@ -56,11 +60,13 @@ def student_of(model: Any) -> nn.Module:
     return student
 
 
-def embedder(student: nn.Module, frontend: nn.Module | None) -> nn.Module:
-    """front end (None: log-mel input) + student + L2 normalisation, in eval mode: what the ONNX files run."""
+def embedder(student: nn.Module, frontend: nn.Module | None, pool_window: float | None = None) -> nn.Module:
+    """front end (None: log-mel input) + student + L2 normalisation, in eval mode: what the ONNX files run
+    (`pool_window`: pooled windows of that many seconds, see the module docstring)."""
     from tinyclap.models import StudentEmbedder
 
-    return StudentEmbedder(student, frontend=nn.Identity() if frontend is None else frontend).eval()
+    fe = nn.Identity() if frontend is None else frontend
+    return StudentEmbedder(student, frontend=fe, pool_window=pool_window).eval()
 
 
 def onnx_export(
@@ -101,10 +107,11 @@ def onnx_export(
     return path
 
 
-def onnx_frontend(kind: str, logmel: LogMel) -> nn.Module:
-    """The front end that model.onnx runs: `FactorisedLogMel` ("factorised") or LogMel itself ("conv")."""
+def onnx_frontend(kind: str, logmel: LogMel, n_samples: int = CLIP_SAMPLES) -> nn.Module:
+    """The front end that model.onnx runs on `n_samples`-sample inputs: `FactorisedLogMel` ("factorised") or
+    LogMel itself ("conv")."""
     if kind == "factorised":
-        return FactorisedLogMel(logmel, CLIP_SAMPLES)
+        return FactorisedLogMel(logmel, n_samples)
     if kind == "conv":
         return logmel
     raise ValueError(f"frontend must be one of {FRONTENDS}, got {kind!r}")
@@ -117,19 +124,22 @@ def export_onnx_models(
     opset: int = DEFAULT_OPSET,
     frontend: str = "factorised",
     logmel: LogMel | None = None,
+    pool_window: float | None = None,
 ) -> dict[str, Path]:
     """Write model.onnx (front end + student) and student.onnx into `out_dir`; returns their paths.
 
     `frontend="factorised"` (default) uses `FactorisedLogMel`; `"conv"` exports `LogMel` as it is (the
-    conv1d STFT, ~5x slower in ONNX Runtime).
+    conv1d STFT, ~5x slower in ONNX Runtime). `pool_window`: model.onnx pools windows of that many seconds.
     """
     lm = LogMel() if logmel is None else logmel
-    fe = onnx_frontend(frontend, lm)
+    pooled = embedder(student, lm, pool_window)
+    fe = onnx_frontend(frontend, lm, pooled.pool_samples or CLIP_SAMPLES)
     out_dir = Path(out_dir)
     wave = torch.randn(2, CLIP_SAMPLES, generator=torch.Generator().manual_seed(0)) * 0.1  # (2, N)
     with torch.no_grad():
         mel = lm(wave)  # (2, T, n_mels)
-    model_path = onnx_export(embedder(student, fe), wave, out_dir / MODEL_FILE, "waveform", {0: "batch"}, opset)
+    model_path = onnx_export(embedder(student, fe, pool_window), wave, out_dir / MODEL_FILE, "waveform",
+                             {0: "batch"}, opset)
     student_path = onnx_export(
         embedder(student, None), mel, out_dir / STUDENT_FILE, "logmel", {0: "batch", 1: "frames"}, opset
     )
@@ -185,12 +195,14 @@ def check_parity(
 
 
 def parity_report(
-    student: nn.Module, model_path: Path, student_path: Path, waves: np.ndarray, logmel: LogMel | None = None
+    student: nn.Module, model_path: Path, student_path: Path, waves: np.ndarray, logmel: LogMel | None = None,
+    pool_window: float | None = None,
 ) -> dict[str, Any]:
-    """Parity of model.onnx vs PyTorch LogMel + student, and of student.onnx vs the student, on `waves`."""
+    """Parity of model.onnx vs PyTorch LogMel + student (pooled like model.onnx), and of student.onnx vs the
+    student, on `waves`."""
     lm = (LogMel() if logmel is None else logmel).eval()
     mel = torch_run(lm, waves)  # (K, T, n_mels)
-    ref_model = torch_run(embedder(student, lm), waves)
+    ref_model = torch_run(embedder(student, lm, pool_window), waves)
     ref_student = torch_run(embedder(student, None), mel)
     return {
         MODEL_FILE: check_parity(ref_model, ort_embed(ort_session(model_path), waves), MODEL_FILE),

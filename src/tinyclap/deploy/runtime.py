@@ -10,7 +10,6 @@ This module must never import torch (tests run it with torch made unimportable).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyclap._util import display_path, is_int_in, read_regular_file
+from tinyclap._util import display_path, is_int_in, loads_json, read_regular_file
 from tinyclap.audio.io import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from tinyclap.zeroshot import MAX_CLASSES_FILE_BYTES, MAX_EMBED_DIM, ZeroShotClassifier
 
@@ -46,10 +45,6 @@ class ExportError(ValueError):
     """An export folder that cannot be used: missing files, a bad manifest, or a file that was modified."""
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
 def read_manifest(export_dir: str | os.PathLike) -> dict[str, Any]:
     """Parse `manifest.json` of an export folder and check its schema (types, required keys, plausible
     rates and sizes, file names inside the folder); every problem is a one-line ExportError naming it."""
@@ -58,10 +53,10 @@ def read_manifest(export_dir: str | os.PathLike) -> dict[str, Any]:
         raise ExportError(f"{display_path(export_dir)}: not an export folder (no such directory)")
     if not os.path.lexists(path):
         raise ExportError(f"{display_path(path)}: missing; not a (complete) tinyclap export folder")
-    try:
-        manifest = json.loads(read_regular_file(path, MAX_MANIFEST_BYTES), parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise ExportError(f"{display_path(path)}: unreadable manifest ({str(e)[:300]})") from e
+    try:  # bounded, strict JSON: no NaN/Infinity, no 1e999, no deep nesting
+        manifest = loads_json(read_regular_file(path, MAX_MANIFEST_BYTES), display_path(path), expect=None)
+    except ValueError as e:
+        raise ExportError(f"{str(e)[:300]} (an unreadable export manifest)") from None
     if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
         fmt = manifest.get("format") if isinstance(manifest, dict) else None
         raise ExportError(f"{display_path(path)}: unknown export format {fmt!r:.80} (expected {EXPORT_FORMAT!r})")
@@ -83,6 +78,10 @@ def _manifest_problem(m: dict[str, Any]) -> str | None:
         return f"clip_samples {clip!r:.40} is not an integer in 1..{MAX_CLIP_SECONDS * rate} ({MAX_CLIP_SECONDS} s)"
     if not is_int_in(dim, 1, MAX_EMBED_DIM):
         return f"embed_dim {dim!r:.40} is not an integer in 1..{MAX_EMBED_DIM}"
+    pool = m.get("pool_window")
+    if pool is not None and (isinstance(pool, bool) or not isinstance(pool, (int, float))
+                             or not 0 < pool <= clip / rate):
+        return f"pool_window {pool!r:.40} is not a number of seconds in (0, clip length]"
     files = m["files"]
     if not isinstance(files, dict):
         return "'files' is not an object"

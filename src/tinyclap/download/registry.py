@@ -138,6 +138,25 @@ _CLAP_2022 = RemoteFile(
     provenance="HF LFS pointer, microsoft/msclap commit 23e65db",
 )
 
+# MS CLAP 2023 teacher (HTS-AT + GPT-2): the file msclap >= 1.3 downloads for version="2023"
+# (CLAPWrapper.model_name["2023"] = "CLAP_weights_2023.pth" from the Hugging Face repo microsoft/msclap).
+# We found no published size or checksum for it, so it is accepted only with --allow-unverified or --sha256.
+_CLAP_2023 = RemoteFile(
+    name="CLAP_weights_2023.pth",
+    urls=("https://huggingface.co/microsoft/msclap/resolve/main/CLAP_weights_2023.pth",),
+    provenance="UNVERIFIED: no published size or checksum found (msclap CLAPWrapper names the file)",
+    max_size=4 << 30,  # HTS-AT (28 M) + GPT-2 (124 M) + projections in fp32: well under 1 GB expected
+)
+
+# GPT-2 tokenizer (MS CLAP 2023's text side: msclap calls AutoTokenizer.from_pretrained("gpt2")), from the
+# Hugging Face repo openai-community/gpt2; no pinned revision or checksum found here, hence UNVERIFIED.
+_GPT2_FILES = tuple(
+    RemoteFile(name=n, urls=(f"https://huggingface.co/openai-community/gpt2/resolve/main/{n}",),
+               provenance="UNVERIFIED: no published checksum found (openai-community/gpt2, branch main)",
+               max_size=8 << 20)
+    for n in ("vocab.json", "merges.txt")
+)
+
 # bert-base-uncased tokenizer, pinned to revision 86b5e0934494bd15c9632b12f734a8a67f723594 of
 # google-bert/bert-base-uncased. Git blob ids of that revision (fb140275..., e5c73d8a..., 45a2321a...,
 # 949a6f01...) are the HF ETags recorded in public caches (e.g. huggingface.co/yaoqi/bert-base-uncased
@@ -263,6 +282,11 @@ def make_registry(*resources: Resource) -> dict[str, Resource]:
 REGISTRY: dict[str, Resource] = make_registry(
     Resource("teacher", "msclap-2022", "Microsoft CLAP 2022 weights (Cnn14 + BERT-base), 2.3 GB",
              (_CLAP_2022,), aliases=("clap-2022", "msclap")),
+    Resource("teacher", "msclap-2023", "Microsoft CLAP 2023 weights (HTS-AT + GPT-2)", (_CLAP_2023,),
+             aliases=("clap-2023",),
+             note="no published checksum: needs --allow-unverified or --sha256 HEX (computed hash is printed)"),
+    Resource("tokenizer", "gpt2", "GPT-2 tokenizer files (MS CLAP 2023's text side)", _GPT2_FILES,
+             note="no published checksum: needs --allow-unverified or --sha256 HEX (computed hash is printed)"),
     Resource("tokenizer", "bert-base-uncased", "BERT uncased tokenizer files (revision 86b5e09)",
              _BERT_FILES, aliases=("bert",)),
     Resource("dataset", "esc50", "ESC-50 (2000 clips, 50 classes), ~0.6 GB", (_ESC50,),

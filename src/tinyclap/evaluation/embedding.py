@@ -2,10 +2,11 @@
 on-disk cache of a dataset's embeddings.
 
 One clip: `clip_windows` (all 5 s windows of a long clip, or its centre crop) and `embed_clip` (the
-renormalised mean of the window embeddings). Many files: `embed_files`, the one "embed these files, skip
-bad ones" function (windows of several clips batched together, decoding in threads ahead of the model).
-A dataset: `embed_dataset`, which caches per (model weights, dataset, clip list, long-clip mode) as `.npy`
-+ `.json` under `default_cache_dir()`.
+renormalised mean of the window embeddings). A student with a pool window (`StudentEmbedder.pool_window`)
+embeds each 5 s window from its shorter pooled windows; the cache key records it. Many files:
+`embed_files`, the one "embed these files, skip bad ones" function (windows of several clips batched
+together, decoding in threads ahead of the model). A dataset: `embed_dataset`, which caches per (model
+weights, dataset, clip list, long-clip mode) as `.npy` + `.json` under `default_cache_dir()`.
 """
 
 from __future__ import annotations
@@ -281,6 +282,8 @@ class _CacheEntry:
             "n_clips": len(clips),
             "clips_sha256": hashlib.sha256(json.dumps(clips).encode()).hexdigest(),
         }
+        if getattr(model, "pool_window", None) is not None:  # a student embedding pooled windows
+            desc["pool_window"] = float(model.pool_window)
         key = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in dataset.name)
         stem = cache_dir / f"{safe}-{key[:24]}"

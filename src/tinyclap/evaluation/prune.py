@@ -57,7 +57,7 @@ from tinyclap.evaluation.run import (
 from tinyclap.models import StudentEmbedder, save_student
 from tinyclap.models.fingerprint import describe_model, load_model_for_eval, model_fingerprint, recorded_teacher
 from tinyclap.models.students import count_macs, count_params
-from tinyclap.zeroshot import ZeroShotClassifier
+from tinyclap.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier
 
 __all__ = [
     "CRITERIA",
@@ -326,7 +326,7 @@ def _load_models(sw: _Sweep, seed: int, teacher: str | None, templates: Sequence
         raise ValueError(f"{sw.text_source} has a {sw.text_model.embed_dim}-d space but {sw.model_spec} has {sw.full}")
     if isinstance(sw.text_model, nn.Module) and sw.text_model is not sw.model:
         sw.text_model.to(sw.dev)
-    sw.templates = read_templates(templates)
+    sw.templates = read_templates(templates, getattr(sw.text_model, "template", DEFAULT_TEMPLATE))  # its style
 
 
 def _calibrate(sw: _Sweep, calibration: str | DatasetSpec, audio: str) -> tuple[np.ndarray, dict[str, Any]]:

@@ -31,8 +31,9 @@ from tinyclap.data.spec import load_eval_dataset
 from tinyclap.evaluation.agreement import Agreement, compare_to_teacher
 from tinyclap.evaluation.embedding import Embedded, default_cache_dir, embed_dataset
 from tinyclap.evaluation.metrics import EvalReport, evaluate, save_confusion_png, write_json
+from tinyclap.models.embedder import with_pool_window
 from tinyclap.models.fingerprint import describe_model, load_model_for_eval, recorded_dims, recorded_teacher
-from tinyclap.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier
+from tinyclap.zeroshot import DEFAULT_TEMPLATE, ZeroShotClassifier, read_templates
 
 __all__ = [
     "align_classifier",
@@ -79,6 +80,12 @@ def resolve_text_model(
         path, rec_tok = _recorded_teacher_or_raise(spec)
         text_model = load_model(path, tokenizer_dir=tokenizer or rec_tok)
         source = f"teacher {path} (recorded in the student's config)"
+    if not hasattr(text_model, "encode_text"):
+        kind = getattr(text_model, "kind", None) or type(text_model).__name__
+        raise ValueError(
+            f"{path}: a {kind!r} model (no text tower), but a teacher is expected here (an MS CLAP .pth, "
+            "or a teacher or proxy-teacher checkpoint/run folder)"
+        )
     if getattr(text_model, "tokenizer", "n/a") is None:
         raise ValueError(
             f"{source} has no tokenizer, so it cannot encode the class prompts: pass --tokenizer DIR "
@@ -89,13 +96,17 @@ def resolve_text_model(
 
 def _recorded_teacher_or_raise(spec: str | os.PathLike | None) -> tuple[str, str | None]:
     """(teacher path, tokenizer) recorded in a student's config; a ValueError saying what to pass if none."""
+    from tinyclap.models.pretrained import is_pretrained, pretrained_teacher
+
+    if is_pretrained(spec):  # a released student: MS CLAP 2022, where `tinyclap download` puts it
+        return pretrained_teacher(str(spec))
     rec = recorded_teacher(spec) if spec is not None else None
     if rec is None:
         raise ValueError(
             f"{spec}: no text encoder for the class prompts: this model has no text tower and its "
-            "config records no teacher. Pass --teacher CKPT --tokenizer DIR (the teacher it was "
-            "distilled from; DIR holds BERT's uncased vocab.txt), or --classes FILE.npz (a class matrix "
-            "saved by tinyclap)"
+            "config records no teacher. Pass --teacher CKPT (the teacher it was distilled from; an MS CLAP "
+            "teacher also needs --tokenizer DIR, a folder with BERT's uncased vocab.txt), --classes FILE.npz "
+            "(a class matrix saved by tinyclap), or use an export made with `tinyclap export --text`"
         )
     if not Path(rec[0]).exists():
         raise ValueError(
@@ -103,30 +114,6 @@ def _recorded_teacher_or_raise(spec: str | os.PathLike | None) -> tuple[str, str
             "or --classes FILE.npz"
         )
     return rec
-
-
-def read_templates(values: Sequence[str] | None) -> list[str]:
-    """Prompt templates from the command line: each value is a template or a file of templates (one a
-    line, blank lines and '#' comments skipped). Every template must contain one '{}'."""
-    if not values:
-        return [DEFAULT_TEMPLATE]
-    out: list[str] = []
-    for v in values:
-        p = Path(os.path.expanduser(v))
-        if "{}" not in v and p.is_file():
-            lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-            found = [ln for ln in lines if ln and not ln.startswith("#")]
-            if not found:
-                raise ValueError(f"{p}: no templates in this file")
-            for t in found:
-                if t.count("{}") != 1:
-                    raise ValueError(f"{p}: template {t!r} must contain exactly one '{{}}'")
-            out.extend(found)
-        elif v.count("{}") == 1:
-            out.append(v)
-        else:
-            raise ValueError(f"template {v!r} must contain exactly one '{{}}' (or be a file of templates)")
-    return out
 
 
 def align_classifier(
@@ -163,9 +150,9 @@ def build_classifier(
     - `classes_file` (a matrix saved by tinyclap): loaded, and reordered to `class_names` when given
       (labels match with or without underscores); as saved when `class_names` is None.
     - else the class names are encoded with prompt `templates` (templates or files of them, see
-      `read_templates`; default "this is the sound of {}") by `text_model` when given, else by the text
-      model `resolve_text_model(model, model_spec, teacher=, tokenizer=)` finds: `teacher`, else the
-      model's own text tower, else the teacher recorded in the run.
+      `read_templates`; default: the text model's `template`, else "this is the sound of {}") by
+      `text_model` when given, else by the text model `resolve_text_model(model, model_spec, teacher=,
+      tokenizer=)` finds: `teacher`, else the model's own text tower, else the teacher recorded in the run.
     """
     if classes_file is not None:
         clf = ZeroShotClassifier.load(classes_file)
@@ -177,7 +164,8 @@ def build_classifier(
             raise ValueError("need a text model or a class-matrix file for the class prompts")
         text_model = resolve_text_model(model, model_spec, teacher=teacher, tokenizer=tokenizer)[0]
     # labels stay the dataset's names; class_prompt turns underscores into spaces for the prompt
-    return ZeroShotClassifier.from_teacher(text_model, list(class_names), read_templates(templates))
+    tpls = read_templates(templates, getattr(text_model, "template", DEFAULT_TEMPLATE))  # the teacher's style
+    return ZeroShotClassifier.from_teacher(text_model, list(class_names), tpls)
 
 
 # --------------------------------------------------------------------------------------------- run_eval
@@ -235,13 +223,12 @@ def _eval_classifier(
     templates: Sequence[str] | None,
 ) -> tuple[ZeroShotClassifier, str]:
     """(class matrix matching the model's space, where its text came from)."""
-    tpls = read_templates(templates)
     if classes_file is not None:
         clf = build_classifier(class_names, classes_file=classes_file)
         text_source = f"class matrix {classes_file}"
     else:
         text_model, text_source, _ = resolve_text_model(model, model_spec, teacher=teacher, tokenizer=tokenizer)
-        clf = build_classifier(class_names, text_model=text_model, templates=tpls)
+        clf = build_classifier(class_names, text_model=text_model, templates=templates)
     dims = recorded_dims(model_spec)
     if clf.embed_dim != model.embed_dim and dims is not None and len(dims) == model.embed_dim:
         # a student pruned by `tinyclap prune`: its k entries are these entries of the teacher's space
@@ -292,7 +279,7 @@ def _report_dict(o: _EvalOutcome, out: Path, png: Path, opts: dict[str, Any], t0
         },
         "protocol": protocol_block(
             ds, o.clf.templates, opts["long_clip"], 5.0, int(o.info["sample_rate"]), esc10=opts["esc10"],
-            seed=opts["seed"],
+            seed=opts["seed"], pool_window=opts["pool_window"],
         ),
         "results": o.report.to_dict(),
         "embed_cache": {"file": None if emb.cache_file is None else os.fspath(emb.cache_file), "reused": emb.cache_hit},
@@ -339,6 +326,7 @@ def run_eval(
     progress: bool = True,
     verbose: bool = True,
     against_teacher: bool = False,
+    pool_window: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on a dataset and write `report.json`, `confusion.png`, `predictions.csv` to out_dir.
 
@@ -346,11 +334,14 @@ def run_eval(
     only once the dataset, the model and the class matrix have loaded. `against_teacher`: also score the
     student's teacher (`teacher`, else the one recorded in its run) on the same clips and report retention,
     top-1 agreement and mean cosine (`tinyclap.evaluation.agreement`) under "against_teacher".
+    `pool_window` (seconds, students only): each 5 s window is embedded as a device does it, from the
+    student's backbone features averaged over windows of that length (`tinyclap.models.embedder`).
     """
     t0 = time.time()
     dataset = load_eval_dataset(dataset_name, root, folds=folds, esc10=esc10, subset=subset, limit=limit)
     dev = resolve_device(device)
     model, fingerprint = load_model_for_eval(model_spec, tokenizer, seed)
+    with_pool_window(model, pool_window)
     if isinstance(model, torch.nn.Module):
         model.to(dev)
     clf, text_source = _eval_classifier(
@@ -377,7 +368,8 @@ def run_eval(
     title = f"{o.info['name']} on {dataset.name}: {100 * report.accuracy:.1f} %"
     png = save_confusion_png(report, None, out / "confusion.png", title=title)
     _write_predictions(out / "predictions.csv", items, report)
-    opts = {"folds": folds, "limit": limit, "long_clip": long_clip, "esc10": esc10, "seed": seed}
+    opts = {"folds": folds, "limit": limit, "long_clip": long_clip, "esc10": esc10, "seed": seed,
+            "pool_window": pool_window}
     result = _report_dict(o, out, png, opts, t0)
     write_json(out / "report.json", result)
     if verbose:

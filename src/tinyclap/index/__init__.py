@@ -14,7 +14,7 @@ Importing this package (and opening and searching an index) imports no torch.
 from tinyclap._util import lazy_exports
 
 _EXPORTS = {
-    ".store": "Index Hit IndexFolderError FileRecord",
+    ".store": "Index Hit IndexDamaged IndexFolderError FileRecord",
     ".build": "EmbedReport embed_sources list_sources",
     ".query": "audio_query text_query",
     ".model": "IndexModel load_index_model",

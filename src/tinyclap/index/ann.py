@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinyclap._util import atomic_write_text
+from tinyclap._util import atomic_write_text, read_json
 
 if TYPE_CHECKING:
     from tinyclap.index.store import Index
@@ -65,10 +65,7 @@ def _load(index: Index) -> Any:
     meta_path, path = index.folder / ANN_META, index.folder / ANN_FILE
     if not path.is_file() or not meta_path.is_file():
         raise ValueError(f"{index.folder}: no approximate index; build it with `tinyclap embed ... --ann`")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{meta_path}: unreadable ({e})") from e
+    meta = read_json(meta_path)  # JSONFileError (a ValueError) naming the file
     if meta.get("rows") != index.rows or meta.get("windows") != len(index):
         raise ValueError(f"{path}: stale (built for {meta.get('windows')} windows, the index has {len(index)}); "
                          "rebuild it with `tinyclap embed ... --ann`")

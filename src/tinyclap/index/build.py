@@ -26,23 +26,24 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from tinyclap._util import atomic_write_text, folder_lock, l2_normalize, sha256_file
+from tinyclap._util import atomic_write_text, folder_lock, l2_normalize
 from tinyclap._util import progress as progress_display
 from tinyclap.audio import AudioError, eval_windows, stream_windows
+from tinyclap.audio.io import MAX_TIMELINE_WINDOW_S
 from tinyclap.index.ann import ANN_FILE, ANN_META
 from tinyclap.index.model import IndexModel, load_index_model
-from tinyclap.index.store import DB, MANIFEST, MATRIX_FILES, Index, IndexFolderError, read_manifest
+from tinyclap.index.store import DB, MANIFEST, MATRIX_FILES, Index, IndexDamaged, IndexFolderError, read_manifest
 
 __all__ = ["EmbedReport", "embed_sources", "list_sources"]
 
 LONG_FILE_WINDOWS = 64  # a file with more windows is embedded in pieces (bounded memory), not decoded whole
 REPORT = "report.json"
 READ_WHOLE_BYTES = 16 << 20  # a file up to this size is read once, hashed and decoded from memory
-MAX_WINDOW_S = 600.0  # a window is decoded whole: 10 minutes at 44.1 kHz is 106 MB
+MAX_WINDOW_S = MAX_TIMELINE_WINDOW_S  # a window is decoded whole: 10 minutes at 44.1 kHz is 106 MB
 
 
 @dataclass
@@ -92,6 +93,21 @@ def list_sources(sources: Iterable[str | os.PathLike]) -> list[str]:
     return sorted(out)
 
 
+def source_labels(sources: Iterable[str | os.PathLike]) -> dict[str, str]:
+    """Absolute path -> label of the files that labelled sources name (`us8k:`, `esc50:`, `tut17:`,
+    `csv:LABELS.csv` specs: what `search` shows beside their hits); plain files and folders have none."""
+    from tinyclap.data import DATASET_NAMES
+    from tinyclap.data.spec import DATA_KINDS, load_eval_dataset, parse_spec
+
+    out: dict[str, str] = {}
+    for entry in sources:
+        spec = parse_spec(os.fspath(entry), DATA_KINDS)
+        if spec.name in DATASET_NAMES:
+            ds = load_eval_dataset(spec.name, spec.root, folds=spec.folds, subset=spec.subset)
+            out.update((os.path.abspath(it.path), ds.classes[it.label]) for it in ds.items)
+    return out
+
+
 def _stat(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -119,11 +135,31 @@ def _plan(index: Index, files: Sequence[str], report: EmbedReport) -> list[str]:
     return todo
 
 
-def _hash(path: str) -> str | None:
+def _open_regular(path: str) -> BinaryIO | None:
+    """`path` opened for reading if it is a regular file, else None: opened non-blocking and checked on the
+    descriptor, so a FIFO never hangs the run (it is then reported by the decoder, naming its type)."""
     try:
-        return sha256_file(path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb", buffering=0)
+
+
+def _hash(path: str) -> str | None:
+    f = _open_regular(path)
+    if f is None:
+        return None
+    h = hashlib.sha256()
+    try:
+        with f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 def _windows(path: str, model: IndexModel, window: float, hop: float,
@@ -138,10 +174,11 @@ def _read_small(path: str, st: tuple[int, int] | None) -> bytes | None:
     memory); None for anything else (decoded from the path, which reports the precise problem)."""
     if st is None or st[0] > READ_WHOLE_BYTES:
         return None
+    f = _open_regular(path)
+    if f is None:
+        return None
     try:
-        with open(path, "rb", buffering=0) as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return None
+        with f:
             data = f.read(READ_WHOLE_BYTES + 1)
     except OSError:
         return None
@@ -175,8 +212,8 @@ def _decode(path: str, model: IndexModel, window: float, hop: float) -> dict[str
             rec["sha256"] = hashlib.sha256(data).hexdigest()
             it = _windows(path, model, window, hop, data)
         else:
-            rec["duration"] = audio_info(path).duration
-            rec["sha256"] = sha256_file(path)
+            rec["duration"] = audio_info(path).duration  # a FIFO, a device: an AudioError naming its type
+            rec["sha256"] = _hash(path)
             it = _windows(path, model, window, hop)
         first = [sw for _, sw in zip(range(LONG_FILE_WINDOWS + 1), it)]  # (start, wave) pairs
         return {"rec": rec, "windows": first}
@@ -317,7 +354,11 @@ def _open_or_create(out: Path, manifest: dict[str, Any], overwrite: bool) -> Ind
             raise IndexFolderError(f"{out}: this index was built with other settings ({', '.join(differ)}); "
                                    "use another --out, or --overwrite to start it again")
         if not differ:
-            return Index.open(out, readonly=False)
+            try:
+                return Index.open(out, readonly=False)
+            except IndexDamaged:
+                if not overwrite:
+                    raise
         for name in (MANIFEST, DB, *MATRIX_FILES, REPORT, ANN_FILE, ANN_META):  # --overwrite: start again
             (out / name).unlink(missing_ok=True)
     _refuse_foreign(out)
@@ -354,6 +395,7 @@ def embed_sources(
     hop = window if hop is None else hop
     rank = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
+    sources = [os.fspath(s) for s in sources]
     files = list_sources(sources)  # bad sources fail here, before any folder is created
     # an export run by the decoding threads themselves: one ONNX Runtime thread per call (no oversubscription)
     threads = 1 if workers > 0 else None
@@ -380,6 +422,11 @@ def embed_sources(
                 raise
         try:
             _run(index, imodel, todo, (window, hop, batch_size, workers), progress and rank == 0, report, not single)
+            assigned = set(mine)
+            labels = {p: lb for p, lb in source_labels(sources).items() if p in assigned}
+            if labels:
+                with contextlib.nullcontext() if single else folder_lock(out):
+                    index.set_labels(labels)
         finally:
             index.close()
         report.seconds = time.perf_counter() - t0

@@ -42,9 +42,17 @@ class IndexModel:
         return out.float().cpu().numpy()
 
     def manifest(self, window: float, hop: float) -> dict[str, Any]:
+        """What an index built with this model records (the teacher's fingerprint hashed here, once per
+        `embed`, not on every load: `search --teacher` compares it)."""
+        info = dict(self.info)
+        teacher = info.get("teacher")
+        if teacher and "teacher_fingerprint" not in info and os.path.exists(teacher):
+            from tinyclap.models.fingerprint import model_fingerprint
+
+            info["teacher_fingerprint"] = model_fingerprint(teacher)
         return {
             "kind": "audio",
-            "model": self.info,
+            "model": info,
             "frontend": self.frontend,
             "sample_rate": self.sample_rate,
             "clip_samples": self.clip_samples,
@@ -102,6 +110,8 @@ def load_index_model(spec: str | os.PathLike | Any, *, int8: bool = False, seed:
     info = {"spec": os.path.abspath(os.fspath(spec)) if path.exists() else os.fspath(spec), "kind": kind,
             "int8": False, "name": getattr(model, "name", None) or path.stem, "fingerprint": fingerprint,
             "teacher": teacher}
+    if hasattr(model, "encode_text"):
+        info["teacher_fingerprint"] = fingerprint
     return IndexModel(model, info, _clip_samples(model), _frontend_config(model))
 
 

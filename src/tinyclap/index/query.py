@@ -16,19 +16,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinyclap._util import l2_normalize
+from tinyclap._util import l2_normalize, mean_embedding
 
 if TYPE_CHECKING:
     from tinyclap.index.store import Index
 
-__all__ = ["audio_query", "index_model", "text_query", "text_side"]
+__all__ = ["OtherModelWarning", "audio_query", "index_model", "text_query", "text_side"]
+
+QUERY_BATCH = 16  # windows of a query file embedded together
 
 
-def text_side(index: Index, teacher: Any = None, tokenizer: str | os.PathLike | None = None) -> Any:
-    """The model whose `encode_text` embeds text queries for `index` (see module doc)."""
+def text_side(index: Index, teacher: Any = None, tokenizer: str | os.PathLike | None = None, *,
+              allow_other: bool = False) -> Any:
+    """The model whose `encode_text` embeds text queries for `index` (see module doc). A `teacher` path is
+    checked against the teacher fingerprint the index recorded (if any): another teacher's text tower
+    ranks the rows meaninglessly, so it is refused unless `allow_other` (then a warning)."""
     if teacher is not None and not isinstance(teacher, (str, os.PathLike)):
         return teacher
     info = index.manifest.get("model") or {}
+    if teacher is not None and info.get("teacher_fingerprint"):
+        _check_fingerprint(index, teacher, _teacher_fingerprint(teacher), "teacher", allow_other)
     spec = teacher or info.get("teacher")
     if spec is None and info.get("source"):
         from tinyclap.models.fingerprint import recorded_teacher
@@ -51,17 +58,20 @@ def text_side(index: Index, teacher: Any = None, tokenizer: str | os.PathLike | 
 
 
 def text_query(index: Index, text: str, *, teacher: Any = None, tokenizer: str | os.PathLike | None = None,
-               templates: Sequence[str] | None = None) -> np.ndarray:
-    """(D,) unit vector of `text`, or of the mean of its prompts when `templates` are given (each a template
-    with one {} or a file of them, as `--templates` everywhere, e.g. "this is the sound of {}")."""
+               templates: Sequence[str] | None = None, raw: bool = False, allow_other: bool = False) -> np.ndarray:
+    """(D,) unit vector of the mean of `text`'s prompts: `text` put into each template (one {} each, or a
+    file of them, as `--templates` everywhere; default: classify's "this is the sound of {}", so a query
+    scores like a class label), or with `raw=True` the text as typed."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError("the text query is empty")
+    if raw and templates:
+        raise ValueError("give templates or ask for the raw text, not both")
     prompts = [text.strip()]
-    if templates:
+    if not raw:
         from tinyclap.evaluation.run import read_templates
 
         prompts = [t.format(text.strip()) for t in read_templates(templates)]
-    model = text_side(index, teacher, tokenizer)
+    model = text_side(index, teacher, tokenizer, allow_other=allow_other)
     import torch
 
     with torch.inference_mode():
@@ -72,14 +82,17 @@ def text_query(index: Index, text: str, *, teacher: Any = None, tokenizer: str |
     return l2_normalize(emb).astype(np.float32)
 
 
-def index_model(index: Index, model: Any = None) -> Any:
-    """The `IndexModel` that embeds audio queries: `model` (a spec or loaded model), else the index's own,
-    refused when its weights no longer match the fingerprint the index was built with."""
+def index_model(index: Index, model: Any = None, *, allow_other: bool = False) -> Any:
+    """The `IndexModel` that embeds audio queries: `model` (a spec or loaded model), else the index's own.
+    Either is refused when its fingerprint is not the one the index was built with (another model ranks
+    the rows meaninglessly), unless `allow_other` (then a warning)."""
     from tinyclap.index.model import load_index_model
 
     info = index.manifest.get("model") or {}
     if model is not None:
         m = load_index_model(model)
+        shown = model if isinstance(model, (str, os.PathLike)) else m.info.get("name")
+        _check_fingerprint(index, shown, m.info["fingerprint"], "model", allow_other)
     else:
         if not info.get("spec"):
             raise ValueError(f"{index.folder}: the index records no model spec; pass the model (--model)")
@@ -92,13 +105,43 @@ def index_model(index: Index, model: Any = None) -> Any:
     return m
 
 
-def audio_query(index: Index, source: Any, *, sample_rate: int | None = None, model: Any = None) -> np.ndarray:
-    """(D,) unit vector of an audio file (path) or a 1-D waveform at `sample_rate`."""
-    from tinyclap.audio import eval_windows, load_audio
+class OtherModelWarning(UserWarning):
+    """A query embedded by a model or teacher the index was not built with (`allow_other=True`)."""
 
-    m = index_model(index, model)
-    if isinstance(source, (str, bytes, os.PathLike)):
-        wave = load_audio(source, m.sample_rate)
+
+def _teacher_fingerprint(spec: str | os.PathLike) -> str | None:
+    from tinyclap.models.fingerprint import model_fingerprint
+
+    return model_fingerprint(spec) if Path(spec).exists() else None
+
+
+def _check_fingerprint(index: Index, shown: Any, fingerprint: str | None, role: str, allow_other: bool) -> None:
+    """Refuse (or with `allow_other`, warn about) a `role` ("model", "teacher") whose fingerprint is not the
+    one the index recorded for it."""
+    info = index.manifest.get("model") or {}
+    recorded = info.get("fingerprint" if role == "model" else "teacher_fingerprint")
+    if fingerprint == recorded:
+        return
+    built = info.get("name") if role == "model" else info.get("teacher")
+    problem = (f"{shown}: not the {role} {index.folder} was built with (fingerprint {fingerprint}; the index "
+               f"records {built}, {recorded})")
+    if not allow_other:
+        raise ValueError(f"{problem}; leave --{role} out to use the index's own, or pass --allow-other-model to "
+                         "rank with it anyway")
+    import warnings
+
+    warnings.warn(f"{problem}: scores are not comparable to the index's own", OtherModelWarning, stacklevel=3)
+
+
+def audio_query(index: Index, source: Any, *, sample_rate: int | None = None, model: Any = None,
+                allow_other: bool = False) -> np.ndarray:
+    """(D,) unit vector of an audio file (path) or a 1-D waveform at `sample_rate` (`model`, `allow_other`:
+    see `index_model`)."""
+    from tinyclap.audio import eval_windows, iter_eval_windows
+
+    m = index_model(index, model, allow_other=allow_other)
+    if isinstance(source, (str, bytes, os.PathLike)):  # an hour-long file is streamed, never decoded whole
+        return mean_embedding(iter_eval_windows(source, m.clip_samples, m.sample_rate), m.embed, QUERY_BATCH)
     else:
         wave = np.asarray(source, dtype=np.float32)
         if wave.ndim != 1 or wave.size == 0 or not np.isfinite(wave).all():

@@ -23,6 +23,7 @@ so the float output holds them exactly), hence the same scores, the same bound a
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -202,9 +203,19 @@ def exact_top(index: Index, queries: np.ndarray, m: int, live: np.ndarray) -> li
             np.add(scores[j], bound, out=edge)  # upper bounds
             cand = np.flatnonzero(edge >= level)
             exact = np.asarray(f16[cand], dtype=np.float32) @ q.astype(np.float32)
+            _check_rescored(index, exact, scores[j][cand], bound[cand])
             top = np.argsort(-exact, kind="stable")[:m]
             results.append((cand[top], exact[top]))
     return results
+
+
+def _check_rescored(index: Index, exact: np.ndarray, approx: np.ndarray, bound: np.ndarray) -> None:
+    """The re-scored rows' fp16 scores must be finite and within the proven bound of their int8 scores:
+    anything else means the matrix files were changed after they were written (IndexDamaged)."""
+    if not (np.isfinite(exact).all() and (np.abs(exact - approx) <= bound).all()):
+        from tinyclap.index.store import damaged
+
+        raise damaged(index.folder, "a row's fp16 and int8 copies disagree beyond rounding")
 
 
 def merge_adjacent(hits: list[tuple[int, float, float, float]], gap: float) -> list[tuple[int, float, float, float]]:
@@ -225,8 +236,9 @@ def merge_adjacent(hits: list[tuple[int, float, float, float]], gap: float) -> l
 
 
 def search_index(index: Index, queries: np.ndarray, k: int = 10, *, min_score: float | None = None,
-                 dedupe: bool = True, approximate: bool = False) -> list[list[Hit]]:
-    """Top-`k` hits for each of (Q, D) queries (normalised here); see `Index.search`."""
+                 dedupe: bool = True, approximate: bool = False, exclude: Iterable[str] = ()) -> list[list[Hit]]:
+    """Top-`k` hits for each of (Q, D) queries (normalised here), none from the files `exclude` names;
+    see `Index.search`."""
     from tinyclap.index.store import Hit
 
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -239,6 +251,10 @@ def search_index(index: Index, queries: np.ndarray, k: int = 10, *, min_score: f
     q = l2_normalize(q).astype(np.float32)
     _, fids, starts, ends = index.window_table()
     live, where = index.row_lookup()
+    left_out = index.file_ids(exclude)
+    if left_out:
+        live = live.copy()
+        live[index.window_table()[0][np.isin(fids, left_out)]] = False
     hop, window = float(index.manifest.get("hop") or 0), float(index.manifest.get("window") or 0)
     gap = max(0.0, hop - window) + 1e-6
     out: list[list[Hit]] = []
@@ -264,7 +280,8 @@ def search_index(index: Index, queries: np.ndarray, k: int = 10, *, min_score: f
                 again.append(qi)
             found[qi] = hits[:k]
         todo, m = again, m * 4
-    paths = index.paths(fid for hits in found.values() for fid, *_ in hits)
+    ids = {fid for hits in found.values() for fid, *_ in hits}
+    paths, labels = index.paths(ids), index.labels(ids)
     for qi in range(q.shape[0]):
-        out.append([Hit(fid, paths[fid], st, en, sc) for fid, st, en, sc in found[qi]])
+        out.append([Hit(fid, paths[fid], st, en, sc, labels.get(fid)) for fid, st, en, sc in found[qi]])
     return out

@@ -5,8 +5,11 @@ Layout of INDEX/ (format `tinyclap-index/1`):
 - `manifest.json`: the model (spec, kind, name, fingerprint, recorded teacher), front-end settings, sample
   rate, clip length, `window`, `hop`, `embed_dim`, `kind` ("audio").
 - `index.sqlite`: `files(id, path, size, mtime_ns, sha256, duration, status, error)` (status "ok" or
-  "error"; an unreadable file is listed with its error and has no windows), `windows(id, file_id, start,
-  end, row)`, and `meta(key, value)` whose `rows` is the number of committed matrix rows.
+  "error"; an unreadable file is listed with its error and has no windows; a path that is not valid UTF-8
+  is stored as its bytes, a BLOB; `label`: its class in the labelled source it was indexed from, if any),
+  `windows(id, file_id, start, end, row)`, `chunks(start, rows, crc32)` (the CRC-32 of each appended batch
+  of rows, checked when the index is opened: `Index.verify`), and `meta(key, value)` whose `rows` is the
+  number of committed matrix rows.
 - `embeddings.f16`: (rows, D) float16, the normalised embeddings, row-major, raw (no header);
   `embeddings.u8` + `scales.f32`: the same rows as int8 q with one float32 scale per row (x ~ scale * q,
   round-to-nearest), stored as the bytes q + 128 (uint8: what ONNX Runtime's integer product reads without
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from tinyclap._util import atomic_write_text
+from tinyclap._util import JSONFileError, atomic_write_text, read_json
 
-__all__ = ["FORMAT", "Index", "IndexFolderError", "FileRecord", "Hit", "MANIFEST", "quantize_rows"]
+__all__ = ["FORMAT", "Index", "IndexDamaged", "IndexFolderError", "FileRecord", "Hit", "MANIFEST", "quantize_rows"]
 
 FORMAT = "tinyclap-index/1"
 MANIFEST = "manifest.json"
@@ -42,21 +46,53 @@ F16 = "embeddings.f16"
 U8 = "embeddings.u8"
 SCALES = "scales.f32"
 MATRIX_FILES = (F16, U8, SCALES)
+VERIFY_OPEN_BYTES = 1 << 30  # a reader's open checks every row's CRC-32 up to this many matrix bytes (~1-3 s)
 
+_CHUNKS = """
+CREATE TABLE IF NOT EXISTS chunks (start INTEGER PRIMARY KEY, rows INTEGER NOT NULL, crc32 INTEGER NOT NULL);
+"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, size INTEGER, mtime_ns INTEGER, sha256 TEXT,
-    duration REAL, status TEXT NOT NULL, error TEXT);
+    duration REAL, status TEXT NOT NULL, error TEXT, label TEXT);
 CREATE TABLE IF NOT EXISTS windows (
     id INTEGER PRIMARY KEY, file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
     start REAL NOT NULL, "end" REAL NOT NULL, row INTEGER NOT NULL UNIQUE);
 CREATE INDEX IF NOT EXISTS windows_file ON windows(file_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+""" + _CHUNKS
 
 
 class IndexFolderError(ValueError):
     """A folder that is not a usable index (missing or damaged files, another model, bad settings)."""
+
+
+class IndexDamaged(IndexFolderError):
+    """Matrix rows that do not match what was written (a checksum, a non-finite value): rebuild the index."""
+
+
+def damaged(folder: Path, what: str) -> IndexDamaged:
+    return IndexDamaged(f"{folder}: index damaged ({what}); rebuild it with `tinyclap embed SRC... --model M "
+                        f"--out {folder} --overwrite`")
+
+
+def db_path(path: str) -> str | bytes:
+    """A file path as the `files` table stores it: its text, or for a name that is not valid UTF-8 (SQLite
+    text must be) its bytes as a BLOB (`os.fsencode`, lossless); `path_of` turns it back."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def path_of(value: str | bytes) -> str:
+    return value if isinstance(value, str) else os.fsdecode(value)
+
+
+def _text(value: str | None) -> str | None:
+    """Text SQLite accepts: undecodable bytes of a file name quoted in an error message become escapes."""
+    return None if value is None else value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -82,10 +118,12 @@ class Hit:
     start: float
     end: float
     score: float
+    label: str | None = None  # the file's label in the labelled source it was indexed from, if any
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file_id": self.file_id, "path": self.path, "start": round(self.start, 3),
-                "end": round(self.end, 3), "score": round(self.score, 6)}
+        out = {"file_id": self.file_id, "path": self.path, "start": round(self.start, 3),
+               "end": round(self.end, 3), "score": round(self.score, 6)}
+        return out if self.label is None else {**out, "label": self.label}
 
 
 def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,12 +144,11 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise IndexFolderError(f"{path}: missing; not an index written by `tinyclap embed`")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IndexFolderError(f"{path}: unreadable manifest ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        fmt = manifest.get("format") if isinstance(manifest, dict) else None
-        raise IndexFolderError(f"{path}: unknown index format {fmt!r} (expected {FORMAT!r})")
+        manifest = read_json(path)  # bounded size and depth, finite numbers, an object
+    except JSONFileError as e:
+        raise IndexFolderError(f"{e}; not a usable index manifest") from None
+    if manifest.get("format") != FORMAT:
+        raise IndexFolderError(f"{path}: unknown index format {manifest.get('format')!r:.80} (expected {FORMAT!r})")
     dim = manifest.get("embed_dim")
     if isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= 1 << 16:
         raise IndexFolderError(f"{path}: invalid embed_dim {dim!r}")
@@ -173,7 +210,16 @@ class Index:
             except sqlite3.Error as e2:
                 raise IndexFolderError(f"{db_path}: not a readable index database ({e2})") from e2
         index = cls(folder, manifest, db, readonly)
-        index._check_matrix_files()
+        try:
+            if not readonly:
+                db.executescript(_CHUNKS)  # an index written before checksums: its new rows get them
+                if "label" not in {r[1] for r in db.execute("PRAGMA table_info(files)")}:
+                    db.execute("ALTER TABLE files ADD COLUMN label TEXT")  # written before labels
+            index._check_matrix_files()
+            index.verify(full=not readonly or index.rows * sum(index._row_bytes().values()) <= VERIFY_OPEN_BYTES)
+        except BaseException:
+            index.close()
+            raise
         return index
 
     @classmethod
@@ -203,6 +249,30 @@ class Index:
                 raise IndexFolderError(f"{path}: holds {size // width} rows but the database references {rows}")
             if size > rows * width and not self.readonly:
                 os.truncate(path, rows * width)  # rows of a batch that never committed (a kill)
+
+    def verify(self, full: bool = True) -> None:
+        """IndexDamaged when a committed row is not what was written: a scale that is not a positive number,
+        or (`full`) rows whose CRC-32 (over their fp16, int8 and scale bytes) differs from the one committed
+        with them (a bit flip, a NaN written over a row, random bytes): one read of every row, about 1 s per
+        GB (`Index.open` does it for writers and for indexes up to VERIFY_OPEN_BYTES; search checks the rows
+        it re-scores in any case, `tinyclap.index.search.exact_top`)."""
+        mats, n = self.matrices(), self.rows
+        for a in range(0, n, 1 << 20):
+            block = np.asarray(mats["scales"][a : a + (1 << 20)])
+            if not (np.isfinite(block).all() and (block > 0).all()):
+                raise damaged(self.folder, f"{SCALES} holds a scale that is not a positive number")
+        if not full:
+            return
+        try:
+            chunks = self.db.execute("SELECT start, rows, crc32 FROM chunks ORDER BY start").fetchall()
+        except sqlite3.OperationalError:  # written before checksums (and opened read-only since): not checked
+            return
+        for start, rows, crc in chunks:
+            end = min(start + rows, n)
+            got = zlib.crc32(np.ascontiguousarray(mats["f16"][start:end]))
+            got = zlib.crc32(np.ascontiguousarray(mats["u8"][start:end]), got)
+            if zlib.crc32(np.ascontiguousarray(mats["scales"][start:end]), got) != crc:
+                raise damaged(self.folder, f"rows {start}..{end - 1} do not match the checksum written with them")
 
     def _row_bytes(self) -> dict[str, int]:
         return {F16: 2 * self.embed_dim, U8: self.embed_dim, SCALES: 4}
@@ -259,7 +329,7 @@ class Index:
         row = self.db.execute("SELECT path FROM files WHERE id = ?", (int(file_id),)).fetchone()
         if row is None:
             raise KeyError(f"no file with id {file_id} in {self.folder}")
-        return Path(row[0])
+        return Path(path_of(row[0]))
 
     def paths(self, file_ids: Iterable[int]) -> dict[int, str]:
         ids = sorted({int(i) for i in file_ids})
@@ -267,8 +337,42 @@ class Index:
         for a in range(0, len(ids), 500):
             chunk = ids[a : a + 500]
             marks = ",".join("?" * len(chunk))
-            out.update(self.db.execute(f"SELECT id, path FROM files WHERE id IN ({marks})", chunk).fetchall())
+            out.update((i, path_of(p)) for i, p in
+                       self.db.execute(f"SELECT id, path FROM files WHERE id IN ({marks})", chunk).fetchall())
         return out
+
+    def labels(self, file_ids: Iterable[int]) -> dict[int, str]:
+        """The labels of those files that have one (indexed from a labelled source: `set_labels`)."""
+        ids = sorted({int(i) for i in file_ids})
+        out: dict[int, str] = {}
+        for a in range(0, len(ids), 500):
+            chunk = ids[a : a + 500]
+            marks = ",".join("?" * len(chunk))
+            try:
+                rows = self.db.execute(f"SELECT id, label FROM files WHERE id IN ({marks}) AND label IS NOT NULL",
+                                       chunk).fetchall()
+            except sqlite3.OperationalError:  # an index written before labels
+                return {}
+            out.update(rows)
+        return out
+
+    def file_ids(self, paths: Iterable[str]) -> list[int]:
+        """The ids of the indexed files that are one of `paths`, or hold the same bytes (SHA-256) as one of
+        them (a copy or an upload of an indexed file): what a search by example leaves out."""
+        from tinyclap._util import sha256_file
+
+        ids: set[int] = set()
+        for p in paths:
+            row = self.db.execute("SELECT id FROM files WHERE path = ?", (db_path(p),)).fetchone()
+            if row is not None:
+                ids.add(int(row[0]))
+            if os.path.isfile(p):
+                try:
+                    digest = sha256_file(p)
+                except OSError:
+                    continue
+                ids.update(int(r[0]) for r in self.db.execute("SELECT id FROM files WHERE sha256 = ?", (digest,)))
+        return sorted(ids)
 
     def files(self, status: str | None = None) -> list[FileRecord]:
         """Every file record (or those of one status: "ok", "error"), by path."""
@@ -276,17 +380,19 @@ class Index:
         args: tuple[Any, ...] = ()
         if status is not None:
             sql, args = sql + " WHERE status = ?", (status,)
-        return [FileRecord(*r) for r in self.db.execute(sql + " ORDER BY path", args).fetchall()]
+        rows = self.db.execute(sql + " ORDER BY path", args).fetchall()
+        return [FileRecord(r[0], path_of(r[1]), *r[2:]) for r in rows]
 
     def search(self, query: np.ndarray, k: int = 10, *, min_score: float | None = None,
-               dedupe: bool = True, approximate: bool = False) -> list[Hit]:
-        """The top-`k` windows (or merged runs of adjacent windows, `dedupe`) by cosine to `query` (D,).
+               dedupe: bool = True, approximate: bool = False, exclude: Iterable[str] = ()) -> list[Hit]:
+        """The top-`k` windows (or merged runs of adjacent windows, `dedupe`) by cosine to `query` (D,),
+        leaving out the files `exclude` names (e.g. the query file of a search by example).
 
         Exact by default; `approximate=True` takes candidates from the FAISS graph (`tinyclap.index.ann`)."""
         from tinyclap.index.search import search_index
 
         return search_index(self, np.asarray(query)[None], k, min_score=min_score, dedupe=dedupe,
-                            approximate=approximate)[0]
+                            approximate=approximate, exclude=exclude)[0]
 
     def search_batch(self, queries: np.ndarray, k: int = 10, *, min_score: float | None = None,
                      dedupe: bool = True, approximate: bool = False) -> list[list[Hit]]:
@@ -321,8 +427,9 @@ class Index:
         """Add files (their record dict and windows) with their windows' embeddings (n, D), in order.
 
         The rows are written and fsynced first; one transaction then replaces any previous entry of each
-        path, inserts the files and windows and raises `rows`. A kill before the commit leaves the index as
-        it was (the extra rows are truncated on the next writable open)."""
+        path, inserts the files and windows, the rows' CRC-32 (`verify`) and raises `rows`. A kill before the
+        commit leaves the index as it was (the extra rows are truncated on the next writable open; at once
+        when the transaction fails)."""
         if self.readonly:
             raise IndexFolderError(f"{self.folder}: opened read-only")
         emb = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.embed_dim)
@@ -336,15 +443,32 @@ class Index:
         f16 = emb.astype(np.float16)
         q, scales = quantize_rows(f16)  # from the stored fp16 values: search's error bound is exact for them
         u8 = q.view(np.uint8) ^ np.uint8(0x80)  # q + 128
+        crc = 0
         for name, data in ((F16, f16), (U8, u8), (SCALES, scales)):
+            data = np.ascontiguousarray(data)
+            crc = zlib.crc32(data, crc)
             with open(self.folder / name, "r+b") as f:
                 f.seek(start * self._row_bytes()[name])
-                f.write(np.ascontiguousarray(data).tobytes())
+                f.write(data.tobytes())
                 f.flush()
                 os.fsync(f.fileno())
+        try:
+            self._commit(records, start, crc)
+        except sqlite3.Error:  # e.g. a value SQLite refuses: nothing committed, the files go back at once
+            if self.rows == start:
+                for name, width in self._row_bytes().items():
+                    os.truncate(self.folder / name, start * width)
+            raise
+        self._maps = self._windows = self._lookup = None
+        self.cache.clear()
+
+    def _commit(self, records: Sequence[tuple[dict[str, Any], list[tuple[float, float]]]], start: int,
+                crc: int) -> None:
+        """One transaction: each file's previous entry replaced, its windows, the rows' checksum, `rows`."""
         row = start
         with self.db:
             for rec, windows in records:
+                rec = {**rec, "path": db_path(rec["path"]), "error": _text(rec["error"])}
                 self.db.execute("DELETE FROM files WHERE path = ?", (rec["path"],))
                 cur = self.db.execute(
                     "INSERT INTO files(path, size, mtime_ns, sha256, duration, status, error) "
@@ -354,9 +478,9 @@ class Index:
                     self.db.execute('INSERT INTO windows(file_id, start, "end", row) VALUES (?, ?, ?, ?)',
                                     (fid, float(s), float(e), row))
                     row += 1
+            if row > start:
+                self.db.execute("INSERT INTO chunks(start, rows, crc32) VALUES (?, ?, ?)", (start, row - start, crc))
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'rows'", (str(row),))
-        self._maps = self._windows = self._lookup = None
-        self.cache.clear()
 
     def reopen_for_append(self) -> None:
         """Before appending under the folder lock (several writers): forget cached maps and truncate rows
@@ -369,15 +493,21 @@ class Index:
         n = 0
         with self.db:
             for p in paths:
-                n += self.db.execute("DELETE FROM files WHERE path = ?", (p,)).rowcount
+                n += self.db.execute("DELETE FROM files WHERE path = ?", (db_path(p),)).rowcount
         self._windows = self._lookup = None
         self.cache.clear()
         return n
 
+    def set_labels(self, labels: dict[str, str]) -> None:
+        """Record the label of indexed files (path -> label: what their labelled source says)."""
+        with self.db:
+            self.db.executemany("UPDATE files SET label = ? WHERE path = ?",
+                                [(_text(lb), db_path(p)) for p, lb in labels.items()])
+
     def touch(self, path: str, size: int, mtime_ns: int) -> None:
         """Record a new size/mtime for a file whose content hash did not change."""
         with self.db:
-            self.db.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, path))
+            self.db.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, db_path(path)))
 
     def close(self) -> None:
         self._maps = self._windows = self._lookup = self.resident = None

@@ -45,6 +45,7 @@ class ExportedModel:
         self.clip_samples = self.runtime.clip_samples
         self.classifier = self.runtime.classifier
         self.name = f"{Path(export_dir).name}/{self.runtime.model_file}"
+        self.pool_window = self.runtime.manifest.get("pool_window")  # pooled inside the graph (None: whole clips)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ExportedModel:

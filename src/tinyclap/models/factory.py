@@ -109,6 +109,22 @@ def _random_student(name: str) -> StudentEmbedder:
     return StudentEmbedder(create_student(name)).eval()
 
 
+PATH_SUFFIXES = (".safetensors", ".json", ".onnx", *FOREIGN_SUFFIXES)
+
+
+def _random_student_or_missing(spec: str) -> StudentEmbedder:
+    """A student name, or an error saying the path does not exist (a spec that looks like a path, or no name)."""
+    from tinyclap._util import display_path
+
+    missing = f"{display_path(spec)}: no such file or folder"
+    if any(c in spec for c in "/\\") or spec.startswith(("~", ".")) or spec.endswith(PATH_SUFFIXES):
+        raise CheckpointError(f"{missing} (a model is a run folder, checkpoint, export folder or student name)")
+    try:
+        return _random_student(spec)
+    except ValueError as e:
+        raise CheckpointError(f"{missing}, nor a student name ({e})") from e
+
+
 def _load_teacher_kind(path: Path, tokenizer_dir: str | os.PathLike | None) -> Any:
     from tinyclap.models.teacher import load_teacher
 
@@ -118,6 +134,7 @@ def _load_teacher_kind(path: Path, tokenizer_dir: str | os.PathLike | None) -> A
 _BY_KIND: dict[str, Callable[[Path, Any], Any]] = {
     "student": lambda path, tok: StudentEmbedder(load_student(path)).eval(),
     "teacher": _load_teacher_kind,
+    "teacher-2023": _load_teacher_kind,
     "proxy-teacher": _load_teacher_kind,
 }
 
@@ -125,16 +142,24 @@ _BY_KIND: dict[str, Callable[[Path, Any], Any]] = {
 def load_model(spec: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None = None) -> Any:
     """Resolve `spec` to an evaluation-ready model with `embed_waveform` (see `AudioEmbedder`).
 
-    `spec` is a registered or well-formed student name (random weights), an official MS CLAP `.pth`, one of
+    `spec` is a released student's name (`tinyclap zoo`, fetched through the Hub cache), a registered or
+    well-formed student name (random weights), an official MS CLAP `.pth`, one of
     our checkpoints (student, teacher or proxy teacher: a .safetensors/.json file or a run folder; a folder
-    with a student holds the student), or an export folder (or its `model.onnx`/`model.int8.onnx`).
+    with a student holds the student), a transformers ClapModel (`hf:REPO[@REVISION]` or its folder), or an
+    export folder (or its `model.onnx`/`model.int8.onnx`).
     `tokenizer_dir` is for a BERT (MS CLAP) teacher's text side; the proxy teacher brings its own.
     """
     from tinyclap.models.exported import ExportedModel, is_export
+    from tinyclap.models.hfclap import is_hf_spec
+    from tinyclap.models.pretrained import is_pretrained, load_pretrained
 
+    if is_hf_spec(spec):  # hf:REPO[@REVISION] or a transformers ClapModel folder
+        return _load_teacher_kind(spec, None)
+    if is_pretrained(spec):  # a released tinyCLAP student by name (`tinyclap zoo`)
+        return load_pretrained(str(spec))
     path = Path(spec)
     if not path.exists():
-        return _random_student(str(spec))
+        return _random_student_or_missing(str(spec))
     if path.suffix in FOREIGN_SUFFIXES:
         return _load_teacher_kind(path, tokenizer_dir)
     if is_export(path):

@@ -21,7 +21,6 @@ accuracy on the held-out fold.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyclap._util import sha256_file
+from tinyclap._util import read_json, sha256_file
 from tinyclap.models.checkpoint import (
     CheckpointError,
     check_state_dict,
@@ -276,17 +275,17 @@ class MiniLMTextTower(nn.Module):
 
         model_dir = package_file(MINILM_DIST, MINILM_DIR) if model_dir is None else Path(model_dir)
         self.model_dir = model_dir
-        pooling = json.loads((model_dir / "1_Pooling" / "config.json").read_text())
+        pooling = read_json(model_dir / "1_Pooling" / "config.json")
         if not pooling.get("pooling_mode_mean_tokens") or any(
             pooling.get(k) for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens",
                                      "pooling_mode_mean_sqrt_len_tokens")
         ):
             raise CheckpointError(f"{model_dir}: only mean pooling is supported, got {pooling}")
-        modules = json.loads((model_dir / "modules.json").read_text())
-        self.normalize = any(m.get("type", "").endswith(".Normalize") for m in modules)
+        modules = read_json(model_dir / "modules.json", expect=list)
+        self.normalize = any(isinstance(m, dict) and str(m.get("type", "")).endswith(".Normalize") for m in modules)
         st_cfg = model_dir / "sentence_bert_config.json"
         self.max_tokens = (
-            int(json.loads(st_cfg.read_text()).get("max_seq_length", MINILM_MAX_TOKENS))
+            int(read_json(st_cfg).get("max_seq_length", MINILM_MAX_TOKENS))
             if st_cfg.is_file() else MINILM_MAX_TOKENS
         )
         config = BertConfig.from_json_file(str(model_dir / "config.json"))

@@ -198,13 +198,26 @@ class TinyCLAPStudent(nn.Module):
         """JSON-able constructor arguments: `TinyCLAPStudent(**student.config())` rebuilds the model."""
         return {"name": self.name, "embed_dim": self.embed_dim, "n_mels": self.n_mels}
 
-    def forward(self, logmel: torch.Tensor) -> torch.Tensor:  # (B, T, M) -> (B, embed_dim)
+    def forward(self, logmel: torch.Tensor, windows: int = 1) -> torch.Tensor:  # (B, T, M) -> (B, embed_dim)
+        """(B, T, n_mels) -> (B, embed_dim); with `windows=K` the rows are K consecutive windows of each of
+        B / K clips, whose backbone features are averaged before the head runs once per clip -> (B / K, D)."""
         if logmel.dim() != 3 or logmel.shape[-1] != self.n_mels:
             raise ValueError(
                 f"student {self.name!r} expects a log-mel of shape (B, T, {self.n_mels}), "
                 f"got {tuple(logmel.shape)}"
             )
-        return self.projection(self.base(logmel))  # (B, 2048) -> (B, embed_dim)
+        feats = self.features(logmel)  # (B, 2048)
+        if windows != 1:
+            feats = feats.reshape(-1, windows, feats.shape[-1]).mean(1)  # (B / K, 2048)
+        return self.head(feats)  # (B / K, embed_dim)
+
+    def features(self, logmel: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_mels) log-mel -> (B, 2048) pooled backbone features (`base`), before the head."""
+        return self.base(logmel)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, 2048) backbone features (one window's, or the mean over a clip's windows) -> (B, embed_dim)."""
+        return self.projection(features)
 
     def encode(self, logmel: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """(B, T, n_mels) -> (B, embed_dim): `forward`, L2-normalised when `normalize=True`."""

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,7 +247,7 @@ def load_tokenizer(folder: str | os.PathLike, vocab_size: int = 30522) -> Any:
 
 
 @contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
+def eval_mode(module: nn.Module) -> Iterator[None]:
     """Run with every submodule in eval mode (no dropout, BN running stats), restoring the flags after."""
     flags = [(m, m.training) for m in module.modules()]
     module.eval()
@@ -298,7 +299,7 @@ class CLAPTeacher(nn.Module):
 
     def encode_audio(self, logmel: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """(B, T, n_mels) log-mel -> (B, d_proj) shared-space embeddings."""
-        with _eval_mode(self):
+        with eval_mode(self):
             x = self.audio_encoder(logmel.to(self.device, self.logit_scale.dtype))
         return F.normalize(x, dim=-1) if normalize else x
 
@@ -332,7 +333,7 @@ class CLAPTeacher(nn.Module):
     def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
         """B captions -> (B, d_proj) shared-space embeddings."""
         tok = self.tokenize(texts)
-        with _eval_mode(self):
+        with eval_mode(self):
             x = self.caption_encoder(tok["input_ids"], tok["attention_mask"], tok["token_type_ids"])
         return F.normalize(x, dim=-1) if normalize else x
 
@@ -401,10 +402,52 @@ def _read_ours(path: Path) -> tuple[TeacherConfig, dict[str, torch.Tensor]]:
     return config, state
 
 
-def _build_foreign(path: Path, config: TeacherConfig | None) -> CLAPTeacher:
-    """An official MS CLAP `.pth` as a CLAPTeacher: its config is `config` or else inferred from the shapes."""
+def foreign_kind(state: Mapping[str, Any], path: Path) -> str:
+    """Which MS CLAP an official state dict holds, read from its tensors: "msclap-2023" (HTS-AT + GPT-2) or
+    "msclap-2022" (Cnn14 + BERT); anything else is refused naming both. A file whose name says the other
+    year is loaded as what it holds, with one line on stderr saying so."""
+    from tinyclap.models.msclap2023 import is_2023_state
+
+    if is_2023_state(state):
+        kind = "msclap-2023"
+    elif any(k.startswith(("audio_encoder.", "caption_encoder.")) for k in state):
+        kind = "msclap-2022"  # the strict load that follows names any tensor that does not fit
+    else:
+        raise CheckpointError(
+            f"{path}: not an MS CLAP checkpoint: expected the tensors of MS CLAP 2022 (audio_encoder.base.conv_block1"
+            ".*: Cnn14 + BERT) or 2023 (audio_encoder.base.htsat.*, caption_encoder.base.wte.weight: HTS-AT + GPT-2)"
+        )
+    named = {"2022": "msclap-2022", "2023": "msclap-2023"}
+    other = [named[y] for y in named if y in path.name and named[y] != kind]
+    if other:
+        print(f"tinyclap: {path}: named as {other[0]} but holds {kind} tensors; loading it as {kind}",
+              file=sys.stderr)
+    return kind
+
+
+def _build_ours(path: Path) -> Any:
+    """One of our teacher checkpoints (MS CLAP 2022 or 2023 layout), its stored config checked first."""
+    if read_config(path, "teacher").get("kind") == "teacher-2023":
+        from tinyclap.models.msclap2023 import load_ours
+
+        return load_ours(path)
+    config, state = _read_ours(path)
+    return build_checked(lambda: CLAPTeacher(config), state, source=str(path))
+
+
+def _build_foreign(path: Path, config: Any) -> Any:
+    """An official MS CLAP `.pth` as a teacher of the kind its tensors hold: its config is `config` or else
+    inferred from the shapes."""
     state = _foreign_state_dict(safe_torch_load(path), path)
     check_finite(state, path)
+    if foreign_kind(state, path) == "msclap-2023":
+        from tinyclap.models.msclap2023 import Teacher2023Config, build_2023
+
+        if config is not None and not isinstance(config, Teacher2023Config):
+            raise CheckpointError(f"{path}: holds MS CLAP 2023 tensors, but config= is a {type(config).__name__}")
+        return build_2023(state, str(path), config)
+    if config is not None and not isinstance(config, TeacherConfig):
+        raise CheckpointError(f"{path}: holds MS CLAP 2022 tensors, but config= is a {type(config).__name__}")
     given = config is not None
     config = infer_config(state) if config is None else config
     try:
@@ -431,7 +474,7 @@ def _other_kind(path: Path, device: str | torch.device, config: TeacherConfig | 
         from tinyclap.models.proxy import load_proxy_teacher
 
         return load_proxy_teacher(path).to(device).eval()
-    if kind not in (None, "teacher"):
+    if kind not in (None, "teacher", "teacher-2023"):
         raise CheckpointError(
             f"{path}: this checkpoint holds a {kind!r}, not a teacher "
             "(load a student with tinyclap.models.load_student, or any model with tinyclap.models.load_model)"
@@ -444,18 +487,28 @@ def load_teacher(
     tokenizer_dir: str | os.PathLike | None = None,
     *,
     device: str | torch.device = "cpu",
-    config: TeacherConfig | None = None,
+    config: Any = None,
 ) -> Teacher:
     """Load any teacher strictly, in eval mode, on `device`.
 
-    `checkpoint` is an official MS CLAP `.pth` (`{"model": state_dict}`, read with weights_only=True; its
-    config is `config` or else inferred by `infer_config`), one of ours written by `save_teacher`
+    `checkpoint` is an official MS CLAP `.pth` (`{"model": state_dict}`, read with weights_only=True; 2022 or
+    2023 as its tensors say, see `foreign_kind`; its config is `config` or else inferred from the shapes by
+    `infer_config` or `tinyclap.models.msclap2023.infer_config`), one of ours written by `save_teacher`
     (`.safetensors`/`.json`/run folder; its config is stored with it), or a proxy teacher (`tinyclap teacher
-    build-proxy`; loaded by `tinyclap.models.proxy.load_proxy_teacher`, its tokenizer is its own). Only the
+    build-proxy`; loaded by `tinyclap.models.proxy.load_proxy_teacher`, its tokenizer is its own), or a
+    transformers ClapModel: `hf:REPO[@REVISION]` or a `save_pretrained` folder (`tinyclap.models.hfclap`,
+    its feature extractor and tokenizer are its own). Only the
     known extras of official files are dropped (torchlibrosa buffers, BERT position_ids); anything else that
     does not match raises `CheckpointError`, before the model is built where the config does not fit the
-    tensors. Without `tokenizer_dir` (a folder with BERT's uncased vocab.txt) a CLAP teacher does audio only.
+    tensors. Without `tokenizer_dir` (a folder with BERT's uncased vocab.txt; GPT-2's vocab.json + merges.txt
+    for MS CLAP 2023) a CLAP teacher does audio only.
     """
+    from tinyclap.models.hfclap import is_hf_spec, load_hf_clap
+
+    if is_hf_spec(checkpoint):  # a transformers ClapModel brings its own config and tokenizer
+        if config is not None:
+            raise ValueError(f"{checkpoint}: config= is only for official .pth files; a ClapModel carries its own")
+        return load_hf_clap(checkpoint, device)
     path = Path(checkpoint)
     other = _other_kind(path, device, config)
     if other is not None:
@@ -465,8 +518,7 @@ def load_teacher(
             raise ValueError(
                 f"{path}: config= is only for official .pth files; tinyclap checkpoints carry their own"
             )
-        config, state = _read_ours(path)
-        teacher = build_checked(lambda: CLAPTeacher(config), state, source=str(path))
+        teacher = _build_ours(path)
     else:
         teacher = _build_foreign(path, config)
     if tokenizer_dir is not None:
@@ -475,7 +527,12 @@ def load_teacher(
 
 
 def save_teacher(teacher: CLAPTeacher, path: str | os.PathLike) -> Path:
-    """Write `<stem>.safetensors` + `<stem>.json` (kind "teacher", TeacherConfig); a dir gets teacher.*"""
+    """Write `<stem>.safetensors` + `<stem>.json` (kind "teacher", TeacherConfig); a dir gets teacher.*
+    (an MS CLAP 2023 teacher is written by `tinyclap.models.msclap2023.save_teacher_2023`)."""
+    if getattr(teacher, "kind", None) == "teacher-2023":
+        from tinyclap.models.msclap2023 import save_teacher_2023
+
+        return save_teacher_2023(teacher, path)  # type: ignore[arg-type]
     path = Path(path)
     if path.is_dir():
         path = path / "teacher"

@@ -4,13 +4,18 @@ Every limit is a field of `ServeConfig` with its default; `tinyclap serve --help
 pool runs model work on `workers` threads (ONNX Runtime and torch release the GIL while they compute) and
 admits at most `workers + queue` jobs at once: the next one is refused at once with HTTP 503, so a burst of
 requests costs a bounded amount of memory instead of a growing queue.
+
+`HostCheck` is the DNS-rebinding guard: a page on a public name that later resolves to 127.0.0.1 would be
+same-origin with this server, so requests are answered only when their `Host` names a loopback address,
+`localhost`, the address the server listens on, or a name given with `--allowed-host`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -35,6 +40,9 @@ class ServeConfig:
     max_label_chars: int = 100
     search_k: int = 10  # hits returned per search
     max_search_k: int = 100
+    read_timeout: float = 10.0  # s: a request head must arrive within it, a body may pause at most this long
+    min_upload_rate: float = 16 * 1024  # bytes/s a body must average once read_timeout has passed
+    grace: float = 10.0  # s: on SIGTERM, running requests may finish within it, then get a JSON 503
 
     def __post_init__(self) -> None:
         checks = {
@@ -47,10 +55,65 @@ class ServeConfig:
             "top": self.top >= 1,
             "max_labels": self.max_labels >= 1,
             "search_k": 1 <= self.search_k <= self.max_search_k,
+            "read_timeout": self.read_timeout > 0,
+            "min_upload_rate": self.min_upload_rate >= 0,
+            "grace": self.grace >= 0,
         }
-        bad = [name for name, ok in checks.items() if not ok]
+        bad = [name for name, ok in checks.items() if not ok or getattr(self, name) != getattr(self, name)]  # NaN
         if bad:
             raise ValueError(f"invalid serve limits: {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}")
+
+
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def host_name(header: str | None) -> str | None:
+    """The host of a `Host` header, lower-cased, without its port or IPv6 brackets; None when malformed."""
+    text = (header or "").strip().lower()
+    if text.startswith("["):
+        name, close, rest = text[1:].partition("]")
+        if not close:
+            return None
+    else:
+        name, colon, port = text.partition(":")
+        rest = colon + port
+    if rest and not (rest[0] == ":" and rest[1:].isascii() and rest[1:].isdigit() and len(rest) <= 6):
+        return None
+    return name or None
+
+
+def _loopback_ip(name: str) -> bool | None:
+    """True/False for an IP literal (loopback or not), None for a name."""
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return None
+
+
+class HostCheck:
+    """Which `Host` headers the server answers: loopback addresses, `localhost`, the listening address and the
+    `--allowed-host` names (any port). Listening on a wildcard (0.0.0.0, ::) also allows every IP literal:
+    a DNS-rebinding page always reaches the server through a name, never through an address."""
+
+    def __init__(self, listen_host: str = "127.0.0.1", allowed: Iterable[str] = ()) -> None:
+        self.listen_host = listen_host
+        self.names = {"localhost"} | {n for n in (host_name(h) for h in (listen_host, *allowed)) if n}
+        self.any_ip = listen_host.strip("[]") in WILDCARDS
+
+    def allows(self, header: str | None) -> bool:
+        name = host_name(header)
+        if name is None:
+            return False
+        if name in self.names:
+            return True
+        loopback = _loopback_ip(name)
+        return loopback is not None and (loopback or self.any_ip)
+
+    def refusal(self, header: str | None) -> str:
+        shown = (header or "")[:100]
+        return (f"host {shown!r} is not allowed: this server answers only localhost, loopback addresses"
+                f"{'' if self.listen_host in ('127.0.0.1', 'localhost') else ' and ' + self.listen_host} "
+                "(a DNS-rebinding guard); start it with --allowed-host NAME to add a name")
 
 
 class ApiError(Exception):
@@ -105,7 +168,13 @@ class WorkerPool:
         # released when the thread is done, not when the caller stops waiting (a client that hangs up
         # does not free a slot its job still occupies)
         job.add_done_callback(lambda _: self._release())
-        return await asyncio.wrap_future(job)
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            job.cancel()  # a queued job never starts (a running one cannot be stopped; it is not waited for)
+            raise
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Refuse new jobs and drop queued ones; a job already running is not waited for (the caller decides
+        whether to wait for `admitted` to reach 0 or to exit)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

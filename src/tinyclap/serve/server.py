@@ -1,9 +1,12 @@
 """Building the server from command-line choices, and running it with uvicorn.
 
 uvicorn (the ASGI server FastAPI recommends) stops gracefully on SIGTERM and SIGINT: it stops accepting,
-lets running requests finish (up to `GRACE_SECONDS`), then runs the app's shutdown (the worker pool is
-joined and the upload folder removed). `limit_concurrency` caps open connections, so slow uploads cannot
-pile up either; model work has its own bounded pool (`limits.WorkerPool`).
+lets running requests finish (up to `ServeConfig.grace` s; those still running then are cancelled and answer
+a JSON 503), then runs the app's shutdown (queued jobs dropped, the upload folder removed); a model job still
+running on its thread is not waited for (`tinyclap serve` exits at once). `limit_concurrency` caps open
+connections, and `protocol.deadline_protocol` drops connections that are idle or trickle (header and body read
+deadlines, a minimum upload rate), so a cap's worth of slow clients frees its slots within `read_timeout`;
+model work has its own bounded pool (`limits.WorkerPool`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from typing import Any
 from tinyclap.serve.engine import Engine
 from tinyclap.serve.limits import ServeConfig
 
-GRACE_SECONDS = 10
 EXTRA_CONNECTIONS = 16  # page, static files and health checks beside the model jobs
 
 
@@ -46,7 +48,7 @@ def build_engine(cfg: ServeConfig, *, model: str | None = None, export_dir: str 
     from tinyclap.classifier import Classifier
 
     if (model is None) == (export_dir is None):
-        raise ValueError("give exactly one of --model M or --export-dir DIR")
+        raise ValueError("give one model: --model RUN|CHECKPOINT|EXPORT_DIR")
     if export_dir is not None:
         for name in ("model.onnx", "manifest.json"):
             if not (Path(export_dir) / name).is_file():
@@ -73,13 +75,18 @@ def run_server(app: Any, host: str, port: int, cfg: ServeConfig, *, log_level: s
     """Serve `app` until SIGTERM/SIGINT (graceful), then return."""
     import uvicorn
 
+    from tinyclap.serve.protocol import deadline_protocol
+
     warning = host_warning(host)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=log_level == "debug",
-        limit_concurrency=cfg.workers + cfg.queue + EXTRA_CONNECTIONS, timeout_graceful_shutdown=GRACE_SECONDS,
+        limit_concurrency=cfg.workers + cfg.queue + EXTRA_CONNECTIONS,
+        timeout_graceful_shutdown=cfg.grace,  # type: ignore[arg-type]  # a float works (asyncio.timeout)
         server_header=False, proxy_headers=False, h11_max_incomplete_event_size=64 * 1024,
+        http=deadline_protocol(cfg.read_timeout, cfg.min_upload_rate), ws="none",
+        timeout_keep_alive=max(1, min(5, int(cfg.read_timeout))),
     )
     server = uvicorn.Server(config)
     print(f"tinyclap serve: http://{'[' + host + ']' if ':' in host else host}:{port}/ (pid {os.getpid()}; "

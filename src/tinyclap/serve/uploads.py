@@ -5,21 +5,30 @@ held whole: a declared Content-Length over the limit is refused before one byte 
 grows past it is refused the moment it does (HTTP 413), with the rest left unread. The audio part goes
 straight to a file in the request's private temporary folder; text fields are kept only up to 64 KB.
 Its first bytes are sniffed (`sniff_audio`): the file name and the declared content type are not trusted.
+The audio is taken from a field named `audio` or `file`; a file part under any other name is refused (400,
+naming the fields). The boundary must be RFC 2046's (1-70 characters of its set), and the body must end with
+its closing boundary (a truncated form is refused, 400). Read deadlines are the connection's
+(`tinyclap.serve.protocol`); a client dropped by one ends the request here.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from tinyclap.serve.limits import ApiError
 
 MAX_FIELD_BYTES = 64 * 1024
 SNIFF_BYTES = 12
+FILE_FIELDS = ("audio", "file")  # the form fields that carry the audio
+# RFC 2046 section 5.1.1: 1-70 characters, these only, not ending in a space
+BOUNDARY = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 
 # (magic at offset 0, extra check, name); libsndfile decodes all of these
 _MAGIC: list[tuple[bytes, Any, str]] = [
@@ -75,9 +84,9 @@ class Upload:
 class _Collector:
     """python-multipart callbacks: headers of each part, audio data to a file, small fields to memory."""
 
-    def __init__(self, folder: Path, file_field: str) -> None:
+    def __init__(self, folder: Path, file_fields: tuple[str, ...]) -> None:
         self.folder = folder
-        self.file_field = file_field
+        self.file_fields = file_fields
         self.upload = Upload()
         self._headers: dict[bytes, bytes] = {}
         self._hname = self._hvalue = b""
@@ -101,21 +110,31 @@ class _Collector:
     def on_headers_finished(self) -> None:
         _, opts = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = opts.get(b"name", b"").decode("utf-8", "replace")
-        self._is_file = self._name == self.file_field
+        self._is_file = self._name in self.file_fields
+        if not self._is_file and b"filename" in opts and self.error is None:
+            fields = " or ".join(repr(f) for f in self.file_fields)
+            self.error = ApiError(400, f"unexpected file field {self._name[:50]!r}: send the audio in a form "
+                                       f"field named {fields}")
+            return
         if self._is_file:
             if self.upload.path is not None:
-                self.error = ApiError(400, f"more than one '{self.file_field}' part in the request")
+                self.error = ApiError(400, "more than one audio part in the request (fields "
+                                           f"{' or '.join(repr(f) for f in self.file_fields)})")
                 return
             self.upload.filename = opts.get(b"filename", b"").decode("utf-8", "replace")[:200]
             self.upload.path = self.folder / "upload.audio"
             self._fd = os.open(self.upload.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.error is not None:  # the first error is the one answered; the rest is not kept
+            return
         chunk = data[start:end]
         if not self._is_file:
             self._buf += chunk
             if len(self._buf) > MAX_FIELD_BYTES:
-                self.error = ApiError(413, f"form field '{self._name}' is over {MAX_FIELD_BYTES} bytes")
+                fields = " or ".join(repr(f) for f in self.file_fields)
+                self.error = ApiError(413, f"form field {self._name[:50]!r} is over {MAX_FIELD_BYTES} bytes (a text "
+                                           f"field; the audio goes in a field named {fields})")
             return
         if len(self._head) < SNIFF_BYTES:
             self._head += chunk[: SNIFF_BYTES - len(self._head)]
@@ -152,20 +171,26 @@ def _boundary(content_type: str) -> bytes:
     ctype, opts = parse_options_header(content_type)
     if ctype != b"multipart/form-data" or not opts.get(b"boundary"):
         raise ApiError(415, "send the audio as multipart/form-data (a form with an 'audio' file field)")
-    return opts[b"boundary"]
+    boundary = opts[b"boundary"]
+    if not BOUNDARY.fullmatch(boundary):
+        raise ApiError(400, f"malformed multipart boundary ({len(boundary)} characters): RFC 2046 allows 1 to 70 "
+                            "letters, digits and '()+_,-./:=? ")
+    return boundary
 
 
-async def receive_upload(request: Any, folder: Path, max_bytes: int, file_field: str = "audio") -> Upload:
+async def receive_upload(request: Any, folder: Path, max_bytes: int,
+                         file_fields: tuple[str, ...] = FILE_FIELDS) -> Upload:
     """Stream a multipart request into `folder` (the request's private temp folder), enforcing `max_bytes`.
 
     Raises ApiError: 413 when the declared or actual body exceeds `max_bytes` (the rest is not read), 415
-    for a body that is not multipart or an audio part whose content is not audio, 400 for a malformed form.
+    for a body that is not multipart or an audio part whose content is not audio, 400 for a malformed or
+    truncated form (or a client dropped by a read deadline: nobody reads that answer).
     """
     boundary = _boundary(request.headers.get("content-type", ""))
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, f"upload too large: {int(declared):,} bytes declared, the limit is {max_bytes:,}")
-    col = _Collector(folder, file_field)
+    col = _Collector(folder, file_fields)
     cb = {name: getattr(col, name) for name in ("on_header_field", "on_header_value", "on_header_end",
                                                  "on_headers_finished", "on_part_data", "on_part_end")}
     parser = MultipartParser(boundary, cb)
@@ -182,8 +207,12 @@ async def receive_upload(request: Any, folder: Path, max_bytes: int, file_field:
             if col.error is not None:
                 raise col.error
         parser.finalize()
+    except ClientDisconnect:
+        raise ApiError(400, "the client went away (or was dropped by a read deadline) before the body ended") from None
     finally:
         col.close()
     if col.error is not None:
         raise col.error
+    if parser.state != MultipartState.END:
+        raise ApiError(400, "truncated multipart body: it ends without its closing boundary")
     return col.upload

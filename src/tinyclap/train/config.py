@@ -98,7 +98,7 @@ class DistillConfig:
         if self.views and self.cache is None:
             raise ValueError("--views trains on a cache's augmented views: give --cache DIR (tinyclap cache --views K)")
         if not self.student and not self.init:
-            raise ValueError("give --student NAME (or --init CKPT to start from a trained student)")
+            raise ValueError("give --model NAME, the student to train (or --init CKPT to start from a trained one)")
         if self.resolved_recipe().needs_text_bank and self.cache is None:
             raise ValueError(
                 "the text-KL term needs --cache with a text bank (tinyclap cache --text-bank); on-the-fly "

@@ -217,7 +217,7 @@ def _make_student(config: DistillConfig, dev: torch.device, embed_dim: int) -> n
         if config.init:
             student = load_student(config.init)
             if config.student and config.student != student.name:
-                raise ValueError(f"--init {config.init} holds {student.name!r}, not --student {config.student!r}")
+                raise ValueError(f"--init {config.init} holds {student.name!r}, not --model {config.student!r}")
         else:
             student = create_student(config.student, embed_dim=embed_dim)
     if student.embed_dim != embed_dim:

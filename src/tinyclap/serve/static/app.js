@@ -37,13 +37,21 @@ function fmtCount(n) {
   return String(n);
 }
 
+function latencyFact(info) {
+  // a warm median measured at start-up (never one cold run): say so next to the number
+  const lat = info.latency || {};
+  const clip = (lat.clip_seconds || info.clip_seconds || 5) + " s clip";
+  if (lat.median_ms == null) return ["latency (" + clip + ")", "?"];
+  return ["latency (" + clip + ")", lat.median_ms.toFixed(1) + " ms, median of " + lat.runs + " warm runs"];
+}
+
 function showFacts(info) {
   const m = info.model || {};
   const facts = [
     ["student", m.name || m.student || m.kind || "?"],
     ["parameters", fmtCount(m.params)],
     ["MACs / clip", fmtCount(m.macs)],
-    ["latency (5 s clip)", info.latency_ms == null ? "?" : info.latency_ms.toFixed(1) + " ms"],
+    latencyFact(info),
   ];
   const dl = $("facts");
   dl.replaceChildren();
@@ -150,16 +158,16 @@ async function toggleRecording() {
 function showBars(labels) {
   const ol = $("bars");
   ol.replaceChildren();
-  const max = Math.max(...labels.map((l) => l.score), 1e-9);
+  const max = Math.max(...labels.map((l) => l.probability), 1e-9);
   for (const l of labels) {
     const li = el("li", "bar");
     const track = el("div", "track"), fill = el("div", "fill");
     fill.style.width = "0%";
     track.append(fill);
-    li.append(el("span", "name", l.label), track, el("span", "value", (100 * l.score).toFixed(1) + " %"));
+    li.append(el("span", "name", l.label), track, el("span", "value", (100 * l.probability).toFixed(1) + " %"));
     li.title = l.label;
     ol.append(li);
-    requestAnimationFrame(() => { fill.style.width = (100 * l.score / max).toFixed(1) + "%"; });
+    requestAnimationFrame(() => { fill.style.width = (100 * l.probability / max).toFixed(1) + "%"; });
   }
 }
 
@@ -172,7 +180,7 @@ function drawTimeline(tl) {
   g.scale(dpr, dpr);
   const pad = { l: 44, r: 12, t: 10, b: 30 };
   const rows = tl.rows, C = tl.labels.length;
-  const peak = tl.labels.map((_, j) => Math.max(...rows.map((r) => r.scores[j])));
+  const peak = tl.labels.map((_, j) => Math.max(...rows.map((r) => r.probabilities[j])));
   const shown = peak.map((p, j) => [p, j]).sort((a, b) => b[0] - a[0]).slice(0, 6).map((x) => x[1]);
   const t0 = rows[0].start, t1 = rows[rows.length - 1].end;
   const x = (t) => pad.l + (w - pad.l - pad.r) * (t - t0) / Math.max(t1 - t0, 1e-9);
@@ -191,7 +199,7 @@ function drawTimeline(tl) {
     g.strokeStyle = COLORS[k % COLORS.length]; g.lineWidth = 2; g.beginPath();
     rows.forEach((r, i) => {
       const mid = (r.start + Math.min(r.end, r.start + tl.hop)) / 2;
-      if (i === 0) g.moveTo(x(mid), y(r.scores[j])); else g.lineTo(x(mid), y(r.scores[j]));
+      if (i === 0) g.moveTo(x(mid), y(r.probabilities[j])); else g.lineTo(x(mid), y(r.probabilities[j]));
     });
     g.stroke();
   });
@@ -214,11 +222,11 @@ async function classify() {
   const btn = $("classify");
   btn.disabled = true; btn.textContent = "Classifying\u2026";
   try {
-    const r = await api("/api/classify", { method: "POST", body: form });
+    const r = (await api("/api/classify", { method: "POST", body: form })).results[0];  // docs/json.md
     $("results-card").hidden = false;
     showBars(r.labels);
     $("result-meta").textContent = `${r.file || "upload"}: ${r.duration.toFixed(1)} s ${r.format}, ` +
-      `${r.elapsed_ms.toFixed(0)} ms on the server` + (r.timeline ? ", scores averaged over the windows" : "");
+      `${r.elapsed_ms.toFixed(0)} ms on the server` + (r.timeline ? ", probabilities averaged over the windows" : "");
     $("timeline-box").hidden = !r.timeline;
     if (r.timeline) drawTimeline(r.timeline);
   } catch (e) {
@@ -245,7 +253,7 @@ function showHits(hits, what) {
       p.play().catch((e) => status("Cannot play: " + e.message, true));
     };
     li.append(play, el("span", "name", h.name), el("span", "where", `${h.start.toFixed(1)}\u2013${h.end.toFixed(1)} s`),
-      el("span", "score", h.score.toFixed(3)));
+      el("span", "score", h.cosine.toFixed(3)));
     ol.append(li);
   }
 }
