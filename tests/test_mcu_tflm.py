@@ -222,6 +222,7 @@ def _check_files(out: Path, m: dict) -> None:
     q = np.load(out / "classes_int8.npy")
     assert q.dtype == np.int8 and q.shape == (m["classes"]["num_classes"], m["embed_dim"])
     assert json.loads((out / "frontend.json").read_text())["window_frames"] == m["window"]["frames"]
+    assert "frontend/tinyclap_logmel.c" in m["files"]  # the C front end (tinyclap.deploy.mcu.frontend) beside it
     assert not any(p.name.startswith(".") for p in out.parent.iterdir() if "tflm" in p.name)
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc:  # the generated C is valid C99 that a firmware build compiles
