@@ -208,6 +208,30 @@ def test_tflm_export_parity_and_budget(mcu_py: str, trained, work: Path, us8k_ro
     row = next(r for r in load_measured()["rows"] if r["preset"] == "mcu-s" and r["window"] == 1.0)
     assert row["arena_bytes"] == pytest.approx(m["arena_bytes"]["total"], rel=0.05)
     _check_files(out, m)
+    _check_classify(mcu_py, out, ckpt, m, us8k_root)
+
+
+def _check_classify(mcu_py: str, out: Path, ckpt: Path, m: dict, us8k_root: Path) -> None:
+    """`classify --export-dir` runs the TFLM folder in TFLM's interpreter (torch-free) and decides as the torch
+    student with the same pool window, latent entries and classes."""
+    from tinyclap.audio.io import eval_windows, load_audio
+    from tinyclap.deploy.clips import find_audio, pick
+    from tinyclap.evaluation.prune import shrink_student
+    from tinyclap.models.embedder import StudentEmbedder
+    from tinyclap.models.factory import load_student
+    from tinyclap.zeroshot import ZeroShotClassifier
+
+    clips = pick(find_audio(f"us8k:{us8k_root}#folds=2"), 4, seed=5)
+    r = run_mcu(mcu_py, ["-m", "tinyclap.cli", "classify", "--export-dir", str(out), *map(str, clips), "--json"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = [x["labels"][0]["label"] for x in json.loads(r.stdout)["results"]]
+    small = shrink_student(load_student(ckpt), m["latent_dims"]).eval()
+    emb = StudentEmbedder(small, pool_window=m["window"]["seconds"]).eval()
+    clf = ZeroShotClassifier.load(out / "classes.npz")
+    with torch.no_grad():
+        ref = [emb.embed_waveform(torch.from_numpy(eval_windows(load_audio(c, 44100)))).numpy().mean(0) for c in clips]
+    want = [clf.labels[int(np.argmax(clf.weights @ e))] for e in ref]
+    assert sum(a == b for a, b in zip(got, want)) >= 3, (got, want)
 
 
 def _check_files(out: Path, m: dict) -> None:

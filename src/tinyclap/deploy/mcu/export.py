@@ -29,31 +29,27 @@ from tinyclap._util import atomic_write_bytes, atomic_write_text, sha256_file, v
 from tinyclap.audio.frontend import LogMel
 from tinyclap.audio.mel import mel_filterbank
 from tinyclap.deploy.mcu import firmware, graphs
+from tinyclap.deploy.mcu.runtime import (
+    BACKBONE_FILE,
+    CLASSES_FILE,
+    HEAD_FILE,
+    MANIFEST_FILE,
+    NORM_FILE,
+    TFLM_FORMAT,
+    is_tflm_export,
+)
 from tinyclap.deploy.mcu.tflm import TflmGraph, convert_int8, op_list, op_summary, require_mcu
 from tinyclap.models.mcu import PRESETS, preset_of
 from tinyclap.zeroshot import ZeroShotClassifier
 
-TFLM_FORMAT = "tinyclap-tflm/1"
-BACKBONE_FILE, HEAD_FILE = "backbone.tflite", "head.tflite"
-CLASSES_FILE, CLASSES_INT8_FILE = "classes.npz", "classes_int8.npy"
-FRONTEND_FILE, MEL_FILE, NORM_FILE = "frontend.json", "mel_filterbank.npy", "input_norm.npy"
-MANIFEST_FILE = "manifest.json"
+CLASSES_INT8_FILE = "classes_int8.npy"
+FRONTEND_FILE, MEL_FILE = "frontend.json", "mel_filterbank.npy"
 FLOAT_REASON = ("the projection head's LayerNorm (k values, once per clip) stays float: the PT2E int8 "
                 "quantiser does not quantise layer_norm")
 
 
 def _quiet(msg: str) -> None:
     """The silent log."""
-
-
-def is_tflm_export(folder: Path) -> bool:
-    """True when `folder` holds a TFLM export's manifest."""
-    from tinyclap._util import read_json
-
-    try:
-        return read_json(folder / MANIFEST_FILE).get("format") == TFLM_FORMAT
-    except (OSError, ValueError):
-        return False
 
 
 def _latent(student: nn.Module, classifier: ZeroShotClassifier, dims: int | None,

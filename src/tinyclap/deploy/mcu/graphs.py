@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from tinyclap.audio.frontend import LogMel
+from tinyclap.deploy.mcu.runtime import window_starts
 from tinyclap.models.mcu import is_mcu_name, min_frames
 
 
@@ -51,16 +52,6 @@ def check_student(student: nn.Module) -> None:
             f"the TFLM export needs a microcontroller student (e.g. distil --student mcu-s or mcu-m); "
             f"{getattr(student, 'name', type(student).__name__)!r} is not one"
         )
-
-
-def window_starts(n: int, length: int) -> list[int]:
-    """Starts of back-to-back windows of `length` covering `n` samples, the last aligned to the end."""
-    if n <= length:
-        return [0]
-    starts = list(range(0, n - length + 1, length))
-    if starts[-1] + length < n:
-        starts.append(n - length)
-    return starts
 
 
 def window_logmels(wave: np.ndarray, window_samples: int, lm: LogMel, norm: np.ndarray) -> np.ndarray:

@@ -43,6 +43,15 @@ def require_mcu() -> None:
                               f"{MCU_EXTRA}") from None
 
 
+def require_tflm() -> None:
+    """Raise McuExtraMissing unless the tflite-micro interpreter (all running an export needs) is importable."""
+    try:
+        from tflite_micro.python.tflite_micro import runtime  # noqa: F401
+    except ImportError as e:
+        raise McuExtraMissing(f"running a TFLM export needs the tflite-micro interpreter ({e.name} is missing): "
+                              f"{MCU_EXTRA}") from None
+
+
 def _quiet_converter() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -135,7 +144,7 @@ class TflmGraph:
     """
 
     def __init__(self, data: bytes, arena_size: int = 8 << 20) -> None:
-        require_mcu()
+        require_tflm()
         from tflite_micro.python.tflite_micro import runtime
 
         self.data = bytes(data)
