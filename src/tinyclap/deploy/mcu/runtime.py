@@ -12,10 +12,11 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from tinyclap._util import l2_normalize, read_json
+from tinyclap._util import l2_normalize, loads_json, read_regular_file
 
 TFLM_FORMAT = "tinyclap-tflm/1"
 MANIFEST_FILE = "manifest.json"
@@ -23,10 +24,21 @@ BACKBONE_FILE, HEAD_FILE = "backbone.tflite", "head.tflite"
 CLASSES_FILE, NORM_FILE = "classes.npz", "input_norm.npy"
 
 
+MAX_MANIFEST_BYTES = 16 << 20
+
+
+def read_manifest(folder: str | os.PathLike) -> Any:
+    """The folder's manifest.json, read only as far as its size (bounded, strict JSON)."""
+    path = Path(folder) / MANIFEST_FILE
+    return loads_json(read_regular_file(path, MAX_MANIFEST_BYTES), path)
+
+
 def is_tflm_export(folder: str | os.PathLike) -> bool:
-    """True when `folder` holds a TFLM export's manifest."""
+    """True when `folder` holds a TFLM export's manifest (no other export has a backbone.tflite)."""
+    if not (Path(folder) / BACKBONE_FILE).is_file():
+        return False
     try:
-        return read_json(Path(folder) / MANIFEST_FILE).get("format") == TFLM_FORMAT
+        return read_manifest(folder).get("format") == TFLM_FORMAT
     except (OSError, ValueError):
         return False
 
@@ -52,7 +64,7 @@ class TflmEngine:
         from tinyclap.zeroshot import ZeroShotClassifier
 
         self.export_dir = Path(export_dir)
-        self.manifest = read_json(self.export_dir / MANIFEST_FILE)
+        self.manifest = read_manifest(self.export_dir)
         try:
             self.window_samples = int(self.manifest["window"]["samples"])
             self.pool_window = float(self.manifest["window"]["seconds"])
