@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_LAMBDA", "LAMBDA_GRID", "NEAR_DUPLICATE", "AdaptReport", "ad
 
 LAMBDA_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, math.inf)
 DEFAULT_LAMBDA = math.inf  # nothing to judge the audio with: zero-shot
-NEAR_DUPLICATE = 0.9  # cosine at or above which two examples of one class count as one recording
+NEAR_DUPLICATE = 0.95  # cosine at or above which two examples of one class count as one recording
 SCALE_GRID = tuple(float(x) for x in np.linspace(np.log(1.0), np.log(1000.0), 61))  # log logit scales
 DEFAULT_LOGIT_SCALE = float(np.log(100.0))  # without text and without leave-one-group-out data
 
