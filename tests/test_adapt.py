@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import calibrate_bn
 
-from tinyclap.adapt import LAMBDA_GRID, adapt_classes, find_groups, leave_one_group_out, text_weights
+from tinyclap.adapt import LAMBDA_GRID, SE_RULE, adapt_classes, find_groups, leave_one_group_out, text_weights
 from tinyclap.audio import eval_windows, load_audio
 from tinyclap.audio.frontend import LogMel
 from tinyclap.cli import main
@@ -137,7 +137,9 @@ def test_leave_one_group_out_choice() -> None:
     assert rep.chosen_by == "leave-one-group-out" and rep.classes[0]["text_weight"] < 0.75
     assert rep.loo_accuracy[f"{rep.lam:g}"] > rep.loo_accuracy["inf"] + 0.3  # text alone is chance here
     assert set(rep.loo_accuracy) == {f"{a:g}" for a in LAMBDA_GRID}
-    assert rep.loo_accuracy[f"{rep.lam:g}"] == max(rep.loo_accuracy.values())
+    best = max(rep.loo_accuracy.values())  # the largest lam within SE_RULE standard errors of the best (18 groups)
+    ok = [float(k) for k, a in rep.loo_accuracy.items() if a >= best - SE_RULE * np.sqrt(best * (1 - best) / 18)]
+    assert rep.lam == max(ok)
     emb2, y2, text2 = _toy(seed=2, n_per=3, text_noise=0.0, audio_noise=4.0)
     _, rep2 = adapt_classes(emb2, [labels[i] for i in y2], ZeroShotClassifier(labels, text2, 3.0))
     assert rep2.lam is None or rep2.lam >= 16

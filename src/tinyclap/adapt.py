@@ -14,8 +14,9 @@ embeddings e_i and (when a text side knows the label) the normalised text embedd
 `lam` is the text side's strength in independent examples: a class with more independent recordings leans
 more on its audio, one recording sliced ten ways counts once. It is chosen by leave-one-group-out: each
 group of a class with at least two groups is classified against the class vectors built without it (its
-class from its other groups, g_c - 1 of them), for each lam of LAMBDA_GRID; the best accuracy wins (ties:
-the better log-likelihood at its best logit scale, then the larger lam, i.e. the one closer to zero-shot).
+class from its other groups, g_c - 1 of them), for each lam of LAMBDA_GRID; the largest lam (the closest to
+zero-shot) whose accuracy is within SE_RULE binomial standard errors (over the scored groups) of the best
+accuracy wins: with a few groups the accuracy is noisy, and doubt goes to the text side.
 Leaving out one example at a time instead would judge a prototype by slices of the recording it was made
 from, which it always recognises: that is how a blend leant on one recording and fell far below zero-shot.
 When no class has two groups nothing can judge an audio prototype, and lam = DEFAULT_LAMBDA. The grid
@@ -37,11 +38,12 @@ import numpy as np
 from tinyclap._util import l2_normalize
 from tinyclap.zeroshot import ZeroShotClassifier
 
-__all__ = ["DEFAULT_LAMBDA", "LAMBDA_GRID", "NEAR_DUPLICATE", "AdaptReport", "adapt_classes", "class_vectors",
-           "find_groups", "leave_one_group_out", "text_weights"]
+__all__ = ["DEFAULT_LAMBDA", "LAMBDA_GRID", "NEAR_DUPLICATE", "SE_RULE", "AdaptReport", "adapt_classes",
+           "class_vectors", "find_groups", "leave_one_group_out", "text_weights"]
 
 LAMBDA_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, math.inf)
 DEFAULT_LAMBDA = math.inf  # nothing to judge the audio with: zero-shot
+SE_RULE = 0.5  # how many standard errors of accuracy a larger lam (closer to zero-shot) may give up
 NEAR_DUPLICATE = 0.95  # cosine at or above which two examples of one class count as one recording
 SCALE_GRID = tuple(float(x) for x in np.linspace(np.log(1.0), np.log(1000.0), 61))  # log logit scales
 DEFAULT_LOGIT_SCALE = float(np.log(100.0))  # without text and without leave-one-group-out data
@@ -193,18 +195,21 @@ def _groups(emb: np.ndarray, y: np.ndarray, given: Sequence[str | None] | None, 
 
 def _choose_lam(emb: np.ndarray, y: np.ndarray, groups: np.ndarray, text_rows: np.ndarray, has_text: np.ndarray
                 ) -> tuple[float, str, dict[str, float]]:
-    """lam by leave-one-group-out over LAMBDA_GRID (DEFAULT_LAMBDA when nothing can be scored)."""
+    """lam by leave-one-group-out over LAMBDA_GRID (DEFAULT_LAMBDA when nothing can be scored): the largest
+    lam whose accuracy is within SE_RULE standard errors (binomial, over the scored groups) of the best one."""
     accuracy: dict[str, float] = {}
-    best = None
+    keys = []
     for lam in LAMBDA_GRID:
         scores, ok = leave_one_group_out(emb, y, groups, text_rows, has_text, lam)
         if not ok.any():
             return DEFAULT_LAMBDA, "default", {}
         acc = _accuracy(scores, y, ok)
-        key = (acc, -round(_fit_scale(scores, y, ok)[1], 6), lam)
         accuracy[f"{lam:g}"] = acc
-        best = key if best is None or key > best else best
-    return float(best[2]), "leave-one-group-out", accuracy
+        keys.append((acc, -round(_fit_scale(scores, y, ok)[1], 6), lam))
+    best = max(keys)
+    n = len(np.unique(groups[ok]))
+    margin = SE_RULE * math.sqrt(best[0] * (1.0 - best[0]) / n)
+    return float(max(k[2] for k in keys if k[0] >= best[0] - margin - 1e-12)), "leave-one-group-out", accuracy
 
 
 def _check_inputs(emb: np.ndarray, example_labels: Sequence[str], alpha: float | None) -> None:
