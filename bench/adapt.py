@@ -14,9 +14,10 @@ one of two ways:
 - `slices`: K slices of one recording (a random one of those with K slices or more, else the largest),
   as a user who labels one long file would give.
 
-The classes are adapted from them (`tinyclap.adapt.adapt_classes`, groups found from the embeddings, no
-`group` column: a user cannot know which case they are in), and, for comparison, with the recordings given
-as groups, with every example its own group (what leave-one-out judged before groups existed), and from the
+The classes are adapted from them (`tinyclap.adapt.adapt_classes`: the default prior, groups found from the
+embeddings, no `group` column: a user cannot know which case they are in), and, for comparison, with the
+recordings given as groups, with lam chosen by leave-one-group-out (`prior="auto"`), the same with every
+example its own group (leave-one-out, what chose the text weight before groups existed), and from the
 examples alone (no text). Every classifier is scored on the remaining clips of the fold (the same clips for
 all). Prints mean ± standard deviation over the draws and the worst draw's gain; `--json` for the raw numbers.
 """
@@ -32,11 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from tinyclap._util import atomic_save_npz, sha256_file
-from tinyclap.adapt import adapt_classes
+from tinyclap.adapt import PRIOR, adapt_classes
 from tinyclap.data.spec import load_eval_dataset
 
 SELECTIONS = ("diverse", "slices")
-METHODS = ("adapted", "given_groups", "per_example", "audio_only")
+METHODS = ("adapted", "given_groups", "auto", "per_example_auto", "audio_only")
 
 
 def embed_fold(spec: str, args: argparse.Namespace) -> dict[str, np.ndarray]:
@@ -95,11 +96,12 @@ def adapt_all(d: dict[str, np.ndarray], train: np.ndarray) -> dict[str, tuple[np
     text = ZeroShotClassifier(classes, d["text"], float(d["scale"]))
     ex = [classes[i] for i in d["y"][train]]
     emb, rec = d["emb"][train], [str(r) for r in d["rec"][train]]
-    runs = {"adapted": (text, None), "given_groups": (text, rec),
-            "per_example": (text, [str(i) for i in range(len(train))]), "audio_only": (None, rec)}
+    each = [str(i) for i in range(len(train))]
+    runs = {"adapted": (text, None, PRIOR), "given_groups": (text, rec, PRIOR), "auto": (text, None, "auto"),
+            "per_example_auto": (text, each, "auto"), "audio_only": (None, rec, PRIOR)}
     out = {}
-    for name, (t, groups) in runs.items():
-        clf, rep = adapt_classes(emb, ex, t, labels=classes, groups=groups)
+    for name, (t, groups, prior) in runs.items():
+        clf, rep = adapt_classes(emb, ex, t, labels=classes, groups=groups, prior=prior)
         out[name] = (clf.weights, rep.to_dict())
     return out
 
@@ -120,8 +122,9 @@ def run_model(name: str, spec: str, args: argparse.Namespace) -> dict:
                        "zero_shot": float(np.mean(zs_pred[test] == y[test]))}
                 for method, (w, rep) in adapt_all(d, train).items():
                     row[method] = float(np.mean((emb[test] @ w.T).argmax(1) == y[test]))
-                    if method == "adapted":
+                    if method == "auto":
                         row["lam"] = rep["lam"]
+                    if method == "adapted":
                         row["independent"] = float(np.mean([c["independent"] for c in rep["classes"]]))
                 out["runs"].append(row)
     return out
@@ -131,23 +134,24 @@ def summary(out: dict) -> str:
     lines = [f"{out['model']} ({out['path']}): fold {out['fold']}, {out['clips']} clips, zero-shot on all of them "
              f"{100 * out['zero_shot_all']:.1f} %",
              "| selection | examples per class | draws | zero-shot % | adapted % | gain (points) | worst draw "
-             "| recordings given as groups % | each example its own group % | audio only % | independent found "
-             "| lam chosen (median) |",
+             "| recordings given as groups | lam auto | lam auto, each example its own group | audio only "
+             "| independent found | lam auto (median) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for how in SELECTIONS:
         for k in sorted({r["shots"] for r in out["runs"]}):
             rs = [r for r in out["runs"] if r["shots"] == k and r["selection"] == how]
             if not rs:
                 continue
-            z, a, gg, pe, ao = (np.array([r[m] for r in rs]) * 100 for m in ("zero_shot", *METHODS))
+            z, a, gg, au, pe, ao = (np.array([r[m] for r in rs]) * 100 for m in ("zero_shot", *METHODS))
             g = a - z
             lams = np.array([np.inf if r["lam"] is None else r["lam"] for r in rs])
             ind = np.mean([r["independent"] for r in rs])
             lines.append(f"| {how} | {k} | {len(rs)} | {z.mean():.1f} | {a.mean():.1f} ± {a.std():.1f} | "
                          f"**{g.mean():+.1f}** ± {g.std():.1f} | {g.min():+.1f} | {(gg - z).mean():+.1f} | "
-                         f"{(pe - z).mean():+.1f} (worst {(pe - z).min():+.1f}) | {(ao - z).mean():+.1f} | {ind:.1f} | "
+                         f"{(au - z).mean():+.1f} (worst {(au - z).min():+.1f}) | {(pe - z).mean():+.1f} (worst "
+                         f"{(pe - z).min():+.1f}) | {(ao - z).mean():+.1f} | {ind:.1f} | "
                          f"{np.median(lams):g} |")
-    lines.append("(the last four accuracy columns: gain over zero-shot in points, mean over the draws)")
+    lines.append("(the four columns after the worst draw: gain over zero-shot in points, mean over the draws)")
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import calibrate_bn
 
-from tinyclap.adapt import LAMBDA_GRID, SE_RULE, adapt_classes, find_groups, leave_one_group_out, text_weights
+from tinyclap.adapt import LAMBDA_GRID, PRIOR, SE_RULE, adapt_classes, find_groups, leave_one_group_out, text_weights
 from tinyclap.audio import eval_windows, load_audio
 from tinyclap.audio.frontend import LogMel
 from tinyclap.cli import main
@@ -101,8 +101,9 @@ def test_leave_one_group_out_equals_brute_force() -> None:
 
 
 def test_near_duplicates_keep_the_blend_text_heavy() -> None:
-    """Slices of one recording: found as one group per class, flagged, so the blend stays zero-shot; the same
-    examples given as independent recordings (or each its own group) lean on the audio."""
+    """Slices of one recording: found as one group per class, flagged, so the blend keeps the text weight of
+    one example (4 / 5), and leave-one-group-out has nothing to judge them on; the same examples given as
+    independent recordings lean on the audio (4 / 9)."""
     rng = np.random.default_rng(3)
     centres = _unit(rng.standard_normal((3, 32)))
     text = _unit(centres + 4.0 * rng.standard_normal((3, 32)) / np.sqrt(32))  # a weak text side
@@ -113,14 +114,19 @@ def test_near_duplicates_keep_the_blend_text_heavy() -> None:
     tz = ZeroShotClassifier(["a", "b", "c"], text, 3.0)
     assert find_groups(slices, y).tolist() == y.tolist()
     clf, rep = adapt_classes(slices, labels, tz)
-    assert rep.chosen_by == "default" and rep.lam is None and rep.scored_examples == 0
-    assert all(c["one_recording"] and c["independent"] == 1 and c["text_weight"] == 1.0 for c in rep.classes)
-    assert np.allclose(clf.weights, text, atol=1e-6)
+    assert rep.chosen_by == "prior" and rep.lam == PRIOR == 4 and rep.scored_examples == 0
+    assert all(c["one_recording"] and c["independent"] == 1 and c["text_weight"] == 0.8 for c in rep.classes)
+    m = np.array([_unit(slices[y == c].mean(0)) for c in range(3)])
+    assert np.allclose(clf.weights, _unit(0.8 * text + 0.2 * m), atol=1e-6)
+    _, rep1 = adapt_classes(slices, labels, tz, prior="auto")
+    assert rep1.chosen_by == "prior (nothing to judge)" and rep1.lam == PRIOR
     _, rep2 = adapt_classes(slices, labels, tz, groups=[str(i) for i in range(15)])
-    assert rep2.lam is not None and all(c["text_weight"] < 0.9 for c in rep2.classes)
+    assert all(c["text_weight"] == pytest.approx(4 / 9) for c in rep2.classes)
+    _, rep2 = adapt_classes(slices, labels, tz, groups=[str(i) for i in range(15)], prior="auto")
+    assert rep2.chosen_by == "leave-one-group-out" and rep2.scored_examples == 15  # slices taken as recordings
     # one class sliced, the others independent: the sliced class keeps more of its text
     mixed = np.concatenate([slices[:5], _unit(centres[y[5:]] + rng.standard_normal((10, 32)) / np.sqrt(32))])
-    _, rep3 = adapt_classes(mixed, labels, tz, alpha=None)
+    _, rep3 = adapt_classes(mixed, labels, tz, prior="auto")
     w = [c["text_weight"] for c in rep3.classes]
     assert [c["independent"] for c in rep3.classes] == [1, 5, 5] and w[0] >= w[1] == w[2]
     assert rep3.classes[0]["one_recording"] and not rep3.classes[1]["one_recording"]
@@ -133,7 +139,7 @@ def test_leave_one_group_out_choice() -> None:
     ex = [labels[i] for i in y]
     rng = np.random.default_rng(5)
     useless = ZeroShotClassifier(labels, _unit(rng.standard_normal((3, 32))), 3.0)
-    _, rep = adapt_classes(emb, ex, useless)
+    _, rep = adapt_classes(emb, ex, useless, prior="auto")
     assert rep.chosen_by == "leave-one-group-out" and rep.classes[0]["text_weight"] < 0.75
     assert rep.loo_accuracy[f"{rep.lam:g}"] > rep.loo_accuracy["inf"] + 0.3  # text alone is chance here
     assert set(rep.loo_accuracy) == {f"{a:g}" for a in LAMBDA_GRID}
@@ -141,7 +147,7 @@ def test_leave_one_group_out_choice() -> None:
     ok = [float(k) for k, a in rep.loo_accuracy.items() if a >= best - SE_RULE * np.sqrt(best * (1 - best) / 18)]
     assert rep.lam == max(ok)
     emb2, y2, text2 = _toy(seed=2, n_per=3, text_noise=0.0, audio_noise=4.0)
-    _, rep2 = adapt_classes(emb2, [labels[i] for i in y2], ZeroShotClassifier(labels, text2, 3.0))
+    _, rep2 = adapt_classes(emb2, [labels[i] for i in y2], ZeroShotClassifier(labels, text2, 3.0), prior="auto")
     assert rep2.lam is None or rep2.lam >= 16
     # the accuracy it reports is the one recomputed by hand
     lam = np.inf if rep2.lam is None else rep2.lam
@@ -157,6 +163,8 @@ def test_adapt_rejects_bad_input() -> None:
         adapt_classes(np.full_like(emb, np.nan), ["a", "b"] * (len(y) // 2))
     with pytest.raises(ValueError, match="labelled examples"):
         adapt_classes(emb, ["a"])
+    with pytest.raises(ValueError, match="prior"):
+        adapt_classes(emb, ["a", "b"] * (len(y) // 2), None, prior=float("nan"))
     with pytest.raises(ValueError, match="two classes"):
         adapt_classes(emb, ["a"] * len(y))
 

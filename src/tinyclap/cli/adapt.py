@@ -6,7 +6,7 @@ of one group count as one independent example. Without it, examples of a class w
 near-duplicates (slices of one file) form a group. Each class vector blends the label's text embedding
 (when a text side is found: --teacher, the model's own text tower, the teacher recorded in its run, or
 --text-classes FILE.npz) with the mean of its groups' audio embeddings; the text weight shrinks with the
-number of independent examples, at a strength chosen by leave-one-group-out (or one fixed --alpha). Labels
+number of independent examples (--prior; or one fixed --alpha). Labels
 that differ only in case, spaces or `_` are one class; repeated rows count once; one class is refused.
 Labels without text (or all of them with --no-text) are classes from their examples alone. The output is
 an ordinary class-matrix file: `classify --classes`, `export --classes` and the torch-free runtime read it
@@ -31,6 +31,19 @@ MAX_LABEL_CHARS = 1000
 MAX_CSV_BYTES = 256 << 20
 
 
+def _prior(text: str) -> float | str:
+    """--prior: a number >= 0 (inf allowed) or `auto`."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'auto'") from None
+    if not value >= 0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text} is not >= 0")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "adapt", "few-shot classes from labelled example clips -> classes.npz",
                     description=__doc__.split("\n\n", 1)[1].strip())
@@ -45,7 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "instead of a text encoder")
     t.add_argument("--no-text", action="store_true", help="examples only: no text embeddings at all")
     add_templates_arg(t)
-    p.add_argument("--alpha", type=float, help="fixed text weight in [0, 1] (default: chosen by leave-one-out)")
+    p.add_argument("--prior", type=_prior, default=4.0, metavar="LAM|auto",
+                   help="the text side's weight in independent examples: a class's text weight is LAM / (LAM + "
+                   "its independent examples); auto: chosen by leave-one-group-out; inf: zero-shot")
+    p.add_argument("--alpha", type=float, help="one fixed text weight in [0, 1] for every class (instead of --prior)")
     p.add_argument("--batch-size", type=int, default=16, help="windows embedded together")
     p.add_argument("--strict", action="store_true", help="fail if any example file could not be read")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -171,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     if not kept:
         raise ValueError(f"{args.examples}: no example file could be read")
     adapted, report = adapt_classes(res.embeddings, [lb for _, lb, _ in kept], text, alpha=args.alpha,
-                                    groups=[g for _, _, g in kept])
+                                    groups=[g for _, _, g in kept], prior=args.prior)
     out = adapted.save(args.out)
     _print_report(args, out, adapted, report, res)
     return 0
