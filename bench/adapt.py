@@ -1,14 +1,25 @@
 """Few-shot adaptation (`tinyclap adapt`) against zero-shot, with the same student, on held-out clips.
 
-    python bench/adapt.py --model runs/i13-student --us8k ../shared/data/UrbanSound8K --fold 3 \
-        --shots 1,5 --draws 10
+    python bench/adapt.py --model weak=runs/adapt/weak --model best=runs/adapt/best \
+        --us8k ../shared/data/UrbanSound8K --fold 3 --shots 1,5,10 --draws 20 --cache runs/adapt/emb
 
-Every clip of the fold is embedded once (`tinyclap.Classifier.embed_files`, the code path of `classify` and
-`adapt`); the zero-shot class matrix comes from the teacher recorded in the student's run (one prompt,
-"this is the sound of {class}"). For each draw, K examples per class are picked at random, the classes are
-adapted from them (`tinyclap.adapt.adapt_classes`: text + audio, the text weight chosen by leave-one-out)
-and both classifiers are scored on the remaining clips of the fold (the same clips for both). Prints mean
-and spread over the draws; `--json` for the raw numbers.
+Every clip of the fold is embedded once per model (`tinyclap.Classifier.embed_files`, the code path of
+`classify` and `adapt`; kept in `--cache` as .npz, keyed by the model's weights), and the zero-shot class
+matrix comes from the teacher recorded in the student's run (one prompt, "this is the sound of {class}").
+Each draw picks K examples per class (at most the class's clips - 2, so every class keeps test clips) in
+one of two ways:
+
+- `diverse`: from K different recordings (UrbanSound8K's `fsID`; cycling through the class's recordings
+  in random order when it has fewer than K);
+- `slices`: K slices of one recording (a random one of those with K slices or more, else the largest),
+  as a user who labels one long file would give.
+
+The classes are adapted from them (`tinyclap.adapt.adapt_classes`: the default prior, groups found from the
+embeddings, no `group` column: a user cannot know which case they are in), and, for comparison, with the
+recordings given as groups, with lam chosen by leave-one-group-out (`prior="auto"`), the same with every
+example its own group (leave-one-out, what chose the text weight before groups existed), and from the
+examples alone (no text). Every classifier is scored on the remaining clips of the fold (the same clips for
+all). Prints mean ± standard deviation over the draws and the worst draw's gain; `--json` for the raw numbers.
 """
 
 from __future__ import annotations
@@ -21,79 +32,149 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyclap.adapt import adapt_classes
-from tinyclap.classifier import Classifier
+from tinyclap._util import atomic_save_npz, sha256_file
+from tinyclap.adapt import PRIOR, adapt_classes
 from tinyclap.data.spec import load_eval_dataset
 
-
-def draw(y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of k random examples per class."""
-    return np.concatenate([rng.choice(np.flatnonzero(y == c), size=k, replace=False) for c in np.unique(y)])
+SELECTIONS = ("diverse", "slices")
+METHODS = ("adapted", "given_groups", "auto", "per_example_auto", "audio_only")
 
 
-def run(args: argparse.Namespace) -> dict:
+def embed_fold(spec: str, args: argparse.Namespace) -> dict[str, np.ndarray]:
+    """Embeddings (N, D), labels, recording ids and the zero-shot class matrix of the fold, cached."""
+    from tinyclap.classifier import Classifier
+
+    path = Path(spec)
+    weights = next((p for p in (path / "student.safetensors", path) if p.is_file()), None)
+    key = sha256_file(weights)[:16] if weights is not None else path.name
+    cache = Path(args.cache) / f"{key}-fold{args.fold}.npz" if args.cache else None
+    if cache is not None and cache.is_file():
+        with np.load(cache) as z:
+            return dict(z)
     ds = load_eval_dataset("us8k", args.us8k, folds=[args.fold])
-    clf = Classifier.from_model(args.model, teacher=args.teacher)
-    classes = list(ds.classes)
+    clf = Classifier.from_model(spec, teacher=args.teacher)
+    clf.set_labels(list(ds.classes))
     t0 = time.time()
-    clf.set_labels(classes)
     res = clf.embed_files([it.path for it in ds.items], progress=args.progress)
-    emb = res.embeddings
-    y = np.array([ds.items[i].label for i in res.kept])
-    zs = clf.classes
-    print(f"embedded {len(y)} clips of fold {args.fold} in {time.time() - t0:.0f} s "
-          f"({len(res.failed)} unreadable)", file=sys.stderr)
-    zs_pred = (emb @ zs.weights.T).argmax(1)
-    out = {"model": str(args.model), "fold": args.fold, "clips": int(len(y)), "classes": classes,
+    print(f"{spec}: embedded {len(res.kept)} clips of fold {args.fold} in {time.time() - t0:.0f} s", file=sys.stderr)
+    out = {"emb": res.embeddings.astype(np.float32), "y": np.array([ds.items[i].label for i in res.kept]),
+           "rec": np.array([Path(ds.items[i].path).name.split("-")[0] for i in res.kept]),
+           "text": clf.classes.weights, "scale": np.float64(clf.classes.logit_scale),
+           "classes": np.array(ds.classes)}
+    if cache is not None:
+        atomic_save_npz(cache, **out)
+    return out
+
+
+def pick(y: np.ndarray, rec: np.ndarray, k: int, how: str, rng: np.random.Generator) -> np.ndarray:
+    """Indices of up to k examples per class, by the selection `how` (see the module docstring)."""
+    chosen = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        kc = max(1, min(k, len(idx) - 2))
+        recs = list(dict.fromkeys(rec[rng.permutation(idx)]))  # the class's recordings in random order
+        if how == "slices":
+            big = [r for r in recs if (rec[idx] == r).sum() >= kc] or [max(recs, key=lambda r: (rec[idx] == r).sum())]
+            pool = rng.permutation(idx[rec[idx] == big[0]])
+            chosen.append(pool[:kc])
+            continue
+        pools = {r: list(rng.permutation(idx[rec[idx] == r])) for r in recs}
+        take: list[int] = []
+        while len(take) < kc:
+            for r in recs:
+                if pools[r] and len(take) < kc:
+                    take.append(pools[r].pop())
+        chosen.append(np.array(take))
+    return np.concatenate(chosen)
+
+
+def adapt_all(d: dict[str, np.ndarray], train: np.ndarray) -> dict[str, tuple[np.ndarray, dict]]:
+    """Each method's class matrix from the examples `train`, and its report."""
+    from tinyclap.zeroshot import ZeroShotClassifier
+
+    classes = [str(c) for c in d["classes"]]
+    text = ZeroShotClassifier(classes, d["text"], float(d["scale"]))
+    ex = [classes[i] for i in d["y"][train]]
+    emb, rec = d["emb"][train], [str(r) for r in d["rec"][train]]
+    each = [str(i) for i in range(len(train))]
+    runs = {"adapted": (text, None, PRIOR), "given_groups": (text, rec, PRIOR), "auto": (text, None, "auto"),
+            "per_example_auto": (text, each, "auto"), "audio_only": (None, rec, PRIOR)}
+    out = {}
+    for name, (t, groups, prior) in runs.items():
+        clf, rep = adapt_classes(emb, ex, t, labels=classes, groups=groups, prior=prior)
+        out[name] = (clf.weights, rep.to_dict())
+    return out
+
+
+def run_model(name: str, spec: str, args: argparse.Namespace) -> dict:
+    d = embed_fold(spec, args)
+    y, emb = d["y"], d["emb"]
+    zs_pred = (emb @ d["text"].T).argmax(1)
+    out = {"model": name, "path": spec, "fold": args.fold, "clips": int(len(y)),
            "zero_shot_all": float(np.mean(zs_pred == y)), "runs": []}
-    for k in args.shots:
-        for d in range(args.draws):
-            rng = np.random.default_rng(args.seed + 1000 * k + d)
-            train = draw(y, k, rng)
-            test = np.setdiff1d(np.arange(len(y)), train)
-            row = {"shots": k, "draw": d, "test_clips": int(len(test)),
-                   "zero_shot": float(np.mean(zs_pred[test] == y[test]))}
-            for name, text, alpha in (("adapted", zs, None), ("audio_only", None, None)):
-                adapted, rep = adapt_classes(emb[train], [classes[i] for i in y[train]], text, alpha=alpha,
-                                             labels=classes)
-                pred = (emb[test] @ adapted.weights.T).argmax(1)
-                row[name] = float(np.mean(pred == y[test]))
-                if name == "adapted":
-                    row["alpha"] = rep.alpha
-            out["runs"].append(row)
+    for how in args.selections:
+        for k in args.shots:
+            for draw in range(args.draws):
+                rng = np.random.default_rng([args.seed, k, draw, SELECTIONS.index(how)])
+                train = pick(y, d["rec"], k, how, rng)
+                test = np.setdiff1d(np.arange(len(y)), train)
+                row = {"selection": how, "shots": k, "draw": draw, "test_clips": int(len(test)),
+                       "zero_shot": float(np.mean(zs_pred[test] == y[test]))}
+                for method, (w, rep) in adapt_all(d, train).items():
+                    row[method] = float(np.mean((emb[test] @ w.T).argmax(1) == y[test]))
+                    if method == "auto":
+                        row["lam"] = rep["lam"]
+                    if method == "adapted":
+                        row["independent"] = float(np.mean([c["independent"] for c in rep["classes"]]))
+                out["runs"].append(row)
     return out
 
 
 def summary(out: dict) -> str:
-    lines = [f"fold {out['fold']}: {out['clips']} clips, zero-shot on all of them {100 * out['zero_shot_all']:.1f} %",
-             "| examples per class | draws | zero-shot % | adapted % (text + audio) | gain (points) | min gain "
-             "| audio only % | alpha chosen |",
-             "|---|---|---|---|---|---|---|---|"]
-    for k in sorted({r["shots"] for r in out["runs"]}):
-        rs = [r for r in out["runs"] if r["shots"] == k]
-        z, a, o = (np.array([r[key] for r in rs]) * 100 for key in ("zero_shot", "adapted", "audio_only"))
-        g = a - z
-        al = np.array([r["alpha"] for r in rs])
-        lines.append(f"| {k} | {len(rs)} | {z.mean():.1f} ± {z.std():.1f} | {a.mean():.1f} ± {a.std():.1f} | "
-                     f"{g.mean():+.1f} ± {g.std():.1f} | {g.min():+.1f} | {o.mean():.1f} ± {o.std():.1f} | "
-                     f"{al.mean():.2f} ({al.min():g}-{al.max():g}) |")
+    lines = [f"{out['model']} ({out['path']}): fold {out['fold']}, {out['clips']} clips, zero-shot on all of them "
+             f"{100 * out['zero_shot_all']:.1f} %",
+             "| selection | examples per class | draws | zero-shot % | adapted % | gain (points) | worst draw "
+             "| recordings given as groups | lam auto | lam auto, each example its own group | audio only "
+             "| independent found | lam auto (median) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for how in SELECTIONS:
+        for k in sorted({r["shots"] for r in out["runs"]}):
+            rs = [r for r in out["runs"] if r["shots"] == k and r["selection"] == how]
+            if not rs:
+                continue
+            z, a, gg, au, pe, ao = (np.array([r[m] for r in rs]) * 100 for m in ("zero_shot", *METHODS))
+            g = a - z
+            lams = np.array([np.inf if r["lam"] is None else r["lam"] for r in rs])
+            ind = np.mean([r["independent"] for r in rs])
+            lines.append(f"| {how} | {k} | {len(rs)} | {z.mean():.1f} | {a.mean():.1f} ± {a.std():.1f} | "
+                         f"**{g.mean():+.1f}** ± {g.std():.1f} | {g.min():+.1f} | {(gg - z).mean():+.1f} | "
+                         f"{(au - z).mean():+.1f} (worst {(au - z).min():+.1f}) | {(pe - z).mean():+.1f} (worst "
+                         f"{(pe - z).min():+.1f}) | {(ao - z).mean():+.1f} | {ind:.1f} | "
+                         f"{np.median(lams):g} |")
+    lines.append("(the four columns after the worst draw: gain over zero-shot in points, mean over the draws)")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="runs/i13-student", help="student run (its recorded teacher encodes text)")
+    ap.add_argument("--model", action="append", required=True, metavar="[NAME=]RUN",
+                    help="student run (its recorded teacher encodes the text); repeatable")
     ap.add_argument("--teacher", help="teacher checkpoint (default: the one recorded in the run)")
     ap.add_argument("--us8k", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "UrbanSound8K"))
     ap.add_argument("--fold", type=int, default=3)
-    ap.add_argument("--shots", type=lambda s: [int(x) for x in s.split(",")], default=[1, 5])
-    ap.add_argument("--draws", type=int, default=10)
+    ap.add_argument("--shots", type=lambda s: [int(x) for x in s.split(",")], default=[1, 5, 10])
+    ap.add_argument("--selections", type=lambda s: s.split(","), default=list(SELECTIONS))
+    ap.add_argument("--draws", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", help="folder for the fold's embeddings (.npz per model)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
-    out = run(args)
-    print(json.dumps(out, indent=1) if args.json else summary(out))
+    outs = []
+    for m in args.model:
+        name, _, spec = m.rpartition("=")
+        outs.append(run_model(name or spec, spec, args))
+    print(json.dumps(outs, indent=1) if args.json else "\n\n".join(summary(o) for o in outs))
     return 0
 
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from helpers import calibrate_bn
 
-from tinyclap.adapt import ALPHA_GRID, adapt_classes, leave_one_out
+from tinyclap.adapt import LAMBDA_GRID, PRIOR, SE_RULE, adapt_classes, find_groups, leave_one_group_out, text_weights
 from tinyclap.audio import eval_windows, load_audio
 from tinyclap.audio.frontend import LogMel
 from tinyclap.cli import main
-from tinyclap.cli.adapt import read_examples
+from tinyclap.cli.adapt import read_examples, tidy_examples
 from tinyclap.deploy.export import export
 from tinyclap.models import save_student
 from tinyclap.models.students import create_student
@@ -44,87 +44,140 @@ def _toy(seed: int = 0, n_per: int = 4, text_noise: float = 0.3, audio_noise: fl
 
 
 def test_class_matrix_matches_numpy() -> None:
-    """The adapted class vectors, against a direct computation of the formula."""
+    """The adapted class vectors, against a direct computation of the formula (each group counts once)."""
     emb, y, text = _toy()
     labels = ["a", "b", "c"]
     ex_labels = [labels[i] for i in y]
     tz = ZeroShotClassifier(["b", "a"], text[[1, 0]], float(np.log(20)))  # 'c' has no text
-    clf, rep = adapt_classes(emb, ex_labels, tz, alpha=0.3)
+    groups = ["r1", "r1", "r1", "r2"] * 3  # per class: a recording sliced three ways and another one
+    clf, rep = adapt_classes(emb, ex_labels, tz, alpha=0.3, groups=groups)
     expect = []
     for c in range(3):
-        m = _unit(emb[y == c].mean(0))
+        e = emb[y == c]
+        m = _unit(e[:3].mean(0) + e[3])
         expect.append(_unit(0.3 * text[c] + 0.7 * m) if c < 2 else m)
     assert clf.labels == labels and np.allclose(clf.weights, np.array(expect), atol=1e-6)
-    assert rep.alpha == 0.3 and rep.chosen_by == "fixed"
+    assert rep.chosen_by == "fixed alpha" and rep.grouping == "given"
     assert [c["text"] for c in rep.classes] == [True, True, False] and [c["examples"] for c in rep.classes] == [4] * 3
+    assert [c["independent"] for c in rep.classes] == [2] * 3 and [c["text_weight"] for c in rep.classes] == [.3, .3, 0]
+    # the shrinkage: text weight lam / (lam + independent examples)
+    assert np.allclose(text_weights(np.array([1, 2, 4]), np.array([True, True, False]), 2.0), [2 / 3, 0.5, 0])
     # no text at all: prototypes only
     clf0, rep0 = adapt_classes(emb, ex_labels, None)
     assert rep0.chosen_by == "no text" and np.allclose(clf0.weights, [_unit(emb[y == c].mean(0)) for c in range(3)])
 
 
-def test_leave_one_out_scores_by_hand() -> None:
-    emb, y, text = _toy(n_per=3)
-    y = y.copy()
-    y[-1] = 2
-    emb = np.concatenate([emb, emb[:1]])
-    y = np.concatenate([y, [1]])  # an extra example of class 1
-    has_text = np.array([True, True, False])
-    y[2] = 0
-    scores, ok = leave_one_out(emb, y, text, has_text, 0.4)
-    for i in range(len(y)):
+def _brute_force_logo(emb: np.ndarray, y: np.ndarray, groups: np.ndarray, text: np.ndarray, has_text: np.ndarray,
+                      lam: float) -> np.ndarray:
+    """Leave-one-group-out by its definition: drop a group, rebuild every class vector, score its examples."""
+    scores = np.zeros((len(y), 3))
+    for g in np.unique(groups):
+        keep = groups != g
         vecs = []
         for c in range(3):
-            others = [j for j in range(len(y)) if y[j] == c and j != i]
-            full = [j for j in range(len(y)) if y[j] == c]
-            members = others if c == y[i] else full
+            members = [j for j in np.flatnonzero(keep & (y == c))]
+            gs = np.unique(groups[members])
             if not members:
-                vecs.append(text[c] if has_text[c] else np.zeros(32))
+                vecs.append(text[c])  # only the held-out group's class can lose all its examples
                 continue
-            m = _unit(emb[members].mean(0))
-            vecs.append(_unit(0.4 * text[c] + 0.6 * m) if has_text[c] else m)
-        assert np.allclose(scores[i], np.array(vecs) @ emb[i], atol=1e-6), i
+            m = _unit(sum(emb[groups == h].mean(0) for h in gs))
+            a = lam / (lam + len(gs)) if has_text[c] else 0.0
+            vecs.append(_unit(a * text[c] + (1 - a) * m))
+        scores[groups == g] = emb[groups == g] @ np.array(vecs).T
+    return scores
+
+
+def test_leave_one_group_out_equals_brute_force() -> None:
+    emb, y, text = _toy(n_per=5)
+    groups = np.array([0, 0, 1, 2, 2, 3, 4, 4, 4, 5, 6, 6, 7, 8, 9])  # class 1 has two groups, class 0 three
+    has_text = np.array([True, True, False])
+    for lam in (0.0, 0.5, 3.0, 64.0):
+        scores, ok = leave_one_group_out(emb, y, groups, text, has_text, lam)
+        assert np.allclose(scores, _brute_force_logo(emb, y, groups, text, has_text, lam), atol=1e-9), lam
     assert ok.all()
-    # a lone example of a class without text cannot be scored
-    y2 = np.array([0, 0, 1, 2])
-    _, ok2 = leave_one_out(emb[:4], y2, text, has_text, 0.4)
-    assert ok2.tolist() == [True, True, True, False]
+    # a class with a single group cannot be scored: its audio prototype has nothing to be judged on
+    _, ok2 = leave_one_group_out(emb, y, np.where(y == 2, 99, groups), text, has_text, 1.0)
+    assert ok2.tolist() == [True] * 10 + [False] * 5
 
 
-def test_leave_one_out_choice() -> None:
+def test_near_duplicates_keep_the_blend_text_heavy() -> None:
+    """Slices of one recording: found as one group per class, flagged, so the blend keeps the text weight of
+    one example (4 / 5), and leave-one-group-out has nothing to judge them on; the same examples given as
+    independent recordings lean on the audio (4 / 9)."""
+    rng = np.random.default_rng(3)
+    centres = _unit(rng.standard_normal((3, 32)))
+    text = _unit(centres + 4.0 * rng.standard_normal((3, 32)) / np.sqrt(32))  # a weak text side
+    rec = _unit(centres + rng.standard_normal((3, 32)) / np.sqrt(32))  # one recording per class, off-centre
+    y = np.repeat(np.arange(3), 5)
+    slices = _unit(rec[y] + 0.05 * rng.standard_normal((15, 32)) / np.sqrt(32))
+    labels = [["a", "b", "c"][i] for i in y]
+    tz = ZeroShotClassifier(["a", "b", "c"], text, 3.0)
+    assert find_groups(slices, y).tolist() == y.tolist()
+    clf, rep = adapt_classes(slices, labels, tz)
+    assert rep.chosen_by == "prior" and rep.lam == PRIOR == 4 and rep.scored_examples == 0
+    assert all(c["one_recording"] and c["independent"] == 1 and c["text_weight"] == 0.8 for c in rep.classes)
+    m = np.array([_unit(slices[y == c].mean(0)) for c in range(3)])
+    assert np.allclose(clf.weights, _unit(0.8 * text + 0.2 * m), atol=1e-6)
+    _, rep1 = adapt_classes(slices, labels, tz, prior="auto")
+    assert rep1.chosen_by == "prior (nothing to judge)" and rep1.lam == PRIOR
+    _, rep2 = adapt_classes(slices, labels, tz, groups=[str(i) for i in range(15)])
+    assert all(c["text_weight"] == pytest.approx(4 / 9) for c in rep2.classes)
+    _, rep2 = adapt_classes(slices, labels, tz, groups=[str(i) for i in range(15)], prior="auto")
+    assert rep2.chosen_by == "leave-one-group-out" and rep2.scored_examples == 15  # slices taken as recordings
+    # one class sliced, the others independent: the sliced class keeps more of its text
+    mixed = np.concatenate([slices[:5], _unit(centres[y[5:]] + rng.standard_normal((10, 32)) / np.sqrt(32))])
+    _, rep3 = adapt_classes(mixed, labels, tz, prior="auto")
+    w = [c["text_weight"] for c in rep3.classes]
+    assert [c["independent"] for c in rep3.classes] == [1, 5, 5] and w[0] >= w[1] == w[2]
+    assert rep3.classes[0]["one_recording"] and not rep3.classes[1]["one_recording"]
+
+
+def test_leave_one_group_out_choice() -> None:
     """Useless text -> little text weight; perfect text with noisy audio -> a lot of it."""
     emb, y, _ = _toy(seed=1, n_per=6, audio_noise=0.8)
     labels = ["a", "b", "c"]
     ex = [labels[i] for i in y]
     rng = np.random.default_rng(5)
     useless = ZeroShotClassifier(labels, _unit(rng.standard_normal((3, 32))), 3.0)
-    _, rep = adapt_classes(emb, ex, useless)
-    assert rep.chosen_by == "leave-one-out" and rep.alpha < 0.9
-    assert rep.loo_accuracy[f"{rep.alpha:g}"] > rep.loo_accuracy["1"] + 0.3  # text alone is chance here
-    assert set(rep.loo_accuracy) == {f"{a:g}" for a in ALPHA_GRID}
-    assert rep.loo_accuracy[f"{rep.alpha:g}"] == max(rep.loo_accuracy.values())
+    _, rep = adapt_classes(emb, ex, useless, prior="auto")
+    assert rep.chosen_by == "leave-one-group-out" and rep.classes[0]["text_weight"] < 0.75
+    assert rep.loo_accuracy[f"{rep.lam:g}"] > rep.loo_accuracy["inf"] + 0.3  # text alone is chance here
+    assert set(rep.loo_accuracy) == {f"{a:g}" for a in LAMBDA_GRID}
+    best = max(rep.loo_accuracy.values())  # the largest lam within SE_RULE standard errors of the best (18 groups)
+    ok = [float(k) for k, a in rep.loo_accuracy.items() if a >= best - SE_RULE * np.sqrt(best * (1 - best) / 18)]
+    assert rep.lam == max(ok)
     emb2, y2, text2 = _toy(seed=2, n_per=3, text_noise=0.0, audio_noise=4.0)
-    _, rep2 = adapt_classes(emb2, [labels[i] for i in y2], ZeroShotClassifier(labels, text2, 3.0))
-    assert rep2.alpha >= 0.8
-    # the leave-one-out accuracy it reports is the one recomputed by hand
-    scores, ok = leave_one_out(emb2, y2, text2, np.ones(3, bool), rep2.alpha)
-    assert rep2.loo_accuracy[f"{rep2.alpha:g}"] == pytest.approx(float(np.mean(scores.argmax(1) == y2)))
+    _, rep2 = adapt_classes(emb2, [labels[i] for i in y2], ZeroShotClassifier(labels, text2, 3.0), prior="auto")
+    assert rep2.lam is None or rep2.lam >= 16
+    # the accuracy it reports is the one recomputed by hand
+    lam = np.inf if rep2.lam is None else rep2.lam
+    scores, ok = leave_one_group_out(emb2, y2, np.arange(9), text2, np.ones(3, bool), lam)
+    assert rep2.loo_accuracy[f"{lam:g}"] == pytest.approx(float(np.mean(scores.argmax(1) == y2)))
 
 
 def test_adapt_rejects_bad_input() -> None:
     emb, y, text = _toy()
     with pytest.raises(ValueError, match="alpha"):
-        adapt_classes(emb, ["a"] * len(y), None, alpha=1.5)
+        adapt_classes(emb, ["a", "b"] * (len(y) // 2), None, alpha=1.5)
     with pytest.raises(ValueError, match="not finite"):
-        adapt_classes(np.full_like(emb, np.nan), ["a"] * len(y))
+        adapt_classes(np.full_like(emb, np.nan), ["a", "b"] * (len(y) // 2))
     with pytest.raises(ValueError, match="labelled examples"):
         adapt_classes(emb, ["a"])
+    with pytest.raises(ValueError, match="prior"):
+        adapt_classes(emb, ["a", "b"] * (len(y) // 2), None, prior=float("nan"))
+    with pytest.raises(ValueError, match="two classes"):
+        adapt_classes(emb, ["a"] * len(y))
 
 
 def test_read_examples(tmp_path: Path) -> None:
-    (tmp_path / "ok.csv").write_text("path,label\nx.wav,dog\n\n/abs/y.wav, cat \n")
-    assert read_examples(tmp_path / "ok.csv") == [(str(tmp_path / "x.wav"), "dog"), ("/abs/y.wav", "cat")]
+    (tmp_path / "ok.csv").write_text("path,label\nx.wav,dog\n\n/abs/y.wav, cat \n/abs/z.wav,cat,rec 7\n")
+    assert read_examples(tmp_path / "ok.csv") == [(str(tmp_path / "x.wav"), "dog", None), ("/abs/y.wav", "cat", None),
+                                                  ("/abs/z.wav", "cat", "rec 7")]
+    (tmp_path / "grp.csv").write_text("path,label,group\nx.wav,dog,a\nw.wav,dog,\n")
+    assert [g for _, _, g in read_examples(tmp_path / "grp.csv")] == ["a", None]
     for text, match in [("a.wav\n", "row 1"), ("a.wav,\n", "row 1"), ("path,label\n", "no examples"),
-                        ("a.wav,b,c\n", "two non-empty"), ("a.wav,do\x07g\n", "printable")]:
+                        ("a.wav,b,c,d\n", "path,label"), ("a.wav,do\x07g\n", "printable"),
+                        ("a.wav,dog,g\x07\n", "group must be printable")]:
         (tmp_path / "bad.csv").write_text(text)
         with pytest.raises(ValueError, match=match):
             read_examples(tmp_path / "bad.csv")
@@ -133,6 +186,18 @@ def test_read_examples(tmp_path: Path) -> None:
         read_examples(tmp_path / "bin.csv")
     with pytest.raises(ValueError, match="no such file"):
         read_examples(tmp_path / "missing.csv")
+
+
+def test_tidy_examples() -> None:
+    """Repeated rows count once, `dog`/`Dog`/`dog ` are one class, one class is refused."""
+    rows = [("a.wav", "dog", None), ("a.wav", "dog", None), ("./a.wav", "Dog", None), ("b.wav", "Dog", "r"),
+            ("c.wav", "Street_music", None), ("d.wav", "street  music", None)]
+    kept, notes = tidy_examples(rows)
+    assert kept == [("a.wav", "dog", None), ("b.wav", "dog", "r"), ("c.wav", "Street_music", None),
+                    ("d.wav", "Street_music", None)]
+    assert any("'Dog' taken as 'dog'" in n for n in notes) and any("2 repeated" in n for n in notes)
+    with pytest.raises(ValueError, match="one class only"):
+        tidy_examples([("a.wav", "dog", None), ("b.wav", "DOG", None)])
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +240,7 @@ def test_adapt_cli_output(adapted: dict[str, Path], capsys: pytest.CaptureFixtur
     from tinyclap.classifier import Classifier
 
     rows = read_examples(adapted["csv"])
-    res = Classifier.from_model(adapted["ckpt"]).embed_files([p for p, _ in rows])
+    res = Classifier.from_model(adapted["ckpt"]).embed_files([p for p, _, _ in rows])
     lib, rep = adapt_classes(res.embeddings, [rows[i][1] for i in res.kept],
                              ZeroShotClassifier.load(adapted["tmp"] / "text.npz"))
     assert np.allclose(lib.weights, clf.weights, atol=1e-5) and lib.logit_scale == pytest.approx(clf.logit_scale)
@@ -198,6 +263,12 @@ def test_adapted_classes_through_torch_free_runtime(adapted: dict[str, Path]) ->
 
     torch_top = [r.ranked[0][0] for r in Classifier.from_model(adapted["ckpt"], adapted["out"]).classify_files(files)]
     assert onnx == torch_top and set(onnx) <= {"dog_bark", "jackhammer", "siren"}
+    # and `classify --classes` reads it as it reads any class matrix
+    res = subprocess.run([sys.executable, "-m", "tinyclap.cli", "classify", *files, "--model", str(adapted["ckpt"]),
+                          "--classes", str(adapted["out"]), "--json", "--top", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert [r["labels"][0]["label"] for r in json.loads(res.stdout)["results"]] == torch_top
 
 
 def test_adapt_cli_errors(adapted: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -211,4 +282,23 @@ def test_adapt_cli_errors(adapted: dict[str, Path], tmp_path: Path, capsys: pyte
     # no text side at all (a bare student records no teacher): classes from the examples alone
     assert main([*base, "--examples", str(adapted["csv"]), "--no-progress"]) == 0
     cap = capsys.readouterr()
-    assert "no text side" in cap.err and "audio only" in cap.out
+    assert "no text side" in cap.err and "no text" in cap.out and "independent" in cap.out
+    # one class (after `Siren` is taken as `siren`) is refused before the model is loaded
+    rows = read_examples(adapted["csv"])
+    (tmp_path / "one.csv").write_text(f"{rows[-2][0]},siren\n{rows[-3][0]},Siren\n")
+    one = [*base, "--examples", str(tmp_path / "one.csv"), "--model", "/nonexistent", "--out", str(tmp_path / "p/c")]
+    assert main(one) == 1
+    assert "one class only ('siren')" in capsys.readouterr().err and not (tmp_path / "p").exists()
+    # a file copied under three names is one recording (warned), a repeated row counts once
+    for i in range(3):
+        (tmp_path / f"dog{i}.ogg").write_bytes(Path(rows[0][0]).read_bytes())
+    (tmp_path / "dup.csv").write_text("dog0.ogg,dog_bark\ndog1.ogg,Dog Bark\ndog2.ogg,dog_bark\ndog2.ogg,dog_bark\n"
+                                      f"{rows[-2][0]},siren\n{rows[-3][0]},siren,take-2\n")
+    assert main([*base, "--examples", str(tmp_path / "dup.csv"), "--json", "--no-text"]) == 0
+    cap = capsys.readouterr()
+    rep = json.loads(cap.out)
+    assert rep["examples"] == 5 and rep["grouping"] == "given + near-duplicates"
+    assert [(c["label"], c["examples"], c["independent"]) for c in rep["classes"]] == [("dog_bark", 3, 1),
+                                                                                       ("siren", 2, 2)]
+    assert "'Dog Bark' taken as 'dog_bark'" in cap.err and "1 repeated row" in cap.err
+    assert "examples of 'dog_bark' look like one recording" in cap.err and "'siren' look" not in cap.err

@@ -1,12 +1,16 @@
 """`tinyclap adapt --model M --examples CSV --out classes.npz`: few-shot classes from your own labelled clips.
 
-The CSV has two columns, `path,label` (a header row `path,label` is optional; relative paths are read from
-the CSV's folder). Each class vector blends the label's text embedding (when a text side is found:
---teacher, the model's own text tower, the teacher recorded in its run, or --text-classes FILE.npz) with
-the mean of its examples' normalised audio embeddings; the mixing weight is chosen by leave-one-out on
-the examples (or fixed with --alpha). Labels without text (or all of them with --no-text) are classes
-from their examples alone. The output is an ordinary class-matrix file: `classify --classes`,
-`export --classes` and the torch-free runtime read it unchanged. See `tinyclap.adapt`.
+The CSV has the columns `path,label` and optionally `group` (a header row is optional; relative paths are
+read from the CSV's folder). The group names the recording (file, session) an example comes from: examples
+of one group count as one independent example. Without it, examples of a class whose embeddings are
+near-duplicates (slices of one file) form a group. Each class vector blends the label's text embedding
+(when a text side is found: --teacher, the model's own text tower, the teacher recorded in its run, or
+--text-classes FILE.npz) with the mean of its groups' audio embeddings; the text weight shrinks with the
+number of independent examples (--prior; or one fixed --alpha). Labels
+that differ only in case, spaces or `_` are one class; repeated rows count once; one class is refused.
+Labels without text (or all of them with --no-text) are classes from their examples alone. The output is
+an ordinary class-matrix file: `classify --classes`, `export --classes` and the torch-free runtime read it
+unchanged. See `tinyclap.adapt`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,19 @@ MAX_LABEL_CHARS = 1000
 MAX_CSV_BYTES = 256 << 20
 
 
+def _prior(text: str) -> float | str:
+    """--prior: a number >= 0 (inf allowed) or `auto`."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'auto'") from None
+    if not value >= 0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text} is not >= 0")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "adapt", "few-shot classes from labelled example clips -> classes.npz",
                     description=__doc__.split("\n\n", 1)[1].strip())
@@ -48,7 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "instead of a text encoder")
     t.add_argument("--no-text", action="store_true", help="examples only: no text embeddings at all")
     add_templates_arg(t)
-    p.add_argument("--alpha", type=float, help="fixed text weight in [0, 1] (default: chosen by leave-one-out)")
+    p.add_argument("--prior", type=_prior, default=4.0, metavar="LAM|auto",
+                   help="the text side's weight in independent examples: a class's text weight is LAM / (LAM + "
+                   "its independent examples); auto: chosen by leave-one-group-out; inf: zero-shot")
+    p.add_argument("--alpha", type=float, help="one fixed text weight in [0, 1] for every class (instead of --prior)")
     p.add_argument("--batch-size", type=int, default=16, help="windows embedded together")
     p.add_argument("--strict", action="store_true", help="fail if any example file could not be read")
     add_json_arg(p, "the report")
@@ -57,8 +77,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def read_examples(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """(audio path, label) rows of an examples CSV; a one-line ValueError naming the file and row otherwise."""
+Example = tuple[str, str, str | None]  # (audio path, label, group or None)
+
+
+def _row(row: list[str], name: str, i: int, base: Path) -> Example:
+    """One CSV row as an example; a one-line ValueError naming the file and row otherwise."""
+    if len(row) not in (2, 3) or not row[0].strip() or not row[1].strip():
+        raise ValueError(f"{name}, row {i}: expected the columns path,label[,group] (path and label non-empty), "
+                         f"got {row!r:.120}")
+    label, group = row[1].strip(), row[2].strip() if len(row) == 3 else ""
+    for what, text in (("label", label), ("group", group)):
+        if len(text) > MAX_LABEL_CHARS or not text.isprintable():
+            raise ValueError(f"{name}, row {i}: {what} must be printable and at most {MAX_LABEL_CHARS} chars")
+    audio = Path(row[0].strip())
+    return os.fspath(audio if audio.is_absolute() else base / audio), label, group or None
+
+
+def read_examples(path: str | os.PathLike) -> list[Example]:
+    """(audio path, label, group or None) rows of an examples CSV; a one-line ValueError naming the file and
+    row otherwise."""
     from tinyclap._util import display_path
 
     name = display_path(path)
@@ -73,20 +110,14 @@ def read_examples(path: str | os.PathLike) -> list[tuple[str, str]]:
         raise ValueError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except OSError as e:
         raise ValueError(f"{name}: cannot read ({e.strerror or e})") from e
-    rows: list[tuple[str, str]] = []
+    rows: list[Example] = []
     try:
         for i, row in enumerate(csv.reader(io.StringIO(text)), start=1):
             if not row or all(not c.strip() for c in row):
                 continue
-            if i == 1 and [c.strip().lower() for c in row] == ["path", "label"]:
+            if i == 1 and [c.strip().lower() for c in row] in (["path", "label"], ["path", "label", "group"]):
                 continue
-            if len(row) != 2 or not row[0].strip() or not row[1].strip():
-                raise ValueError(f"{name}, row {i}: expected two non-empty columns path,label, got {row!r:.120}")
-            label = row[1].strip()
-            if len(label) > MAX_LABEL_CHARS or not label.isprintable():
-                raise ValueError(f"{name}, row {i}: label must be printable and at most {MAX_LABEL_CHARS} chars")
-            audio = Path(row[0].strip())
-            rows.append((os.fspath(audio if audio.is_absolute() else p.parent / audio), label))
+            rows.append(_row(row, name, i, p.parent))
             if len(rows) > MAX_EXAMPLES:
                 raise ValueError(f"{name}: more than {MAX_EXAMPLES} examples")
     except csv.Error as e:
@@ -94,6 +125,27 @@ def read_examples(path: str | os.PathLike) -> list[tuple[str, str]]:
     if not rows:
         raise ValueError(f"{name}: no examples (expected rows path,label)")
     return rows
+
+
+def tidy_examples(rows: list[Example]) -> tuple[list[Example], list[str]]:
+    """Labels that differ only in case, spaces or `_` merged into their first spelling, repeated (path, label)
+    rows kept once; the rows and a note for each change. A ValueError when one class is left."""
+    first: dict[str, str] = {}
+    merged: dict[str, str] = {}
+    out: dict[tuple[str, str], Example] = {}
+    for audio, label, group in rows:
+        key = " ".join(label.replace("_", " ").casefold().split())
+        keep = first.setdefault(key, label)
+        if keep != label:
+            merged.setdefault(label, keep)
+        out.setdefault((os.path.normpath(audio), keep), (audio, keep, group))
+    notes = [f"label {lb!r} taken as {keep!r}" for lb, keep in merged.items()]
+    if len(out) < len(rows):
+        notes.append(f"{len(rows) - len(out)} repeated row(s) (same file and label) counted once")
+    if len(first) < 2:
+        raise ValueError(f"examples of one class only ({next(iter(first.values()))!r}): a classifier needs two "
+                         "classes or more")
+    return list(out.values()), notes
 
 
 def _text_side(args: argparse.Namespace, clf: Any, labels: list[str]) -> Any:
@@ -124,38 +176,52 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be in 1..1024, got {args.batch_size}")
     if args.no_text and (args.text_classes or args.alpha is not None):
         raise ValueError("--no-text leaves nothing to blend: drop --text-classes/--alpha")
-    examples = read_examples(args.examples)
+    examples, notes = tidy_examples(read_examples(args.examples))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     from tinyclap._util import resolve_device
 
     clf = Classifier.from_model(args.model, teacher=args.teacher, tokenizer=args.tokenizer, templates=args.templates,
                                 batch_size=args.batch_size, device=resolve_device(args.device))
-    labels = list(dict.fromkeys(lb for _, lb in examples))
+    labels = list(dict.fromkeys(lb for _, lb, _ in examples))
     text = _text_side(args, clf, labels)
-    res = clf.embed_files([p for p, _ in examples], progress=not args.no_progress and len(examples) > 20)
+    res = clf.embed_files([p for p, _, _ in examples], progress=not args.no_progress and len(examples) > 20)
     for p, why in res.failed:
         print(f"skipped {p}: {why}", file=sys.stderr)
     if res.failed and args.strict:
         raise ValueError(f"{args.examples}: {len(res.failed)} of {len(examples)} example files could not be read")
-    kept_labels = [examples[i][1] for i in res.kept]
-    lost = [lb for lb in labels if lb not in set(kept_labels)]
+    kept = [examples[i] for i in res.kept]
+    lost = [lb for lb in labels if lb not in {lb for _, lb, _ in kept}]
     if lost:
         print(f"dropped classes with no readable example: {', '.join(lost)}", file=sys.stderr)
-    if not kept_labels:
+    if not kept:
         raise ValueError(f"{args.examples}: no example file could be read")
-    adapted, report = adapt_classes(res.embeddings, kept_labels, text, alpha=args.alpha)
+    adapted, report = adapt_classes(res.embeddings, [lb for _, lb, _ in kept], text, alpha=args.alpha,
+                                    groups=[g for _, _, g in kept], prior=args.prior)
     out = adapted.save(args.out)
-    info = {"out": os.fspath(out), "examples": len(res.kept), "failed": [list(f) for f in res.failed],
-            **report.to_dict()}
-    if args.json:
-        print(json.dumps(info, indent=1))
-    else:
-        print(f"wrote {out}: {len(adapted.labels)} classes from {len(res.kept)} examples, alpha {report.alpha:g} "
-              f"({report.chosen_by}), logit scale {report.logit_scale:.2f}")
-        if report.loo_accuracy:
-            best = report.loo_accuracy.get(f"{report.alpha:g}")
-            print(f"  leave-one-out accuracy {best:.3f} on {report.loo_examples} examples "
-                  f"(text only: {report.loo_accuracy.get('1', float('nan')):.3f})")
-        for c in report.classes:
-            kind = 'text + audio' if c['text'] else 'audio only'
-            print(f"  {c['label'][:60]:60s} {c['examples']:5d} examples  {kind}")
+    _print_report(args, out, adapted, report, res)
     return 0
+
+
+def _print_report(args: argparse.Namespace, out: Path, adapted: Any, report: Any, res: Any) -> None:
+    """The report: JSON, or a summary line and one line per class; a warning per class that looks like one
+    recording (on stderr, both ways)."""
+    for c in report.classes:
+        if c["one_recording"]:
+            print(f"warning: the {c['examples']} examples of {c['label'][:60]!r} look like one recording "
+                  f"(near-duplicate embeddings or one group): they count as one independent example, text weight "
+                  f"{c['text_weight']:.2f}; add recordings, or a group column if they are not", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"out": os.fspath(out), "examples": len(res.kept), "failed": [list(f) for f in res.failed],
+                          **report.to_dict()}, indent=1))
+        return
+    lam = "inf" if report.lam is None else f"{report.lam:g}"
+    print(f"wrote {out}: {len(adapted.labels)} classes from {len(res.kept)} examples, text prior {lam} "
+          f"({report.chosen_by}; groups: {report.grouping}), logit scale {report.logit_scale:.2f}")
+    if report.loo_accuracy:
+        print(f"  leave-one-group-out accuracy {report.loo_accuracy[lam]:.3f} on {report.scored_examples} examples "
+              f"(text only: {report.loo_accuracy['inf']:.3f})")
+    print(f"  {'class':40s} examples  independent  text weight")
+    for c in report.classes:
+        weight = f"{c['text_weight']:.2f}" if c["text"] else "no text"
+        print(f"  {c['label'][:40]:40s} {c['examples']:8d}  {c['independent']:11d}  {weight}")
