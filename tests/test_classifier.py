@@ -266,17 +266,17 @@ def test_hostile_inputs(model_dir: dict[str, Path], tmp_path: Path) -> None:
         clf.set_classes(wrong)
 
 
-def _readme_block(lang: str) -> str:
+def _readme_block(heading: str, lang: str) -> str:
     import re
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    start = text.index("## Your own classes, long recordings and the Python API")
+    start = text.index(heading)
     return re.search(rf"^```{lang}\n(.*?)^```", text[start:], flags=re.S | re.M).group(1)
 
 
 @pytest.mark.slow
 def test_readme_examples_run(model_dir: dict[str, Path], shared_data: Path, us8k_root: Path,
-                             capsys: pytest.CaptureFixture[str]) -> None:
+                             capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's adapt/classify/export/timeline block and its Python API block, on the small student."""
     import shlex
 
@@ -286,7 +286,7 @@ def test_readme_examples_run(model_dir: dict[str, Path], shared_data: Path, us8k
     subs = {"runs/my-classes.npz": str(tmp / "my-classes.npz"), "runs/my-export": str(tmp / "my-export"),
             "my-examples.csv": str(tmp / "ex.csv"), "runs/student": str(model_dir["ckpt"]),
             "my-clip.wav": str(shared_data / "animals-cc0" / "dog.mp3"), "my-recording.wav": str(model_dir["scene"]),
-            "../shared/data": str(shared_data), "runs/classes.npz": str(model_dir["classes"]),
+            "$DATA": str(shared_data), "runs/classes.npz": str(model_dir["classes"]),
             "runs/export": str(model_dir["export"])}
 
     def sub(text: str) -> str:
@@ -294,14 +294,15 @@ def test_readme_examples_run(model_dir: dict[str, Path], shared_data: Path, us8k
             text = text.replace(a, b)
         return text
 
-    for line in _readme_block("bash").strip().splitlines():
+    for line in _readme_block("## Your own classes", "bash").strip().splitlines():
         argv = shlex.split(sub(line))[1:]
         extra = ["--parity-size", "2"] if argv[0] == "export" else ["--no-progress"] if argv[0] == "adapt" else []
         assert main(argv + extra) == 0, line
     out = capsys.readouterr().out
     assert "2 classes from 6 examples" in out and "length" in out  # the segments view
     assert ZeroShotClassifier.load(tmp / "my-export" / "classes.npz").labels == ["a", "b"]
-    exec(compile(sub(_readme_block("python")), "README.md#api", "exec"), {})
+    monkeypatch.setenv("DATA", str(shared_data))
+    exec(compile(sub(_readme_block("### The Python API", "python")), "README.md#api", "exec"), {})
     printed = capsys.readouterr().out
     assert "dog.mp3 [(" in printed and "no-such.wav file not found" in printed and " s  " in printed
 

@@ -1,5 +1,6 @@
 """The README's examples run as written: the walkthrough and the Library block on the shared recordings
-(with a few clips per stage), and every other `tinyclap` line parses with today's options."""
+(with a few clips per stage, `$DATA` set to them), every other `tinyclap` line parses with today's options,
+and every link to a section of the README names a heading that exists."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def _section_block(heading: str, lang: str) -> str:
 def _fast(argv: list[str], shared: Path) -> list[str]:
     out = []
     for a in argv:
-        a = a.replace("../shared/data", str(shared))
+        a = a.replace("$DATA", str(shared))
         if re.match(r"^(us8k|esc50|csv|tut17):", a):  # a dataset spec: a few clips
             a += ("&" if "#" in a else "#") + f"limit={LIMIT}"
         out.append(a)
@@ -65,7 +66,10 @@ def _run(line: str, shared: Path) -> str:
 @pytest.mark.slow
 def test_walkthrough_and_library_run_as_written(tmp_path: Path, shared_data: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    lines = [ln for ln in _section_block("### Walkthrough", "bash").splitlines() if ln.strip()]
+    monkeypatch.setenv("DATA", str(shared_data))
+    block = _section_block("### Walkthrough", "bash").splitlines()
+    assert block[0].startswith("export DATA=")  # set once, then every line runs from any folder
+    lines = [ln for ln in block[1:] if ln.strip()]
     assert len(lines) >= 7
     printed = {}
     for line in lines:
@@ -76,7 +80,7 @@ def test_walkthrough_and_library_run_as_written(tmp_path: Path, shared_data: Pat
     ranked = [out for line, out in printed.items() if "dog.mp3" in line]
     assert ranked and all(any(lb in out for lb in ("dog_bark", "siren", "car_horn")) for out in ranked)
 
-    code = _section_block("## Library", "python").replace("../shared/data", str(shared_data))
+    code = _section_block("## Library", "python")
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         exec(compile(code, "README.md#library", "exec"), {})
@@ -104,3 +108,17 @@ def test_every_readme_command_parses(line: str) -> None:
             build_parser().parse_args(argv)
         except SystemExit as e:
             pytest.fail(f"README line does not parse (exit {e.code}): {line}")
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_section_links_name_headings() -> None:
+    text = README.read_text(encoding="utf-8")
+    text_outside_code = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", text_outside_code, flags=re.M)}
+    links = re.findall(r"\]\(#([^)]+)\)", text_outside_code)
+    assert len(links) >= 20  # the table of contents
+    assert [a for a in links if a not in anchors] == []
