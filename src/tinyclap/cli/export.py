@@ -1,4 +1,5 @@
-"""`tinyclap export`: a student + its class matrix -> ONNX (fp32, optionally int8) with a manifest."""
+"""`tinyclap export`: a student + its class matrix -> ONNX (fp32, optionally int8) with a manifest, or
+(`--target tflm`) an MCU student -> int8 TensorFlow Lite Micro graphs, C sources and a manifest."""
 
 from __future__ import annotations
 
@@ -26,8 +27,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export",
         "export a student to ONNX (+ int8) for the torch-free runtime",
         description="Writes model.onnx (waveform -> embedding), student.onnx (log-mel -> embedding), "
-        "classes.npz and manifest.json; checks ONNX Runtime against PyTorch on real recordings.",
+        "classes.npz and manifest.json; checks ONNX Runtime against PyTorch on real recordings. With --target "
+        "tflm: backbone.tflite + head.tflite (full int8), the int8 class matrix, front-end constants, C sources "
+        "and manifest.json, checked with TFLM's own kernels on real recordings (needs the mcu extra).",
     )
+    p.add_argument("--target", choices=("onnx", "tflm"), default="onnx",
+                   help="onnx: the desktop/server runtime; tflm: TensorFlow Lite Micro (microcontrollers)")
+    p.add_argument("--window", type=float,
+                   help="tflm: seconds of audio per backbone run (features averaged over a clip's windows, "
+                   "head once; the same as --pool-window); default: the preset's window, else 1")
+    p.add_argument("--dims", type=int,
+                   help="tflm: latent entries kept (pruned on the calibration clips); default: the preset's k")
     add_model_arg(p, "student checkpoint, run folder or student name", required=True)
     c = p.add_argument_group("classes (one of)")
     c.add_argument("--labels", help='comma-separated class names, e.g. "dog,rain,siren" (needs --teacher)')
@@ -137,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             'give the classes: --labels "a,b,c" (with --teacher and --tokenizer) or --classes FILE'
         )
+    if args.target == "tflm":
+        return _run_tflm(args)
+    if args.window is not None or args.dims is not None:
+        raise ValueError("--window and --dims belong to --target tflm")
     if args.quantize and not args.calibration:
         raise ValueError("--quantize int8 needs --calibration AUDIO (real recordings)")
     check_out_dir(Path(args.out), args.overwrite)
@@ -213,3 +227,48 @@ def _print_summary(manifest: dict[str, Any], out: str) -> None:
                   + ("" if agree is None else f", zero-shot top-1 agreement {100 * agree:.1f} %"))
     for name, f in manifest["files"].items():
         print(f"  {name:18s} {f['bytes'] / 1e6:8.2f} MB  sha256 {f['sha256'][:16]}...")
+
+
+def _run_tflm(args: argparse.Namespace) -> int:
+    """`export --target tflm`: calibration and held-out parity files from --calibration (--parity-audio)."""
+    from pathlib import Path
+
+    from tinyclap.deploy.clips import find_audio, pick
+    from tinyclap.deploy.mcu.export import check_tflm_out, export_tflm
+    from tinyclap.deploy.mcu.tflm import require_mcu
+    from tinyclap.models import load_model
+    from tinyclap.models.mcu import PRESETS, preset_of
+
+    require_mcu()
+    if not args.calibration:
+        raise ValueError("--target tflm needs --calibration AUDIO (real recordings for the int8 ranges)")
+    if args.dims is not None and args.dims < 1:
+        raise ValueError(f"--dims must be >= 1, got {args.dims}")
+    check_tflm_out(Path(args.out), args.overwrite)
+    cal_pool = find_audio(args.calibration)
+    calibration = pick(cal_pool, args.calibration_size, seed=0)
+    pool = find_audio(args.parity_audio) if args.parity_audio else [p for p in cal_pool if p not in set(calibration)]
+    parity = pick(pool or calibration, args.eval_size, seed=1)
+    model = load_model(args.model)
+    preset = preset_of(getattr(model, "name", ""))
+    if args.window is not None and args.pool_window is not None and args.window != args.pool_window:
+        raise ValueError("--window and --pool-window name the same thing for --target tflm: give one")
+    given = args.window if args.window is not None else args.pool_window
+    window = given if given is not None else (PRESETS[preset].window if preset else 1.0)
+    clf = classifier_from_args(args, model, args.model)
+    manifest = export_tflm(model, args.out, clf, window=window, dims=args.dims, calibration_audio=calibration,
+                           parity_audio=parity, source=str(args.model), overwrite=args.overwrite,
+                           log=lambda msg: print(msg, file=sys.stderr))
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    par, arena, flash = manifest["parity"], manifest["arena_bytes"], manifest["flash_bytes"]
+    print(f"exported {manifest['student']['name']} for TFLM -> {args.out} (window {window} s, "
+          f"{manifest['window']['frames']} frames, {manifest['classes']['num_classes']} classes)")
+    print(f"  arena (measured, TFLM) {arena['total'] / 1024:.1f} KiB; flash {flash['total'] / 1024:.1f} KiB")
+    print(f"  TFLM int8 vs torch fp32 on {par['clips']} clips: mean cosine {par['mean_cosine']:.4f} "
+          f"(min {par['min_cosine']:.4f}), top-1 agreement {100 * par['top1_agreement']:.1f} % "
+          f"(int8 class matrix {100 * par['top1_agreement_int8_classes']:.1f} %)")
+    if manifest["float_ops"]["ops"]:
+        print(f"  float ops: {', '.join(manifest['float_ops']['ops'])} ({manifest['float_ops']['why']})")
+    return 0

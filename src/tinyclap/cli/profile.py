@@ -1,4 +1,5 @@
-"""`tinyclap profile`: parameters, MACs, peak activation memory, file sizes and 1-thread CPU latency."""
+"""`tinyclap profile`: parameters, MACs, peak activation memory, file sizes and 1-thread CPU latency; with
+`--target mcu`, the microcontroller students' measured flash and TFLM arena with ESTIMATED Cortex-M latency."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "size, MACs, memory and 1-thread CPU latency of a student (torch, ORT fp32/int8) vs the teacher",
         description="Profiles one 5 s clip. See tinyclap.deploy.profile for the methods.",
     )
-    add_model_arg(p, "student name, checkpoint or run folder", required=True)
+    add_model_arg(p, "student name, checkpoint or run folder (required unless --target mcu)")
+    p.add_argument("--target", choices=("cpu", "mcu"), default="cpu",
+                   help="cpu: measure here; mcu: the MCU students' measured int8 flash and TFLM arena per "
+                   "window, with a latency ESTIMATE for Cortex-M4 @ 120 MHz and M7 @ 480 MHz")
+    p.add_argument("--window", type=float, help="--target mcu: only this window (seconds)")
     add_json_arg(p, "one object per model (one per line)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per measurement")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first")
@@ -73,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
     from tinyclap.deploy.clips import find_audio, load_clips, pick
     from tinyclap.deploy.profile import TEACHER_NAME, compare, profile_model
 
+    if args.target == "mcu":
+        return _run_mcu(args)
+    if not args.model:
+        raise ValueError("--model is required (unless --target mcu)")
     if args.runs < 1 or args.threads < 1:
         raise ValueError("--runs and --threads must be >= 1")
     cal = None
@@ -119,4 +128,28 @@ def run(args: argparse.Namespace) -> int:
                 if k.startswith("speedup")
             )
         )
+    return 0
+
+
+def _run_mcu(args: argparse.Namespace) -> int:
+    """The measured MCU table (tinyclap.deploy.mcu.budget), filtered by --model (an MCU name or preset)."""
+    from tinyclap.deploy.mcu.budget import CORES, format_table, latency_estimates, load_measured, rows_at
+    from tinyclap.models.mcu import resolve_preset
+
+    table = load_measured()
+    rows = rows_at(args.window, table) if args.window is not None else table["rows"]
+    if args.model:
+        name = resolve_preset(args.model)
+        rows = [r for r in rows if r["student"] == name]
+        if not rows:
+            raise ValueError(f"no MCU measurements for {args.model!r} (measured: "
+                             f"{sorted({r['student'] for r in table['rows']})})")
+    if args.json:
+        for r in rows:
+            est = {"ms_per_window": latency_estimates(r["macs_per_window"]),
+                   "basis": {c: v[2] for c, v in CORES.items()}, "note": "ESTIMATE, not measured"}
+            print(json.dumps({**r, "latency_estimate": est}))
+        return 0
+    print(format_table(rows))
+    print(f"measured by: {table['command']}")
     return 0

@@ -32,7 +32,7 @@ __all__ = ["AudioEmbedder", "StudentEmbedder", "checkpoint_stem", "load_model", 
 FOREIGN_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")  # torch pickles: read with weights_only=True
 # Bounds on a saved student's architecture: far above the paper's (alpha <= 3, N <= 9, t0 <= 6, 1024-d),
 # far below what would take minutes or gigabytes to build. The tensors are checked before building too.
-STUDENT_LIMITS = {"alpha": 16.0, "beta": 16.0, "t0": 64, "N": 64, "embed_dim": 1 << 16}
+STUDENT_LIMITS = {"alpha": 16.0, "beta": 16.0, "t0": 64, "N": 64, "features": 1 << 14, "embed_dim": 1 << 16}
 
 
 def student_config(student: nn.Module, **extra: Any) -> dict[str, Any]:

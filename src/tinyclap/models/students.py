@@ -8,6 +8,8 @@ tinyCLAP code builds them (fpaissan/tinyCLAP, `modules.py`: `get_audio_encoder`,
 
 PhiNet student names have the form `phinet_alpha_{alpha:.2f}_beta_{beta:.2f}_t0_{t0}_N_{N}`. Any such name
 builds a student, not only the registered ones (`list_students()`: the configurations of the paper).
+Microcontroller students (`tinyclap.models.mcu`: `mcu_alpha_..._F_{features}`, presets `mcu-s`, `mcu-m`) are
+PhiNets laid out for TensorFlow Lite Micro.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 
 from tinyclap.models.cnn14 import Cnn14
 from tinyclap.models.layers import Projection
+from tinyclap.models.mcu import MCU_FORM, MCU_RE, McuProjection, bn0_affine, is_mcu_name, resolve_preset, valid_padding
 from tinyclap.models.phinet import PhiNet
 
 AUDIO_EMBED_DIM = 2048  # width of the audio encoders' clip embedding (Cnn14's fc1, PhiNet's pn_block)
@@ -61,6 +64,17 @@ class StudentSpec:
         return PHINET_FORM.format(alpha=self.alpha, beta=self.beta, t0=self.t0, N=self.N)
 
 
+@dataclass(frozen=True)
+class McuSpec(StudentSpec):
+    """A microcontroller PhiNet (`tinyclap.models.mcu`): the PhiNet's parameters and the feature width."""
+
+    features: int = 512
+
+    @property
+    def name(self) -> str:
+        return MCU_FORM.format(alpha=self.alpha, beta=self.beta, t0=self.t0, N=self.N, features=self.features)
+
+
 def list_students() -> list[str]:
     """The registered student names (the tinyCLAP paper's PhiNets, then the Cnn14 teacher-size student)."""
     return list(_REGISTERED)
@@ -78,10 +92,14 @@ def parse_student_name(name: str) -> StudentSpec:
     """Parse a PhiNet student name strictly; raises ValueError (with the valid form) on anything else.
 
     The name must be canonical, i.e. exactly `StudentSpec(...).name` (no leading zeros, two decimals).
-    'cnn14' is a valid student but not a PhiNet, so it is refused here too.
+    'cnn14' is a valid student but not a PhiNet, so it is refused here too. An MCU preset (`mcu-s`) parses as
+    its student's name.
     """
     if not isinstance(name, str):
         raise _bad_name(name, "not a string")
+    name = resolve_preset(name)
+    if is_mcu_name(name):
+        return _parse_mcu_name(name)
     m = _PHINET_RE.fullmatch(name)
     if m is None:
         why = "Cnn14 is not a PhiNet student" if name == CNN14_NAME else "not of the PhiNet form"
@@ -94,6 +112,18 @@ def parse_student_name(name: str) -> StudentSpec:
     if spec.N < 3:
         # blocks 1-3 always exist; N counts them, and the expansion schedule divides by N
         raise _bad_name(name, "N must be >= 3")
+    return spec
+
+
+def _parse_mcu_name(name: str) -> McuSpec:
+    m = MCU_RE.fullmatch(name)
+    if m is None:
+        raise _bad_name(name, f"not of the microcontroller form '{MCU_FORM}'")
+    spec = McuSpec(alpha=float(m[1]), beta=float(m[2]), t0=int(m[3]), N=int(m[4]), features=int(m[5]))
+    if spec.name != name:
+        raise _bad_name(name, f"not canonical (did you mean {spec.name!r}?)")
+    if spec.alpha <= 0 or spec.beta <= 0 or spec.t0 < 1 or spec.N < 3 or spec.features < 1:
+        raise _bad_name(name, "alpha and beta must be > 0, t0 >= 1, N >= 3 and F >= 1")
     return spec
 
 
@@ -117,11 +147,17 @@ class PhiNetAudioEncoder(PhiNet):
         self.n_mels = n_mels
         self.bn0 = nn.BatchNorm2d(n_mels)
         self.pn_block = nn.Conv2d(self.out_channels, embedding_dim, kernel_size=1, stride=2)
+        self.mcu = isinstance(spec, McuSpec)
+        if self.mcu:
+            valid_padding(self)
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:  # (B, T, M) -> (B, embedding_dim)
-        x = logmel.unsqueeze(1)  # (B, 1, T, M)
-        # BatchNorm2d over the mel axis: mels onto the channel axis and back, as the reference does
-        x = self.bn0(x.transpose(1, 3)).transpose(1, 3)  # (B, 1, T, M)
+        if self.mcu and not self.training:  # the same function, as one op a microcontroller graph keeps
+            x = bn0_affine(self.bn0, logmel).unsqueeze(1)
+        else:
+            x = logmel.unsqueeze(1)  # (B, 1, T, M)
+            # BatchNorm2d over the mel axis: mels onto the channel axis and back, as the reference does
+            x = self.bn0(x.transpose(1, 3)).transpose(1, 3)  # (B, 1, T, M)
         x = super().forward(x)  # (B, C, T/32, M/32)
         x = self.pn_block(x)  # (B, 2048, T/64, M/64)
         return x.mean((-1, -2))  # (B, 2048)
@@ -139,19 +175,24 @@ class TinyCLAPStudent(nn.Module):
 
     def __init__(self, name: str, *, embed_dim: int = SHARED_EMBED_DIM, n_mels: int = N_MELS) -> None:
         super().__init__()
+        name = resolve_preset(name)
         if embed_dim < 1:
             raise ValueError(f"student {name!r}: embed_dim must be >= 1, got {embed_dim}")
         self.spec: StudentSpec | None
+        features = AUDIO_EMBED_DIM
         if name == CNN14_NAME:
             self.spec = None
             self.base: nn.Module = Cnn14(n_mels=n_mels, classes=527)
         else:
             self.spec = parse_student_name(name)
-            self.base = PhiNetAudioEncoder(self.spec, n_mels=n_mels)
+            features = self.spec.features if isinstance(self.spec, McuSpec) else features
+            self.base = PhiNetAudioEncoder(self.spec, n_mels=n_mels, embedding_dim=features)
         self.name = name
         self.embed_dim = int(embed_dim)
         self.n_mels = int(n_mels)
-        self.projection = Projection(AUDIO_EMBED_DIM, self.embed_dim)
+        self.features_dim = features
+        head = McuProjection if isinstance(self.spec, McuSpec) else Projection
+        self.projection = head(features, self.embed_dim)
 
     def config(self) -> dict[str, Any]:
         """JSON-able constructor arguments: `TinyCLAPStudent(**student.config())` rebuilds the model."""
@@ -185,7 +226,8 @@ class TinyCLAPStudent(nn.Module):
 
 
 def create_student(name: str, *, embed_dim: int = SHARED_EMBED_DIM, n_mels: int = N_MELS) -> TinyCLAPStudent:
-    """Build a (randomly initialised) student by name: 'cnn14' or any valid PhiNet name (see module doc)."""
+    """Build a (randomly initialised) student by name: 'cnn14', any valid PhiNet or MCU name, or an MCU preset
+    (`mcu-s`: its student's name is recorded; see module doc)."""
     return TinyCLAPStudent(name, embed_dim=embed_dim, n_mels=n_mels)
 
 
