@@ -228,8 +228,8 @@ def read_json(path: str | os.PathLike, *, expect: type | None = dict, finite: bo
             raise JSONFileError(f"{path}: not a regular file")
         if st.st_size > MAX_JSON_BYTES:
             raise JSONFileError(f"{path}: {st.st_size} bytes, more than the {MAX_JSON_BYTES} a JSON file may have")
-        with open(path, "rb") as f:
-            data = f.read(MAX_JSON_BYTES + 1)
+        with open(path, "rb") as f:  # read what the file holds (+1: it grew), never a MAX_JSON_BYTES buffer
+            data = f.read(min(st.st_size, MAX_JSON_BYTES) + 1)
     except OSError as e:
         raise JSONFileError(f"{path}: unreadable ({e.strerror or e})") from None
     return loads_json(data, path, expect=expect, finite=finite)
