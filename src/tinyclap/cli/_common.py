@@ -356,13 +356,16 @@ def export_model(args: argparse.Namespace) -> None:
 def audio_inputs(paths: Sequence[str]) -> list[str]:
     """The audio files `paths` name: a folder stands for the audio files under it (recursively, by extension,
     hidden files skipped: the rule `embed` uses); anything else is kept as given, so a file that cannot be read
-    is reported by its name."""
+    is reported by its name (a folder without audio too: a batch skips and reports it, it is not fatal)."""
     import os
     from pathlib import Path
 
-    from tinyclap.data import parse_data_spec
+    from tinyclap.data import DatasetError, parse_data_spec
 
     out: list[str] = []
     for p in paths:
-        out.extend(sorted(os.fspath(f) for f in parse_data_spec(p)) if Path(p).is_dir() else [p])
+        try:
+            out.extend(sorted(os.fspath(f) for f in parse_data_spec(p)) if Path(p).is_dir() else [p])
+        except DatasetError:
+            out.append(p)
     return out

@@ -10,6 +10,7 @@ from typing import Any
 
 from tinyclap.cli._common import (
     COUNT,
+    add_alias,
     add_command,
     add_json_arg,
     add_model_arg,
@@ -33,10 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--target", choices=("onnx", "tflm"), default="onnx",
                    help="onnx: the desktop/server runtime; tflm: TensorFlow Lite Micro (microcontrollers)")
-    p.add_argument("--window", type=float,
-                   help="tflm: seconds of audio per backbone run (features averaged over a clip's windows, "
-                   "head once; the same as --pool-window); default: the preset's window, else 1")
-    p.add_argument("--dims", type=int,
+    # tflm: the device's window is the pool window (--pool-window below; default: the preset's window, else 1 s)
+    add_alias(p, "--window", "--pool-window", dest="pool_window", type=float_in(0.05, 5.0))
+    p.add_argument("--dims", type=int_in(1, 1 << 16),
                    help="tflm: latent entries kept (pruned on the calibration clips); default: the preset's k")
     add_model_arg(p, "student checkpoint, run folder or student name", required=True)
     c = p.add_argument_group("classes (one of)")
@@ -149,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.target == "tflm":
         return _run_tflm(args)
-    if args.window is not None or args.dims is not None:
-        raise ValueError("--window and --dims belong to --target tflm")
+    if args.dims is not None:
+        raise ValueError("--dims belongs to --target tflm (the ONNX export keeps the model's dims: tinyclap prune)")
     if args.quantize and not args.calibration:
         raise ValueError("--quantize int8 needs --calibration AUDIO (real recordings)")
     check_out_dir(Path(args.out), args.overwrite)
@@ -251,9 +251,7 @@ def _run_tflm(args: argparse.Namespace) -> int:
     parity = pick(pool or calibration, args.eval_size, seed=1)
     model = load_model(args.model)
     preset = preset_of(getattr(model, "name", ""))
-    if args.window is not None and args.pool_window is not None and args.window != args.pool_window:
-        raise ValueError("--window and --pool-window name the same thing for --target tflm: give one")
-    given = args.window if args.window is not None else args.pool_window
+    given = args.pool_window
     window = given if given is not None else (PRESETS[preset].window if preset else 1.0)
     clf = classifier_from_args(args, model, args.model)
     manifest = export_tflm(model, args.out, clf, window=window, dims=args.dims, calibration_audio=calibration,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tinyclap.cli._common import add_command, add_json_arg
+from tinyclap.cli._common import add_alias, add_command, add_json_arg, float_in
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fit", metavar="LIMITS",
                    help="microcontroller limits, e.g. sram=256k,flash=512k: list the MCU students whose measured "
                    "TFLM arena and int8 flash (model + 50 int8 classes) fit")
-    p.add_argument("--window", type=float, default=1.0, help="seconds of audio per backbone run (MCU students)")
+    p.add_argument("--pool-window", type=float_in(0.05, 5.0), default=1.0, metavar="SECONDS",
+                   help="MCU students: seconds of audio per backbone run (the device's window)")
+    add_alias(p, "--window", "--pool-window", dest="pool_window", type=float_in(0.05, 5.0))
     p.set_defaults(func=run)
 
 
@@ -34,11 +36,11 @@ def run_fit(args: argparse.Namespace, mcu: list[dict]) -> int:
     limits = parse_fit(args.fit)
     chosen = fits(mcu, limits.get("sram"), limits.get("flash"))
     if args.json:
-        print(json.dumps({"limits": limits, "window": args.window, "fit": chosen}, indent=2))
+        print(json.dumps({"limits": limits, "window": args.pool_window, "fit": chosen}, indent=2))
     elif chosen:
         print(format_table(chosen))
     else:
-        print(f"no MCU student fits {args.fit} at a {args.window} s window")
+        print(f"no MCU student fits {args.fit} at a {args.pool_window} s window")
     return 0
 
 
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return run_teachers(args)
     from tinyclap.deploy.mcu.budget import format_table
 
-    mcu = _mcu_rows(args.window)
+    mcu = _mcu_rows(args.pool_window)
     if args.fit:
         return run_fit(args, mcu)
     from tinyclap.audio.frontend import LogMel
@@ -84,6 +86,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'student':40s} {'params':>12s} {'MMACs (5 s)':>12s}")
     for r in rows:
         print(f"{r['name']:40s} {r['params']:>12,d} {r['macs'] / 1e6:>12.1f}")
-    print(f"\nmicrocontroller students (int8 TFLM, measured; window {args.window} s):")
+    print(f"\nmicrocontroller students (int8 TFLM, measured; window {args.pool_window} s):")
     print(format_table(mcu))
     return 0

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from tinyclap.cli._common import add_command, add_json_arg, add_model_arg
+from tinyclap.cli._common import add_alias, add_command, add_json_arg, add_model_arg, float_in
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", choices=("cpu", "mcu"), default="cpu",
                    help="cpu: measure here; mcu: the MCU students' measured int8 flash and TFLM arena per "
                    "window, with a latency ESTIMATE for Cortex-M4 @ 120 MHz and M7 @ 480 MHz")
-    p.add_argument("--window", type=float, help="--target mcu: only this window (seconds)")
+    p.add_argument("--pool-window", type=float_in(0.05, 5.0), metavar="SECONDS",
+                   help="--target mcu: only this device window (seconds of audio per backbone run)")
+    add_alias(p, "--window", "--pool-window", dest="pool_window", type=float_in(0.05, 5.0))
     add_json_arg(p, "one object per model (one per line)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per measurement")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first")
@@ -137,7 +139,7 @@ def _run_mcu(args: argparse.Namespace) -> int:
     from tinyclap.models.mcu import resolve_preset
 
     table = load_measured()
-    rows = rows_at(args.window, table) if args.window is not None else table["rows"]
+    rows = rows_at(args.pool_window, table) if args.pool_window is not None else table["rows"]
     if args.model:
         name = resolve_preset(args.model)
         rows = [r for r in rows if r["student"] == name]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tinyclap.cli._common import add_command
+from tinyclap.cli._common import add_command, add_json_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     description="Released tinyCLAP students, fetched through the Hugging Face cache on first use "
                     "(HF_HUB_OFFLINE=1: cache only) and loaded weights-only; their class prompts are encoded by "
                     "MS CLAP 2022 (tinyclap download teacher msclap-2022, tokenizer bert).")
-    p.add_argument("--json", action="store_true", help="print a JSON list")
+    add_json_arg(p, "a JSON list")
     p.set_defaults(func=run)
 
 

@@ -347,12 +347,13 @@ def _open_or_create(out: Path, manifest: dict[str, Any], overwrite: bool) -> Ind
     if (out / MANIFEST).exists():
         old = read_manifest(out)
         keys = ("embed_dim", "window", "hop", "sample_rate", "clip_samples")
-        differ = [k for k in keys if old.get(k) != manifest.get(k)]
+        differ = [f"{k}: {old.get(k)!r} there, {manifest.get(k)!r} now" for k in keys if old.get(k) != manifest.get(k)]
         if (old.get("model") or {}).get("fingerprint") != manifest["model"]["fingerprint"]:
             differ.append("model fingerprint")
         if differ and not overwrite:
-            raise IndexFolderError(f"{out}: this index was built with other settings ({', '.join(differ)}); "
-                                   "use another --out, or --overwrite to start it again")
+            raise IndexFolderError(f"{out}: this index was built with other settings ({'; '.join(differ)}); "
+                                   "give the index's own (e.g. --window/--hop), another --out, or --overwrite to "
+                                   "start it again")
         if not differ:
             try:
                 return Index.open(out, readonly=False)
@@ -383,7 +384,8 @@ def embed_sources(
     """Embed every audio file under `sources` into the index folder `out` (created or updated).
 
     `model` is a spec (student name/run/checkpoint, teacher, or export folder: ONNX Runtime, no torch) or an
-    `IndexModel`. Files are cut into `window`-second windows every `hop` seconds (default: `window`). A rerun
+    `IndexModel`. Files are cut into `window`-second windows every `hop` seconds (default: 1 s, as every
+    command's `--hop`, or `window` when shorter). A rerun
     embeds only new or changed files and drops files that no longer exist; unreadable files are recorded
     with their error (`report.failed`), not fatal. One plain run writes an index at a time (a second one
     gets `FolderBusy` naming the first); `torchrun` ranks share it, appending under the folder lock.
@@ -392,7 +394,7 @@ def embed_sources(
         raise ValueError(f"--window and --hop must be > 0 and <= {MAX_WINDOW_S:g} s, got {window} and {hop}")
     if batch_size < 1 or workers < 0:
         raise ValueError(f"need batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
-    hop = window if hop is None else hop
+    hop = min(1.0, window) if hop is None else hop
     rank = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
     sources = [os.fspath(s) for s in sources]
