@@ -27,14 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tinyclap.audio.frontend import LogMel
 from tinyclap.models.checkpoint import CheckpointError, build_checked, read_model, save_model
 from tinyclap.models.htsat import DERIVED_SUFFIXES, HTSAT, HTSATConfig, infer_htsat
 from tinyclap.models.layers import Projection
-from tinyclap.models.teacher import eval_mode
+from tinyclap.models.teacher import TwoTowerTeacher
 
 KIND = "teacher-2023"
 # openai-community/gpt2's config.json, written out; keys are transformers.GPT2Config arguments
@@ -168,12 +167,12 @@ def load_gpt2_tokenizer(folder: str | os.PathLike, vocab_size: int = 50257) -> A
     return tok
 
 
-class CLAP2023Teacher(nn.Module):
-    """MS CLAP 2023 with msclap-compatible state-dict keys; implements `tinyclap.models.teacher.Teacher`.
-
-    Same conventions as `CLAPTeacher`: eval-mode semantics in every `encode_*`, L2-normalised unless
-    `normalize=False`, `embed_waveform` without autograd.
+class CLAP2023Teacher(TwoTowerTeacher):
+    """MS CLAP 2023 with msclap-compatible state-dict keys; implements `tinyclap.models.teacher.Teacher`
+    (conventions: `TwoTowerTeacher`).
     """
+
+    TOKENIZER_HINT = "a local folder with GPT-2's vocab.json and merges.txt"
 
     kind = KIND
     template = "this is the sound of {}"  # msclap's zero-shot examples: prompt "this is the sound of " + class
@@ -197,45 +196,13 @@ class CLAP2023Teacher(nn.Module):
     def set_tokenizer(self, tokenizer_dir: str | os.PathLike) -> None:
         self.tokenizer = load_gpt2_tokenizer(tokenizer_dir, int(self.config.text["vocab_size"]))
 
-    @property
-    def device(self) -> torch.device:
-        return self.logit_scale.device
-
-    def encode_audio(self, logmel: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """(B, T, n_mels) log-mel of this teacher's front end -> (B, d_proj)."""
-        with eval_mode(self):
-            x = self.audio_encoder(logmel.to(self.device, self.logit_scale.dtype))
-        return F.normalize(x, dim=-1) if normalize else x
-
-    def encode_waveform(self, wave: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """(B, N) at `sample_rate` -> (B, d_proj); a clip shorter than the window is repeated to fill it."""
+    def fit_waveform(self, wave: torch.Tensor) -> torch.Tensor:
+        """A clip shorter than the window is repeated to fill it (msclap's load_audio_into_tensor: tile, cut)."""
         n = round(self.clip_seconds * self.sample_rate)
-        if wave.shape[-1] < n:  # msclap's load_audio_into_tensor: tile, then cut at the window
-            wave = wave.repeat(1, math.ceil(n / wave.shape[-1]))[:, :n]
-        return self.encode_audio(self.frontend(wave.to(self.device)), normalize=normalize)
+        return wave.repeat(1, math.ceil(n / wave.shape[-1]))[:, :n] if wave.shape[-1] < n else wave
 
-    def embed_waveform(self, wave: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        with torch.no_grad():
-            return self.encode_waveform(wave, normalize=normalize)
-
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        if self.tokenizer is None:
-            raise RuntimeError("this teacher has no tokenizer: text encoding needs a local folder with GPT-2's "
-                               "vocab.json and merges.txt (load_teacher(..., tokenizer_dir=FOLDER))")
-        if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
-            raise TypeError("encode_text expects a non-empty list of strings")
-        tok = self.tokenizer([t + EOS_TEXT for t in texts], padding="longest", truncation=True,
-                             max_length=self.config.max_length, return_tensors="pt")
-        return {k: tok[k].to(self.device) for k in ("input_ids", "attention_mask")}
-
-    def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
-        tok = self.tokenize(texts)
-        with eval_mode(self):
-            x = self.caption_encoder(tok["input_ids"], tok["attention_mask"])
-        return F.normalize(x, dim=-1) if normalize else x
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.encode_waveform(wave)
+    def caption_texts(self, texts: Sequence[str]) -> list[str]:
+        return [t + EOS_TEXT for t in texts]
 
 
 def is_2023_state(state: Mapping[str, Any]) -> bool:

@@ -258,8 +258,10 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-class CLAPTeacher(nn.Module):
-    """MS CLAP (2022 layout) with msclap-compatible state-dict keys; implements `Teacher`.
+class TwoTowerTeacher(nn.Module):
+    """What MS CLAP's two layouts share: a front end, `audio_encoder` (log-mel -> d_proj), `caption_encoder`
+    (tokens -> d_proj), `logit_scale` and a tokenizer. Subclasses set `TOKEN_KEYS` (the caption encoder's
+    inputs, in order), `TOKENIZER_HINT` and may override `caption_texts` and `fit_waveform`.
 
     The `encode_*` methods always use eval-mode semantics (dropout off, BatchNorm running statistics), even
     if the module was put in training mode, and do not disable autograd: wrap calls in `torch.no_grad()`
@@ -267,6 +269,71 @@ class CLAPTeacher(nn.Module):
     targets) runs under `torch.no_grad()`. Every encoder L2-normalises unless given `normalize=False`.
     """
 
+    TOKEN_KEYS: tuple[str, ...] = ("input_ids", "attention_mask")
+    TOKENIZER_HINT = "a local tokenizer folder"
+    audio_encoder: nn.Module
+    caption_encoder: nn.Module
+    frontend: LogMel
+    logit_scale: nn.Parameter
+    tokenizer: Any
+    config: Any
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    def encode_audio(self, logmel: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, T, n_mels) log-mel of this teacher's front end -> (B, d_proj) shared-space embeddings."""
+        with eval_mode(self):
+            x = self.audio_encoder(logmel.to(self.device, self.logit_scale.dtype))
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def fit_waveform(self, wave: torch.Tensor) -> torch.Tensor:
+        """The waveform as this teacher's audio tower takes it (here: as it is)."""
+        return wave
+
+    def encode_waveform(self, wave: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, N) waveforms at `sample_rate` -> (B, d_proj), with autograd."""
+        return self.encode_audio(self.frontend(self.fit_waveform(wave).to(self.device)), normalize=normalize)
+
+    def embed_waveform(self, wave: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, N) waveforms at `sample_rate` -> (B, d_proj), without autograd."""
+        with torch.no_grad():
+            return self.encode_waveform(wave, normalize=normalize)
+
+    def caption_texts(self, texts: Sequence[str]) -> list[str]:
+        """The strings handed to the tokenizer (here: as given)."""
+        return list(texts)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """`TOKEN_KEYS` tensors (B, L) on the model's device, L <= max_length."""
+        if self.tokenizer is None:
+            raise RuntimeError(f"this teacher has no tokenizer: text encoding needs {self.TOKENIZER_HINT} "
+                               "(load_teacher(..., tokenizer_dir=FOLDER) or teacher.set_tokenizer(FOLDER))")
+        if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("encode_text expects a non-empty list of strings")
+        tok = self.tokenizer(self.caption_texts(texts), padding="longest", truncation=True,
+                             max_length=self.config.max_length, return_tensors="pt")
+        return {k: tok[k].to(self.device) for k in self.TOKEN_KEYS}
+
+    def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """B captions -> (B, d_proj) shared-space embeddings."""
+        tok = self.tokenize(texts)
+        with eval_mode(self):
+            x = self.caption_encoder(*(tok[k] for k in self.TOKEN_KEYS))
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:  # (B, N) -> normalised (B, d_proj)
+        return self.encode_waveform(wave)
+
+
+class CLAPTeacher(TwoTowerTeacher):
+    """MS CLAP (2022 layout) with msclap-compatible state-dict keys; implements `Teacher`
+    (conventions: `TwoTowerTeacher`).
+    """
+
+    TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+    TOKENIZER_HINT = "a local folder with BERT's uncased vocab.txt"
     kind = "teacher"
 
     def __init__(
@@ -292,53 +359,6 @@ class CLAPTeacher(nn.Module):
     def set_tokenizer(self, tokenizer_dir: str | os.PathLike) -> None:
         """Load the tokenizer used by `encode_text` from a local folder with BERT's uncased vocab.txt."""
         self.tokenizer = load_tokenizer(tokenizer_dir, int(self.config.text["vocab_size"]))
-
-    @property
-    def device(self) -> torch.device:
-        return self.logit_scale.device
-
-    def encode_audio(self, logmel: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """(B, T, n_mels) log-mel -> (B, d_proj) shared-space embeddings."""
-        with eval_mode(self):
-            x = self.audio_encoder(logmel.to(self.device, self.logit_scale.dtype))
-        return F.normalize(x, dim=-1) if normalize else x
-
-    def encode_waveform(self, wave: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """(B, N) waveforms at `sample_rate` -> (B, d_proj), with autograd."""
-        return self.encode_audio(self.frontend(wave.to(self.device)), normalize=normalize)
-
-    def embed_waveform(self, wave: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """(B, N) waveforms at `sample_rate` -> (B, d_proj), without autograd."""
-        with torch.no_grad():
-            return self.encode_waveform(wave, normalize=normalize)
-
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Token ids, type ids and attention mask (B, L) on the model's device, L <= max_length."""
-        if self.tokenizer is None:
-            raise RuntimeError(
-                "this teacher has no tokenizer: text encoding needs a local folder with BERT's uncased "
-                "vocab.txt (load_teacher(..., tokenizer_dir=FOLDER) or teacher.set_tokenizer(FOLDER))"
-            )
-        if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
-            raise TypeError("encode_text expects a non-empty list of strings")
-        tok = self.tokenizer(
-            list(texts),
-            padding="longest",
-            truncation=True,
-            max_length=self.config.max_length,
-            return_tensors="pt",
-        )
-        return {k: tok[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids")}
-
-    def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
-        """B captions -> (B, d_proj) shared-space embeddings."""
-        tok = self.tokenize(texts)
-        with eval_mode(self):
-            x = self.caption_encoder(tok["input_ids"], tok["attention_mask"], tok["token_type_ids"])
-        return F.normalize(x, dim=-1) if normalize else x
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:  # (B, N) -> normalised (B, d_proj)
-        return self.encode_waveform(wave)
 
 
 def infer_config(state: Mapping[str, torch.Tensor]) -> TeacherConfig:
