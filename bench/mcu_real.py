@@ -49,12 +49,12 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def protocol_embeddings(spec: str, dataset: Any, cache_dir: Path) -> np.ndarray:
+def protocol_embeddings(spec: str, dataset: Any, cache_dir: Path, loaded: tuple[Any, str] | None = None) -> np.ndarray:
     """A model's whole-clip protocol embeddings (embed_dataset, cached by weights), one row per item."""
     from tinyclap.evaluation.embedding import embed_dataset
     from tinyclap.models.fingerprint import load_model_for_eval
 
-    model, fp = load_model_for_eval(spec)
+    model, fp = loaded or load_model_for_eval(spec)
     res = embed_dataset(model, dataset, "windows", cache_dir, progress=False, model_id=fp)
     if len(res.kept) != len(dataset.items):
         raise RuntimeError(f"{spec}: {len(dataset.items) - len(res.kept)} clips failed to decode")
@@ -92,6 +92,31 @@ def device_window_embeddings(run: str, dataset: Any, window: float, cache_dir: P
     np.save(buf, emb)
     atomic_write_bytes(path, buf.getvalue())
     return emb
+
+
+def teacher_stage(spec: str, dataset: Any, out: Path, classes: Path) -> tuple[np.ndarray, str]:
+    """The teacher's clip embeddings and class matrix (prompt "this is the sound of {class}", its text tower),
+    written once to `<out>/teacher.npz` and `classes` and reused from there (the teacher is not loaded again)."""
+    from tinyclap.evaluation.run import build_classifier, read_templates
+    from tinyclap.models.fingerprint import load_model_for_eval
+
+    path = out / "teacher.npz"
+    paths = np.array([str(it.path) for it in dataset.items])
+    if path.is_file() and classes.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if np.array_equal(z["paths"], paths):
+                return z["embeddings"].astype(np.float32), str(z["fingerprint"])
+        raise ValueError(f"{path}: made for other clips; remove it (and {classes.name}) to embed these")
+    teacher, fp = load_model_for_eval(spec)
+    clf = build_classifier(list(dataset.classes), text_model=teacher, templates=read_templates(None))
+    emb = protocol_embeddings(spec, dataset, out / "embeddings", (teacher, fp))
+    clf.save(classes)
+    buf = io.BytesIO()
+    np.savez(buf, embeddings=emb, fingerprint=np.array(fp), paths=paths)
+    from tinyclap._util import atomic_write_bytes
+
+    atomic_write_bytes(path, buf.getvalue())
+    return emb, fp
 
 
 def scores(emb: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -145,8 +170,7 @@ def _model_facts(spec: str, window: float | None) -> dict[str, Any]:
 
 def run(opt: argparse.Namespace) -> dict[str, Any]:
     from tinyclap.data.spec import load_eval_dataset
-    from tinyclap.evaluation.run import build_classifier, read_templates
-    from tinyclap.models.fingerprint import load_model_for_eval
+    from tinyclap.zeroshot import ZeroShotClassifier
 
     t0 = time.time()
     out = Path(opt.out)
@@ -155,13 +179,11 @@ def run(opt: argparse.Namespace) -> dict[str, Any]:
     folds = [int(f) for f in str(opt.folds).split(",")]
     ds = load_eval_dataset("us8k", opt.us8k, folds=folds, limit=opt.limit)
     y = np.array([it.label for it in ds.items])
-    teacher, _ = load_model_for_eval(opt.teacher)
-    clf = build_classifier(list(ds.classes), text_model=teacher, templates=read_templates(None))
     classes = out / "classes.npz"
-    clf.save(classes)
+    _log(f"{len(ds.items)} clips of fold(s) {opt.folds}; teacher")
+    t_emb, t_fp = teacher_stage(opt.teacher, ds, out, classes)
+    clf = ZeroShotClassifier.load(classes)
     w = clf.weights
-    _log(f"{len(ds.items)} clips of fold(s) {opt.folds}; teacher embeddings")
-    t_emb = protocol_embeddings(opt.teacher, ds, emb_dir)
     t_pred = np.argmax(scores(t_emb, w), 1)
     t_acc = float(np.mean(t_pred == y))
     rows = [row("teacher (whole clip)", t_emb, w, y, t_pred, t_acc, t_emb)]
@@ -185,7 +207,8 @@ def run(opt: argparse.Namespace) -> dict[str, Any]:
                     t_acc, t_emb, window="clip (5 s)"))
     ratio = rows[2]["top1_agreement"] / rows[1]["top1_agreement"] if rows[1]["top1_agreement"] else float("nan")
     summary = {
-        "teacher": opt.teacher, "mcu_run": opt.mcu, "student_run": opt.student, "folds": opt.folds,
+        "teacher": opt.teacher, "teacher_fingerprint": t_fp, "mcu_run": opt.mcu, "student_run": opt.student,
+        "folds": opt.folds,
         "clips": len(ds.items), "window_s": opt.window, "rows": rows,
         "target": {"agreement_ratio": ratio, "needed": TARGET, "met": bool(ratio >= TARGET)},
         "tflm": _tflm_block(tflm), "seconds": round(time.time() - t0, 1),
