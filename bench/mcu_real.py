@@ -223,7 +223,9 @@ def run(opt: argparse.Namespace) -> dict[str, Any]:
 def _tflm_block(m: dict[str, Any] | None) -> dict[str, Any] | None:
     if not m:
         return None
-    return {"parity": {k: v for k, v in m["parity"].items() if k != "files"}, "arena_bytes": m["arena_bytes"],
+    parity = {k: v for k, v in m["parity"].items() if k not in ("files", "windows_per_clip")}
+    parity["mean_windows_per_clip"] = float(np.mean(m["parity"].get("windows_per_clip") or [0]))
+    return {"parity": parity, "arena_bytes": m["arena_bytes"],
             "flash_bytes": m["flash_bytes"], "latent_dims": len(m.get("latent_dims") or []) or None,
             "window": m["window"], "export_seconds": m.get("export_seconds")}
 
