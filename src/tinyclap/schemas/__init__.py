@@ -32,6 +32,7 @@ import numpy as np
 
 __all__ = [
     "KINDS",
+    "OUTPUTS",
     "VERSION",
     "classify_document",
     "health_document",
@@ -51,6 +52,9 @@ __all__ = [
 
 VERSION = 1
 KINDS = ("classify", "search", "info", "health", "error")
+# the other commands' `--json` outputs: plain JSON (no envelope), each described by its own schema file
+OUTPUTS = ("info-students", "info-teachers", "info-fit", "zoo", "profile", "profile-mcu", "embed", "export", "adapt",
+           "cache")
 DIGITS = 6  # decimals kept for seconds, probabilities and cosines
 
 
@@ -190,16 +194,17 @@ def health_document(**fields: Any) -> dict[str, Any]:
 
 
 def load_schema(kind: str) -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of one document kind, from the package's `KIND.schema.json`."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown JSON document kind {kind!r} (known: {', '.join(KINDS)})")
+    """The JSON Schema (draft 2020-12) of one document kind or command output (`OUTPUTS`), from the package's
+    `KIND.schema.json`."""
+    if kind not in KINDS + OUTPUTS:
+        raise ValueError(f"unknown JSON document kind {kind!r} (known: {', '.join(KINDS + OUTPUTS)})")
     return json.loads(resources.files(__name__).joinpath(f"{kind}.schema.json").read_text("utf-8"))
 
 
 def validate(doc: Any, kind: str | None = None) -> None:
-    """Check `doc` against its schema (`kind`, default the kind its `"schema"` field names); raises
-    `jsonschema.ValidationError`, or ValueError for a NaN or infinity (strict JSON has none, and a schema's
-    bounds do not catch NaN). Needs the `jsonschema` package (the `test` extra)."""
+    """Check `doc` against its schema (`kind`: a document kind or one of `OUTPUTS`; default the kind its
+    `"schema"` field names); raises `jsonschema.ValidationError`, or ValueError for a NaN or infinity (strict
+    JSON has none, and a schema's bounds do not catch NaN). Needs the `jsonschema` package (the `test` extra)."""
     import jsonschema
 
     try:
