@@ -19,6 +19,8 @@ import pytest
 import torch
 from helpers import one_torch_thread
 
+from tinyclap import schemas
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -192,6 +194,7 @@ def test_tflm_export_parity_and_budget(mcu_py: str, trained, work: Path, us8k_ro
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.startswith("exported ") and "LiteRT" not in r.stdout  # the converter's progress stays off stdout
     m = json.loads((out / "manifest.json").read_text())
+    schemas.validate(m, "export-tflm")  # what `export --target tflm --json` prints (docs/json.md)
     assert len(m["latent_dims"]) == 48 == m["embed_dim"]  # pruned on the calibration clips (64 -> 48)
     par = m["parity"]
     # issue 19's targets: mean cosine >= 0.99 (met: 0.998), top-1 agreement >= 97 % (measured 96.7 %, one clip of

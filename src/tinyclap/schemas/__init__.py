@@ -54,7 +54,7 @@ VERSION = 1
 KINDS = ("classify", "search", "info", "health", "error")
 # the other commands' `--json` outputs: plain JSON (no envelope), each described by its own schema file
 OUTPUTS = ("info-students", "info-teachers", "info-fit", "zoo", "profile", "profile-mcu", "embed", "export", "adapt",
-           "cache")
+           "cache", "export-tflm")
 DIGITS = 6  # decimals kept for seconds, probabilities and cosines
 
 
