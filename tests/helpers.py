@@ -260,3 +260,17 @@ def load_bench(name: str) -> Any:
         sys.modules[key] = mod
         spec.loader.exec_module(mod)
     return sys.modules[key]
+
+
+def index_three_clips(work: Path, model: Path) -> Path:
+    """work/source with three distinct 2 s WAVs (clip0-2.wav), indexed by `tinyclap embed` with `model` into
+    work/index (returned)."""
+    from tinyclap.cli import main
+
+    src = work / "source"
+    src.mkdir()
+    for i in range(3):
+        write_wav(src / f"clip{i}.wav", distinct_sound(i, 2.0, 22050), 22050)
+    assert main(["embed", str(src), "--model", str(model), "--out", str(work / "index"), "--no-progress",
+                 "--workers", "0"]) == 0
+    return work / "index"

@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 import numpy as np
 import pytest
-from helpers import distinct_sound, small_export, tone, write_wav
+from helpers import distinct_sound, index_three_clips, small_export, tone, write_wav
 
 from tinyclap import schemas
 from tinyclap.cli import main
@@ -44,13 +44,7 @@ def audio(work: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def index(work: Path, export_dir: Path) -> Path:
-    src = work / "source"
-    src.mkdir()
-    for i in range(3):
-        write_wav(src / f"clip{i}.wav", distinct_sound(i, 2.0, 22050), 22050)
-    assert main(["embed", str(src), "--model", str(export_dir), "--out", str(work / "index"), "--no-progress",
-                 "--workers", "0"]) == 0
-    return work / "index"
+    return index_three_clips(work, export_dir)
 
 
 def printed(capsys: pytest.CaptureFixture[str], argv: list[str], run: Any = main, rc: int = 0) -> dict[str, Any]:

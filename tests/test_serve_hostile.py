@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import distinct_sound, small_export, write_wav
+from helpers import index_three_clips, small_export, write_wav
 
 NAME = "phinet_alpha_0.75_beta_0.75_t0_4_N_4"
 LABELS = ["dog", "rain", "siren", "engine"]
@@ -127,18 +127,12 @@ def export_dir(work: Path, us8k_root: Path) -> Path:
 @pytest.fixture(scope="module")
 def indexed(work: Path, export_dir: Path) -> dict[str, Any]:
     """Three 2 s WAVs in work/source, indexed with the export; their ids by name."""
-    from tinyclap.cli import main
     from tinyclap.index import Index
 
-    src = work / "source"
-    src.mkdir()
-    for i in range(3):
-        write_wav(src / f"clip{i}.wav", distinct_sound(i, 2.0, 22050), 22050)
-    assert main(["embed", str(src), "--model", str(export_dir), "--out", str(work / "index"), "--no-progress",
-                 "--workers", "0"]) == 0
+    index_three_clips(work, export_dir)
     with Index.open(work / "index") as idx:
         ids = {Path(r.path).name: r.id for r in idx.files()}
-    return {"source": src, "index": work / "index", "ids": ids}
+    return {"source": work / "source", "index": work / "index", "ids": ids}
 
 
 @pytest.fixture(scope="module")
