@@ -274,3 +274,28 @@ def index_three_clips(work: Path, model: Path) -> Path:
     assert main(["embed", str(src), "--model", str(model), "--out", str(work / "index"), "--no-progress",
                  "--workers", "0"]) == 0
     return work / "index"
+
+
+def load_msclap_modules(monkeypatch: Any, package: str, names: Sequence[str],
+                        stubs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """msclap/models/NAME.py files by path, in order, under a throwaway package name (the msclap package's
+    __init__ imports torchaudio and the hub); `stubs` are modules set first (name -> attributes)."""
+    import importlib.metadata
+    import importlib.util
+    import types
+
+    models = Path(str(importlib.metadata.distribution("msclap").locate_file("msclap/models")))
+    pkg = types.ModuleType(package)
+    pkg.__path__ = [str(models)]
+    monkeypatch.setitem(sys.modules, package, pkg)
+    for name, attrs in (stubs or {}).items():
+        stub = types.ModuleType(f"{package}.{name}")
+        stub.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, stub.__name__, stub)
+    mods = {}
+    for name in names:
+        spec = importlib.util.spec_from_file_location(f"{package}.{name}", models / f"{name}.py")
+        mods[name] = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, mods[name])
+        spec.loader.exec_module(mods[name])
+    return mods

@@ -6,14 +6,13 @@ import importlib.metadata
 import importlib.util
 import math
 import pickle
-import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_teacher
+from helpers import load_msclap_modules, tiny_teacher
 
 from tinyclap.models.checkpoint import CheckpointError, save_model
 from tinyclap.models.cnn14 import Cnn14
@@ -42,19 +41,8 @@ def _load_msclap(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     The msclap package __init__ imports CLAPWrapper (torchaudio, hub download), so it is bypassed; HTSAT
     (the 2023 audio tower) is stubbed because the 2022 model never uses it.
     """
-    pkg = types.ModuleType("_msclap_ref")
-    pkg.__path__ = [str(MSCLAP_MODELS)]
-    htsat = types.ModuleType("_msclap_ref.htsat")
-    htsat.HTSATWrapper = None
-    monkeypatch.setitem(sys.modules, "_msclap_ref", pkg)
-    monkeypatch.setitem(sys.modules, "_msclap_ref.htsat", htsat)
-    mods = {}
-    for name in ("audio", "clap"):  # clap.py does `from .audio import ...`
-        spec = importlib.util.spec_from_file_location(f"_msclap_ref.{name}", MSCLAP_MODELS / f"{name}.py")
-        mods[name] = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, spec.name, mods[name])
-        spec.loader.exec_module(mods[name])
-    return mods["clap"]
+    # clap.py does `from .audio import ...`
+    return load_msclap_modules(monkeypatch, "_msclap_ref", ("audio", "clap"), {"htsat": {"HTSATWrapper": None}})["clap"]
 
 
 def _randomise_norms(model: torch.nn.Module, gen: torch.Generator) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
-import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import load_msclap_modules
 
 from tinyclap.models.checkpoint import CheckpointError
 from tinyclap.models.msclap2023 import CLAP2023Teacher, Teacher2023Config, save_teacher_2023
@@ -40,16 +40,7 @@ def make_gpt2_tokenizer(folder: Path) -> Path:
 def _load_msclap(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     """msclap/models/clap.py with its real HTSAT (htsat.py, config.py, pytorch_utils.py) by file path, under a
     throwaway package name (the msclap package __init__ imports torchaudio and the hub)."""
-    pkg = types.ModuleType("_msclap23")
-    pkg.__path__ = [str(MSCLAP_MODELS)]
-    monkeypatch.setitem(sys.modules, "_msclap23", pkg)
-    mods = {}
-    for name in ("config", "pytorch_utils", "htsat", "audio", "clap"):
-        spec = importlib.util.spec_from_file_location(f"_msclap23.{name}", MSCLAP_MODELS / f"{name}.py")
-        mods[name] = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, spec.name, mods[name])
-        spec.loader.exec_module(mods[name])
-    return mods["clap"]
+    return load_msclap_modules(monkeypatch, "_msclap23", ("config", "pytorch_utils", "htsat", "audio", "clap"))["clap"]
 
 
 def _randomise_norms(model: torch.nn.Module, gen: torch.Generator) -> None:
