@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import math
 import pickle
 import types
@@ -26,7 +24,6 @@ from tinyclap.models.teacher import (
     save_teacher,
 )
 
-MSCLAP_MODELS = Path(str(importlib.metadata.distribution("msclap").locate_file("msclap/models")))
 TOKENIZER_DIR = bundled_tokenizer_dir()
 CAPTIONS = [
     "a dog barking",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import types
 from pathlib import Path
@@ -17,7 +15,6 @@ from tinyclap.models.checkpoint import CheckpointError
 from tinyclap.models.msclap2023 import CLAP2023Teacher, Teacher2023Config, save_teacher_2023
 from tinyclap.models.teacher import load_teacher
 
-MSCLAP_MODELS = Path(str(importlib.metadata.distribution("msclap").locate_file("msclap/models")))
 CAPTIONS = ["a dog barking", "Café! a dog", "bark bark bark of a big dog in the rain"]
 
 
