@@ -100,7 +100,8 @@ def _classifier(args: argparse.Namespace) -> Any:
     export_model(args)
     if args.export_dir:
         if args.student or args.model or args.teacher:
-            raise ValueError("an export folder brings its own model (and text tower): drop --teacher")
+            raise ValueError("an export folder brings its own model (and text tower): give it alone as --model, "
+                             "without --teacher or a second model")
         if args.labels and args.classes:
             raise ValueError("give --labels or --classes, not both")
         classes = parse_labels(args.labels) or args.classes
