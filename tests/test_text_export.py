@@ -207,3 +207,24 @@ def test_export_cli_text(tmp_path: Path, us8k_root: Path, capsys: pytest.Capture
     assert main([*argv[:-1], str(tmp_path / "other"), "--text"]) == 1
     err = capsys.readouterr().err
     assert "a teacher is expected" in err and not (tmp_path / "other").exists()
+
+
+def test_index_text_search_uses_the_exports_text_tower(exported: Path, animals_dir: Path, tmp_path: Path) -> None:
+    """An index built with a `--text` export answers text queries with that export's own text tower, without
+    torch, and ranks like the export's classifier does."""
+    index = tmp_path / "index"
+    assert main(["embed", str(animals_dir), "--model", str(exported), "--out", str(index), "--no-progress",
+                 "--workers", "0"]) == 0
+    code = NO_TORCH + "from tinyclap.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    r = subprocess.run([sys.executable, "-c", code, "search", str(index), "a dog barking", "--raw", "-k", "3",
+                        "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    hits = json.loads(r.stdout)["hits"]
+    from tinyclap.index import Index
+
+    query = Classifier.from_export(exported).encode_text(["a dog barking"])[0]  # the export's own text vector
+    with Index.open(index) as idx:
+        want = idx.search(query, 3)
+    assert [h["path"] for h in hits] == [w.path for w in want]
+    assert np.allclose([h["start"] for h in hits], [w.start for w in want], atol=1e-3)
+    assert np.allclose([h["cosine"] for h in hits], [w.score for w in want], atol=1e-5)

@@ -2,7 +2,8 @@
 
 Text queries need a text side: `teacher=` (a checkpoint path or a loaded model with `encode_text`), else
 the teacher recorded with the index's model (the model itself when it is a teacher, the teacher in a
-student's run config, or the one recorded by the run an export came from). Audio queries are embedded by
+student's run config, or, for an export made with `--text`, its own text tower, torch-free; else the one
+recorded by the run it came from). Audio queries are embedded by
 the index's model (checked against the fingerprint in the manifest) or a given one, as the renormalised
 mean of the clip's 5 s windows.
 """
@@ -36,6 +37,10 @@ def text_side(index: Index, teacher: Any = None, tokenizer: str | os.PathLike | 
     info = index.manifest.get("model") or {}
     if teacher is not None and info.get("teacher_fingerprint"):
         _check_fingerprint(index, teacher, _teacher_fingerprint(teacher), "teacher", allow_other)
+    if teacher is None and info.get("kind") == "export":
+        own = _export_text(info)  # an export made with --text: its own text tower, no torch
+        if own is not None:
+            return own
     spec = teacher or info.get("teacher")
     if spec is None and info.get("source"):
         from tinyclap.models.fingerprint import recorded_teacher
@@ -72,14 +77,30 @@ def text_query(index: Index, text: str, *, teacher: Any = None, tokenizer: str |
 
         prompts = [t.format(text.strip()) for t in read_templates(templates)]
     model = text_side(index, teacher, tokenizer, allow_other=allow_other)
-    import torch
+    if getattr(model, "torch_free", False):  # an export's text tower (numpy out)
+        emb = np.asarray(model.encode_text(prompts, normalize=True), dtype=np.float32).mean(axis=0)
+    else:
+        import torch
 
-    with torch.inference_mode():
-        emb = model.encode_text(prompts, normalize=True).float().cpu().numpy().mean(axis=0)
+        with torch.inference_mode():
+            emb = model.encode_text(prompts, normalize=True).float().cpu().numpy().mean(axis=0)
     if emb.shape[0] != index.embed_dim:
         raise ValueError(f"the text side gives {emb.shape[0]}-d embeddings but the index holds "
                          f"{index.embed_dim}-d ones (another teacher, or a pruned student?)")
     return l2_normalize(emb).astype(np.float32)
+
+
+def _export_text(info: dict[str, Any]) -> Any:
+    """The text tower of the export folder an index was built with (None: gone, or exported without --text);
+    checked against the export's manifest hashes like its audio model."""
+    from tinyclap.deploy.runtime import read_manifest
+    from tinyclap.deploy.text import ExportText, has_text
+
+    folder = info.get("spec")
+    if not folder or not Path(folder).is_dir():
+        return None
+    manifest = read_manifest(folder)
+    return ExportText(folder, manifest, int8=bool(info.get("int8"))) if has_text(manifest) else None
 
 
 def index_model(index: Index, model: Any = None, *, allow_other: bool = False) -> Any:

@@ -121,9 +121,10 @@ class Hit:
     label: str | None = None  # the file's label in the labelled source it was indexed from, if any
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"file_id": self.file_id, "path": self.path, "start": round(self.start, 3),
-               "end": round(self.end, 3), "score": round(self.score, 6)}
-        return out if self.label is None else {**out, "label": self.label}
+        """The hit as the `tinyclap.search` document writes it in the CLI (docs/json.md: `cosine`, `path`)."""
+        from tinyclap.schemas import hit
+
+        return hit(self, path=True)
 
 
 def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
