@@ -312,6 +312,18 @@ def is_int_in(value: Any, lo: int, hi: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
 
+def dataclass_kwargs(cls: Any, d: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `d` as constructor arguments of the dataclass `cls`; unknown keys are an error (a typo must not
+    silently use a default)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid: {sorted(names)}")
+    return dict(d)
+
+
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Rows (along `axis`) scaled to unit L2 norm; an all-zero row stays zero."""
     import numpy as np

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinyclap._util import dataclass_kwargs
+
 # tensors that msclap's HTSAT saves but that are derived from the config (recomputed here)
 DERIVED_SUFFIXES = (".relative_position_index", ".attn_mask")
 MAX_SIZE = 1 << 14  # bound on every size of a config read from a file (full size: 768 wide, 1024 frames)
@@ -87,11 +89,7 @@ class HTSATConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> HTSATConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown HTSATConfig keys {unknown}; valid: {sorted(names)}")
-        d = dict(d)
+        d = dataclass_kwargs(cls, d)
         for key in ("depths", "heads"):
             if key in d:
                 d[key] = tuple(int(v) for v in d[key])

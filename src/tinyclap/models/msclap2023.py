@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tinyclap._util import dataclass_kwargs
 from tinyclap.audio.frontend import LogMel
 from tinyclap.models.checkpoint import CheckpointError, build_checked, read_model, save_model
 from tinyclap.models.htsat import DERIVED_SUFFIXES, HTSAT, HTSATConfig, infer_htsat
@@ -113,11 +114,7 @@ class Teacher2023Config:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Teacher2023Config:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown Teacher2023Config keys {unknown}; valid: {sorted(names)}")
-        return cls(**d)
+        return cls(**dataclass_kwargs(cls, d))
 
 
 class HTSATEncoder(nn.Module):

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinyclap._util import dataclass_kwargs
 from tinyclap.audio.frontend import LogMel
 from tinyclap.models.checkpoint import (
     CheckpointError,
@@ -161,11 +162,7 @@ class TeacherConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TeacherConfig:
         """Inverse of `to_dict`; unknown keys are an error (a typo must not silently use a default)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TeacherConfig keys {unknown}; valid: {sorted(names)}")
-        d = dict(d)
+        d = dataclass_kwargs(cls, d)
         if "audio_channels" in d:
             d["audio_channels"] = tuple(int(c) for c in d["audio_channels"])
         return cls(**d)
