@@ -299,3 +299,22 @@ def load_msclap_modules(monkeypatch: Any, package: str, names: Sequence[str],
         monkeypatch.setitem(sys.modules, spec.name, mods[name])
         spec.loader.exec_module(mods[name])
     return mods
+
+
+def randomise_norms(model: torch.nn.Module, gen: torch.Generator, *, mean_std: float = 0.1,
+                    var_range: tuple[float, float] = (0.5, 1.5)) -> None:
+    """Non-trivial BatchNorm/LayerNorm statistics and affines (and HTS-AT's relative position biases), so that a
+    parity test covers them too: running means ~ N(0, mean_std), running variances uniform in `var_range`."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * mean_std)
+                lo, hi = var_range
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) * (hi - lo) + lo)
+            if hasattr(m, "relative_position_bias_table"):
+                m.relative_position_bias_table.normal_(0, 0.5, generator=gen)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import load_msclap_modules, tiny_teacher
+from helpers import load_msclap_modules, randomise_norms, tiny_teacher
 
 from tinyclap.models.checkpoint import CheckpointError, save_model
 from tinyclap.models.cnn14 import Cnn14
@@ -42,18 +42,6 @@ def _load_msclap(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     return load_msclap_modules(monkeypatch, "_msclap_ref", ("audio", "clap"), {"htsat": {"HTSATWrapper": None}})["clap"]
 
 
-def _randomise_norms(model: torch.nn.Module, gen: torch.Generator) -> None:
-    """Non-trivial BatchNorm/LayerNorm statistics and affines, so that parity covers them too."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-
-
 def test_full_size_parity_with_msclap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from transformers import BertConfig, BertModel
 
@@ -76,7 +64,7 @@ def test_full_size_parity_with_msclap(monkeypatch: pytest.MonkeyPatch, tmp_path:
         fmax=14000, classes_num=527, out_emb=2048, text_model="bert-base-uncased", transformer_embed_dim=768,
         d_proj=1024,
     )  # fmt: skip
-    _randomise_norms(ref, torch.Generator().manual_seed(1))
+    randomise_norms(ref, torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref.logit_scale.fill_(2.5)
     ref.eval()
@@ -129,7 +117,7 @@ def test_full_size_parity_with_msclap(monkeypatch: pytest.MonkeyPatch, tmp_path:
 @pytest.fixture(scope="module")
 def tiny() -> CLAPTeacher:
     teacher = tiny_teacher(tokenizer=TOKENIZER_DIR)
-    _randomise_norms(teacher, torch.Generator().manual_seed(3))
+    randomise_norms(teacher, torch.Generator().manual_seed(3))
     return teacher.eval()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import load_msclap_modules
+from helpers import load_msclap_modules, randomise_norms
 
 from tinyclap.models.checkpoint import CheckpointError
 from tinyclap.models.msclap2023 import CLAP2023Teacher, Teacher2023Config, save_teacher_2023
@@ -40,19 +40,6 @@ def _load_msclap(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     return load_msclap_modules(monkeypatch, "_msclap23", ("config", "pytorch_utils", "htsat", "audio", "clap"))["clap"]
 
 
-def _randomise_norms(model: torch.nn.Module, gen: torch.Generator) -> None:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) * 50 + 10)
-            if hasattr(m, "relative_position_bias_table"):
-                m.relative_position_bias_table.normal_(0, 0.5, generator=gen)
-
-
 @pytest.fixture(scope="module")
 def msclap_2023(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path, Path]:
     """msclap's CLAP with its full-size HTS-AT and a small GPT-2 (msclap takes any `text_model`), random
@@ -71,7 +58,7 @@ def msclap_2023(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Modu
         fmax=8000, classes_num=527, out_emb=768, text_model="gpt2", transformer_embed_dim=128, d_proj=1024,
     )  # fmt: skip
     mp.undo()
-    _randomise_norms(ref, torch.Generator().manual_seed(1))
+    randomise_norms(ref, torch.Generator().manual_seed(1), mean_std=5, var_range=(10, 60))
     with torch.no_grad():
         ref.logit_scale.fill_(3.0)
     ref.eval()
