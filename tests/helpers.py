@@ -318,3 +318,24 @@ def randomise_norms(model: torch.nn.Module, gen: torch.Generator, *, mean_std: f
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) * (hi - lo) + lo)
             if hasattr(m, "relative_position_bias_table"):
                 m.relative_position_bias_table.normal_(0, 0.5, generator=gen)
+
+
+def write_bpe_tokenizer(folder: Path, first: Sequence[str] = (), last: Sequence[str] = ()) -> Path:
+    """vocab.json + merges.txt of a small byte-level BPE vocabulary in `folder`: the special tokens `first`, the
+    256 byte symbols (in GPT-2's order), a few merges ("dog", "bark", ...), then `last`."""
+    import json
+
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    vocab = {t: i for i, t in enumerate(first)}
+    for c in sorted(ByteLevel.alphabet()):
+        vocab[c] = len(vocab)
+    merges = ["Ġ d", "Ġd o", "Ġdo g", "Ġ b", "Ġb a", "Ġba r", "Ġbar k", "a r", "i n"]
+    for m in merges:
+        vocab.setdefault(m.replace(" ", ""), len(vocab))
+    for t in last:
+        vocab[t] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return folder

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import load_msclap_modules, randomise_norms
+from helpers import load_msclap_modules, randomise_norms, write_bpe_tokenizer
 
 from tinyclap.models.checkpoint import CheckpointError
 from tinyclap.models.msclap2023 import CLAP2023Teacher, Teacher2023Config, save_teacher_2023
@@ -21,17 +21,7 @@ CAPTIONS = ["a dog barking", "Café! a dog", "bark bark bark of a big dog in the
 def make_gpt2_tokenizer(folder: Path) -> Path:
     """A GPT-2 byte-level BPE tokenizer with a small vocabulary: the 256 byte symbols in GPT-2's order (so
     "!" is id 0, as in GPT-2), a few merges and <|endoftext|>."""
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
-    merges = ["Ġ d", "Ġd o", "Ġdo g", "Ġ b", "Ġb a", "Ġba r", "Ġbar k", "a r", "i n"]
-    for m in merges:
-        vocab.setdefault(m.replace(" ", ""), len(vocab))
-    vocab["<|endoftext|>"] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return folder
+    return write_bpe_tokenizer(folder, last=["<|endoftext|>"])
 
 
 def _load_msclap(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_bpe_tokenizer
 
 from tinyclap.models.checkpoint import CheckpointError
 from tinyclap.models.hfclap import HFClapTeacher
@@ -17,19 +18,7 @@ CAPTIONS = ["a dog barking", "rain on a roof", "bark"]
 
 def make_roberta_tokenizer(folder: Path) -> Path:
     """A RoBERTa byte-level BPE tokenizer (CLAP's text side) with a small vocabulary."""
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
-    for c in sorted(ByteLevel.alphabet()):
-        vocab[c] = len(vocab)
-    merges = ["Ġ d", "Ġd o", "Ġdo g", "Ġ b", "Ġb a", "Ġba r", "Ġbar k", "a r", "i n"]
-    for m in merges:
-        vocab.setdefault(m.replace(" ", ""), len(vocab))
-    vocab["<mask>"] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return folder
+    return write_bpe_tokenizer(folder, first=["<s>", "<pad>", "</s>", "<unk>"], last=["<mask>"])
 
 
 def save_tiny_clap(folder: Path, fusion: bool = False, seed: int = 0) -> Path:
