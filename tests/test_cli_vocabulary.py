@@ -17,7 +17,7 @@ from helpers import distinct_sound, small_export, write_wav
 import tinyclap.runtime as runtime
 from tinyclap.cli import build_parser
 from tinyclap.cli import main as cli_main
-from tinyclap.cli._common import SHARED, audio_inputs
+from tinyclap.cli._common import HOP_SECONDS, SHARED, audio_inputs
 
 # the commands that run a model: each names it with --model (the runtime included)
 MODEL_COMMANDS = {"adapt", "classify", "demo", "distill", "embed", "eval", "export", "profile", "prune", "search",
@@ -119,6 +119,9 @@ def test_shared_defaults(capsys: pytest.CaptureFixture[str]) -> None:
                                                                                    "--out", "o"])
     assert c.top == s.top == runtime.parse_args(["E", "a.wav"]).top == 5
     assert c.hop == e.hop == parse(["serve"]).hop == 1.0 and c.window is None and e.window is None
+    from tinyclap.index.build import HOP_S
+
+    assert HOP_S == HOP_SECONDS  # the Python API's default hop (embed_sources) is the CLI's
     assert parse(["search", "IX", "dog", "-k", "3"]).top == parse(["classify", "a.wav", "-k", "3"]).top == 3
 
 

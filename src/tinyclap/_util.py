@@ -281,6 +281,24 @@ def read_regular_file(path: str | bytes | os.PathLike, max_bytes: int, *, size: 
     return data
 
 
+MAX_LIST_FILE_BYTES = 4 << 20  # a file of labels or templates: kilobytes
+
+
+def read_list_file(path: str | os.PathLike, what: str) -> list[str]:
+    """The entries of a small UTF-8 text file of `what` (labels, templates), one a line: stripped, blank lines
+    and '#' comments skipped; type and size checked before reading (`read_regular_file`); ValueError naming
+    the file when it is not such a file or lists nothing."""
+    shown = display_path(path)
+    try:
+        text = read_regular_file(path, MAX_LIST_FILE_BYTES).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{shown}: {what} file is not UTF-8 text ({e.reason})") from e
+    found = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not found:
+        raise ValueError(f"{shown}: {what} file lists no {what} (one a line)")
+    return found
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes, read in chunks."""
     h = hashlib.sha256()

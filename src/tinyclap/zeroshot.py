@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyclap._util import display_path, l2_normalize, loads_json, read_regular_file
+from tinyclap._util import display_path, l2_normalize, loads_json, read_list_file, read_regular_file
 
 DEFAULT_TEMPLATE = "this is the sound of {}"
 # Bounds on a class-matrix file, checked before anything is inflated or allocated (docs/robustness.md):
@@ -53,10 +53,7 @@ def read_templates(values: Sequence[str] | None, default: str = DEFAULT_TEMPLATE
     for v in values:
         p = Path(os.path.expanduser(v))
         if "{}" not in v and p.is_file():
-            lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-            found = [ln for ln in lines if ln and not ln.startswith("#")]
-            if not found:
-                raise ValueError(f"{p}: no templates in this file")
+            found = read_list_file(p, "templates")
             for t in found:
                 if t.count("{}") != 1:
                     raise ValueError(f"{p}: template {t!r} must contain exactly one '{{}}'")

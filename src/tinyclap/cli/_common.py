@@ -28,8 +28,6 @@ __all__ = [
     "add_device_arg",
     "add_embedding_run_args",
     "add_pool_window_arg",
-    "embedding_run_kwargs",
-
     "add_int8_arg",
     "add_json_arg",
     "add_model_arg",
@@ -183,14 +181,17 @@ def add_templates_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
                                 f"ensembling; {default}"), "--templates")
 
 
-def add_pool_window_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+def add_pool_window_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, default: float | None = None,
+                        help: str | None = None, window_alias: bool = False) -> None:
     """`--pool-window SECONDS`: a student embeds each 5 s clip from windows of SECONDS (backbone per window,
-    features averaged, head once: what a microcontroller does); the one spelling everywhere."""
-    parser.add_argument("--pool-window", type=float_in(0.05, 5.0), metavar="SECONDS",
-                        help="students only: run the backbone on windows of SECONDS, average their features, "
+    features averaged, head once: what a microcontroller does); the one spelling everywhere. `window_alias`:
+    the microcontroller commands also take it, hidden, as `--window` (the device's window)."""
+    seconds = float_in(0.05, 5.0)
+    parser.add_argument("--pool-window", type=seconds, default=default, metavar="SECONDS",
+                        help=help or "students only: run the backbone on windows of SECONDS, average their features, "
                         "run the head once (what a device with little RAM does)")
-
-MAX_LABELS_FILE_BYTES = 4 << 20
+    if window_alias:
+        add_alias(parser, "--window", "--pool-window", dest="pool_window", type=seconds)
 
 
 def parse_labels(value: str | None) -> list[str]:
@@ -199,19 +200,12 @@ def parse_labels(value: str | None) -> list[str]:
     refused rather than read as one class of that name."""
     import os
 
-    from tinyclap._util import display_path, read_regular_file
+    from tinyclap._util import display_path, read_list_file
 
     if not value:
         return []
     if os.path.isfile(value):
-        try:
-            text = read_regular_file(value, MAX_LABELS_FILE_BYTES).decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{display_path(value)}: labels file is not UTF-8 text ({e.reason})") from e
-        labels = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-        if not labels:
-            raise ValueError(f"{display_path(value)}: labels file lists no labels (one a line)")
-        return labels
+        return read_list_file(value, "labels")
     if "," not in value and ("/" in value or value.lower().endswith((".txt", ".csv"))):
         raise ValueError(f"--labels {display_path(value)}: no such file (give a labels file, one a line, or "
                          'comma-separated names: "dog,rain,siren")')

@@ -10,7 +10,6 @@ from typing import Any
 
 from tinyclap.cli._common import (
     COUNT,
-    add_alias,
     add_command,
     add_json_arg,
     add_model_arg,
@@ -34,8 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--target", choices=("onnx", "tflm"), default="onnx",
                    help="onnx: the desktop/server runtime; tflm: TensorFlow Lite Micro (microcontrollers)")
-    # tflm: the device's window is the pool window (--pool-window below; default: the preset's window, else 1 s)
-    add_alias(p, "--window", "--pool-window", dest="pool_window", type=float_in(0.05, 5.0))
     p.add_argument("--dims", type=int_in(1, 1 << 16),
                    help="tflm: latent entries kept (pruned on the calibration clips); default: the preset's k")
     add_model_arg(p, "student checkpoint, run folder or student name", required=True)
@@ -89,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-frontend-int8-check", action="store_true", help="skip measuring a quantised front end"
     )
-    add_pool_window_arg(p)
+    # tflm: the device's window is the pool window (default there: the preset's window, else 1 s)
+    add_pool_window_arg(p, window_alias=True)
 
     p.add_argument("--text", action="store_true",
                    help="also export the teacher's text tower (text.onnx, text.int8.onnx, tokenizer.json): the "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tinyclap.cli._common import add_alias, add_command, add_json_arg, float_in
+from tinyclap.cli._common import add_command, add_json_arg, add_pool_window_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,9 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fit", metavar="LIMITS",
                    help="microcontroller limits, e.g. sram=256k,flash=512k: list the MCU students whose measured "
                    "TFLM arena and int8 flash (model + 50 int8 classes) fit")
-    p.add_argument("--pool-window", type=float_in(0.05, 5.0), default=1.0, metavar="SECONDS",
-                   help="MCU students: seconds of audio per backbone run (the device's window)")
-    add_alias(p, "--window", "--pool-window", dest="pool_window", type=float_in(0.05, 5.0))
+    add_pool_window_arg(p, default=1.0, help="MCU students: seconds of audio per backbone run (the device's window)",
+                        window_alias=True)
     p.set_defaults(func=run)
 
 

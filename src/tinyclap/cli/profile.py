@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from tinyclap.cli._common import add_alias, add_command, add_json_arg, add_model_arg, float_in
+from tinyclap.cli._common import add_command, add_json_arg, add_model_arg, add_pool_window_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,9 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", choices=("cpu", "mcu"), default="cpu",
                    help="cpu: measure here; mcu: the MCU students' measured int8 flash and TFLM arena per "
                    "window, with a latency ESTIMATE for Cortex-M4 @ 120 MHz and M7 @ 480 MHz")
-    p.add_argument("--pool-window", type=float_in(0.05, 5.0), metavar="SECONDS",
-                   help="--target mcu: only this device window (seconds of audio per backbone run)")
-    add_alias(p, "--window", "--pool-window", dest="pool_window", type=float_in(0.05, 5.0))
+    add_pool_window_arg(p, help="--target mcu: only this device window (seconds of audio per backbone run)",
+                        window_alias=True)
     add_json_arg(p, "one object per model (one per line)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per measurement")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first")

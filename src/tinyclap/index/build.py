@@ -43,6 +43,7 @@ __all__ = ["EmbedReport", "embed_sources", "list_sources"]
 LONG_FILE_WINDOWS = 64  # a file with more windows is embedded in pieces (bounded memory), not decoded whole
 REPORT = "report.json"
 READ_WHOLE_BYTES = 16 << 20  # a file up to this size is read once, hashed and decoded from memory
+HOP_S = 1.0  # the hop when none is given: every command's --hop default (cli._common.HOP_SECONDS)
 MAX_WINDOW_S = MAX_TIMELINE_WINDOW_S  # a window is decoded whole: 10 minutes at 44.1 kHz is 106 MB
 
 
@@ -384,8 +385,8 @@ def embed_sources(
     """Embed every audio file under `sources` into the index folder `out` (created or updated).
 
     `model` is a spec (student name/run/checkpoint, teacher, or export folder: ONNX Runtime, no torch) or an
-    `IndexModel`. Files are cut into `window`-second windows every `hop` seconds (default: 1 s, as every
-    command's `--hop`, or `window` when shorter). A rerun
+    `IndexModel`. Files are cut into `window`-second windows every `hop` seconds (default: `HOP_S`, 1 s, as
+    every command's `--hop`, or `window` when shorter). A rerun
     embeds only new or changed files and drops files that no longer exist; unreadable files are recorded
     with their error (`report.failed`), not fatal. One plain run writes an index at a time (a second one
     gets `FolderBusy` naming the first); `torchrun` ranks share it, appending under the folder lock.
@@ -394,7 +395,7 @@ def embed_sources(
         raise ValueError(f"--window and --hop must be > 0 and <= {MAX_WINDOW_S:g} s, got {window} and {hop}")
     if batch_size < 1 or workers < 0:
         raise ValueError(f"need batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
-    hop = min(1.0, window) if hop is None else hop
+    hop = min(HOP_S, window) if hop is None else hop
     rank = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
     sources = [os.fspath(s) for s in sources]
