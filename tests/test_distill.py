@@ -118,6 +118,8 @@ def test_command_help_shows_the_config_defaults(capsys: pytest.CaptureFixture[st
     assert config_from_args(build_parser().parse_args(["distill", "--out", "x"])) == cfg
     crop = build_parser().parse_args(["distill", "--out", "x", "--train-crop-seconds", "2.5"])
     assert config_from_args(crop).train_crop_seconds == 2.5
+    pooled = build_parser().parse_args(["distill", "--out", "x", "--pool-window", "1"])
+    assert config_from_args(pooled).pool_window == 1.0
     # the paper's recipe
     assert (cfg.lr1, cfg.lr2, cfg.epochs1, cfg.epochs2, cfg.batch_size, cfg.seed) == (
         0.012,
@@ -203,6 +205,33 @@ def test_target_dims_train_a_smaller_projection(setup: dict) -> None:
     assert res.best_val_cosine == pytest.approx(cos.mean().item(), abs=1e-5)
     with pytest.raises(ValueError, match="target_dims"):
         train_stage(student, train, val, stage=2, epochs=1, lr=0.004, target_dims=dims[:4], progress=False)
+
+
+def test_pool_window_trains_and_validates_the_pooled_decision(setup: dict) -> None:
+    """--pool-window: training and validation run the student as a device does (backbone per window, features
+    averaged, head once); the best validation cosine is that decision's, window by window like PooledWindows."""
+    from tinyclap.audio.io import window_starts
+    from tinyclap.train.loop import PooledWindows
+
+    train, val = short_splits(setup)
+    torch.manual_seed(5)
+    student = create_student(STUDENT, embed_dim=64)
+    res = train_stage(student, train, val, stage=1, epochs=1, lr=0.004, batch_size=4, pool_frames=24,
+                      progress=False)
+    logmel = torch.stack([val[i][0] for i in range(len(val))]).float()  # (B, 64, M): windows at 0, 24, 40
+    target = torch.stack([val[i][1] for i in range(len(val))])
+    starts = window_starts(SHORT_FRAMES, 24)
+    assert starts == [0, 24, 40]
+    with torch.no_grad():
+        student.eval()
+        feats = torch.stack([student.features(logmel[:, s : s + 24]) for s in starts]).mean(0)
+        by_hand = F.cosine_similarity(student.head(feats), target, dim=-1).mean().item()
+        pooled = F.cosine_similarity(PooledWindows(student, 24)(logmel), target, dim=-1).mean().item()
+    assert pooled == pytest.approx(by_hand, abs=1e-5)
+    assert res.best_val_cosine == pytest.approx(by_hand, abs=1e-5)
+    assert PooledWindows(student, 24).state_dict().keys() == {f"student.{k}" for k in student.state_dict()}
+    with pytest.raises(ValueError, match="pool-window"):
+        DistillConfig(out="x", cache="c", student=STUDENT, pool_window=9.0).validate()
 
 
 def test_best_checkpoint_is_chosen_on_validation_loss(setup: dict, tmp_path: Path, monkeypatch) -> None:

@@ -17,6 +17,7 @@ from tinyclap.cli._common import (
     add_command,
     add_device_arg,
     add_model_arg,
+    add_pool_window_arg,
     add_progress_arg,
     add_workers_arg,
     float_in,
@@ -74,6 +75,8 @@ def _add_schedule(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     s.add_argument("--train-crop-seconds", type=float_in(0.1, 3600, low_open=True), default=d["train_crop_seconds"],
                    metavar="SEC", help="with --cache: train on random SEC-second crops of each cached clip "
                    "(validation keeps whole clips; the target stays the whole clip's embedding)")
+    add_pool_window_arg(s, help="train and validate as a small device runs the student: windows of SECONDS, "
+                        "backbone per window, features averaged, head once per clip (e.g. 1 for an MCU preset)")
 
 
 def _add_loss(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:

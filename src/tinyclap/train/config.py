@@ -60,6 +60,9 @@ class DistillConfig:
     # cache targets only: train on random crops of this many seconds of each cached clip (validation keeps
     # the whole clip); shorter crops buy more steps on a CPU, the target stays the whole clip's embedding
     train_crop_seconds: float | None = None
+    # train and validate as a small device runs the student (`--pool-window`): each log-mel cut into windows
+    # of this many seconds, the backbone run per window, the features averaged, the head run once per clip
+    pool_window: float | None = None
     # the loss (tinyclap.train.recipes): a named preset; None fields take the preset's value
     recipe: str = "paper"
     cos_weight: float | None = None
@@ -95,6 +98,8 @@ class DistillConfig:
             raise ValueError("--stages 2 alone needs --init CKPT (the stage-1 student to start from)")
         if self.train_crop_seconds is not None and (self.cache is None or self.train_crop_seconds <= 0):
             raise ValueError("--train-crop-seconds needs --cache and a positive length")
+        if self.pool_window is not None and not 0.05 <= self.pool_window <= 5.0:
+            raise ValueError(f"--pool-window must be 0.05 to 5 seconds, got {self.pool_window}")
         if self.views and self.cache is None:
             raise ValueError("--views trains on a cache's augmented views: give --cache DIR (tinyclap cache --views K)")
         if not self.student and not self.init:
@@ -128,6 +133,8 @@ class StageOptions:
     `step_hook(global_step)` runs after each optimiser step (and its checkpoint), e.g. to stop a test run.
     `loss` is the recipe's `DistillLoss`; None is the paper's Eq. 7 (minus the cosine). `spec_augment` masks
     the student's training log-mels (`tinyclap.train.targets.spec_augment`; never in validation).
+    `pool_frames` trains and validates the student on pooled windows of that many log-mel frames
+    (`tinyclap.train.loop.PooledWindows`).
     """
 
     stage: int
@@ -157,6 +164,7 @@ class StageOptions:
     loss: DistillLoss | None = None
     spec_augment: bool = False
     schedule: str = "plateau"
+    pool_frames: int | None = None  # log-mel frames per pooled window (None: the whole input at once)
 
     @classmethod
     def for_run(cls, config: DistillConfig, stage: int, **kw: Any) -> StageOptions:

@@ -49,10 +49,11 @@ __all__ = ["DistillConfig", "RunResult", "distill"]
 # (the cache by what it holds, `cache_id`, not by the path string: see `_resume_diffs`)
 _RESUME_KEYS = (
     "student", "cache_id", "teacher", "data", "init", "batch_size", "seed", "lr1", "lr2", "world_size",
-    "train_crop_seconds", "recipe", "loss", "text_bank_sha256",
+    "train_crop_seconds", "pool_window", "recipe", "loss", "text_bank_sha256",
 )  # fmt: skip
 # what a config.json written before recipes existed ran with (so such a run still resumes)
-_OLD_RUN_DEFAULTS = {"recipe": "paper", "loss": RECIPES["paper"].to_dict(), "text_bank_sha256": None}
+_OLD_RUN_DEFAULTS = {"recipe": "paper", "loss": RECIPES["paper"].to_dict(), "text_bank_sha256": None,
+                     "pool_window": None}
 
 # files of a run folder (and its stage folders) written atomically, whose orphan temp files a resume removes
 _RUN_FILES = (
@@ -222,7 +223,19 @@ def _make_student(config: DistillConfig, dev: torch.device, embed_dim: int) -> n
             student = create_student(config.student, embed_dim=embed_dim)
     if student.embed_dim != embed_dim:
         raise ValueError(f"student embed_dim {student.embed_dim} differs from the targets' {embed_dim}")
+    if config.pool_window is not None and not hasattr(student, "features"):
+        raise ValueError(f"--pool-window needs a student with a backbone and a head; {student.name!r} has none")
     return student
+
+
+def _pool_frames(config: DistillConfig) -> int | None:
+    """Log-mel frames of one --pool-window window (the CLAP front end's hop), None without one."""
+    if config.pool_window is None:
+        return None
+    from tinyclap.audio.frontend import LogMel
+
+    lm = LogMel()
+    return lm.n_frames(int(round(config.pool_window * lm.sample_rate)))
 
 
 def _resume_diffs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -290,6 +303,7 @@ def _run_stages(
                 metrics=metrics, save_extra={"teacher": targets.teacher_info}, step_hook=hook,
                 loss=DistillLoss(config.resolved_recipe(), targets.text_bank),
                 spec_augment=config.resolved_recipe().spec_augment, schedule=config.resolved_recipe().schedule,
+                pool_frames=_pool_frames(config),
             )  # fmt: skip
             results[stage] = train_stage(student, targets.train_ds, targets.val_ds, opts)
     finally:

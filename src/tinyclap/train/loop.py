@@ -308,13 +308,38 @@ def _resume(st: _Stage) -> None:
         st.best_state = read_tensors(st.out / "best")
 
 
+class PooledWindows(nn.Module):
+    """A student run as a small device runs it: (B, T, M) log-mels -> each cut into windows of `frames`
+    frames (`tinyclap.audio.io.window_starts`: back to back, the last one aligned to the end), the backbone
+    per window, the features averaged, the head once -> (B, D). Holds no weights of its own."""
+
+    def __init__(self, student: nn.Module, frames: int) -> None:
+        super().__init__()
+        self.student, self.frames = student, int(frames)
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        from tinyclap.audio.io import window_starts
+
+        if logmel.shape[1] < self.frames:
+            logmel = F.pad(logmel, (0, 0, 0, self.frames - logmel.shape[1]))
+        starts = window_starts(int(logmel.shape[1]), self.frames)
+        windows = torch.stack([logmel[:, s : s + self.frames] for s in starts], 1)  # (B, K, frames, M)
+        return self.student(windows.flatten(0, 1), windows=len(starts))
+
+
+def _net(st: _Stage) -> nn.Module:
+    """The student as training and validation run it: whole inputs, or pooled windows (`pool_frames`)."""
+    return st.student if st.opts.pool_frames is None else PooledWindows(st.student, st.opts.pool_frames)
+
+
 def _wrap(st: _Stage) -> None:
-    """The model the steps run: the student, in DDP under a process group, compiled if asked."""
-    st.model = st.student
+    """The model the steps run: the student (or its pooled windows), in DDP under a process group, compiled if
+    asked."""
+    st.model = _net(st)
     if st.d.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        st.model = DDP(st.student, device_ids=[st.dev.index] if st.dev.type == "cuda" else None)
+        st.model = DDP(st.model, device_ids=[st.dev.index] if st.dev.type == "cuda" else None)
     if st.opts.compile:
         st.model = torch.compile(st.model)
 
@@ -373,7 +398,7 @@ def _validate_epoch(st: _Stage, epoch: int) -> tuple[float | None, float | None]
     o, prog = st.opts, st.prog
     if (epoch + 1) % o.val_every != 0 and epoch + 1 != o.epochs:
         return None, None
-    val_loss, val_cos = _validate(st.student, st.val_loader, st.batch_fn, st.dev, st.amp, st.dims, st.d)
+    val_loss, val_cos = _validate(_net(st), st.val_loader, st.batch_fn, st.dev, st.amp, st.dims, st.d)
     if not _is_per_step(st.objs.scheduler):
         st.objs.scheduler.step(val_loss)
     if val_loss < prog.best_val_loss:
