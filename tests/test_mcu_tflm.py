@@ -88,6 +88,33 @@ def test_mcu_bn0_eval_is_batchnorm() -> None:
     assert torch.allclose(bn0_affine(bn, x), ref, atol=1e-5)
 
 
+def test_mcu_student_clips_its_normalised_input() -> None:
+    """A mel bin a data set left empty has a near-zero running variance: one clip with content there gave
+    normalised values of 173, which set the int8 input scale of the whole graph. The student clips the
+    normalised log-mel to +-INPUT_CLIP (train and eval), and the device windows are clipped the same way."""
+    from tinyclap.deploy.mcu import graphs
+    from tinyclap.models.mcu import INPUT_CLIP
+    from tinyclap.models.students import create_student
+
+    torch.manual_seed(0)
+    student = create_student("mcu-s").eval()
+    bn = student.base.bn0
+    bn.running_var[5] = 1e-4  # an empty bin
+    x = torch.randn(1, 138, 64)
+    spike = x.clone()
+    spike[0, :, 5] = 50.0  # normalised: far past the clip
+    norm = torch.from_numpy(graphs.input_norm(student))
+    clipped = (spike * norm[0] + norm[1]).clamp(-INPUT_CLIP, INPUT_CLIP)
+    with torch.no_grad():
+        via_backbone = graphs.Backbone(student)(clipped)
+        assert torch.allclose(student.base(spike), via_backbone, atol=1e-5)
+    from tinyclap.audio.frontend import LogMel
+
+    wave = np.random.default_rng(0).standard_normal(44100).astype(np.float32)  # white noise: every bin loud
+    wins = graphs.window_logmels(wave, 44100, LogMel(), graphs.input_norm(student))
+    assert wins.max() == INPUT_CLIP and np.abs(wins).max() <= INPUT_CLIP
+
+
 def test_mcu_name_checks() -> None:
     from tinyclap.models.students import parse_student_name
 
@@ -196,11 +223,13 @@ def test_tflm_export_parity_and_budget(mcu_py: str, trained, work: Path, us8k_ro
     m = json.loads((out / "manifest.json").read_text())
     schemas.validate(m, "export-tflm")  # what `export --target tflm --json` prints (docs/json.md)
     assert len(m["latent_dims"]) == 48 == m["embed_dim"]  # pruned on the calibration clips (64 -> 48)
+    assert m["window"]["input_clip"] == 8.0  # the runtime clips the normalised log-mel as the student does
     par = m["parity"]
-    # issue 19's targets: mean cosine >= 0.99 (met: 0.998), top-1 agreement >= 97 % (measured 96.7 %, one clip of
-    # 30 on this quickly distilled student and its toy class matrix: asserted with one more clip of slack)
-    assert par["clips"] == 30 and par["mean_cosine"] >= 0.99 and par["top1_agreement"] >= 0.93, par
-    assert par["top1_agreement_int8_classes"] >= 0.93
+    # issue 19's targets: mean cosine >= 0.99 (measured 0.9992, min 0.9956 since the input clip and the head's
+    # calibration on single windows; 0.998, min 0.960 before), top-1 agreement >= 97 % (measured 96.7 %: one clip
+    # of 30, a near tie on this quickly distilled student's toy class matrix; asserted with one more of slack)
+    assert par["clips"] == 30 and par["mean_cosine"] >= 0.995 and par["min_cosine"] >= 0.99, par
+    assert par["top1_agreement"] >= 0.93 and par["top1_agreement_int8_classes"] >= 0.93, par
     # the backbone is int8 throughout: only the head's LayerNorm stays float
     assert m["float_ops"]["ops"] and "CONV_2D" not in m["float_ops"]["ops"]
     assert "PAD" not in m["ops"] and "GELU" not in m["ops"]

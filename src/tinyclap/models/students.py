@@ -23,7 +23,16 @@ from torch import nn
 
 from tinyclap.models.cnn14 import Cnn14
 from tinyclap.models.layers import Projection
-from tinyclap.models.mcu import MCU_FORM, MCU_RE, McuProjection, bn0_affine, is_mcu_name, resolve_preset, valid_padding
+from tinyclap.models.mcu import (
+    INPUT_CLIP,
+    MCU_FORM,
+    MCU_RE,
+    McuProjection,
+    bn0_affine,
+    is_mcu_name,
+    resolve_preset,
+    valid_padding,
+)
 from tinyclap.models.phinet import PhiNet
 
 AUDIO_EMBED_DIM = 2048  # width of the audio encoders' clip embedding (Cnn14's fc1, PhiNet's pn_block)
@@ -158,6 +167,8 @@ class PhiNetAudioEncoder(PhiNet):
             x = logmel.unsqueeze(1)  # (B, 1, T, M)
             # BatchNorm2d over the mel axis: mels onto the channel axis and back, as the reference does
             x = self.bn0(x.transpose(1, 3)).transpose(1, 3)  # (B, 1, T, M)
+        if self.mcu:
+            x = x.clamp(-INPUT_CLIP, INPUT_CLIP)
         x = super().forward(x)  # (B, C, T/32, M/32)
         x = self.pn_block(x)  # (B, 2048, T/64, M/64)
         return x.mean((-1, -2))  # (B, 2048)

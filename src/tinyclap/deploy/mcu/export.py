@@ -39,7 +39,7 @@ from tinyclap.deploy.mcu.runtime import (
     is_tflm_export,
 )
 from tinyclap.deploy.mcu.tflm import TflmGraph, convert_int8, op_list, op_summary, require_mcu
-from tinyclap.models.mcu import PRESETS, preset_of
+from tinyclap.models.mcu import INPUT_CLIP, PRESETS, preset_of
 from tinyclap.zeroshot import ZeroShotClassifier
 
 CLASSES_INT8_FILE = "classes_int8.npy"
@@ -215,7 +215,8 @@ def _build(student: nn.Module, clf: ZeroShotClassifier, lm: LogMel, out: Path, s
         "format": TFLM_FORMAT, "target": "tflm", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "student": {"name": student.name, "preset": preset_of(student.name), "config": student.config(),
                     "source": source},
-        "window": {"seconds": window, "samples": samples, "frames": frames}, "latent_dims": keep,
+        "window": {"seconds": window, "samples": samples, "frames": frames, "input_clip": INPUT_CLIP},
+        "latent_dims": keep,
         "features": info["features"], "embed_dim": info["embed_dim"],
         "frontend": lm.config(), "io": {"backbone": info["backbone_io"], "head": info["head_io"]},
         "classes": {"labels": clf.labels, "num_classes": clf.num_classes, "int8_file": CLASSES_INT8_FILE,

@@ -2,8 +2,9 @@
 
 A clip is cut into windows of `window` seconds (back to back, the last one aligned to the clip's end), each
 window's log-mel is normalised per mel bin (the student's `bn0`, done by the firmware while it quantises the
-front end's output), the backbone runs per window, its pooled features are averaged over the clip's windows
-and the head runs once on the mean. `torch_embedding` is that decision in torch fp32 (the reference the TFLM
+front end's output; values beyond the int8 input range saturate, as the student clips them to +-INPUT_CLIP),
+the backbone runs per window, its pooled features are averaged over the clip's windows and the head runs once
+on the mean. `torch_embedding` is that decision in torch fp32 (the reference the TFLM
 graphs are checked against); `tflm_embedding` is the same with TFLM's kernels.
 """
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from tinyclap.audio.frontend import LogMel
 from tinyclap.deploy.mcu.runtime import window_starts
-from tinyclap.models.mcu import is_mcu_name, min_frames
+from tinyclap.models.mcu import INPUT_CLIP, is_mcu_name, min_frames
 
 
 class Backbone(nn.Module):
@@ -55,14 +56,15 @@ def check_student(student: nn.Module) -> None:
 
 
 def window_logmels(wave: np.ndarray, window_samples: int, lm: LogMel, norm: np.ndarray) -> np.ndarray:
-    """A clip (N,) -> its windows' normalised log-mels (K, T, n_mels) float32 (a short clip is zero padded)."""
+    """A clip (N,) -> its windows' normalised log-mels (K, T, n_mels) float32, clipped to +-INPUT_CLIP as the
+    student clips them (a short clip is zero padded)."""
     wave = np.asarray(wave, np.float32)
     if wave.shape[0] < window_samples:
         wave = np.pad(wave, (0, window_samples - wave.shape[0]))
     wins = np.stack([wave[s : s + window_samples] for s in window_starts(wave.shape[0], window_samples)])
     with torch.no_grad():
         mel = lm(torch.from_numpy(wins)).numpy()  # (K, T, M)
-    return (mel * norm[0] + norm[1]).astype(np.float32)
+    return np.clip(mel * norm[0] + norm[1], -INPUT_CLIP, INPUT_CLIP).astype(np.float32)
 
 
 def window_frames(student: nn.Module, lm: LogMel, window: float) -> tuple[int, int]:
@@ -100,15 +102,19 @@ def torch_fns(student: nn.Module) -> tuple[Callable, Callable]:
 
 def calibration_sets(student: nn.Module, clips: Sequence[np.ndarray], max_windows: int = 96
                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Calibration inputs of the backbone (windows) and of the head (each clip's mean window features)."""
+    """Calibration inputs of the backbone (windows) and of the head: each clip's mean window features and,
+    since a clip may be one window, every window's features too (the head's int8 input range must hold a
+    single window's features as well as a mean; calibrated on means alone, one held-out clip's features
+    went past the range and its embedding fell to cosine 0.96)."""
     backbone, _ = torch_fns(student)
-    windows, feats = [], []
+    windows, feats, window_feats = [], [], []
     for wins in clips:
         f = [backbone(w[None]) for w in wins]
         feats.append(torch.from_numpy(np.mean(f, axis=0)[None].astype(np.float32)))
+        window_feats += [torch.from_numpy(x[None].astype(np.float32)) for x in f]
         windows += [torch.from_numpy(w[None]) for w in wins]
     step = max(1, len(windows) // max_windows)
-    return windows[::step][:max_windows], feats
+    return windows[::step][:max_windows], feats + window_feats[::step][:max_windows]
 
 
 def agreement(a: np.ndarray, b: np.ndarray, weights: np.ndarray, weights_b: np.ndarray | None = None) -> float:

@@ -70,6 +70,8 @@ class TflmEngine:
             self.pool_window = float(self.manifest["window"]["seconds"])
             self.logmel = NumpyLogMel(self.manifest["frontend"])
             self.embed_dim = int(self.manifest["embed_dim"])
+            clip = self.manifest["window"].get("input_clip")  # None: an export made before inputs were clipped
+            self.input_clip = float(clip) if clip is not None else np.inf
         except (KeyError, TypeError, ValueError) as e:
             raise ExportError(f"{self.export_dir / MANIFEST_FILE}: not a valid TFLM export manifest ({e})") from e
 
@@ -90,7 +92,8 @@ class TflmEngine:
             wave = np.pad(wave, (0, self.window_samples - wave.shape[0]))
         feats = []
         for s in window_starts(wave.shape[0], self.window_samples):
-            mel = self.logmel(wave[s : s + self.window_samples]) * self.norm[0] + self.norm[1]
+            mel = np.clip(self.logmel(wave[s : s + self.window_samples]) * self.norm[0] + self.norm[1],
+                          -self.input_clip, self.input_clip)
             feats.append(self.backbone.run(mel[None]))
         return l2_normalize(self.head.run(np.mean(feats, axis=0)[None]).astype(np.float32))
 
