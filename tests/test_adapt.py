@@ -14,7 +14,17 @@ import pytest
 import torch
 from helpers import calibrate_bn
 
-from tinyclap.adapt import LAMBDA_GRID, PRIOR, SE_RULE, adapt_classes, find_groups, leave_one_group_out, text_weights
+from tinyclap.adapt import (
+    LAMBDA_GRID,
+    PRIOR,
+    SE_RULE,
+    adapt_classes,
+    find_groups,
+    leave_one_group_out,
+    overlap,
+    recording_spectrum,
+    text_weights,
+)
 from tinyclap.audio import eval_windows, load_audio
 from tinyclap.audio.frontend import LogMel
 from tinyclap.cli import main
@@ -102,8 +112,8 @@ def test_leave_one_group_out_equals_brute_force() -> None:
 
 def test_near_duplicates_keep_the_blend_text_heavy() -> None:
     """Slices of one recording: found as one group per class, flagged, so the blend keeps the text weight of
-    one example (4 / 5), and leave-one-group-out has nothing to judge them on; the same examples given as
-    independent recordings lean on the audio (4 / 9)."""
+    one example (3 / 4), and leave-one-group-out has nothing to judge them on; the same examples given as
+    independent recordings lean on the audio (3 / 8)."""
     rng = np.random.default_rng(3)
     centres = _unit(rng.standard_normal((3, 32)))
     text = _unit(centres + 4.0 * rng.standard_normal((3, 32)) / np.sqrt(32))  # a weak text side
@@ -112,16 +122,16 @@ def test_near_duplicates_keep_the_blend_text_heavy() -> None:
     slices = _unit(rec[y] + 0.05 * rng.standard_normal((15, 32)) / np.sqrt(32))
     labels = [["a", "b", "c"][i] for i in y]
     tz = ZeroShotClassifier(["a", "b", "c"], text, 3.0)
-    assert find_groups(slices, y).tolist() == y.tolist()
+    assert find_groups(overlap(slices, y)).tolist() == y.tolist()
     clf, rep = adapt_classes(slices, labels, tz)
-    assert rep.chosen_by == "prior" and rep.lam == PRIOR == 4 and rep.scored_examples == 0
-    assert all(c["one_recording"] and c["independent"] == 1 and c["text_weight"] == 0.8 for c in rep.classes)
+    assert rep.chosen_by == "prior" and rep.lam == PRIOR == 3 and rep.scored_examples == 0
+    assert all(c["one_recording"] and c["independent"] == 1 and c["text_weight"] == 0.75 for c in rep.classes)
     m = np.array([_unit(slices[y == c].mean(0)) for c in range(3)])
-    assert np.allclose(clf.weights, _unit(0.8 * text + 0.2 * m), atol=1e-6)
+    assert np.allclose(clf.weights, _unit(0.75 * text + 0.25 * m), atol=1e-6)
     _, rep1 = adapt_classes(slices, labels, tz, prior="auto")
     assert rep1.chosen_by == "prior (nothing to judge)" and rep1.lam == PRIOR
     _, rep2 = adapt_classes(slices, labels, tz, groups=[str(i) for i in range(15)])
-    assert all(c["text_weight"] == pytest.approx(4 / 9) for c in rep2.classes)
+    assert all(c["text_weight"] == pytest.approx(3 / 8) for c in rep2.classes)
     _, rep2 = adapt_classes(slices, labels, tz, groups=[str(i) for i in range(15)], prior="auto")
     assert rep2.chosen_by == "leave-one-group-out" and rep2.scored_examples == 15  # slices taken as recordings
     # one class sliced, the others independent: the sliced class keeps more of its text
@@ -130,6 +140,56 @@ def test_near_duplicates_keep_the_blend_text_heavy() -> None:
     w = [c["text_weight"] for c in rep3.classes]
     assert [c["independent"] for c in rep3.classes] == [1, 5, 5] and w[0] >= w[1] == w[2]
     assert rep3.classes[0]["one_recording"] and not rep3.classes[1]["one_recording"]
+
+
+def test_overlap_counts_slices_that_share_a_spectrum_as_one_recording() -> None:
+    """Slices of one recording whose embeddings are not near-duplicates (cosine ~0.85) count as one example
+    when their long-term spectra agree; five recordings with different spectra stay five. Overlaps are soft:
+    each example weighs 1 / (its row's sum), the class counts the sum of its weights."""
+    rng = np.random.default_rng(7)
+    y = np.repeat([0, 1], 5)
+    base = _unit(rng.standard_normal(64))
+    emb = _unit(base + 0.42 * rng.standard_normal((10, 64)) / np.sqrt(64) * 8)  # cosines well below 0.95
+    cos = emb[:5] @ emb[:5].T
+    assert cos[np.triu_indices(5, 1)].max() < 0.95
+    one = np.tile(rng.normal(-40, 10, 64), (5, 1)) + rng.normal(0, 0.5, (5, 64))  # one channel, +-0.5 dB
+    many = rng.normal(-40, 10, (5, 64))  # five channels
+    spectra = np.concatenate([one, many])
+    k = overlap(emb, y, spectra)
+    assert np.allclose(k[:5, :5], 1.0) and np.allclose(k[5:, 5:], np.eye(5), atol=0.3) and not k[:5, 5:].any()
+    labels = ["slices"] * 5 + ["recordings"] * 5
+    _, rep = adapt_classes(emb, labels, spectra=spectra)
+    assert [c["independent"] for c in rep.classes][0] == 1 and rep.classes[0]["one_recording"]
+    assert rep.classes[1]["independent"] > 4 and not rep.classes[1]["one_recording"]
+    _, without = adapt_classes(emb, labels)  # the embeddings alone do not see the slices
+    assert without.classes[0]["independent"] > 1.5
+    # recording_spectrum: the mean over frames that are not digital silence
+    mel = np.full((10, 4), -100.0)
+    mel[:4] = [[-10, -20, -30, -40]] * 4
+    assert recording_spectrum(mel).tolist() == [-10, -20, -30, -40]
+
+
+def test_cosine_ramp_is_calibrated_on_cross_class_pairs() -> None:
+    """A weakly trained model puts everything close together: when examples of different classes already
+    reach cosine ~0.86, five different recordings of a class at ~0.91 count as more than one recording,
+    where the fixed 0.75..0.95 ramp would take them for nearly one."""
+    from tinyclap.adapt import COS_INDEPENDENT, cosine_ramp
+
+    rng = np.random.default_rng(11)
+    common = _unit(rng.standard_normal(64))
+    y = np.repeat([0, 1, 2], 5)
+    centres = _unit(common + 0.3 * _unit(rng.standard_normal((3, 64))))
+    emb = _unit(centres[y] + 0.3 * _unit(rng.standard_normal((15, 64))))
+    cos = emb @ emb.T
+    cross = cos[y[:, None] != y[None]]
+    assert np.quantile(cross, 0.9) > 0.85  # the weak model's crowd
+    zero, one = cosine_ramp(cos, y)
+    assert zero == pytest.approx(np.quantile(cross, 0.9)) and one == pytest.approx(zero + 0.8 * (1 - zero))
+    _, rep = adapt_classes(emb, [str(c) for c in y])
+    fixed = np.clip((cos - 0.75) / 0.2, 0, 1) * (y[:, None] == y[None])
+    assert all(c["independent"] > 1.5 for c in rep.classes) and (1 / fixed.sum(1)).sum() / 3 < 1.3
+    # a well-spread model keeps the floor: 0.75 to 0.95
+    assert cosine_ramp(np.eye(4), np.array([0, 0, 1, 1])) == (COS_INDEPENDENT, pytest.approx(0.95))
 
 
 def test_leave_one_group_out_choice() -> None:
@@ -236,13 +296,14 @@ def test_adapt_cli_output(adapted: dict[str, Path], capsys: pytest.CaptureFixtur
     assert clf.labels == ["dog_bark", "jackhammer", "siren"] and clf.embed_dim == DIM
     assert np.allclose(np.linalg.norm(clf.weights, axis=1), 1.0, atol=1e-5)
     # the CLI's class matrix is the library's, from the same embeddings
-    from tinyclap.adapt import adapt_classes
+    from tinyclap.adapt import adapt_classes, file_spectrum
     from tinyclap.classifier import Classifier
 
     rows = read_examples(adapted["csv"])
     res = Classifier.from_model(adapted["ckpt"]).embed_files([p for p, _, _ in rows])
+    spectra = np.stack([file_spectrum(rows[i][0]) for i in res.kept])  # as the CLI finds groups
     lib, rep = adapt_classes(res.embeddings, [rows[i][1] for i in res.kept],
-                             ZeroShotClassifier.load(adapted["tmp"] / "text.npz"))
+                             ZeroShotClassifier.load(adapted["tmp"] / "text.npz"), spectra=spectra)
     assert np.allclose(lib.weights, clf.weights, atol=1e-5) and lib.logit_scale == pytest.approx(clf.logit_scale)
     assert [c["text"] for c in rep.classes] == [True, False, True]  # "jackhammer" has no text vector
 
@@ -297,7 +358,7 @@ def test_adapt_cli_errors(adapted: dict[str, Path], tmp_path: Path, capsys: pyte
     assert main([*base, "--examples", str(tmp_path / "dup.csv"), "--json", "--no-text"]) == 0
     cap = capsys.readouterr()
     rep = json.loads(cap.out)
-    assert rep["examples"] == 5 and rep["grouping"] == "given + near-duplicates"
+    assert rep["examples"] == 5 and rep["grouping"] == "given + found"
     assert [(c["label"], c["examples"], c["independent"]) for c in rep["classes"]] == [("dog_bark", 3, 1),
                                                                                        ("siren", 2, 2)]
     assert "'Dog Bark' taken as 'dog_bark'" in cap.err and "1 repeated row" in cap.err

@@ -1,25 +1,38 @@
 """Few-shot classes: class vectors from a handful of labelled clips of one's own (`tinyclap adapt`).
 
-Examples fall into *groups*, the independent recordings they come from: given per example (a recording, a
-file, a session), or else found from the examples themselves (examples of one class whose embeddings are
-near-duplicates, cosine >= NEAR_DUPLICATE, joined transitively, are one group: slices of one file, one
-event recorded twice, the same file listed twice). For class c with g_c groups, normalised example
-embeddings e_i and (when a text side knows the label) the normalised text embedding t_c of its prompt:
+Examples of one recording are not independent. How much two examples of a class are *one recording* is
+their overlap k_ij in [0, 1] (`overlap`): given per example (the CSV's group: 1 within a group, 0 across), or
+else found from the examples themselves as the larger of two ramps, one on the cosine of their embeddings
+(`cosine_ramp`: 0 up to where examples of *different* classes reach (their 90th percentile, at least
+COS_INDEPENDENT), 1 four fifths of the way from there to 1: the same file twice, one event recorded twice;
+calibrated on the examples because a weakly trained model puts everything closer together: the 90th
+percentile of cross-class cosines was 0.74 for the best student of bench/adapt.py and 0.91 for a weak one)
+and one on their *long-term spectra* (`recording_spectrum`, the mean log-mel spectrum of a clip: the
+microphone, room, gain and background a recording imposes on all of its slices; 1 when the mean absolute
+difference over the mel bands is at most SAME_SPECTRUM_DB, 0 from OTHER_SPECTRUM_DB). The spectra tell slices
+of one recording apart without resting on one cosine for every model: on UrbanSound8K folds 1-3, pairs of
+same-class clips from one recording differ by 1.9 dB (median), from two recordings by 10.2 dB. Each example
+weighs w_i = 1 / sum_j k_ij (a recording sliced five ways weighs 1/5 per slice), and a class counts
+g_c = sum of its w_i independent examples: exactly its number of groups when the overlaps are 0 or 1. With
+normalised example embeddings e_i and (when a text side knows the label) the normalised text embedding t_c
+of its prompt:
 
-    m_c = normalize(sum_i e_i / |group(i)|)          (the audio prototype: each group counts once)
+    m_c = normalize(sum_i w_i e_i)                   (the audio prototype: each recording counts once)
     a_c = lam / (lam + g_c)                          (the text weight: shrinkage toward the text vector)
     v_c = normalize(a_c * t_c + (1 - a_c) * m_c)     (a class with text)
     v_c = m_c                                        (a class without text: examples only)
 
+The *groups* leave-one-group-out holds out are the connected parts of overlaps >= 1/2 (`find_groups`).
+
 `lam` is the text side's strength in independent examples: a class with more independent recordings leans
-more on its audio, one recording sliced ten ways counts once. By default lam = PRIOR (4: the text counts as
-four recordings), picked by bench/adapt.py: on held-out recordings it kept the blend above zero-shot both
-with diverse examples and with slices of one recording, where choosing lam from the examples was too noisy.
-With `prior="auto"` it is chosen by leave-one-group-out: each
-group of a class with at least two groups is classified against the class vectors built without it (its
-class from its other groups, g_c - 1 of them), for each lam of LAMBDA_GRID; the largest lam (the closest to
-zero-shot) whose accuracy is within SE_RULE binomial standard errors (over the scored groups) of the best
-accuracy wins: with a few groups the accuracy is noisy, and doubt goes to the text side.
+more on its audio, one recording sliced ten ways counts once. By default lam = PRIOR (3: the text counts as
+three recordings), picked with the overlap ramps by bench/adapt.py (README, "Why this rule"): it kept the
+blend above zero-shot both with diverse examples and with slices of one recording, where choosing lam from
+the examples was too noisy. With `prior="auto"` it is chosen by leave-one-group-out: each group of a class
+with at least two groups is classified against the class vectors built without it (its class from its
+other examples, with the weights they have among all examples), for each lam of LAMBDA_GRID; the largest
+lam (the closest to zero-shot) whose accuracy is within SE_RULE binomial standard errors (over the scored
+groups) of the best accuracy wins: with a few groups the accuracy is noisy, and doubt goes to the text side.
 Leaving out one example at a time instead would judge a prototype by slices of the recording it was made
 from, which it always recognises: that is how a blend leant on one recording and fell far below zero-shot.
 When no class has two groups nothing can judge an audio prototype, and lam = PRIOR. The grid
@@ -32,6 +45,7 @@ temperature) is fitted by leave-one-group-out log-likelihood at the chosen lam. 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,13 +55,21 @@ import numpy as np
 from tinyclap._util import l2_normalize
 from tinyclap.zeroshot import ZeroShotClassifier
 
-__all__ = ["LAMBDA_GRID", "NEAR_DUPLICATE", "PRIOR", "SE_RULE", "AdaptReport", "adapt_classes",
-           "class_vectors", "find_groups", "leave_one_group_out", "text_weights"]
+__all__ = [
+    "COS_INDEPENDENT", "CROSS_QUANTILE", "DUPLICATE_SHARE", "LAMBDA_GRID", "OTHER_SPECTRUM_DB", "PRIOR",
+    "SAME_SPECTRUM_DB", "SE_RULE", "AdaptReport", "adapt_classes", "class_vectors", "cosine_ramp", "file_spectrum",
+    "find_groups", "leave_one_group_out", "overlap", "recording_spectrum", "text_weights",
+]
 
 LAMBDA_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, math.inf)
-PRIOR = 4.0  # the text side's weight, in independent examples
+PRIOR = 3.0  # the text side's weight, in independent examples
 SE_RULE = 0.5  # how many standard errors of accuracy a larger lam (closer to zero-shot) may give up
-NEAR_DUPLICATE = 0.95  # cosine at or above which two examples of one class count as one recording
+COS_INDEPENDENT = 0.75  # cosine up to which two examples' embeddings say nothing of one recording, at least
+CROSS_QUANTILE = 0.9  # ... or up to this quantile of the cosines between examples of different classes
+DUPLICATE_SHARE = 0.8  # overlap 1 this share of the way from there to cosine 1 (0.95 from 0.75)
+SAME_SPECTRUM_DB = 2.5  # mean |difference| (dB) of long-term spectra at or below which they are one recording
+OTHER_SPECTRUM_DB = 8.0  # ... at or above which their spectra say nothing of it
+_SILENT_DB = -99.0  # a log-mel frame whose loudest band is below this is digital silence (padding)
 SCALE_GRID = tuple(float(x) for x in np.linspace(np.log(1.0), np.log(1000.0), 61))  # log logit scales
 DEFAULT_LOGIT_SCALE = float(np.log(100.0))  # without text and without leave-one-group-out data
 
@@ -56,13 +78,14 @@ DEFAULT_LOGIT_SCALE = float(np.log(100.0))  # without text and without leave-one
 class AdaptReport:
     """How the classes were built: the text prior `lam` (None: infinite, i.e. text only) and how it was
     chosen, the leave-one-group-out accuracy per lam, the logit scale, how groups were formed, and per class
-    its examples, independent groups, text weight, whether it had text and whether it looks like one recording."""
+    its examples, independent examples (g_c), text weight, whether it had text and whether it looks like one
+    recording (g_c < 1.5)."""
 
     lam: float | None
     chosen_by: str  # "prior", "leave-one-group-out", "prior (nothing to judge)", "fixed alpha" or "no text"
     logit_scale: float
     scored_examples: int  # examples that could be scored leave-one-group-out
-    grouping: str  # "given", "near-duplicates" or "given + near-duplicates"
+    grouping: str  # "given", "found" (find_groups) or "given + found"
     loo_accuracy: dict[str, float] = field(default_factory=dict)  # lam (as text) -> accuracy
     classes: list[dict[str, Any]] = field(default_factory=list)
 
@@ -70,10 +93,80 @@ class AdaptReport:
         return asdict(self)
 
 
-def find_groups(emb: np.ndarray, y: np.ndarray, threshold: float = NEAR_DUPLICATE) -> np.ndarray:
-    """(N,) group ids: examples of one class joined (transitively) when their cosine is >= threshold."""
+def recording_spectrum(logmel: np.ndarray) -> np.ndarray:
+    """(T, n_mels) log-mel in dB -> (n_mels,) its long-term spectrum: the mean over the frames that are not
+    digital silence (all frames when every one is)."""
+    logmel = np.asarray(logmel, dtype=np.float64)
+    sound = logmel.max(axis=1) > _SILENT_DB
+    return (logmel[sound] if sound.any() else logmel).mean(axis=0)
+
+
+def file_spectrum(path: str | os.PathLike) -> np.ndarray:
+    """(n_mels,) `recording_spectrum` of an audio file at the CLAP front end's settings, decoded in blocks
+    (memory bounded for a file of any length; frames across block edges are left out). NaN where the file
+    cannot be read: such an example joins nothing by its spectrum."""
+    from tinyclap.audio.io import stream_audio
+    from tinyclap.audio.mel import NumpyLogMel
+
+    lm = NumpyLogMel()
+    total, count = np.zeros(lm.n_mels), 0
+    try:
+        for block in stream_audio(path, lm.sample_rate):
+            if block.shape[0] >= lm.n_fft:
+                mel = lm.frames(block).astype(np.float64)
+                sound = mel[mel.max(axis=1) > _SILENT_DB]
+                total, count = total + sound.sum(axis=0), count + sound.shape[0]
+    except (OSError, ValueError, RuntimeError):
+        return np.full(lm.n_mels, np.nan)
+    return total / count if count else np.full(lm.n_mels, np.nan)
+
+
+def _ramp(x: np.ndarray, zero: float, one: float) -> np.ndarray:
+    """0 at `zero`, 1 at `one`, linear between (either order), clipped."""
+    return np.clip((x - zero) / (one - zero), 0.0, 1.0)
+
+
+def cosine_ramp(cos: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(zero, one): the cosines where the embedding ramp of `overlap` starts and reaches 1, from the (N, N)
+    cosines of the examples: zero at CROSS_QUANTILE of the cross-class cosines (COS_INDEPENDENT at least,
+    and without cross-class pairs), one DUPLICATE_SHARE of the way from zero to 1."""
+    y = np.asarray(y)
+    cross = cos[y[:, None] != y[None]]
+    zero = max(COS_INDEPENDENT, float(np.quantile(cross, CROSS_QUANTILE)) if cross.size else COS_INDEPENDENT)
+    zero = min(zero, 0.99)
+    return zero, zero + DUPLICATE_SHARE * (1.0 - zero)
+
+
+def overlap(emb: np.ndarray, y: np.ndarray, spectra: np.ndarray | None = None,
+            given: Sequence[str | None] | None = None) -> np.ndarray:
+    """(N, N) how much each two examples of a class are one recording, in [0, 1] (module docstring): 1 on the
+    diagonal, 0 across classes; between two examples with a given group 1 (same group) or 0; between two
+    without, the larger of the cosine ramp and, with their (N, n_mels) long-term `spectra` in dB, the spectrum
+    ramp; 0 between an example with a given group and one without."""
     emb = l2_normalize(np.asarray(emb, dtype=np.float64))
-    parent = np.arange(len(y))
+    n = len(y)
+    cos = emb @ emb.T
+    k = _ramp(cos, *cosine_ramp(cos, y))
+    if spectra is not None:
+        spectra = np.asarray(spectra, dtype=np.float64)
+        if spectra.shape != (n, spectra.shape[-1]):
+            raise ValueError(f"need one spectrum per example, got {spectra.shape} for {n} examples")
+        diff = np.abs(spectra[:, None] - spectra[None]).mean(-1)
+        k = np.maximum(k, np.nan_to_num(_ramp(diff, OTHER_SPECTRUM_DB, SAME_SPECTRUM_DB)))  # NaN: unreadable
+    if given is not None:
+        if len(given) != n:
+            raise ValueError(f"{len(given)} groups for {n} examples")
+        named = np.array([g is not None for g in given])
+        same = np.array([[a == b for b in given] for a in given], dtype=float)
+        k = np.where(named[:, None] & named[None], same, np.where(named[:, None] | named[None], 0.0, k))
+    k = np.where(np.asarray(y)[:, None] == np.asarray(y)[None], k, 0.0)
+    np.fill_diagonal(k, 1.0)
+    return k
+
+
+def find_groups(k: np.ndarray) -> np.ndarray:
+    """(N,) group ids: the connected parts of overlaps >= 1/2 (the given groups when overlaps are 0 or 1)."""
+    parent = np.arange(k.shape[0])
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -81,26 +174,16 @@ def find_groups(emb: np.ndarray, y: np.ndarray, threshold: float = NEAR_DUPLICAT
             i = parent[i]
         return int(i)
 
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        close = np.argwhere(np.triu(emb[idx] @ emb[idx].T >= threshold, k=1))
-        for a, b in close:
-            parent[root(idx[a])] = root(idx[b])
-    return np.unique([root(i) for i in range(len(y))], return_inverse=True)[1]
+    for a, b in np.argwhere(np.triu(k >= 0.5, k=1)):
+        parent[root(a)] = root(b)
+    return np.unique([root(i) for i in range(k.shape[0])], return_inverse=True)[1]
 
 
-def _group_sums(emb: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each group's mean embedding (G, D), each class's sum of them (C, D) and its number of groups (C,)."""
-    n_groups = int(groups.max()) + 1
-    size = np.bincount(groups, minlength=n_groups)
-    gmeans = np.zeros((n_groups, emb.shape[1]))
-    np.add.at(gmeans, groups, emb / size[groups, None])
-    gclass = np.zeros(n_groups, dtype=int)
-    gclass[groups] = y
+def _weighted_sums(emb: np.ndarray, y: np.ndarray, w: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each class's sum of w_i e_i (C, D) and of w_i (C,): its unnormalised prototype and independent count."""
     sums = np.zeros((n_classes, emb.shape[1]))
-    np.add.at(sums, gclass, gmeans)
-    return gmeans, sums, np.bincount(gclass, minlength=n_classes)
+    np.add.at(sums, y, emb * w[:, None])
+    return sums, np.bincount(y, weights=w, minlength=n_classes)
 
 
 def text_weights(n_groups: np.ndarray, has_text: np.ndarray, lam: float, alpha: float | None = None) -> np.ndarray:
@@ -121,17 +204,23 @@ def class_vectors(text: np.ndarray, has_text: np.ndarray, sums: np.ndarray, weig
 
 
 def leave_one_group_out(emb: np.ndarray, y: np.ndarray, groups: np.ndarray, text: np.ndarray,
-                        has_text: np.ndarray, lam: float, alpha: float | None = None
-                        ) -> tuple[np.ndarray, np.ndarray]:
+                        has_text: np.ndarray, lam: float, alpha: float | None = None,
+                        weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(N, C) cosine scores of each example against the class vectors built without its group, and the (N,)
-    mask of examples that can be scored (those whose class has at least two groups)."""
+    mask of examples that can be scored (those whose class has at least two groups). `weights`: each
+    example's w_i (default 1 / its group's size: each group counts once)."""
     emb = l2_normalize(np.asarray(emb, dtype=np.float64))
-    gmeans, sums, n_groups = _group_sums(emb, y, groups, text.shape[0])
-    scores = emb @ class_vectors(text, has_text, sums, text_weights(n_groups, has_text, lam, alpha)).T
-    rest = sums[y] - gmeans[groups]  # (N, D): the class's other groups
-    a = text_weights(n_groups[y] - 1, has_text[y], lam, alpha)
-    own = class_vectors(text[y], has_text[y], rest, a)
+    groups = np.asarray(groups)
+    w = 1.0 / np.bincount(groups)[groups] if weights is None else np.asarray(weights, dtype=np.float64)
+    sums, g = _weighted_sums(emb, y, w, text.shape[0])
+    scores = emb @ class_vectors(text, has_text, sums, text_weights(g, has_text, lam, alpha)).T
+    gsum = np.zeros((int(groups.max()) + 1, emb.shape[1]))
+    np.add.at(gsum, groups, emb * w[:, None])
+    gw = np.bincount(groups, weights=w)
+    a = text_weights(g[y] - gw[groups], has_text[y], lam, alpha)
+    own = class_vectors(text[y], has_text[y], sums[y] - gsum[groups], a)  # the class from its other groups
     scores[np.arange(len(y)), y] = np.einsum("nd,nd->n", emb, own)
+    n_groups = np.array([len(np.unique(groups[y == c])) for c in range(text.shape[0])])
     return scores, n_groups[y] >= 2
 
 
@@ -180,30 +269,14 @@ def _text_rows(labels: Sequence[str], text: ZeroShotClassifier | None, dim: int)
     return rows, has
 
 
-def _groups(emb: np.ndarray, y: np.ndarray, given: Sequence[str | None] | None, threshold: float
-            ) -> tuple[np.ndarray, str]:
-    """(N,) group ids and how they were formed: the given names (per class), near-duplicates for the rest."""
-    if given is None or all(g is None for g in given):
-        return find_groups(emb, y, threshold), "near-duplicates"
-    if len(given) != len(y):
-        raise ValueError(f"{len(given)} groups for {len(y)} examples")
-    free = np.array([g is None for g in given])
-    auto = np.zeros(len(y), dtype=int)
-    if free.any():
-        auto[free] = find_groups(emb[free], y[free], threshold)
-    keys = [(int(c), "n", str(g)) if g is not None else (int(c), "a", str(a)) for c, g, a in zip(y, given, auto)]
-    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-    return np.array([ids[k] for k in keys]), "given + near-duplicates" if free.any() else "given"
-
-
-def _choose_lam(emb: np.ndarray, y: np.ndarray, groups: np.ndarray, text_rows: np.ndarray, has_text: np.ndarray
-                ) -> tuple[float, str, dict[str, float]]:
+def _choose_lam(emb: np.ndarray, y: np.ndarray, groups: np.ndarray, w: np.ndarray, text_rows: np.ndarray,
+                has_text: np.ndarray) -> tuple[float, str, dict[str, float]]:
     """lam by leave-one-group-out over LAMBDA_GRID (PRIOR when nothing can be scored): the largest
     lam whose accuracy is within SE_RULE standard errors (binomial, over the scored groups) of the best one."""
     accuracy: dict[str, float] = {}
     keys = []
     for lam in LAMBDA_GRID:
-        scores, ok = leave_one_group_out(emb, y, groups, text_rows, has_text, lam)
+        scores, ok = leave_one_group_out(emb, y, groups, text_rows, has_text, lam, weights=w)
         if not ok.any():
             return PRIOR, "prior (nothing to judge)", {}
         acc = _accuracy(scores, y, ok)
@@ -236,7 +309,7 @@ def adapt_classes(
     labels: Sequence[str] | None = None,
     groups: Sequence[str | None] | None = None,
     prior: float | str = PRIOR,
-    near_duplicate: float = NEAR_DUPLICATE,
+    spectra: np.ndarray | None = None,
 ) -> tuple[ZeroShotClassifier, AdaptReport]:
     """Class vectors from example embeddings (N, D) and their labels (see the module docstring).
 
@@ -244,8 +317,9 @@ def adapt_classes(
     text weight in [0, 1] for every class (None: shrinkage, lam = `prior`, or "auto": by leave-one-group-out,
     math.inf: zero-shot); `labels`: the
     output's class order (default: first appearance in `example_labels`); `groups`: each example's recording
-    (None entries, or None: found as near-duplicates at cosine `near_duplicate`). Needs two classes or more.
-    Returns the classifier and a report.
+    (None entries, or None: found from the embeddings and, given, the (N, n_mels) long-term `spectra` of
+    `recording_spectrum` / `file_spectrum`; see `overlap`). Needs two classes or more. Returns the classifier
+    and a report.
     """
     emb = np.asarray(emb, dtype=np.float64)
     _check_inputs(emb, example_labels, alpha, prior)
@@ -261,22 +335,25 @@ def adapt_classes(
     counts = np.bincount(y, minlength=len(order))
     if (counts == 0).any():
         raise ValueError(f"classes without examples: {[lb for lb, n in zip(order, counts) if n == 0][:5]}")
-    gid, grouping = _groups(emb, y, groups, near_duplicate)
+    k = overlap(emb, y, spectra, groups)
+    gid, w = find_groups(k), 1.0 / k.sum(axis=1)
+    named = 0 if groups is None else sum(g is not None for g in groups)
+    grouping = "found" if named == 0 else "given" if named == len(y) else "given + found"
     text_rows, has_text = _text_rows(order, text, emb.shape[1])
     lam, how, loo_acc = PRIOR if prior == "auto" else float(prior), "prior", {}
     if not has_text.any() or alpha is not None:
         how = "no text" if not has_text.any() else "fixed alpha"
     elif prior == "auto":
-        lam, how, loo_acc = _choose_lam(emb, y, gid, text_rows, has_text)
-    scores, ok = leave_one_group_out(emb, y, gid, text_rows, has_text, lam, alpha)
+        lam, how, loo_acc = _choose_lam(emb, y, gid, w, text_rows, has_text)
+    scores, ok = leave_one_group_out(emb, y, gid, text_rows, has_text, lam, alpha, w)
     fitted = _fit_scale(scores, y, ok)[0]
     scale = fitted if fitted is not None else (text.logit_scale if text is not None else DEFAULT_LOGIT_SCALE)
-    _, sums, n_groups = _group_sums(emb, y, gid, len(order))
-    a = text_weights(n_groups, has_text, lam, alpha)
+    sums, independent = _weighted_sums(emb, y, w, len(order))
+    a = text_weights(independent, has_text, lam, alpha)
     clf = ZeroShotClassifier(order, class_vectors(text_rows, has_text, sums, a).astype(np.float32), float(scale),
                              (list(text.templates) if text is not None else []) or ["{}"])
     report = AdaptReport(None if math.isinf(lam) else lam, how, float(scale), int(ok.sum()), grouping, loo_acc, [
-        {"label": lb, "examples": int(n), "independent": int(g), "text_weight": float(w), "text": bool(h),
-         "one_recording": bool(n > 1 and g == 1)}
-        for lb, n, g, w, h in zip(order, counts, n_groups, a, has_text)])
+        {"label": lb, "examples": int(n), "independent": round(float(g), 2), "text_weight": float(t),
+         "text": bool(h), "one_recording": bool(n > 1 and g < 1.5)}
+        for lb, n, g, t, h in zip(order, counts, independent, a, has_text)])
     return clf, report

@@ -3,7 +3,8 @@
 The CSV has the columns `path,label` and optionally `group` (a header row is optional; relative paths are
 read from the CSV's folder). The group names the recording (file, session) an example comes from: examples
 of one group count as one independent example. Without it, examples of a class whose embeddings are
-near-duplicates (slices of one file) form a group. Each class vector blends the label's text embedding
+near-duplicates, or whose long-term spectra agree (slices of one recording), form a
+group. Each class vector blends the label's text embedding
 (when a text side is found: --teacher, the model's own text tower, the teacher recorded in its run, or
 --text-classes FILE.npz) with the mean of its groups' audio embeddings; the text weight shrinks with the
 number of independent examples (--prior; or one fixed --alpha). Labels
@@ -65,9 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "instead of a text encoder")
     t.add_argument("--no-text", action="store_true", help="examples only: no text embeddings at all")
     add_templates_arg(t)
-    p.add_argument("--prior", type=_prior, default=4.0, metavar="LAM|auto",
+    p.add_argument("--prior", type=_prior, default=None, metavar="LAM|auto",
                    help="the text side's weight in independent examples: a class's text weight is LAM / (LAM + "
-                   "its independent examples); auto: chosen by leave-one-group-out; inf: zero-shot")
+                   "its independent examples); auto: chosen by leave-one-group-out; inf: zero-shot (default: "
+                   "tinyclap.adapt.PRIOR, 3)")
     p.add_argument("--alpha", type=float, help="one fixed text weight in [0, 1] for every class (instead of --prior)")
     p.add_argument("--batch-size", type=int, default=16, help="windows embedded together")
     p.add_argument("--strict", action="store_true", help="fail if any example file could not be read")
@@ -167,7 +169,7 @@ def _text_side(args: argparse.Namespace, clf: Any, labels: list[str]) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinyclap.adapt import adapt_classes
+    from tinyclap.adapt import PRIOR, adapt_classes, file_spectrum
     from tinyclap.classifier import Classifier
 
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
@@ -196,8 +198,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"dropped classes with no readable example: {', '.join(lost)}", file=sys.stderr)
     if not kept:
         raise ValueError(f"{args.examples}: no example file could be read")
+    import numpy as np
+
+    spectra = np.stack([file_spectrum(p) for p, _, _ in kept])  # slices of one recording share one spectrum
     adapted, report = adapt_classes(res.embeddings, [lb for _, lb, _ in kept], text, alpha=args.alpha,
-                                    groups=[g for _, _, g in kept], prior=args.prior)
+                                    groups=[g for _, _, g in kept], prior=PRIOR if args.prior is None else args.prior,
+                                    spectra=spectra)
     out = adapted.save(args.out)
     _print_report(args, out, adapted, report, res)
     return 0
@@ -209,7 +215,8 @@ def _print_report(args: argparse.Namespace, out: Path, adapted: Any, report: Any
     for c in report.classes:
         if c["one_recording"]:
             print(f"warning: the {c['examples']} examples of {c['label'][:60]!r} look like one recording "
-                  f"(near-duplicate embeddings or one group): they count as one independent example, text weight "
+                  f"(near-duplicate embeddings, one long-term spectrum, or one group): they count as "
+                  f"{c['independent']:.1f} independent example(s), text weight "
                   f"{c['text_weight']:.2f}; add recordings, or a group column if they are not", file=sys.stderr)
     if args.json:
         print(json.dumps({"out": os.fspath(out), "examples": len(res.kept), "failed": [list(f) for f in res.failed],
@@ -224,4 +231,4 @@ def _print_report(args: argparse.Namespace, out: Path, adapted: Any, report: Any
     print(f"  {'class':40s} examples  independent  text weight")
     for c in report.classes:
         weight = f"{c['text_weight']:.2f}" if c["text"] else "no text"
-        print(f"  {c['label'][:40]:40s} {c['examples']:8d}  {c['independent']:11d}  {weight}")
+        print(f"  {c['label'][:40]:40s} {c['examples']:8d}  {c['independent']:11.1f}  {weight}")
