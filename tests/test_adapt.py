@@ -19,6 +19,7 @@ from tinyclap.adapt import (
     PRIOR,
     SE_RULE,
     adapt_classes,
+    cosine_ramp,
     find_groups,
     leave_one_group_out,
     overlap,
@@ -122,7 +123,8 @@ def test_near_duplicates_keep_the_blend_text_heavy() -> None:
     slices = _unit(rec[y] + 0.05 * rng.standard_normal((15, 32)) / np.sqrt(32))
     labels = [["a", "b", "c"][i] for i in y]
     tz = ZeroShotClassifier(["a", "b", "c"], text, 3.0)
-    assert find_groups(overlap(slices, y)).tolist() == y.tolist()
+    ramp = cosine_ramp(slices, y)
+    assert all(find_groups(overlap(slices[y == c], ramp)).tolist() == [0] * 5 for c in range(3))
     clf, rep = adapt_classes(slices, labels, tz)
     assert rep.chosen_by == "prior" and rep.lam == PRIOR == 3 and rep.scored_examples == 0
     assert all(c["one_recording"] and c["independent"] == 1 and c["text_weight"] == 0.75 for c in rep.classes)
@@ -155,8 +157,9 @@ def test_overlap_counts_slices_that_share_a_spectrum_as_one_recording() -> None:
     one = np.tile(rng.normal(-40, 10, 64), (5, 1)) + rng.normal(0, 0.5, (5, 64))  # one channel, +-0.5 dB
     many = rng.normal(-40, 10, (5, 64))  # five channels
     spectra = np.concatenate([one, many])
-    k = overlap(emb, y, spectra)
-    assert np.allclose(k[:5, :5], 1.0) and np.allclose(k[5:, 5:], np.eye(5), atol=0.3) and not k[:5, 5:].any()
+    ramp = cosine_ramp(emb, y)
+    assert np.allclose(overlap(emb[:5], ramp, spectra[:5]), 1.0)
+    assert np.allclose(overlap(emb[5:], ramp, spectra[5:]), np.eye(5), atol=0.3)
     labels = ["slices"] * 5 + ["recordings"] * 5
     _, rep = adapt_classes(emb, labels, spectra=spectra)
     assert [c["independent"] for c in rep.classes][0] == 1 and rep.classes[0]["one_recording"]
@@ -173,7 +176,7 @@ def test_cosine_ramp_is_calibrated_on_cross_class_pairs() -> None:
     """A weakly trained model puts everything close together: when examples of different classes already
     reach cosine ~0.86, five different recordings of a class at ~0.91 count as more than one recording,
     where the fixed 0.75..0.95 ramp would take them for nearly one."""
-    from tinyclap.adapt import COS_INDEPENDENT, cosine_ramp
+    from tinyclap.adapt import COS_INDEPENDENT
 
     rng = np.random.default_rng(11)
     common = _unit(rng.standard_normal(64))
@@ -183,13 +186,19 @@ def test_cosine_ramp_is_calibrated_on_cross_class_pairs() -> None:
     cos = emb @ emb.T
     cross = cos[y[:, None] != y[None]]
     assert np.quantile(cross, 0.9) > 0.85  # the weak model's crowd
-    zero, one = cosine_ramp(cos, y)
+    zero, one = cosine_ramp(emb, y)
     assert zero == pytest.approx(np.quantile(cross, 0.9)) and one == pytest.approx(zero + 0.8 * (1 - zero))
     _, rep = adapt_classes(emb, [str(c) for c in y])
     fixed = np.clip((cos - 0.75) / 0.2, 0, 1) * (y[:, None] == y[None])
     assert all(c["independent"] > 1.5 for c in rep.classes) and (1 / fixed.sum(1)).sum() / 3 < 1.3
     # a well-spread model keeps the floor: 0.75 to 0.95
     assert cosine_ramp(np.eye(4), np.array([0, 0, 1, 1])) == (COS_INDEPENDENT, pytest.approx(0.95))
+    # a class too large for few-shot overlaps is refused in one line, not a square of its size in memory
+    from tinyclap.adapt import MAX_CLASS_EXAMPLES
+
+    big = np.tile(emb[:2], (MAX_CLASS_EXAMPLES // 2 + 1, 1))
+    with pytest.raises(ValueError, match="at most 5000 per class"):
+        adapt_classes(big, ["a"] * (len(big) - 1) + ["b"])
 
 
 def test_leave_one_group_out_choice() -> None:

@@ -234,6 +234,14 @@ def test_pool_window_trains_and_validates_the_pooled_decision(setup: dict) -> No
         DistillConfig(out="x", cache="c", student=STUDENT, pool_window=9.0).validate()
 
 
+def test_pool_window_shorter_than_an_mcu_student_takes_is_refused(setup: dict, tmp_path: Path) -> None:
+    cfg = DistillConfig(out=str(tmp_path / "run"), cache=str(setup["cache"]), student="mcu-s", pool_window=0.2,
+                        epochs1=1, epochs2=1, progress=False, tensorboard=False, workers=0)
+    with pytest.raises(ValueError, match="28 log-mel frames; .* needs at least 63"):
+        distill(cfg)
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+
+
 def test_best_checkpoint_is_chosen_on_validation_loss(setup: dict, tmp_path: Path, monkeypatch) -> None:
     train, val = short_splits(setup)
     scripted = iter([-0.5, -0.9, -0.7])  # epoch 2 is best on validation; training loss keeps falling

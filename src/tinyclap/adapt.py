@@ -1,9 +1,9 @@
 """Few-shot classes: class vectors from a handful of labelled clips of one's own (`tinyclap adapt`).
 
 Examples of one recording are not independent. How much two examples of a class are *one recording* is
-their overlap k_ij in [0, 1] (`overlap`): given per example (the CSV's group: 1 within a group, 0 across), or
-else found from the examples themselves as the larger of two ramps, one on the cosine of their embeddings
-(`cosine_ramp`: 0 up to where examples of *different* classes reach (their 90th percentile, at least
+their overlap k_ij in [0, 1] (`overlap`, class by class): given per example (the CSV's group: 1 within a
+group, 0 across), or else found from the examples themselves as the larger of two ramps, one on the cosine of
+their embeddings (`cosine_ramp`: 0 up to where examples of *different* classes reach (their 90th percentile, at least
 COS_INDEPENDENT), 1 four fifths of the way from there to 1: the same file twice, one event recorded twice;
 calibrated on the examples because a weakly trained model puts everything closer together: the 90th
 percentile of cross-class cosines was 0.74 for the best student of bench/adapt.py and 0.91 for a weak one)
@@ -56,9 +56,10 @@ from tinyclap._util import l2_normalize
 from tinyclap.zeroshot import ZeroShotClassifier
 
 __all__ = [
-    "COS_INDEPENDENT", "CROSS_QUANTILE", "DUPLICATE_SHARE", "LAMBDA_GRID", "OTHER_SPECTRUM_DB", "PRIOR",
-    "SAME_SPECTRUM_DB", "SE_RULE", "AdaptReport", "adapt_classes", "class_vectors", "cosine_ramp", "file_spectrum",
-    "find_groups", "leave_one_group_out", "overlap", "recording_spectrum", "text_weights",
+    "COS_INDEPENDENT", "CROSS_QUANTILE", "DUPLICATE_SHARE", "LAMBDA_GRID", "MAX_CLASS_EXAMPLES",
+    "OTHER_SPECTRUM_DB", "PRIOR", "SAME_SPECTRUM_DB", "SE_RULE", "AdaptReport", "adapt_classes", "class_vectors",
+    "cosine_ramp", "file_spectrum", "find_groups", "leave_one_group_out", "overlap", "recording_spectrum",
+    "text_weights",
 ]
 
 LAMBDA_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, math.inf)
@@ -69,6 +70,8 @@ CROSS_QUANTILE = 0.9  # ... or up to this quantile of the cosines between exampl
 DUPLICATE_SHARE = 0.8  # overlap 1 this share of the way from there to cosine 1 (0.95 from 0.75)
 SAME_SPECTRUM_DB = 2.5  # mean |difference| (dB) of long-term spectra at or below which they are one recording
 OTHER_SPECTRUM_DB = 8.0  # ... at or above which their spectra say nothing of it
+RAMP_SAMPLE = 2048  # examples the cross-class cosine quantile is estimated on, at most
+MAX_CLASS_EXAMPLES = 5000  # examples of one class adapt takes (its overlaps are a square of them)
 _SILENT_DB = -99.0  # a log-mel frame whose loudest band is below this is digital silence (padding)
 SCALE_GRID = tuple(float(x) for x in np.linspace(np.log(1.0), np.log(1000.0), 61))  # log logit scales
 DEFAULT_LOGIT_SCALE = float(np.log(100.0))  # without text and without leave-one-group-out data
@@ -126,42 +129,61 @@ def _ramp(x: np.ndarray, zero: float, one: float) -> np.ndarray:
     return np.clip((x - zero) / (one - zero), 0.0, 1.0)
 
 
-def cosine_ramp(cos: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(zero, one): the cosines where the embedding ramp of `overlap` starts and reaches 1, from the (N, N)
-    cosines of the examples: zero at CROSS_QUANTILE of the cross-class cosines (COS_INDEPENDENT at least,
-    and without cross-class pairs), one DUPLICATE_SHARE of the way from zero to 1."""
-    y = np.asarray(y)
-    cross = cos[y[:, None] != y[None]]
+def cosine_ramp(emb: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(zero, one): the cosines where the embedding ramp of `overlap` starts and reaches 1, from the examples'
+    (N, D) normalised embeddings: zero at CROSS_QUANTILE of the cosines between examples of different classes
+    (COS_INDEPENDENT at least, and without such pairs; on at most RAMP_SAMPLE evenly spread examples), one
+    DUPLICATE_SHARE of the way from zero to 1."""
+    pick = np.linspace(0, len(y) - 1, min(len(y), RAMP_SAMPLE)).astype(int)
+    e, c = emb[pick], np.asarray(y)[pick]
+    cross = (e @ e.T)[c[:, None] != c[None]]
     zero = max(COS_INDEPENDENT, float(np.quantile(cross, CROSS_QUANTILE)) if cross.size else COS_INDEPENDENT)
     zero = min(zero, 0.99)
     return zero, zero + DUPLICATE_SHARE * (1.0 - zero)
 
 
-def overlap(emb: np.ndarray, y: np.ndarray, spectra: np.ndarray | None = None,
+def overlap(emb: np.ndarray, ramp: tuple[float, float], spectra: np.ndarray | None = None,
             given: Sequence[str | None] | None = None) -> np.ndarray:
-    """(N, N) how much each two examples of a class are one recording, in [0, 1] (module docstring): 1 on the
-    diagonal, 0 across classes; between two examples with a given group 1 (same group) or 0; between two
-    without, the larger of the cosine ramp and, with their (N, n_mels) long-term `spectra` in dB, the spectrum
-    ramp; 0 between an example with a given group and one without."""
-    emb = l2_normalize(np.asarray(emb, dtype=np.float64))
-    n = len(y)
-    cos = emb @ emb.T
-    k = _ramp(cos, *cosine_ramp(cos, y))
+    """(n, n) how much each two examples *of one class* are one recording, in [0, 1] (module docstring), from
+    their (n, D) normalised embeddings and the class set's `cosine_ramp`: 1 on the diagonal; between two
+    examples with a given group 1 (same group) or 0; between two without, the larger of the cosine ramp and,
+    with their (n, n_mels) long-term `spectra` in dB, the spectrum ramp; 0 between an example with a given group
+    and one without."""
+    k = _ramp(emb @ emb.T, *ramp)
     if spectra is not None:
-        spectra = np.asarray(spectra, dtype=np.float64)
-        if spectra.shape != (n, spectra.shape[-1]):
-            raise ValueError(f"need one spectrum per example, got {spectra.shape} for {n} examples")
         diff = np.abs(spectra[:, None] - spectra[None]).mean(-1)
         k = np.maximum(k, np.nan_to_num(_ramp(diff, OTHER_SPECTRUM_DB, SAME_SPECTRUM_DB)))  # NaN: unreadable
     if given is not None:
-        if len(given) != n:
-            raise ValueError(f"{len(given)} groups for {n} examples")
         named = np.array([g is not None for g in given])
-        same = np.array([[a == b for b in given] for a in given], dtype=float)
-        k = np.where(named[:, None] & named[None], same, np.where(named[:, None] | named[None], 0.0, k))
-    k = np.where(np.asarray(y)[:, None] == np.asarray(y)[None], k, 0.0)
+        code = np.unique([str(g) for g in given], return_inverse=True)[1]
+        k = np.where(named[:, None] & named[None], (code[:, None] == code[None]).astype(float),
+                     np.where(named[:, None] | named[None], 0.0, k))
     np.fill_diagonal(k, 1.0)
     return k
+
+
+def _weights(emb: np.ndarray, y: np.ndarray, spectra: np.ndarray | None, given: Sequence[str | None] | None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) each example's weight 1 / (sum of its overlaps) and (N,) its group (`find_groups`), class by class."""
+    n = len(y)
+    if spectra is not None:
+        spectra = np.asarray(spectra, dtype=np.float64)
+        if spectra.ndim != 2 or spectra.shape[0] != n:
+            raise ValueError(f"need one spectrum per example, got {spectra.shape} for {n} examples")
+    if given is not None and len(given) != n:
+        raise ValueError(f"{len(given)} groups for {n} examples")
+    ramp = cosine_ramp(emb, y)
+    w, groups, offset = np.zeros(n), np.zeros(n, dtype=int), 0
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        if len(idx) > MAX_CLASS_EXAMPLES:
+            raise ValueError(f"{len(idx)} examples of one class; adapt takes at most {MAX_CLASS_EXAMPLES} per "
+                             "class (a few-shot method: pick a sample of them)")
+        k = overlap(emb[idx], ramp, None if spectra is None else spectra[idx],
+                    None if given is None else [given[i] for i in idx])
+        w[idx], groups[idx] = 1.0 / k.sum(axis=1), find_groups(k) + offset
+        offset = int(groups[idx].max()) + 1
+    return w, groups
 
 
 def find_groups(k: np.ndarray) -> np.ndarray:
@@ -335,8 +357,7 @@ def adapt_classes(
     counts = np.bincount(y, minlength=len(order))
     if (counts == 0).any():
         raise ValueError(f"classes without examples: {[lb for lb, n in zip(order, counts) if n == 0][:5]}")
-    k = overlap(emb, y, spectra, groups)
-    gid, w = find_groups(k), 1.0 / k.sum(axis=1)
+    w, gid = _weights(emb, y, spectra, groups)
     named = 0 if groups is None else sum(g is not None for g in groups)
     grouping = "found" if named == 0 else "given" if named == len(y) else "given + found"
     text_rows, has_text = _text_rows(order, text, emb.shape[1])

@@ -48,11 +48,13 @@ class McuPreset:
 
 
 KIB = 1024
-# arena budgets at a 1 s window: 128 KiB (issue 19's moonshot) for mcu-s, 256 KiB for the others
+# arena budgets at a 1 s window: 128 KiB (issue 19's moonshot) for mcu-s, 256 KiB for the others. mcu-l keeps
+# 256 latent entries: on held-out UrbanSound8K its top-1 agreement with the teacher was 51.7 % at k = 128, 53.0 %
+# at k = 256 (55.3 % with all 1024), for 117 KiB more flash, still within 512 KiB (bench/REPORT.md)
 PRESETS: dict[str, McuPreset] = {
     "mcu-s": McuPreset("mcu_alpha_0.35_beta_0.75_t0_4_N_7_F_512", 128, 1.0, 128 * KIB, 512 * KIB),
     "mcu-m": McuPreset("mcu_alpha_0.50_beta_0.75_t0_4_N_7_F_512", 128, 1.0, 256 * KIB, 512 * KIB),
-    "mcu-l": McuPreset("mcu_alpha_0.75_beta_0.75_t0_4_N_7_F_512", 128, 1.0, 256 * KIB, 512 * KIB),
+    "mcu-l": McuPreset("mcu_alpha_0.75_beta_0.75_t0_4_N_7_F_512", 256, 1.0, 256 * KIB, 512 * KIB),
 }
 
 

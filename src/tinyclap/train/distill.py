@@ -225,6 +225,13 @@ def _make_student(config: DistillConfig, dev: torch.device, embed_dim: int) -> n
         raise ValueError(f"student embed_dim {student.embed_dim} differs from the targets' {embed_dim}")
     if config.pool_window is not None and not hasattr(student, "features"):
         raise ValueError(f"--pool-window needs a student with a backbone and a head; {student.name!r} has none")
+    if config.pool_window is not None and getattr(student, "name", "").startswith("mcu_"):
+        from tinyclap.models.mcu import min_frames
+
+        need, frames = min_frames(student), _pool_frames(config)
+        if frames is not None and frames < need:
+            raise ValueError(f"--pool-window {config.pool_window:g} s gives {frames} log-mel frames; {student.name} "
+                             f"needs at least {need}")
     return student
 
 
