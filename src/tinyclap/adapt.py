@@ -6,7 +6,7 @@ group, 0 across), or else found from the examples themselves as the larger of tw
 their embeddings (`cosine_ramp`: 0 up to where examples of *different* classes reach (their 90th percentile, at least
 COS_INDEPENDENT), 1 four fifths of the way from there to 1: the same file twice, one event recorded twice;
 calibrated on the examples because a weakly trained model puts everything closer together: the 90th
-percentile of cross-class cosines was 0.74 for the best student of bench/adapt.py and 0.91 for a weak one)
+percentile of cross-class cosines was 0.74 for a well-trained student of bench/adapt.py, 0.91 for a weak one)
 and one on their *long-term spectra* (`recording_spectrum`, the mean log-mel spectrum of a clip: the
 microphone, room, gain and background a recording imposes on all of its slices; 1 when the mean absolute
 difference over the mel bands is at most SAME_SPECTRUM_DB, 0 from OTHER_SPECTRUM_DB). The spectra tell slices
