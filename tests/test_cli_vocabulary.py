@@ -157,3 +157,16 @@ def test_model_and_folders_end_to_end(tmp_path: Path, us8k_root: Path, capsys: p
         assert runtime.main([*argv, "-k", "2"]) == 0
         texts.append(capsys.readouterr().out)
     assert texts[0] == texts[1] and "x.wav" in texts[0] and "y.wav" in texts[0]
+
+
+def test_debug_before_a_nested_command_is_kept(capsys: pytest.CaptureFixture[str]) -> None:
+    """`tinyclap teacher --debug build-proxy ...`: argparse let build-proxy's default overwrite the parent's
+    --debug; main() keeps it, so the error comes with its traceback."""
+    from tinyclap.cli import main
+
+    argv = ["build-proxy", "--us8k", "/nonexistent-us8k", "--out", "/nonexistent-out"]
+    assert main(["teacher", *argv]) == 1 and "UrbanSound8K folder not found" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="UrbanSound8K folder not found"):
+        main(["teacher", "--debug", *argv])
+    with pytest.raises(ValueError, match="UrbanSound8K folder not found"):
+        main(["teacher", *argv, "--debug"])

@@ -187,6 +187,11 @@ def test_serve_export_takes_free_text(exported: Path) -> None:
     engine = build_engine(ServeConfig(), export_dir=str(exported))
     assert engine.info()["free_text_labels"] is True
     assert engine.classifier_for(FREE).labels == FREE
+    # serve --templates reaches an export's text tower too (it was dropped for exports)
+    bare = build_engine(ServeConfig(), export_dir=str(exported), templates=["{}"])
+    want = Classifier.from_export(exported, classes=FREE, templates=["{}"]).classes.weights
+    assert np.allclose(bare.classifier_for(FREE).classes.weights, want, atol=1e-6)
+    assert not np.allclose(engine.classifier_for(FREE).classes.weights, want, atol=1e-3)
 
 
 def test_export_cli_text(tmp_path: Path, us8k_root: Path, capsys: pytest.CaptureFixture[str]) -> None:

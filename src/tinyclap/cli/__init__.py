@@ -27,9 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
 TRAIN_MODULES = {"torch", "transformers", "safetensors", "tqdm", "matplotlib", "platformdirs", "yaml"}
 
 
+def _debug(args: argparse.Namespace, argv: list[str]) -> bool:
+    """--debug anywhere before `--`: argparse lets a nested command's default (False) overwrite the value a
+    parent command parsed (`tinyclap teacher --debug build-proxy ...`)."""
+    flags = argv[: argv.index("--")] if "--" in argv else argv
+    return bool(getattr(args, "debug", False)) or "--debug" in flags
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.debug = _debug(args, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -56,7 +56,8 @@ def build_engine(cfg: ServeConfig, *, model: str | None = None, export_dir: str 
     if export_dir is not None and teacher is None:
         # one ONNX Runtime thread per worker and no decode-ahead threads: parallelism is the worker pool's
         # (2 workers x 2 intra-op threads on 2 cores only thrash)
-        clf = Classifier.from_export(export_dir, int8=int8, classes=classes, threads=1, workers=1)  # torch-free
+        clf = Classifier.from_export(export_dir, int8=int8, classes=classes, threads=1, workers=1,  # torch-free
+                                     templates=templates)
     else:
         spec: Any = model if model is not None else export_dir
         clf = Classifier.from_model(spec, classes, teacher=teacher, tokenizer=tokenizer, templates=templates)
