@@ -106,7 +106,8 @@ def test_old_spellings_still_parse(capsys: pytest.CaptureFixture[str], monkeypat
     assert parse(["serve", "--jobs", "3"]).workers == 3 and not capsys.readouterr().err
     assert parse(["distill", "--student", NAME, "--out", "r"]).model == NAME
     assert parse(["demo", "--student", NAME]).model == NAME
-    for argv in (["E", "a.wav", "b"], ["--model", "E", "a.wav", "b"], ["a.wav", "b", "--model", "E"]):
+    for argv in (["E", "a.wav", "b"], ["--model", "E", "a.wav", "b"], ["a.wav", "b", "--model", "E"],
+                 ["a.wav", "--model", "E", "b", "--top", "3"]):  # files on both sides of the options
         args = runtime.parse_args(argv)
         assert (args.export_dir, args.files) == ("E", ["a.wav", "b"])
     with pytest.raises(SystemExit):

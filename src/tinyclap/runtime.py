@@ -86,7 +86,7 @@ def build_parser() -> Any:
 def parse_args(argv: Sequence[str] | None = None) -> Any:
     """The parsed command line, `export_dir` set from --model or (the old spelling) the first positional."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # files on both sides of the options: `a.wav --model E b.wav`
     args.export_dir = args.model
     if args.export_dir is None:
         if len(args.files) < 2:
