@@ -100,8 +100,13 @@ def recording_spectrum(logmel: np.ndarray) -> np.ndarray:
     """(T, n_mels) log-mel in dB -> (n_mels,) its long-term spectrum: the mean over the frames that are not
     digital silence (all frames when every one is)."""
     logmel = np.asarray(logmel, dtype=np.float64)
-    sound = logmel.max(axis=1) > _SILENT_DB
-    return (logmel[sound] if sound.any() else logmel).mean(axis=0)
+    sound = _sound_frames(logmel)
+    return (sound if len(sound) else logmel).mean(axis=0)
+
+
+def _sound_frames(logmel: np.ndarray) -> np.ndarray:
+    """The frames of a (T, n_mels) log-mel in dB whose loudest band is above digital silence."""
+    return logmel[logmel.max(axis=1) > _SILENT_DB]
 
 
 def file_spectrum(path: str | os.PathLike) -> np.ndarray:
@@ -116,8 +121,7 @@ def file_spectrum(path: str | os.PathLike) -> np.ndarray:
     try:
         for block in stream_audio(path, lm.sample_rate):
             if block.shape[0] >= lm.n_fft:
-                mel = lm.frames(block).astype(np.float64)
-                sound = mel[mel.max(axis=1) > _SILENT_DB]
+                sound = _sound_frames(lm.frames(block).astype(np.float64))
                 total, count = total + sound.sum(axis=0), count + sound.shape[0]
     except (OSError, ValueError, RuntimeError):
         return np.full(lm.n_mels, np.nan)

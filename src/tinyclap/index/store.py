@@ -333,29 +333,25 @@ class Index:
         return Path(path_of(row[0]))
 
     def paths(self, file_ids: Iterable[int]) -> dict[int, str]:
-        ids = sorted({int(i) for i in file_ids})
-        out: dict[int, str] = {}
-        for a in range(0, len(ids), 500):
-            chunk = ids[a : a + 500]
-            marks = ",".join("?" * len(chunk))
-            out.update((i, path_of(p)) for i, p in
-                       self.db.execute(f"SELECT id, path FROM files WHERE id IN ({marks})", chunk).fetchall())
-        return out
+        return {i: path_of(p) for i, p in self._by_ids("SELECT id, path FROM files WHERE id IN ({marks})", file_ids)}
 
     def labels(self, file_ids: Iterable[int]) -> dict[int, str]:
         """The labels of those files that have one (indexed from a labelled source: `set_labels`)."""
+        try:
+            return dict(self._by_ids("SELECT id, label FROM files WHERE id IN ({marks}) AND label IS NOT NULL",
+                                     file_ids))
+        except sqlite3.OperationalError:  # an index written before labels
+            return {}
+
+    def _by_ids(self, select: str, file_ids: Iterable[int]) -> list[tuple]:
+        """The rows of `select` (its `{marks}`: the id placeholders) for the distinct `file_ids`, 500 ids per
+        query (SQLite's limit on variables)."""
         ids = sorted({int(i) for i in file_ids})
-        out: dict[int, str] = {}
+        rows: list[tuple] = []
         for a in range(0, len(ids), 500):
             chunk = ids[a : a + 500]
-            marks = ",".join("?" * len(chunk))
-            try:
-                rows = self.db.execute(f"SELECT id, label FROM files WHERE id IN ({marks}) AND label IS NOT NULL",
-                                       chunk).fetchall()
-            except sqlite3.OperationalError:  # an index written before labels
-                return {}
-            out.update(rows)
-        return out
+            rows += self.db.execute(select.format(marks=",".join("?" * len(chunk))), chunk).fetchall()
+        return rows
 
     def file_ids(self, paths: Iterable[str]) -> list[int]:
         """The ids of the indexed files that are one of `paths`, or hold the same bytes (SHA-256) as one of

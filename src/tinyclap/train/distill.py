@@ -213,6 +213,7 @@ def _clear_temps(run: Path, d: Dist) -> None:
 def _make_student(config: DistillConfig, dev: torch.device, embed_dim: int) -> nn.Module:
     """The starting student: --init's weights or a seeded fresh one (DDP broadcasts rank 0's anyway)."""
     from tinyclap.models import create_student, load_student
+    from tinyclap.models.mcu import is_mcu_name, min_frames
 
     with run_scope(config.seed, dev, False):
         if config.init:
@@ -225,9 +226,7 @@ def _make_student(config: DistillConfig, dev: torch.device, embed_dim: int) -> n
         raise ValueError(f"student embed_dim {student.embed_dim} differs from the targets' {embed_dim}")
     if config.pool_window is not None and not hasattr(student, "features"):
         raise ValueError(f"--pool-window needs a student with a backbone and a head; {student.name!r} has none")
-    if config.pool_window is not None and getattr(student, "name", "").startswith("mcu_"):
-        from tinyclap.models.mcu import min_frames
-
+    if config.pool_window is not None and is_mcu_name(getattr(student, "name", None)):
         need, frames = min_frames(student), _pool_frames(config)
         if frames is not None and frames < need:
             raise ValueError(f"--pool-window {config.pool_window:g} s gives {frames} log-mel frames; {student.name} "
