@@ -14,15 +14,17 @@ one of two ways:
 - `slices`: K slices of one recording (a random one of those with K slices or more, else the largest),
   as a user who labels one long file would give.
 
-The classes are adapted from them (`tinyclap.adapt.adapt_classes`: the default prior, groups found from the
-embeddings and the clips' long-term spectra as `tinyclap adapt` finds them, no `group` column: a user cannot
-know which case they are in), and, for comparison, with the recordings given as groups, with groups found from
-the embeddings alone (no spectra), with lam chosen by leave-one-group-out (`prior="auto"`),
-the same with every example its own group (leave-one-out, what chose the text weight before groups existed),
-and from the examples alone (no text). Every classifier is scored on the remaining clips of the fold (the same clips for
-all) and, for the default rule, also on the remaining clips from recordings none of the examples comes from
-(*unseen recordings*: the rest of the fold shares recordings with the examples, which flatters audio). Prints
-mean ± standard deviation over the draws and the worst draw's gain; `--json` for the raw numbers.
+The classes are adapted from them (`tinyclap.adapt.adapt_classes`: the defaults, text class vectors and
+example affinities, groups found from the embeddings and the clips' long-term spectra as `tinyclap adapt`
+finds them, no `group` column: a user cannot know which case they are in), and, for comparison: a plain
+class matrix (`affinity=0`, the blend with lam = 3 that the MCU head takes), the affinities with every example
+counting once (each its own group: Tip-Adapter's cache as published), with the recordings given as groups,
+with groups found from the embeddings alone (no spectra), and from the examples alone (no text, no
+affinities: prototypes). Every classifier is scored (`ZeroShotClassifier.scores`) on the remaining clips of
+the fold (the same clips for all) and, for the first three, also on the remaining clips from recordings none
+of the examples comes from (*unseen recordings*: the rest of the fold shares recordings with the examples,
+which flatters audio). Prints mean ± standard deviation over the draws and the worst draw's gain; `--json`
+for the raw numbers.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from tinyclap._util import atomic_save_npz, sha256_file
-from tinyclap.adapt import PRIOR, adapt_classes, file_spectrum
+from tinyclap.adapt import AFFINITY, adapt_classes, file_spectrum
 from tinyclap.data.spec import load_eval_dataset
 
 SELECTIONS = ("diverse", "slices")
-METHODS = ("adapted", "given_groups", "embedding_groups", "auto", "per_example_auto", "audio_only")
+METHODS = ("adapted", "class_matrix", "each_counts", "given_groups", "embedding_groups", "audio_only")
+UNSEEN = ("adapted", "class_matrix", "each_counts")
 
 
 def embed_fold(spec: str, args: argparse.Namespace) -> dict[str, np.ndarray]:
@@ -94,8 +97,8 @@ def pick(y: np.ndarray, rec: np.ndarray, k: int, how: str, rng: np.random.Genera
     return np.concatenate(chosen)
 
 
-def adapt_all(d: dict[str, np.ndarray], train: np.ndarray) -> dict[str, tuple[np.ndarray, dict]]:
-    """Each method's class matrix from the examples `train`, and its report."""
+def adapt_all(d: dict[str, np.ndarray], train: np.ndarray) -> dict[str, tuple[object, dict]]:
+    """Each method's classifier from the examples `train`, and its report."""
     from tinyclap.zeroshot import ZeroShotClassifier
 
     classes = [str(c) for c in d["classes"]]
@@ -103,13 +106,13 @@ def adapt_all(d: dict[str, np.ndarray], train: np.ndarray) -> dict[str, tuple[np
     ex = [classes[i] for i in d["y"][train]]
     emb, rec, spectra = d["emb"][train], [str(r) for r in d["rec"][train]], d["spectra"][train]
     each = [str(i) for i in range(len(train))]
-    runs = {"adapted": (text, None, PRIOR, spectra), "given_groups": (text, rec, PRIOR, None),
-            "embedding_groups": (text, None, PRIOR, None), "auto": (text, None, "auto", spectra),
-            "per_example_auto": (text, each, "auto", None), "audio_only": (None, rec, PRIOR, None)}
+    runs = {"adapted": (text, None, AFFINITY, spectra), "class_matrix": (text, None, 0.0, spectra),
+            "each_counts": (text, each, AFFINITY, None), "given_groups": (text, rec, AFFINITY, None),
+            "embedding_groups": (text, None, AFFINITY, None), "audio_only": (None, rec, 0.0, None)}
     out = {}
-    for name, (t, groups, prior, spec) in runs.items():
-        clf, rep = adapt_classes(emb, ex, t, labels=classes, groups=groups, prior=prior, spectra=spec)
-        out[name] = (clf.weights, rep.to_dict())
+    for name, (t, groups, affinity, spec) in runs.items():
+        clf, rep = adapt_classes(emb, ex, t, labels=classes, groups=groups, spectra=spec, affinity=affinity)
+        out[name] = (clf, rep.to_dict())
     return out
 
 
@@ -130,44 +133,47 @@ def run_model(name: str, spec: str, args: argparse.Namespace) -> dict:
                 unseen = test[~np.isin(d["rec"][test], d["rec"][train])]  # recordings none of the examples is from
                 row["unseen_clips"] = int(len(unseen))
                 row["unseen_zero_shot"] = float(np.mean(zs_pred[unseen] == y[unseen])) if len(unseen) else None
-                for method, (w, rep) in adapt_all(d, train).items():
-                    row[method] = float(np.mean((emb[test] @ w.T).argmax(1) == y[test]))
-                    if method == "adapted" and len(unseen):
-                        row["unseen_adapted"] = float(np.mean((emb[unseen] @ w.T).argmax(1) == y[unseen]))
-                    if method == "auto":
-                        row["lam"] = rep["lam"]
+                for method, (clf, rep) in adapt_all(d, train).items():
+                    row[method] = float(np.mean(clf.scores(emb[test]).argmax(1) == y[test]))
+                    if method in UNSEEN and len(unseen):
+                        row[f"unseen_{method}"] = float(np.mean(clf.scores(emb[unseen]).argmax(1) == y[unseen]))
                     if method == "adapted":
                         row["independent"] = float(np.mean([c["independent"] for c in rep["classes"]]))
                 out["runs"].append(row)
     return out
 
 
+def _gain(rs: list[dict], method: str, unseen: bool = False) -> str:
+    """'mean (worst)' gain in points of `method` over zero-shot, on the remaining or the unseen clips."""
+    key, base = (f"unseen_{method}", "unseen_zero_shot") if unseen else (method, "zero_shot")
+    g = np.array([100 * (r[key] - r[base]) for r in rs if key in r])
+    return f"{g.mean():+.1f} ({g.min():+.1f})" if len(g) else "n/a"
+
+
 def summary(out: dict) -> str:
     lines = [f"{out['model']} ({out['path']}): fold {out['fold']}, {out['clips']} clips, zero-shot on all of them "
              f"{100 * out['zero_shot_all']:.1f} %",
              "| selection | examples per class | draws | zero-shot % | adapted % | gain (points) | worst draw "
-             "| on unseen recordings (worst) | recordings given as groups | groups from embeddings alone (no spectra) "
-             "| lam auto | lam auto, each example its own group | audio only | independent found | lam auto (median) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| on unseen recordings (worst) | class matrix only, --affinity 0 (worst) | its unseen (worst) "
+             "| each example counts once (worst) | its unseen (worst) | recordings given as groups "
+             "| embeddings alone, no spectra (worst) | audio only | independent found |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for how in SELECTIONS:
         for k in sorted({r["shots"] for r in out["runs"]}):
             rs = [r for r in out["runs"] if r["shots"] == k and r["selection"] == how]
             if not rs:
                 continue
-            z, a, gg, eg, au, pe, ao = (np.array([r[m] for r in rs]) * 100 for m in ("zero_shot", *METHODS))
+            z, a = (np.array([r[m] for r in rs]) * 100 for m in ("zero_shot", "adapted"))
             g = a - z
-            lams = np.array([np.inf if r["lam"] is None else r["lam"] for r in rs])
             ind = np.mean([r["independent"] for r in rs])
-            un = np.array([100 * (r["unseen_adapted"] - r["unseen_zero_shot"]) for r in rs if "unseen_adapted" in r])
-            unseen = f"{un.mean():+.1f} ({un.min():+.1f})" if len(un) else "n/a"
             lines.append(f"| {how} | {k} | {len(rs)} | {z.mean():.1f} | {a.mean():.1f} ± {a.std():.1f} | "
-                         f"**{g.mean():+.1f}** ± {g.std():.1f} | {g.min():+.1f} | {unseen} | {(gg - z).mean():+.1f} | "
-                         f"{(eg - z).mean():+.1f} (worst {(eg - z).min():+.1f}) | "
-                         f"{(au - z).mean():+.1f} (worst {(au - z).min():+.1f}) | {(pe - z).mean():+.1f} (worst "
-                         f"{(pe - z).min():+.1f}) | {(ao - z).mean():+.1f} | {ind:.1f} | "
-                         f"{np.median(lams):g} |")
-    lines.append("(the six columns after the worst draw: gain over zero-shot in points, mean over the draws; "
-                 "unseen recordings: the test clips from recordings none of the examples comes from)")
+                         f"**{g.mean():+.1f}** ± {g.std():.1f} | {g.min():+.1f} | {_gain(rs, 'adapted', True)} | "
+                         f"{_gain(rs, 'class_matrix')} | {_gain(rs, 'class_matrix', True)} | "
+                         f"{_gain(rs, 'each_counts')} | {_gain(rs, 'each_counts', True)} | "
+                         f"{_gain(rs, 'given_groups')} | {_gain(rs, 'embedding_groups')} | "
+                         f"{_gain(rs, 'audio_only')} | {ind:.1f} |")
+    lines.append("(the columns after the worst draw: gain over zero-shot in points, mean (worst draw); unseen "
+                 "recordings: the test clips from recordings none of the examples comes from)")
     return "\n".join(lines)
 
 

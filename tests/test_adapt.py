@@ -112,7 +112,8 @@ def test_leave_one_group_out_equals_brute_force() -> None:
 
 
 def test_near_duplicates_keep_the_blend_text_heavy() -> None:
-    """Slices of one recording: found as one group per class, flagged, so the blend keeps the text weight of
+    """Without affinities (a plain class matrix): slices of one recording found as one group per class, flagged,
+    so the blend keeps the text weight of
     one example (3 / 4), and leave-one-group-out has nothing to judge them on; the same examples given as
     independent recordings lean on the audio (3 / 8)."""
     rng = np.random.default_rng(3)
@@ -125,23 +126,104 @@ def test_near_duplicates_keep_the_blend_text_heavy() -> None:
     tz = ZeroShotClassifier(["a", "b", "c"], text, 3.0)
     ramp = cosine_ramp(slices, y)
     assert all(find_groups(overlap(slices[y == c], ramp)).tolist() == [0] * 5 for c in range(3))
-    clf, rep = adapt_classes(slices, labels, tz)
+    clf, rep = adapt_classes(slices, labels, tz, affinity=0)
     assert rep.chosen_by == "prior" and rep.lam == PRIOR == 3 and rep.scored_examples == 0
     assert all(c["one_recording"] and c["independent"] == 1 and c["text_weight"] == 0.75 for c in rep.classes)
     m = np.array([_unit(slices[y == c].mean(0)) for c in range(3)])
     assert np.allclose(clf.weights, _unit(0.75 * text + 0.25 * m), atol=1e-6)
-    _, rep1 = adapt_classes(slices, labels, tz, prior="auto")
+    _, rep1 = adapt_classes(slices, labels, tz, affinity=0, prior="auto")
     assert rep1.chosen_by == "prior (nothing to judge)" and rep1.lam == PRIOR
-    _, rep2 = adapt_classes(slices, labels, tz, groups=[str(i) for i in range(15)])
+    _, rep2 = adapt_classes(slices, labels, tz, affinity=0, groups=[str(i) for i in range(15)])
     assert all(c["text_weight"] == pytest.approx(3 / 8) for c in rep2.classes)
-    _, rep2 = adapt_classes(slices, labels, tz, groups=[str(i) for i in range(15)], prior="auto")
+    _, rep2 = adapt_classes(slices, labels, tz, affinity=0, groups=[str(i) for i in range(15)], prior="auto")
     assert rep2.chosen_by == "leave-one-group-out" and rep2.scored_examples == 15  # slices taken as recordings
     # one class sliced, the others independent: the sliced class keeps more of its text
     mixed = np.concatenate([slices[:5], _unit(centres[y[5:]] + rng.standard_normal((10, 32)) / np.sqrt(32))])
-    _, rep3 = adapt_classes(mixed, labels, tz, prior="auto")
+    _, rep3 = adapt_classes(mixed, labels, tz, affinity=0, prior="auto")
     w = [c["text_weight"] for c in rep3.classes]
     assert [c["independent"] for c in rep3.classes] == [1, 5, 5] and w[0] >= w[1] == w[2]
     assert rep3.classes[0]["one_recording"] and not rep3.classes[1]["one_recording"]
+
+
+def test_example_affinities_as_defined() -> None:
+    """By default the class vectors stay the text's and the examples become affinities: gain A * spread * w_i,
+    spread the mean (best - median) class cosine of the examples, sharpness SHARPNESS / (1 - the cosine ramp's
+    zero); without affinities (affinity=0) lam is PRIOR again."""
+    from tinyclap.adapt import AFFINITY, SHARPNESS
+
+    emb, y, text = _toy(n_per=5)
+    labels = ["a", "b", "c"]
+    tz = ZeroShotClassifier(labels, text, 3.0)
+    groups = ["r1", "r1", "r2", "r3", "r4"] * 3  # per class: four recordings, one sliced in two
+    clf, rep = adapt_classes(emb, [labels[i] for i in y], tz, groups=groups)
+    assert rep.lam is None and np.allclose(clf.weights, text, atol=1e-6)
+    s = emb @ text.T
+    spread = np.mean(s.max(1) - np.median(s, 1))
+    w = np.tile([0.5, 0.5, 1, 1, 1], 3)
+    aff = clf.affinity
+    assert np.allclose(aff.weights, AFFINITY * spread * w, atol=1e-6) and aff.classes.tolist() == y.tolist()
+    assert aff.sharpness == pytest.approx(SHARPNESS / (1 - cosine_ramp(emb, y)[0]))
+    assert rep.affinity == {"strength": AFFINITY, "weight": pytest.approx(AFFINITY * spread, abs=1e-4),
+                            "sharpness": pytest.approx(aff.sharpness, abs=1e-3)}
+    x = _unit(np.random.default_rng(9).standard_normal((6, 32)))
+    gain = np.exp(-aff.sharpness * (1 - x @ emb.T)) * aff.weights
+    assert np.allclose(clf.scores(x), x @ text.T + gain @ np.eye(3)[y], atol=1e-5)
+    plain, rep0 = adapt_classes(emb, [labels[i] for i in y], tz, groups=groups, affinity=0)
+    assert plain.affinity is None and rep0.affinity is None and rep0.lam == PRIOR
+    with pytest.raises(ValueError, match="affinity"):
+        adapt_classes(emb, [labels[i] for i in y], tz, affinity=-1)
+
+
+def test_slices_of_one_recording_gain_as_one_example() -> None:
+    """Five slices of one recording per class share one example's gain (each 1/5), where taken as five
+    recordings they would gain five times as much; and a clip far from every example keeps its zero-shot
+    class, however many slices were given."""
+    rng = np.random.default_rng(3)
+    centres = _unit(rng.standard_normal((3, 32)))
+    text = _unit(centres + 0.5 * rng.standard_normal((3, 32)) / np.sqrt(32))
+    rec = _unit(centres + rng.standard_normal((3, 32)) / np.sqrt(32))
+    y = np.repeat(np.arange(3), 5)
+    slices = _unit(rec[y] + 0.05 * rng.standard_normal((15, 32)) / np.sqrt(32))
+    labels = [["a", "b", "c"][i] for i in y]
+    tz = ZeroShotClassifier(["a", "b", "c"], text, 3.0)
+    clf, rep = adapt_classes(slices, labels, tz)
+    each, _ = adapt_classes(slices, labels, tz, groups=[str(i) for i in range(15)])
+    one = rep.affinity["weight"]
+    per_class = np.bincount(y, weights=clf.affinity.weights)
+    assert np.allclose(per_class, one, atol=1e-5) and all(c["one_recording"] for c in rep.classes)
+    assert np.allclose(np.bincount(y, weights=each.affinity.weights), 5 * one, atol=1e-4)
+    far = _unit(rng.standard_normal((50, 32)))  # clips unlike every example
+    assert (clf.scores(far).argmax(1) == (far @ text.T).argmax(1)).all()
+    assert np.abs(clf.scores(far) - far @ text.T).max() < 0.05 * one
+    # a clip from a recording is lifted toward its class
+    assert (clf.scores(slices).argmax(1) == y).all()
+
+
+def test_held_out_gains_equal_brute_force() -> None:
+    """The logit scale is fitted on gains from the other groups only: as a loop that rebuilds the affinities
+    without each example's group."""
+    from tinyclap.adapt import _held_out_gains
+
+    emb, y, text = _toy(n_per=5)
+    groups = np.array([0, 0, 1, 2, 2, 3, 4, 4, 4, 5, 6, 6, 7, 8, 9])
+    clf, _ = adapt_classes(emb, [str(c) for c in y], ZeroShotClassifier(["0", "1", "2"], text, 3.0),
+                           groups=[str(g) for g in groups])
+    aff = clf.affinity
+    got = _held_out_gains(emb, groups, groups, aff, 3)
+    for i in range(len(y)):
+        keep = groups != groups[i]
+        g = np.exp(-aff.sharpness * (1 - emb[keep] @ emb[i])) * aff.weights[keep]
+        assert np.allclose(got[i], np.bincount(y[keep], weights=g, minlength=3), atol=1e-6)
+
+
+def test_mcu_export_refuses_example_affinities(tmp_path: Path) -> None:
+    from tinyclap.deploy.mcu.export import export_tflm
+
+    emb, y, text = _toy()
+    clf, _ = adapt_classes(emb, [str(c) for c in y], ZeroShotClassifier(["0", "1", "2"], text, 3.0))
+    with pytest.raises(ValueError, match="--affinity 0"):
+        export_tflm(None, tmp_path / "out", clf, window=1.0, calibration_audio=[], parity_audio=[])
+    assert not (tmp_path / "out").exists()
 
 
 def test_overlap_counts_slices_that_share_a_spectrum_as_one_recording() -> None:
@@ -314,6 +396,8 @@ def test_adapt_cli_output(adapted: dict[str, Path], capsys: pytest.CaptureFixtur
     lib, rep = adapt_classes(res.embeddings, [rows[i][1] for i in res.kept],
                              ZeroShotClassifier.load(adapted["tmp"] / "text.npz"), spectra=spectra)
     assert np.allclose(lib.weights, clf.weights, atol=1e-5) and lib.logit_scale == pytest.approx(clf.logit_scale)
+    assert np.allclose(lib.affinity.keys, clf.affinity.keys, atol=1e-5)
+    assert np.allclose(lib.affinity.weights, clf.affinity.weights, atol=1e-5)
     assert [c["text"] for c in rep.classes] == [True, False, True]  # "jackhammer" has no text vector
 
 
@@ -321,6 +405,7 @@ def test_adapted_classes_through_torch_free_runtime(adapted: dict[str, Path]) ->
     """The adapted classes.npz deploys unchanged: the export's runtime (no torch) ranks with it, and agrees
     with classify on the PyTorch model."""
     files = [str(p) for p, _ in adapted["held_out"]]
+    assert ZeroShotClassifier.load(adapted["export"] / "classes.npz").affinity is not None  # the examples travel
     site = str(adapted["tmp"] / "site")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([site, os.environ.get("PYTHONPATH", "")])}
     (adapted["tmp"] / "site").mkdir(exist_ok=True)
@@ -347,6 +432,9 @@ def test_adapt_cli_errors(adapted: dict[str, Path], tmp_path: Path, capsys: pyte
     assert main([*base, "--examples", str(tmp_path / "bad.csv")]) == 1
     assert "row 1" in capsys.readouterr().err and not (tmp_path / "o").exists()
     assert main([*base, "--examples", str(adapted["csv"]), "--alpha", "2"]) == 1
+    with pytest.raises(SystemExit):
+        main([*base, "--examples", str(adapted["csv"]), "--affinity", "-1"])
+    assert "--affinity: -1 is not in [0, 100]" in capsys.readouterr().err
     assert main([*base, "--examples", str(adapted["csv"]), "--strict", "--no-text"]) == 1
     assert "could not be read" in capsys.readouterr().err and not (tmp_path / "o").exists()
     # no text side at all (a bare student records no teacher): classes from the examples alone
@@ -372,3 +460,8 @@ def test_adapt_cli_errors(adapted: dict[str, Path], tmp_path: Path, capsys: pyte
                                                                                        ("siren", 2, 2)]
     assert "'Dog Bark' taken as 'dog_bark'" in cap.err and "1 repeated row" in cap.err
     assert "examples of 'dog_bark' look like one recording" in cap.err and "'siren' look" not in cap.err
+    # --affinity 0: a plain class matrix, as the MCU head takes
+    plain = [*base[:-1], str(tmp_path / "plain.npz"), "--examples", str(adapted["csv"]), "--affinity", "0"]
+    assert main([*plain, "--no-text", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["affinity"] is None
+    assert ZeroShotClassifier.load(tmp_path / "plain.npz").affinity is None

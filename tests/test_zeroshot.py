@@ -90,3 +90,56 @@ def test_bad_inputs(tmp_path) -> None:
     bad.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="x.npz"):
         ZeroShotClassifier.load(bad)
+
+
+def _with_affinity(seed: int = 3) -> ZeroShotClassifier:
+    from tinyclap.zeroshot import ExampleAffinity
+
+    rng = np.random.default_rng(seed)
+    keys = rng.normal(size=(5, 8))
+    aff = ExampleAffinity(keys, np.array([0, 0, 2, 1, 2]), np.array([0.5, 0.25, 1.0, 0.0, 0.3]), 6.0)
+    return ZeroShotClassifier(["a", "b", "c"], rng.normal(size=(3, 8)), 1.5, ["{}"], aff)
+
+
+def test_example_affinities_score_as_defined() -> None:
+    """scores = cos(x, class) + sum over the class's examples of weight * exp(-sharpness * (1 - cos(x, key)));
+    numpy and torch agree; select and subset carry the examples along."""
+    clf = _with_affinity()
+    rng = np.random.default_rng(4)
+    audio = rng.normal(size=(4, 8)).astype(np.float32)
+    a = audio / np.linalg.norm(audio, axis=1, keepdims=True)
+    aff = clf.affinity
+    k = aff.keys
+    expect = a @ clf.weights.T
+    for i, c in enumerate(aff.classes):
+        expect[:, c] += aff.weights[i] * np.exp(-6.0 * (1 - a @ k[i]))
+    np.testing.assert_allclose(clf.scores(audio), expect, atol=1e-5)
+    np.testing.assert_allclose(clf.logits(torch.from_numpy(audio)).numpy(), np.exp(1.5) * expect, atol=1e-4)
+    sub = clf.select([0, 2, 5])
+    kk = k[:, [0, 2, 5]] / np.linalg.norm(k[:, [0, 2, 5]], axis=1, keepdims=True)
+    np.testing.assert_allclose(sub.affinity.keys, kk, atol=1e-6)
+    two = clf.subset([2, 0], ["c", "a"])  # class 1's example is dropped, the others renumbered
+    assert two.affinity.classes.tolist() == [1, 1, 0, 0] and two.labels == ["c", "a"]
+    np.testing.assert_allclose(two.scores(audio), expect[:, [2, 0]], atol=1e-5)
+
+
+def test_example_affinities_round_trip_and_hostile_files(tmp_path) -> None:
+    import zipfile
+
+    clf = _with_affinity()
+    path = clf.save(tmp_path / "adapted.npz")
+    back = ZeroShotClassifier.load(path)
+    np.testing.assert_array_equal(back.affinity.keys, clf.affinity.keys)
+    assert back.affinity.classes.tolist() == clf.affinity.classes.tolist() and back.affinity.sharpness == 6.0
+    np.testing.assert_array_equal(back.scores(np.eye(8)[:2]), clf.scores(np.eye(8)[:2]))
+    # a class index out of range, a missing member, a NaN sharpness: one ValueError naming the file
+    for name, change in (("classes", lambda z: {**z, "affinity_classes": np.array([0, 0, 2, 1, 7])}),
+                         ("member", lambda z: {k: v for k, v in z.items() if k != "affinity_weights"}),
+                         ("sharpness", lambda z: {**z, "meta": np.asarray(str(z["meta"]).replace("6.0", "NaN"))})):
+        with np.load(path) as z:
+            arrays = change(dict(z))
+        bad = tmp_path / f"bad-{name}.npz"
+        np.savez(bad, **arrays)
+        with pytest.raises(ValueError, match=f"bad-{name}.npz"):
+            ZeroShotClassifier.load(bad)
+    assert zipfile.is_zipfile(path)

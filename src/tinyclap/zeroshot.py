@@ -2,6 +2,8 @@
 
 The class matrix is computed once from a teacher's text tower and saved with its labels, logit scale and
 prompt template, so inference needs only the audio model and this file — never the text encoder.
+A class file made by `tinyclap adapt` may also carry *example affinities* (`ExampleAffinity`, Tip-Adapter
+style): the example clips' embeddings, each of which adds to its class's score when a clip is close to it.
 `TextSide` is what encodes new labels when there is one: a PyTorch teacher (found by
 `tinyclap.evaluation.run.resolve_text_model`), or an export's text tower (`tinyclap export --text`,
 `tinyclap.deploy.text`: onnxruntime + tokenizers). This module imports torch only when it is handed torch
@@ -32,10 +34,14 @@ MAX_CLASSES = 100_000
 MAX_EMBED_DIM = 16384
 MAX_WEIGHTS_BYTES = 512 << 20
 MAX_MEMBER_BYTES = 64 << 20
-MAX_CLASSES_FILE_BYTES = MAX_WEIGHTS_BYTES + 2 * MAX_MEMBER_BYTES + (1 << 20)
+MAX_CLASSES_FILE_BYTES = 2 * MAX_WEIGHTS_BYTES + 4 * MAX_MEMBER_BYTES + (1 << 20)  # with example affinities
 MAX_LABEL_CHARS = 1000
 MAX_LOGIT_SCALE = math.log(1e4)
 NPZ_MEMBERS = {"weights.npy": MAX_WEIGHTS_BYTES + 4096, "labels.npy": MAX_MEMBER_BYTES, "meta.npy": MAX_MEMBER_BYTES}
+AFFINITY_MEMBERS = {"affinity_keys.npy": MAX_WEIGHTS_BYTES + 4096, "affinity_classes.npy": MAX_MEMBER_BYTES,
+                    "affinity_weights.npy": MAX_MEMBER_BYTES}  # optional, all three or none
+MAX_AFFINITY_EXAMPLES = 1_000_000
+MAX_SHARPNESS = 1000.0
 
 
 def class_prompt(label: str, template: str = DEFAULT_TEMPLATE) -> str:
@@ -71,16 +77,77 @@ def _rows(emb: Any) -> np.ndarray:
 
 
 @dataclass
-class ZeroShotClassifier:
-    """A (C, D) matrix of L2-normalised class text embeddings with its labels and logit scale.
+class ExampleAffinity:
+    """Labelled example embeddings that add to their classes' scores (a training-free cache, Tip-Adapter
+    style): a clip x gains, for each example i of class c, weights_i * exp(-sharpness * (1 - cos(x, keys_i)))
+    on class c's cosine. Near an example the gain is its full weight; a few tenths of cosine away it is
+    gone, so it helps clips like the examples (their recordings, their sources) and leaves the rest to the
+    class vectors."""
 
-    `logit_scale` is the log value, as in CLAP: logits = exp(logit_scale) * cos(audio, class).
+    keys: np.ndarray  # (N, D) float32, rows L2-normalised: the examples' embeddings
+    classes: np.ndarray  # (N,) int64: each example's class (a row of the class matrix)
+    weights: np.ndarray  # (N,) float32 >= 0: each example's largest gain, in cosine units
+    sharpness: float  # how fast the gain falls with the cosine distance
+
+    def check(self, num_classes: int, embed_dim: int) -> None:
+        """Shapes, ranges and finiteness against the class matrix; a ValueError saying what is wrong. Rows of
+        keys are renormalised when needed; arrays are made contiguous of their dtypes."""
+        k = np.asarray(self.keys, dtype=np.float32)
+        if k.ndim != 2 or not 1 <= k.shape[0] <= MAX_AFFINITY_EXAMPLES or k.shape[1] != embed_dim:
+            raise ValueError(f"affinity keys of shape {k.shape}: need (N, {embed_dim}) with 1 <= N <= "
+                             f"{MAX_AFFINITY_EXAMPLES}")
+        c, w = np.asarray(self.classes), np.asarray(self.weights, dtype=np.float32)
+        if c.shape != (k.shape[0],) or c.dtype.kind not in "iu" or w.shape != (k.shape[0],):
+            raise ValueError(f"affinity classes {c.shape} {c.dtype} / weights {w.shape}: need one integer class "
+                             f"and one weight per key ({k.shape[0]})")
+        if c.min() < 0 or c.max() >= num_classes:
+            raise ValueError(f"affinity classes must be in 0..{num_classes - 1}, got {c.min()}..{c.max()}")
+        if not (np.isfinite(k).all() and np.isfinite(w).all() and (w >= 0).all()):
+            raise ValueError("affinity keys/weights must be finite, weights >= 0")
+        s = self.sharpness
+        if isinstance(s, bool) or not isinstance(s, (int, float, np.floating, np.integer)) or not (
+                0 < float(s) <= MAX_SHARPNESS):
+            raise ValueError(f"affinity sharpness {s!r} is not a number in (0, {MAX_SHARPNESS:g}]")
+        if not np.allclose(np.linalg.norm(k, axis=-1), 1.0, atol=1e-6):
+            k = l2_normalize(k)
+        self.keys, self.classes, self.weights, self.sharpness = k, c.astype(np.int64), w, float(s)
+
+    def gains(self, audio: np.ndarray, num_classes: int) -> np.ndarray:
+        """(B, D) normalised audio embeddings -> (B, C) the examples' gains per class (numpy)."""
+        g = np.exp(-self.sharpness * (1.0 - audio @ self.keys.T)) * self.weights  # (B, N)
+        out = np.zeros((audio.shape[0], num_classes), dtype=np.float32)
+        np.add.at(out.T, self.classes, g.T.astype(np.float32))
+        return out
+
+    def gains_torch(self, audio: Any, num_classes: int) -> Any:
+        """As `gains`, for a (B, D) normalised torch tensor."""
+        import torch
+
+        keys = torch.from_numpy(self.keys).to(audio.device, audio.dtype)
+        w = torch.from_numpy(self.weights).to(audio.device, audio.dtype)
+        g = torch.exp(-self.sharpness * (1.0 - audio @ keys.T)) * w
+        out = torch.zeros(audio.shape[0], num_classes, device=audio.device, dtype=audio.dtype)
+        return out.index_add_(1, torch.from_numpy(self.classes).to(audio.device), g)
+
+    def select(self, dims: np.ndarray) -> ExampleAffinity:
+        """The examples restricted to the latent entries `dims`, renormalised."""
+        return ExampleAffinity(l2_normalize(self.keys[:, dims]), self.classes, self.weights, self.sharpness)
+
+
+@dataclass
+class ZeroShotClassifier:
+    """A (C, D) matrix of L2-normalised class text embeddings with its labels and logit scale, and, from
+    `tinyclap adapt`, optional example affinities.
+
+    `logit_scale` is the log value, as in CLAP: logits = exp(logit_scale) * (cos(audio, class) + the
+    examples' gains, `ExampleAffinity`).
     """
 
     labels: list[str]
     weights: np.ndarray  # (C, D) float32, rows L2-normalised
     logit_scale: float
     templates: list[str] = field(default_factory=lambda: [DEFAULT_TEMPLATE])
+    affinity: ExampleAffinity | None = None
 
     def __post_init__(self) -> None:
         _check_labels(self.labels)
@@ -107,6 +174,8 @@ class ZeroShotClassifier:
             raise ValueError(f"class matrix {self.weights.shape} does not match {len(self.labels)} labels")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("class labels must be unique")
+        if self.affinity is not None:
+            self.affinity.check(len(self.labels), self.weights.shape[1])
 
     @property
     def num_classes(self) -> int:
@@ -149,21 +218,43 @@ class ZeroShotClassifier:
 
     def select(self, dims: np.ndarray | Sequence[int]) -> ZeroShotClassifier:
         """The classifier restricted to the latent entries `dims` (pruned shared space), renormalised."""
-        return ZeroShotClassifier(self.labels, self.weights[:, np.asarray(dims)], self.logit_scale, self.templates)
+        dims = np.asarray(dims)
+        return ZeroShotClassifier(self.labels, self.weights[:, dims], self.logit_scale, self.templates,
+                                  None if self.affinity is None else self.affinity.select(dims))
 
-    def logits(self, audio: Any) -> Any:
-        """(B, D) audio embeddings (numpy or torch; normalised here) -> (B, C) scaled cosine logits."""
+    def subset(self, rows: Sequence[int], labels: Sequence[str]) -> ZeroShotClassifier:
+        """The classes `rows` of this one, named `labels` (their examples' affinities kept)."""
+        rows = list(rows)
+        aff = self.affinity
+        if aff is not None:
+            where = {r: i for i, r in enumerate(rows)}
+            keep = np.array([int(c) in where for c in aff.classes])
+            aff = None if not keep.any() else ExampleAffinity(
+                aff.keys[keep], np.array([where[int(c)] for c in aff.classes[keep]]), aff.weights[keep], aff.sharpness)
+        return ZeroShotClassifier(list(labels), self.weights[rows], self.logit_scale, self.templates, aff)
+
+    def scores(self, audio: Any) -> Any:
+        """(B, D) audio embeddings (numpy or torch; normalised here) -> (B, C) unscaled scores: cosines with
+        the class vectors plus the examples' gains (`ExampleAffinity`), when the file has them."""
         if isinstance(audio, np.ndarray):
             if not np.isfinite(audio).all():
                 raise ValueError(NON_FINITE_AUDIO)
-            return float(np.exp(self.logit_scale)) * l2_normalize(audio.astype(np.float32)) @ self.weights.T
+            a = l2_normalize(audio.astype(np.float32))
+            s = a @ self.weights.T
+            return s if self.affinity is None else s + self.affinity.gains(a, self.num_classes)
         import torch
         import torch.nn.functional as F
 
         if not bool(torch.isfinite(audio).all()):
             raise ValueError(NON_FINITE_AUDIO)
-        w = torch.from_numpy(self.weights).to(audio.device, audio.dtype)
-        return float(np.exp(self.logit_scale)) * F.normalize(audio, dim=-1) @ w.T
+        a = F.normalize(audio, dim=-1)
+        s = a @ torch.from_numpy(self.weights).to(audio.device, audio.dtype).T
+        return s if self.affinity is None else s + self.affinity.gains_torch(a, self.num_classes)
+
+    def logits(self, audio: Any) -> Any:
+        """(B, D) audio embeddings (numpy or torch; normalised here) -> (B, C) logits: exp(logit_scale) times
+        `scores`."""
+        return float(np.exp(self.logit_scale)) * self.scores(audio)
 
     def predict_proba(self, audio: Any) -> Any:
         """(B, D) -> (B, C) class probabilities (softmax over the scaled logits)."""
@@ -185,10 +276,14 @@ class ZeroShotClassifier:
     def save(self, path: str | os.PathLike) -> Path:
         from tinyclap._util import atomic_save_npz
 
-        meta = {"labels": self.labels, "logit_scale": self.logit_scale, "templates": self.templates}
-        return atomic_save_npz(
-            path, weights=self.weights, labels=np.asarray(self.labels, dtype=str), meta=np.asarray(json.dumps(meta))
-        )
+        meta: dict[str, Any] = {"labels": self.labels, "logit_scale": self.logit_scale, "templates": self.templates}
+        extra = {}
+        if self.affinity is not None:
+            meta["affinity"] = {"sharpness": self.affinity.sharpness, "examples": int(len(self.affinity.classes))}
+            extra = {"affinity_keys": self.affinity.keys, "affinity_classes": self.affinity.classes,
+                     "affinity_weights": self.affinity.weights}
+        return atomic_save_npz(path, weights=self.weights, labels=np.asarray(self.labels, dtype=str),
+                               meta=np.asarray(json.dumps(meta)), **extra)
 
     @classmethod
     def load(cls, source: str | os.PathLike | bytes, name: str | os.PathLike | None = None) -> ZeroShotClassifier:
@@ -211,7 +306,7 @@ class ZeroShotClassifier:
             arrays = _read_npz(data)
             meta = _parse_meta(arrays["meta.npy"])
             weights = np.array(arrays["weights.npy"], dtype=np.float32)
-            return cls(meta["labels"], weights, meta["logit_scale"], meta["templates"])
+            return cls(meta["labels"], weights, meta["logit_scale"], meta["templates"], _read_affinity(arrays, meta))
         except (OSError, KeyError, ValueError, TypeError, RecursionError, zipfile.BadZipFile) as e:
             raise ValueError(f"{label}: not a usable tinyclap class-matrix file ({e})") from e
 
@@ -237,7 +332,7 @@ def _read_npz(data: bytes) -> dict[str, np.ndarray]:
         if len(infos) > 16:
             raise ValueError(f"{len(infos)} zip members (a class-matrix file has 3)")
         for info in infos:
-            limit = NPZ_MEMBERS.get(info.filename)
+            limit = NPZ_MEMBERS.get(info.filename, AFFINITY_MEMBERS.get(info.filename))
             if limit is None:
                 continue  # an unknown member is never read
             if info.file_size > limit:
@@ -251,6 +346,20 @@ def _read_npz(data: bytes) -> dict[str, np.ndarray]:
     if missing:
         raise ValueError(f"missing member(s) {', '.join(missing)}")
     return out
+
+
+def _read_affinity(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> ExampleAffinity | None:
+    """The example affinities of a class file: all three members and meta's `affinity` block, or none."""
+    present = [m for m in AFFINITY_MEMBERS if m in arrays]
+    block = meta.get("affinity")
+    if not present and block is None:
+        return None
+    if len(present) != len(AFFINITY_MEMBERS) or not isinstance(block, dict):
+        raise ValueError("example affinities need the members " + ", ".join(AFFINITY_MEMBERS) +
+                         " and meta's affinity block, all of them")
+    return ExampleAffinity(np.array(arrays["affinity_keys.npy"], dtype=np.float32),
+                           np.array(arrays["affinity_classes.npy"]), np.array(arrays["affinity_weights.npy"]),
+                           block.get("sharpness"))
 
 
 def _read_npy(raw: bytes, what: str) -> np.ndarray:

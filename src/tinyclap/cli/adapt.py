@@ -4,10 +4,12 @@ The CSV has the columns `path,label` and optionally `group` (a header row is opt
 read from the CSV's folder). The group names the recording (file, session) an example comes from: examples
 of one group count as one independent example. Without it, examples of a class whose embeddings are
 near-duplicates, or whose long-term spectra agree (slices of one recording), form a
-group. Each class vector blends the label's text embedding
-(when a text side is found: --teacher, the model's own text tower, the teacher recorded in its run, or
---text-classes FILE.npz) with the mean of its groups' audio embeddings; the text weight shrinks with the
-number of independent examples (--prior; or one fixed --alpha). Labels
+group. Each class keeps the label's text embedding (when a text side is found: --teacher, the model's own
+text tower, the teacher recorded in its run, or --text-classes FILE.npz) as its class vector, and its examples
+become affinities: a clip close to an example gains on that example's class, each recording counting once
+(--affinity; 0 for a plain class matrix, as the MCU head needs, whose class vectors then blend the text with
+the mean of the groups' audio embeddings, the text weight shrinking with the number of independent examples:
+--prior, or one fixed --alpha). Labels
 that differ only in case, spaces or `_` are one class; repeated rows count once; one class is refused.
 Labels without text (or all of them with --no-text) are classes from their examples alone. The output is
 an ordinary class-matrix file: `classify --classes`, `export --classes` and the torch-free runtime read it
@@ -52,6 +54,19 @@ def _prior(text: str) -> float | str:
     return value
 
 
+def _affinity(text: str) -> float:
+    """--affinity: a number in [0, MAX_AFFINITY]."""
+    from tinyclap.adapt import MAX_AFFINITY
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= MAX_AFFINITY:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, {MAX_AFFINITY:g}]")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "adapt", "few-shot classes from labelled example clips -> classes.npz",
                     description=__doc__.split("\n\n", 1)[1].strip())
@@ -66,10 +81,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "instead of a text encoder")
     t.add_argument("--no-text", action="store_true", help="examples only: no text embeddings at all")
     add_templates_arg(t)
+    p.add_argument("--affinity", type=_affinity, default=None, metavar="A",
+                   help="how much a clip close to an example gains on its class, in units of the spread of the class "
+                   "scores (default: tinyclap.adapt.AFFINITY, 1); 0: a plain class matrix (what export --target "
+                   "tflm takes)")
     p.add_argument("--prior", type=_prior, default=None, metavar="LAM|auto",
                    help="the text side's weight in independent examples: a class's text weight is LAM / (LAM + "
-                   "its independent examples); auto: chosen by leave-one-group-out; inf: zero-shot (default: "
-                   "tinyclap.adapt.PRIOR, 3)")
+                   "its independent examples); auto: chosen by leave-one-group-out; inf: the text alone (default: "
+                   "inf with affinities, tinyclap.adapt.PRIOR (3) with --affinity 0)")
     p.add_argument("--alpha", type=float, help="one fixed text weight in [0, 1] for every class (instead of --prior)")
     p.add_argument("--batch-size", type=int, default=16, help="windows embedded together")
     p.add_argument("--strict", action="store_true", help="fail if any example file could not be read")
@@ -169,7 +188,7 @@ def _text_side(args: argparse.Namespace, clf: Any, labels: list[str]) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinyclap.adapt import PRIOR, adapt_classes, file_spectrum
+    from tinyclap.adapt import AFFINITY, adapt_classes, file_spectrum
     from tinyclap.classifier import Classifier
 
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
@@ -202,8 +221,8 @@ def run(args: argparse.Namespace) -> int:
 
     spectra = np.stack([file_spectrum(p) for p, _, _ in kept])  # slices of one recording share one spectrum
     adapted, report = adapt_classes(res.embeddings, [lb for _, lb, _ in kept], text, alpha=args.alpha,
-                                    groups=[g for _, _, g in kept], prior=PRIOR if args.prior is None else args.prior,
-                                    spectra=spectra)
+                                    groups=[g for _, _, g in kept], prior=args.prior, spectra=spectra,
+                                    affinity=AFFINITY if args.affinity is None else args.affinity)
     out = adapted.save(args.out)
     _print_report(args, out, adapted, report, res)
     return 0
@@ -223,8 +242,11 @@ def _print_report(args: argparse.Namespace, out: Path, adapted: Any, report: Any
                           **report.to_dict()}, indent=1))
         return
     lam = "inf" if report.lam is None else f"{report.lam:g}"
+    aff = report.affinity
     print(f"wrote {out}: {len(adapted.labels)} classes from {len(res.kept)} examples, text prior {lam} "
           f"({report.chosen_by}; groups: {report.grouping}), logit scale {report.logit_scale:.2f}")
+    print(f"  example affinities: strength {aff['strength']:g} (an independent example's gain {aff['weight']:.3f}), "
+          f"sharpness {aff['sharpness']:.1f}" if aff else "  no example affinities: a plain class matrix")
     if report.loo_accuracy:
         print(f"  leave-one-group-out accuracy {report.loo_accuracy[lam]:.3f} on {report.scored_examples} examples "
               f"(text only: {report.loo_accuracy['inf']:.3f})")

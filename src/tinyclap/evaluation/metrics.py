@@ -111,13 +111,16 @@ def evaluate(
     """Score (n, D) audio embeddings against a (C, D) class matrix: a pure function of its inputs.
 
     `classifier` is a `ZeroShotClassifier` or a plain (C, D) matrix (rows are normalised here). The
-    prediction is the argmax of the cosine similarity (the logit scale does not change it); on an exact
+    prediction is the argmax of the cosine similarity (the logit scale does not change it; an adapted class
+    file's example gains are added, `ZeroShotClassifier.scores`); on an exact
     tie the lower class index wins (numpy's argmax).
     """
     a = _as_numpy(audio_emb)  # (n, D)
     y = _as_numpy(labels, np.int64).reshape(-1)  # (n,)
+    score: Any = None
     if isinstance(classifier, ZeroShotClassifier):
         w = classifier.weights  # (C, D), rows unit norm
+        score = classifier.scores  # cosines, plus the examples' gains of an adapted class file
         names = list(class_names) if class_names is not None else list(classifier.labels)
     else:
         w = l2_normalize(_as_numpy(classifier), axis=1)
@@ -133,7 +136,7 @@ def evaluate(
         raise ValueError(f"labels must be in 0..{n_cls - 1}, got {y.min()}..{y.max()}")
 
     a = l2_normalize(a, axis=1)
-    pred = (a @ w.T).argmax(axis=1) if a.shape[0] else np.zeros(0, np.int64)  # (n,)
+    pred = ((a @ w.T) if score is None else score(a)).argmax(axis=1) if a.shape[0] else np.zeros(0, np.int64)
     hit = pred == y
     confusion = np.zeros((n_cls, n_cls), dtype=np.int64)
     np.add.at(confusion, (y, pred), 1)

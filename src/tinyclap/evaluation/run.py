@@ -131,7 +131,7 @@ def align_classifier(
             f"{source}: no row for class(es) {', '.join(map(repr, absent))} (it has: {', '.join(clf.labels)})"
         )
     idx = [rows[key(c)] for c in class_names]
-    return ZeroShotClassifier(list(class_names), clf.weights[idx], clf.logit_scale, clf.templates)
+    return clf.subset(idx, list(class_names))
 
 
 def build_classifier(

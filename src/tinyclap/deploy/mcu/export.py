@@ -129,6 +129,9 @@ def export_tflm(model: Any, out_dir: str | os.PathLike, classifier: ZeroShotClas
     from tinyclap.deploy.export import staged_folder
     from tinyclap.deploy.onnx import student_of
 
+    if classifier.affinity is not None:
+        raise ValueError("the class file carries example affinities (tinyclap adapt), which the MCU head does not "
+                         "compute: adapt again with --affinity 0 for a plain class matrix")
     require_mcu()
     say = log or _quiet
     student = student_of(model).eval()
