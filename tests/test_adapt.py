@@ -434,7 +434,7 @@ def test_adapt_cli_errors(adapted: dict[str, Path], tmp_path: Path, capsys: pyte
     assert main([*base, "--examples", str(adapted["csv"]), "--alpha", "2"]) == 1
     with pytest.raises(SystemExit):
         main([*base, "--examples", str(adapted["csv"]), "--affinity", "-1"])
-    assert "--affinity: -1 is not in [0, 100]" in capsys.readouterr().err
+    assert "--affinity: -1 is out of range ([0.0, 100.0])" in capsys.readouterr().err
     assert main([*base, "--examples", str(adapted["csv"]), "--strict", "--no-text"]) == 1
     assert "could not be read" in capsys.readouterr().err and not (tmp_path / "o").exists()
     # no text side at all (a bare student records no teacher): classes from the examples alone

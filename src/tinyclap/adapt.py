@@ -186,9 +186,10 @@ def overlap(emb: np.ndarray, ramp: tuple[float, float], spectra: np.ndarray | No
     return k
 
 
-def _weights(emb: np.ndarray, y: np.ndarray, spectra: np.ndarray | None, given: Sequence[str | None] | None
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) each example's weight 1 / (sum of its overlaps) and (N,) its group (`find_groups`), class by class."""
+def _weights(emb: np.ndarray, y: np.ndarray, ramp: tuple[float, float], spectra: np.ndarray | None,
+             given: Sequence[str | None] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) each example's weight 1 / (sum of its overlaps) and (N,) its group (`find_groups`), class by class,
+    with the examples' `cosine_ramp`."""
     n = len(y)
     if spectra is not None:
         spectra = np.asarray(spectra, dtype=np.float64)
@@ -196,7 +197,6 @@ def _weights(emb: np.ndarray, y: np.ndarray, spectra: np.ndarray | None, given: 
             raise ValueError(f"need one spectrum per example, got {spectra.shape} for {n} examples")
     if given is not None and len(given) != n:
         raise ValueError(f"{len(given)} groups for {n} examples")
-    ramp = cosine_ramp(emb, y)
     w, groups, offset = np.zeros(n), np.zeros(n, dtype=int), 0
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
@@ -388,7 +388,8 @@ def adapt_classes(
     counts = np.bincount(y, minlength=len(order))
     if (counts == 0).any():
         raise ValueError(f"classes without examples: {[lb for lb, n in zip(order, counts) if n == 0][:5]}")
-    w, gid = _weights(emb, y, spectra, groups)
+    ramp = cosine_ramp(emb, y)
+    w, gid = _weights(emb, y, ramp, spectra, groups)
     named = 0 if groups is None else sum(g is not None for g in groups)
     grouping = "found" if named == 0 else "given" if named == len(y) else "given + found"
     text_rows, has_text = _text_rows(order, text, emb.shape[1])
@@ -400,12 +401,13 @@ def adapt_classes(
     sums, independent = _weighted_sums(emb, y, w, len(order))
     a = text_weights(independent, has_text, lam, alpha)
     vectors = class_vectors(text_rows, has_text, sums, a)
-    aff = example_affinity(emb, y, w, vectors, affinity)
+    aff = example_affinity(emb, y, w, vectors, affinity, ramp[0])
     scores, ok = leave_one_group_out(emb, y, gid, text_rows, has_text, lam, alpha, w)
     if aff is not None:
         rows = np.flatnonzero(ok)[np.linspace(0, ok.sum() - 1, min(int(ok.sum()), RAMP_SAMPLE)).astype(int)]
         scores[rows] += _held_out_gains(emb[rows], gid[rows], gid, aff, len(order))
-        ok = np.isin(np.arange(len(y)), rows)
+        ok = np.zeros(len(y), dtype=bool)
+        ok[rows] = True
     fitted = _fit_scale(scores, y, ok)[0]
     scale = fitted if fitted is not None else (text.logit_scale if text is not None else DEFAULT_LOGIT_SCALE)
     clf = ZeroShotClassifier(order, vectors.astype(np.float32), float(scale),
@@ -419,30 +421,28 @@ def adapt_classes(
     return clf, report
 
 
-def example_affinity(emb: np.ndarray, y: np.ndarray, w: np.ndarray, vectors: np.ndarray, strength: float
-                     ) -> ExampleAffinity | None:
+def example_affinity(emb: np.ndarray, y: np.ndarray, w: np.ndarray, vectors: np.ndarray, strength: float,
+                     ramp_zero: float) -> ExampleAffinity | None:
     """The examples' affinities (module docstring) from their (N, D) normalised embeddings, classes, weights
     w_i and the (C, D) class vectors: gain weights strength * spread * w_i, where spread is the mean over the
     examples of (best - median) of their class-vector cosines (the scale of the scores the gains add to), and
-    sharpness SHARPNESS / (1 - the cosine ramp's zero) (an e-fold fall over a fraction of the cosines that
-    tell classes apart). None for strength 0."""
+    sharpness SHARPNESS / (1 - ramp_zero), the zero of the examples' `cosine_ramp` (an e-fold fall over a
+    fraction of the cosines that tell classes apart). None for strength 0."""
     if strength <= 0:
         return None
     s = emb @ vectors.T
     spread = float(np.mean(s.max(axis=1) - np.median(s, axis=1)))
     spread = spread if spread > 1e-6 else 1.0  # every class vector alike (e.g. one class's examples only)
-    zero = cosine_ramp(emb, y)[0]
     return ExampleAffinity(emb.astype(np.float32), y.astype(np.int64), (strength * spread * w).astype(np.float32),
-                           min(SHARPNESS / (1.0 - zero), MAX_SHARPNESS))
+                           min(SHARPNESS / (1.0 - ramp_zero), MAX_SHARPNESS))
 
 
 def _held_out_gains(rows_emb: np.ndarray, rows_group: np.ndarray, groups: np.ndarray, aff: ExampleAffinity,
                     n_classes: int) -> np.ndarray:
     """(R, C) each scored example's gains from the examples outside its own group (leave-one-group-out)."""
-    out = np.zeros((len(rows_emb), n_classes))
+    out = []
     for i in range(0, len(rows_emb), 256):
-        e, g = rows_emb[i : i + 256], rows_group[i : i + 256]
-        gain = np.exp(-aff.sharpness * (1.0 - e @ aff.keys.T.astype(np.float64))) * aff.weights
-        gain[g[:, None] == groups[None]] = 0.0
-        np.add.at(out[i : i + 256].T, aff.classes, gain.T)
-    return out
+        gain = aff.example_gains(rows_emb[i : i + 256])
+        gain[rows_group[i : i + 256, None] == groups[None]] = 0.0
+        out.append(aff.class_sums(gain, n_classes))
+    return np.concatenate(out) if out else np.zeros((0, n_classes))

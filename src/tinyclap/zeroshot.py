@@ -112,12 +112,19 @@ class ExampleAffinity:
             k = l2_normalize(k)
         self.keys, self.classes, self.weights, self.sharpness = k, c.astype(np.int64), w, float(s)
 
+    def example_gains(self, audio: np.ndarray) -> np.ndarray:
+        """(B, D) normalised audio embeddings -> (B, N) each example's gain (numpy, in audio's precision)."""
+        return np.exp(-self.sharpness * (1.0 - audio @ self.keys.T)) * self.weights
+
+    def class_sums(self, gains: np.ndarray, num_classes: int) -> np.ndarray:
+        """(B, N) per-example gains -> (B, C) their sums per class."""
+        out = np.zeros((gains.shape[0], num_classes), dtype=gains.dtype)
+        np.add.at(out.T, self.classes, gains.T)
+        return out
+
     def gains(self, audio: np.ndarray, num_classes: int) -> np.ndarray:
         """(B, D) normalised audio embeddings -> (B, C) the examples' gains per class (numpy)."""
-        g = np.exp(-self.sharpness * (1.0 - audio @ self.keys.T)) * self.weights  # (B, N)
-        out = np.zeros((audio.shape[0], num_classes), dtype=np.float32)
-        np.add.at(out.T, self.classes, g.T.astype(np.float32))
-        return out
+        return self.class_sums(self.example_gains(audio), num_classes)
 
     def gains_torch(self, audio: Any, num_classes: int) -> Any:
         """As `gains`, for a (B, D) normalised torch tensor."""

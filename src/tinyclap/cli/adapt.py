@@ -34,6 +34,7 @@ from tinyclap.cli._common import (
     add_model_arg,
     add_progress_arg,
     add_templates_arg,
+    float_in,
 )
 
 MAX_EXAMPLES = 1_000_000
@@ -54,20 +55,9 @@ def _prior(text: str) -> float | str:
     return value
 
 
-def _affinity(text: str) -> float:
-    """--affinity: a number in [0, MAX_AFFINITY]."""
-    from tinyclap.adapt import MAX_AFFINITY
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= MAX_AFFINITY:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"{text} is not in [0, {MAX_AFFINITY:g}]")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
+    from tinyclap.adapt import AFFINITY, MAX_AFFINITY
+
     p = add_command(sub, "adapt", "few-shot classes from labelled example clips -> classes.npz",
                     description=__doc__.split("\n\n", 1)[1].strip())
     add_model_arg(p, required=True)
@@ -81,10 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "instead of a text encoder")
     t.add_argument("--no-text", action="store_true", help="examples only: no text embeddings at all")
     add_templates_arg(t)
-    p.add_argument("--affinity", type=_affinity, default=None, metavar="A",
+    p.add_argument("--affinity", type=float_in(0.0, MAX_AFFINITY), default=AFFINITY, metavar="A",
                    help="how much a clip close to an example gains on its class, in units of the spread of the class "
-                   "scores (default: tinyclap.adapt.AFFINITY, 1); 0: a plain class matrix (what export --target "
-                   "tflm takes)")
+                   "scores; 0: a plain class matrix (what export --target tflm takes)")
     p.add_argument("--prior", type=_prior, default=None, metavar="LAM|auto",
                    help="the text side's weight in independent examples: a class's text weight is LAM / (LAM + "
                    "its independent examples); auto: chosen by leave-one-group-out; inf: the text alone (default: "
@@ -188,7 +177,7 @@ def _text_side(args: argparse.Namespace, clf: Any, labels: list[str]) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinyclap.adapt import AFFINITY, adapt_classes, file_spectrum
+    from tinyclap.adapt import adapt_classes, file_spectrum
     from tinyclap.classifier import Classifier
 
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
@@ -222,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     spectra = np.stack([file_spectrum(p) for p, _, _ in kept])  # slices of one recording share one spectrum
     adapted, report = adapt_classes(res.embeddings, [lb for _, lb, _ in kept], text, alpha=args.alpha,
                                     groups=[g for _, _, g in kept], prior=args.prior, spectra=spectra,
-                                    affinity=AFFINITY if args.affinity is None else args.affinity)
+                                    affinity=args.affinity)
     out = adapted.save(args.out)
     _print_report(args, out, adapted, report, res)
     return 0
